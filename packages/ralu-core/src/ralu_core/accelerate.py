@@ -1,0 +1,77 @@
+"""`accelerate(pipe, recipe)`: the one-line public entry point.
+
+The returned object is called like the pipeline and returns the pipeline's own output type. It
+holds its own plugin manager, strategies and state; the pipeline itself is never modified (no
+attributes set, no scheduler stepped), so `pipe` stays usable and two accelerated views of one
+pipeline can coexist.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import torch
+
+from ralu_core.adapter import ModelAdapter
+from ralu_core.engine import SamplingEngine
+from ralu_core.errors import RecipeError
+from ralu_core.plugins import Registry, create_plugin_manager
+from ralu_core.recipes import Recipe, RecipeRuntime, find_recipe, resolve_recipe
+
+
+class AcceleratedPipeline:
+    """A pipeline driven by a recipe. Call it exactly like the wrapped pipeline."""
+
+    def __init__(self, pipeline: Any, adapter: ModelAdapter, runtime: RecipeRuntime, pm: pluggy.PluginManager) -> None:
+        self.pipeline = pipeline
+        self.adapter = adapter
+        self.runtime = runtime
+        self.plugin_manager = pm
+        self.engine = SamplingEngine(runtime=runtime, hooks=pm.hook)
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.runtime.recipe
+
+    def __repr__(self) -> str:
+        return f"AcceleratedPipeline({type(self.pipeline).__name__}, recipe={self.recipe.name!r})"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        steps = kwargs.get("num_inference_steps")
+        if steps is not None and not self.runtime.schedule.accepts_requested_steps:
+            fixed = tuple(s.spec.steps for s in self.runtime.stages)
+            raise ValueError(
+                f"recipe {self.recipe.name!r} fixes its steps per stage {fixed} (schedule "
+                f"{self.runtime.schedule.name!r}); drop num_inference_steps, or edit the stages' `steps` in a copy "
+                "of the recipe (`ralu recipes show NAME > my.yaml`)"
+            )
+        with torch.no_grad():
+            call = self.adapter.prepare(self.pipeline, self.runtime.start_level, args, kwargs)
+            final = self.engine.run(call)
+            return call.finish(final)
+
+
+def accelerate(
+    pipeline: Any,
+    recipe: str | Path | Recipe,
+    *,
+    plugin_manager: pluggy.PluginManager | None = None,
+) -> AcceleratedPipeline:
+    """Wrap `pipeline` with `recipe` (a built-in name such as ``"ralu-flux-7x"``, a YAML path, or a
+    Recipe). Everything is validated here, before any model runs."""
+    pm = plugin_manager if plugin_manager is not None else create_plugin_manager()
+    registry = Registry.collect(pm)
+    adapter = registry.resolve_adapter(pipeline)
+    chosen = find_recipe(recipe, registry)
+    runtime = resolve_recipe(chosen, registry)
+    if chosen.model is not None and chosen.model != adapter.name:
+        raise RecipeError(
+            chosen.name,
+            [
+                f"$.model: this recipe is for {chosen.model!r} pipelines, but {type(pipeline).__name__} is "
+                f"driven by the {adapter.name!r} adapter; pick a recipe for {adapter.name!r} (`ralu recipes list`)"
+            ],
+        )
+    return AcceleratedPipeline(pipeline, adapter, runtime, pm)

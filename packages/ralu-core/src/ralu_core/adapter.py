@@ -1,0 +1,143 @@
+"""What a model adapter must provide: the only place where model knowledge lives.
+
+An adapter resolves a pipeline, validates a call's arguments cheaply (before any model runs),
+and then produces a `ModelCall`: prompts encoded, noise drawn the pipeline's way, and a
+`predict` that evaluates the transformer on any set of tokens at mixed levels. It also knows
+the full-size architectures it supports, for FLOPs counting on the meta device.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import torch
+
+from ralu_core.flops import FlopCount
+from ralu_core.randomness import GeneratorArg
+from ralu_core.tokens import TokenGrid, TokenState
+
+
+class ProgressBar(Protocol):
+    def update(self, n: int = 1) -> Any: ...
+
+
+class ModelCall(abc.ABC):
+    """One generation call, prepared: everything the engine needs, nothing model-specific leaks."""
+
+    grid: TokenGrid
+    batch_size: int
+    generator: GeneratorArg
+    requested_steps: int | None
+    default_steps: int
+    default_shift: float
+
+    @abc.abstractmethod
+    def initial_noise(self) -> torch.Tensor:
+        """(B, N, D) full-resolution noise in raster token order, drawn as the pipeline would."""
+
+    @abc.abstractmethod
+    def pipeline_sigmas(self, steps: int) -> torch.Tensor:
+        """The pipeline's own sigma schedule (steps + 1 values, float32) at full resolution."""
+
+    @abc.abstractmethod
+    def predict(self, state: TokenState, sigma: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
+        """Velocity (guided, if the model uses CFG) for the active tokens (B, A) or all tokens."""
+
+    @abc.abstractmethod
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) latent image (any size) -> (B, 3, H, W) RGB in [0, 1], with the pipeline's VAE."""
+
+    @abc.abstractmethod
+    def finish(self, state: TokenState) -> Any:
+        """Final full-resolution raster state -> the pipeline's own output (images, return_dict...)."""
+
+    @abc.abstractmethod
+    def progress_bar(self, total: int) -> AbstractContextManager[ProgressBar]:
+        """A progress bar configured like the pipeline's own (``pipe.set_progress_bar_config``)."""
+
+
+class FlopsProfile(abc.ABC):
+    """A full-size architecture whose FLOPs can be counted without weights (meta device)."""
+
+    name: str
+    baseline_steps: int
+    text_tokens: int
+
+    @abc.abstractmethod
+    def grid(self, height: int, width: int) -> TokenGrid:
+        """The full-resolution token grid for an image size (validated like a call)."""
+
+    @abc.abstractmethod
+    def forward(self, image_tokens: int) -> FlopCount:
+        """One transformer evaluation on `image_tokens` image tokens (batch 1, text tokens included)."""
+
+    @abc.abstractmethod
+    def decode(self, latent_height: int, latent_width: int) -> FlopCount:
+        """One VAE decode of a latent of this size (batch 1)."""
+
+
+class ModelAdapter(abc.ABC):
+    """Drives one family of diffusers pipelines (e.g. FluxPipeline)."""
+
+    name: ClassVar[str]
+    pipeline_classes: ClassVar[tuple[str, ...]]
+    architectures: ClassVar[tuple[str, ...]] = ()
+
+    @abc.abstractmethod
+    def supports(self, pipeline: Any) -> bool:
+        """Whether this adapter can drive `pipeline`."""
+
+    @abc.abstractmethod
+    def prepare(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ModelCall:
+        """Validate the call's arguments (sizes against `coarsest_level`, generators, unknown names)
+        before any expensive work, then encode prompts and return the prepared call."""
+
+    @abc.abstractmethod
+    def flops_profile(self, source: str | Path) -> FlopsProfile:
+        """Counting profile for a known architecture name or a local pipeline directory."""
+
+    def pipeline_flops_profile(self, pipeline: Any, call_kwargs: dict[str, Any]) -> FlopsProfile:
+        """Counting profile for a loaded pipeline's architecture, for calls made with `call_kwargs`
+        (``ralu bench`` reports FLOPs ratios for exactly what it timed)."""
+        raise NotImplementedError(f"the {self.name!r} adapter cannot count FLOPs of a loaded pipeline")
+
+    embedded_models: ClassVar[tuple[str, ...]] = ()
+    """Names of pipelines this adapter can build without weights (``ralu generate --model NAME``)."""
+
+    def embedded_pipeline(self, name: str) -> Any:
+        """Build an embedded pipeline by name (offline; for demos, tests and CPU benchmarks)."""
+        raise KeyError(f"the {self.name!r} adapter has no embedded model {name!r}")
+
+    def embedded_note(self, name: str) -> str:
+        """What a user should know about an embedded model's images."""
+        return ""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+def check_image_size(height: int, width: int, multiple: int, why: str) -> None:
+    """Refuse a size that does not divide, naming the nearest valid sizes for each side."""
+    problems = []
+    for label, value in (("height", height), ("width", width)):
+        if value <= 0 or value % multiple:
+            lower = max(multiple, value // multiple * multiple)
+            upper = lower + multiple if value % multiple else lower
+            options = sorted({lower, upper}) if value > 0 else [multiple]
+            problems.append(f"{label}={value} (nearest valid: {' or '.join(str(v) for v in options)})")
+    if problems:
+        raise ValueError(f"image size must be a multiple of {multiple} pixels {why}; got {', '.join(problems)}")
+
+
+def iter_chunks(indices: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Group batch rows whose token positions are identical (they can share one model call)."""
+    remaining = list(range(indices.shape[0]))
+    while remaining:
+        first = remaining[0]
+        same = [i for i in remaining if torch.equal(indices[i], indices[first])]
+        remaining = [i for i in remaining if i not in same]
+        yield torch.tensor(same, dtype=torch.long)

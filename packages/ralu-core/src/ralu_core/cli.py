@@ -1,0 +1,395 @@
+"""The ``ralu`` command line: generate, recipes, plugins, schedule, flops, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ralu_core.accelerate import accelerate
+from ralu_core.accounting import recipe_cost
+from ralu_core.adapter import FlopsProfile, ModelAdapter
+from ralu_core.errors import RaluError, RecipeError
+from ralu_core.ntdm import solve_ntdm
+from ralu_core.plugins import KIND_LABELS, Registry, create_plugin_manager, plugin_info
+from ralu_core.recipes import Recipe, find_recipe, resolve_recipe
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+EMBEDDED_SIZE = 256  # default image side for the embedded random-weight models (fast on a CPU)
+
+
+def _registry() -> Registry:
+    return Registry.collect(create_plugin_manager())
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+# --- model resolution ---------------------------------------------------------------------------
+
+
+def _embedded(registry: Registry, name: str) -> ModelAdapter | None:
+    for entry in registry.adapters.values():
+        if name in entry.obj.embedded_models:
+            return entry.obj  # type: ignore[no-any-return]
+    return None
+
+
+def load_model(registry: Registry, model: str | None, recipe: Recipe, device: str, dtype: str) -> tuple[Any, bool]:
+    """The pipeline for --model (embedded name, local folder or hub id); (pipeline, is_embedded)."""
+    if model is None:
+        candidates = (
+            [registry.adapter_named(recipe.model)]
+            if recipe.model
+            else [e.obj for e in registry.adapters.values() if e.obj.embedded_models]
+        )
+        if not candidates or not candidates[0].embedded_models:
+            raise RaluError("no embedded default model is installed for this recipe; pass --model PATH|HUB-ID")
+        model = candidates[0].embedded_models[0]
+    adapter = _embedded(registry, model)
+    if adapter is not None:
+        _say(f"note: {adapter.embedded_note(model)}")
+        pipe = adapter.embedded_pipeline(model)
+        if hasattr(pipe, "to"):
+            pipe = pipe.to(device) if dtype == "float32" else pipe.to(device=device, dtype=DTYPES[dtype])
+        return pipe, True
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=DTYPES[dtype])
+    return pipe.to(device), False
+
+
+def _call_args(pairs: Sequence[str]) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise RaluError(f"--call-arg expects KEY=VALUE, got {pair!r}")
+        args[key] = yaml.safe_load(value)
+    return args
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def cmd_generate(ns: argparse.Namespace) -> int:
+    registry = _registry()
+    recipe = find_recipe(ns.recipe, registry)
+    resolve_recipe(recipe, registry)  # fail on a bad recipe before loading any model
+    pipe, embedded = load_model(registry, ns.model, recipe, ns.device, ns.dtype)
+    fast = accelerate(pipe, recipe, plugin_manager=registry.pm)
+    kwargs: dict[str, Any] = _call_args(ns.call_arg)
+    size = EMBEDDED_SIZE if embedded else None
+    kwargs.update(height=ns.height or size, width=ns.width or size, num_images_per_prompt=ns.num_images)
+    if ns.steps is not None:
+        kwargs["num_inference_steps"] = ns.steps
+    if ns.guidance is not None:
+        kwargs["guidance_scale"] = ns.guidance
+    generators = [torch.Generator("cpu").manual_seed(ns.seed + i) for i in range(ns.num_images)]
+    start = time.perf_counter()
+    images = fast(ns.prompt, generator=generators, **{k: v for k, v in kwargs.items() if v is not None}).images
+    elapsed = time.perf_counter() - start
+    out = Path(ns.out or f"ralu-{recipe.name}-seed{ns.seed}.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(images))]
+    for image, path in zip(images, paths, strict=True):
+        image.save(path)
+    _say(f"recipe {recipe.name}: {len(images)} image(s) {images[0].size[0]}x{images[0].size[1]} in {elapsed:.2f} s")
+    for path in paths:
+        print(path)
+    return 0
+
+
+def cmd_recipes(ns: argparse.Namespace) -> int:
+    registry = _registry()
+    if ns.action == "list":
+        for name, entry in sorted(registry.recipes.items()):
+            recipe = find_recipe(name, registry)
+            print(f"{name:<16} {recipe.model or 'any':<6} {recipe.description}  [{entry.plugin}]")
+        return 0
+    if ns.action == "show":
+        if ns.target in registry.recipes:
+            print(registry.recipes[ns.target].obj.read_text(encoding="utf-8"), end="")
+            return 0
+        find_recipe(ns.target, registry)  # raises with the list of built-ins
+        print(Path(ns.target).read_text(encoding="utf-8"), end="")
+        return 0
+    runtime = resolve_recipe(find_recipe(ns.target, registry), registry)
+    steps = [s.spec.steps for s in runtime.stages]
+    print(f"ok: {runtime.recipe.name}: {len(steps)} stage(s), steps {steps}, schedule {runtime.schedule.name}")
+    return 0
+
+
+def cmd_plugins(ns: argparse.Namespace) -> int:
+    registry = _registry()
+    provided: dict[str, list[str]] = {}
+    for kind, table in registry.strategies.items():
+        for name, entry in table.items():
+            provided.setdefault(entry.plugin, []).append(f"{KIND_LABELS[kind]} {name}")
+    for name, entry in registry.adapters.items():
+        provided.setdefault(entry.plugin, []).append(f"model adapter {name}")
+    for name, entry in registry.recipes.items():
+        provided.setdefault(entry.plugin, []).append(f"recipe {name}")
+    for plugin_name in sorted(provided):
+        info = plugin_info(registry.pm, plugin_name)
+        origin = f"{info.distribution} {info.version}" if info.distribution else "registered in code"
+        print(f"{plugin_name} ({origin})")
+        for item in sorted(provided[plugin_name]):
+            print(f"    {item}")
+    return 0
+
+
+def cmd_schedule(ns: argparse.Namespace) -> int:
+    solution = solve_ntdm(ns.steps, ns.ends, ns.base_shift)
+    data = solution.to_dict()
+    if ns.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"steps {list(solution.steps)}  ends {list(solution.ends)}  base shift {solution.base_shift}")
+    print(f"c = {solution.c}   JS distance = {solution.js_distance:.5f}")
+    for k, stage in enumerate(solution.stages()):
+        sigmas = ", ".join(f"{s:.4f}" for s in stage.sigmas)
+        print(f"stage {k + 1}: t in [{stage.start:.4f}, {stage.end:.4f}], shift {stage.shift:.4f}, sigmas [{sigmas}]")
+    return 0
+
+
+def flops_profile(registry: Registry, model: str, recipe: Recipe) -> FlopsProfile:
+    for entry in registry.adapters.values():
+        if model in entry.obj.architectures:
+            return entry.obj.flops_profile(model)
+    index = Path(model) / "model_index.json"
+    if index.is_file():
+        class_name = json.loads(index.read_text()).get("_class_name")
+        for entry in registry.adapters.values():
+            if class_name in entry.obj.pipeline_classes:
+                return entry.obj.flops_profile(model)
+        raise RaluError(f"no installed adapter handles {class_name} (from {index})")
+    known = sorted(a for e in registry.adapters.values() for a in e.obj.architectures)
+    raise RaluError(f"unknown model {model!r}: give an architecture ({', '.join(known)}) or a pipeline folder")
+
+
+def cmd_flops(ns: argparse.Namespace) -> int:
+    registry = _registry()
+    recipe = find_recipe(ns.recipe, registry)
+    runtime = resolve_recipe(recipe, registry)
+    profile = flops_profile(registry, ns.model, recipe)
+    cost = recipe_cost(runtime, profile, ns.height, ns.width, steps=ns.steps, baseline_steps=ns.baseline_steps)
+    include = ns.attention == "include"
+    report = cost.to_dict(include)
+    if ns.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    label = "linear layers and attention" if include else "linear layers only, attention not counted"
+    print(f"{recipe.name} on {profile.name} at {ns.height}x{ns.width} ({label}; text encoders excluded)")
+    for k, stage in enumerate(report["stages"]):
+        print(
+            f"  stage {k + 1}: {stage['image_tokens']:>6} image tokens x {stage['steps']:>2} steps "
+            f"= {stage['tflops']:9.2f} TFLOPs"
+        )
+    print(f"  final VAE decode        = {report['final_decode_tflops']:9.2f} TFLOPs")
+    print(
+        f"  total {report['tflops']:.2f} TFLOPs vs baseline ({cost.baseline_steps} steps) "
+        f"{report['baseline_tflops']:.2f} TFLOPs: {report['speedup']:.2f}x"
+    )
+    other = report["conventions"]["with_attention" if not include else "linear_only"]
+    print(f"  ({'with' if not include else 'without'} attention: {other['speedup']:.2f}x)")
+    return 0
+
+
+def cmd_bench(ns: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    registry = _registry()
+    recipes = [find_recipe(name, registry) for name in ns.recipes]
+    runtimes = [resolve_recipe(r, registry) for r in recipes]
+    pipe, embedded = load_model(registry, ns.model, recipes[0], ns.device, ns.dtype)
+    pipe.set_progress_bar_config(disable=True)
+    adapter = registry.resolve_adapter(pipe)
+    fast = [accelerate(pipe, r, plugin_manager=registry.pm) for r in recipes]
+    size = EMBEDDED_SIZE if embedded else None
+    height, width = ns.height or size, ns.width or size
+    kwargs = {"height": height, "width": width, **_call_args(ns.call_arg)}
+
+    def run(index: int, seed: int) -> float:
+        extra = {"num_inference_steps": ns.steps} if runtimes[index].schedule.accepts_requested_steps else {}
+        generator = torch.Generator("cpu").manual_seed(seed)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fast[index](ns.prompt, generator=generator, output_type="latent", **kwargs, **extra)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    for index in range(len(fast)):
+        for _ in range(ns.warmup):
+            run(index, 0)
+    times: list[list[float]] = [[] for _ in fast]
+    for repeat in tqdm(range(ns.repeats), desc="bench (interleaved)"):
+        for index in range(len(fast)):
+            times[index].append(run(index, repeat))
+    profile = adapter.pipeline_flops_profile(pipe, kwargs)
+    rows = []
+    for recipe, runtime, samples in zip(recipes, runtimes, times, strict=True):
+        cost = recipe_cost(runtime, profile, height, width, steps=ns.steps, baseline_steps=ns.steps)
+        rows.append(
+            {
+                "recipe": recipe.name,
+                "median_s": statistics.median(samples),
+                "samples_s": samples,
+                "tflops_linear": cost.total.tflops(False),
+                "tflops_all": cost.total.tflops(True),
+            }
+        )
+    base = rows[0]
+    for row in rows:
+        row["speedup_wall"] = base["median_s"] / row["median_s"]
+        row["speedup_flops_linear"] = base["tflops_linear"] / row["tflops_linear"]
+        row["speedup_flops_all"] = base["tflops_all"] / row["tflops_all"]
+        row["efficiency"] = row["speedup_wall"] / row["speedup_flops_all"]
+    report = {
+        "model": ns.model or "embedded default",
+        "device": _device_name(ns.device),
+        "height": height,
+        "width": width,
+        "steps": ns.steps,
+        "repeats": ns.repeats,
+        "call_args": _call_args(ns.call_arg),
+        "recipes": rows,
+    }
+    if ns.json:
+        Path(ns.json).write_text(json.dumps(report, indent=2))
+    print(
+        f"{report['model']} on {report['device']}, {height}x{width}, baseline steps {ns.steps}, "
+        f"median of {ns.repeats} interleaved runs"
+    )
+    print(
+        f"{'recipe':<16} {'s/image':>9} {'wall x':>7} {'FLOPs x (all)':>14} {'FLOPs x (linear)':>17} {'wall/FLOPs':>11}"
+    )
+    for row in rows:
+        print(
+            f"{row['recipe']:<16} {row['median_s']:9.3f} {row['speedup_wall']:7.2f} {row['speedup_flops_all']:14.2f} "
+            f"{row['speedup_flops_linear']:17.2f} {row['efficiency']:11.2f}"
+        )
+    return 0
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+# --- parser -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ralu", description="Training-free acceleration of diffusion transformers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--model",
+            help="embedded model name (flux-tiny, flux-mid), local folder or hub id; "
+            "default: the recipe's embedded model",
+        )
+        p.add_argument("--height", type=int)
+        p.add_argument("--width", type=int)
+        p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+        p.add_argument(
+            "--call-arg",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="extra pipeline argument, e.g. max_sequence_length=128 (repeatable)",
+        )
+
+    gen = sub.add_parser("generate", help="generate images with a recipe")
+    gen.add_argument("prompt")
+    gen.add_argument("--recipe", default="ralu-flux-7x", help="built-in name or YAML path (default ralu-flux-7x)")
+    model_options(gen)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--num-images", type=int, default=1)
+    gen.add_argument("--steps", type=int, help="num_inference_steps (single-stage recipes only)")
+    gen.add_argument("--guidance", type=float, help="guidance_scale")
+    gen.add_argument("--out", help="output PNG path (several images get -0, -1 ... suffixes)")
+    gen.set_defaults(func=cmd_generate)
+
+    rec = sub.add_parser("recipes", help="list, show or validate recipes")
+    rec_sub = rec.add_subparsers(dest="action", required=True)
+    rec_sub.add_parser("list", help="built-in recipes")
+    rec_sub.add_parser("show", help="print a recipe's YAML").add_argument("target", metavar="NAME")
+    rec_sub.add_parser("validate", help="check a recipe file").add_argument("target", metavar="FILE")
+    rec.set_defaults(func=cmd_recipes)
+
+    plug = sub.add_parser("plugins", help="installed plugins and what they register")
+    plug.set_defaults(func=cmd_plugins)
+
+    sch = sub.add_parser("schedule", help="solve the NT-DM schedule for given stages")
+    sch.add_argument("--steps", type=int, nargs="+", required=True)
+    sch.add_argument("--ends", type=float, nargs="+", required=True)
+    sch.add_argument("--base-shift", type=float, default=3.0)
+    sch.add_argument("--json", action="store_true")
+    sch.set_defaults(func=cmd_schedule)
+
+    flo = sub.add_parser("flops", help="count a recipe's FLOPs on a full-size architecture (meta device)")
+    flo.add_argument("--model", default="flux-dev", help="architecture name (flux-dev) or pipeline folder")
+    flo.add_argument("--recipe", required=True)
+    flo.add_argument("--height", type=int, default=1024)
+    flo.add_argument("--width", type=int, default=1024)
+    flo.add_argument("--steps", type=int, help="steps of single-stage recipes (default: the baseline's)")
+    flo.add_argument("--baseline-steps", type=int, help="steps of the reference sampler (flux-dev: 50)")
+    flo.add_argument(
+        "--attention",
+        choices=["exclude", "include"],
+        default="exclude",
+        help="exclude: the RALU paper's convention (default); include: count attention too",
+    )
+    flo.add_argument("--json", action="store_true")
+    flo.set_defaults(func=cmd_flops)
+
+    bench = sub.add_parser("bench", help="time recipes side by side (interleaved, after warm-up)")
+    bench.add_argument(
+        "--recipes",
+        nargs="+",
+        default=["flux-baseline", "ralu-flux-7x"],
+        help="first one is the baseline of the ratios",
+    )
+    model_options(bench)
+    bench.add_argument("--prompt", default="a red circle and a blue square on a white background")
+    bench.add_argument("--steps", type=int, default=50, help="steps of single-stage recipes (default 50)")
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--warmup", type=int, default=1)
+    bench.add_argument("--json", help="write the report to this file")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # optional-backend notices are not for CLI users
+    ns = build_parser().parse_args(argv)
+    try:
+        return int(ns.func(ns))
+    except RecipeError as exc:
+        _say(f"error: {exc}")
+        return 2
+    except (RaluError, ValueError, KeyError) as exc:
+        _say(f"error: {exc}")
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,220 @@
+"""The sampling engine: stages of Euler steps over a token state.
+
+Per stage: a fixed token set and sigma grid. Each step asks the feature cache for the velocity
+(the cache decides whether the model runs), optionally for an active subset of tokens only (the
+others reuse their last velocity, as in RAS), and advances every token with the scheduler's Euler
+rule. Between stages the clean estimate of the last step feeds the selector, and the transition
+upsamples and re-noises. Observer hooks fire at the end of each step and stage.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+
+from ralu_core.adapter import ModelCall
+from ralu_core.recipes.resolve import RecipeRuntime, RuntimeStage
+from ralu_core.strategies.base import (
+    ScheduleContext,
+    SchedulePlan,
+    SelectionRequest,
+    StageInfo,
+    StepInfo,
+    TokenSelector,
+    TransitionRequest,
+)
+from ralu_core.tokens import FULL, HALF, TokenState, downsample_nearest, gather_tokens, render_latent, to_raster
+
+
+@attrs.frozen(kw_only=True)
+class StepEvent:
+    """Broadcast to ``ralu_on_step_end`` after each Euler update."""
+
+    stage: int
+    step: int
+    sigma: float
+    sigma_next: float
+    num_tokens: int
+    active_tokens: int
+    state: TokenState
+
+
+@attrs.frozen(kw_only=True)
+class StageEvent:
+    """Broadcast to ``ralu_on_stage_end`` when a stage's last step is done."""
+
+    stage: int
+    steps: int
+    num_tokens: int
+    tokens_per_level: dict[int, int]
+    state: TokenState
+
+
+def euler_step(
+    values: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor
+) -> torch.Tensor:
+    """x <- x + (sigma_next - sigma) v, with the exact arithmetic of diffusers' FlowMatchEulerDiscreteScheduler
+    (sample upcast to float32, result cast to the model output's dtype)."""
+    updated = values.to(torch.float32) + (sigma_next - sigma) * velocity
+    return updated.to(velocity.dtype)
+
+
+def check_selection(selector: TokenSelector, picks: torch.Tensor, batch: int, candidates: int) -> None:
+    expected = selector.planned_count(candidates)
+    if picks.shape != (batch, expected):
+        raise RuntimeError(
+            f"token selector {selector.name!r} returned shape {tuple(picks.shape)}, expected ({batch}, {expected})"
+        )
+    if expected and (int(picks.min()) < 0 or int(picks.max()) >= candidates):
+        raise RuntimeError(f"token selector {selector.name!r} returned positions outside 0..{candidates - 1}")
+
+
+@attrs.define
+class SamplingEngine:
+    """Runs a resolved recipe on a prepared model call."""
+
+    runtime: RecipeRuntime
+    hooks: Any = None
+
+    def plan(self, call: ModelCall) -> SchedulePlan:
+        context = ScheduleContext(
+            requested_steps=call.requested_steps,
+            default_steps=call.default_steps,
+            default_shift=call.default_shift,
+            pipeline_sigmas=call.pipeline_sigmas,
+        )
+        plan = self.runtime.schedule.plan([s.spec for s in self.runtime.stages], context)
+        if len(plan.sigmas) != len(self.runtime.stages):
+            raise RuntimeError(f"schedule {self.runtime.schedule.name!r} planned {len(plan.sigmas)} stages")
+        return plan
+
+    def run(self, call: ModelCall) -> TokenState:
+        """Sample; returns the final full-resolution state in raster order."""
+        self.runtime.reset()
+        plan = self.plan(call)
+        state = TokenState.full_resolution(call.initial_noise(), call.grid)
+        if self.runtime.start_level == HALF:
+            state = downsample_nearest(state)
+        velocity: torch.Tensor | None = None
+        sigma_end: torch.Tensor | None = None
+        with call.progress_bar(sum(plan.steps)) as bar:
+            for index, (stage, sigmas) in enumerate(zip(self.runtime.stages, plan.sigmas, strict=True)):
+                sigmas = sigmas.to(state.values.device)
+                if index > 0:
+                    assert velocity is not None and sigma_end is not None
+                    state = self._transition(call, stage, state, velocity, sigma_end, sigmas[0])
+                self.runtime.cache.begin_stage(
+                    StageInfo(index=index, num_tokens=state.num_tokens, steps=len(sigmas) - 1)
+                )
+                state, velocity = self._run_stage(call, index, stage, state, sigmas, bar)
+                sigma_end = sigmas[-1]
+                if self.hooks is not None:
+                    levels = {lvl: state.count_at_level(lvl) for lvl in (FULL, HALF)}
+                    self.hooks.ralu_on_stage_end(
+                        event=StageEvent(
+                            stage=index,
+                            steps=len(sigmas) - 1,
+                            num_tokens=state.num_tokens,
+                            tokens_per_level=levels,
+                            state=state,
+                        )
+                    )
+        return to_raster(state)
+
+    def _run_stage(
+        self, call: ModelCall, index: int, stage: RuntimeStage, state: TokenState, sigmas: torch.Tensor, bar: Any
+    ) -> tuple[TokenState, torch.Tensor]:
+        velocity: torch.Tensor | None = None
+        for step in range(len(sigmas) - 1):
+            sigma, sigma_next = sigmas[step], sigmas[step + 1]
+            active = None
+            if stage.step_tokens is not None and velocity is not None:
+                active = self._active_tokens(call, stage.step_tokens, state, velocity, float(sigma))
+            info = StepInfo(stage=index, step=step, sigma=float(sigma), sigma_next=float(sigma_next), active=active)
+            current = state
+
+            def compute(
+                s: TokenState = current, sg: torch.Tensor = sigma, a: torch.Tensor | None = active
+            ) -> torch.Tensor:
+                return call.predict(s, sg, a)
+
+            predicted = self.runtime.cache.predict(info, compute)
+            if active is None:
+                velocity = predicted
+            else:
+                assert velocity is not None
+                index_shape = (*active.shape, velocity.shape[-1])
+                velocity = velocity.scatter(1, active[..., None].expand(index_shape), predicted)
+            state = state.with_values(euler_step(state.values, velocity, sigma, sigma_next))
+            bar.update()
+            if self.hooks is not None:
+                self.hooks.ralu_on_step_end(
+                    event=StepEvent(
+                        stage=index,
+                        step=step,
+                        sigma=float(sigma),
+                        sigma_next=float(sigma_next),
+                        num_tokens=state.num_tokens,
+                        active_tokens=state.num_tokens if active is None else int(active.shape[1]),
+                        state=state,
+                    )
+                )
+        assert velocity is not None
+        return state, velocity
+
+    def _request(
+        self,
+        call: ModelCall,
+        state: TokenState,
+        candidates: torch.Tensor,
+        clean: torch.Tensor | None,
+        velocity: torch.Tensor | None,
+        sigma: float,
+    ) -> SelectionRequest:
+        return SelectionRequest(
+            state=state,
+            candidates=candidates,
+            clean_estimate=clean,
+            velocity=velocity,
+            sigma=sigma,
+            generator=call.generator,
+            render=lambda values, level: render_latent(state, values, level),
+            decode=call.decode,
+        )
+
+    def _active_tokens(
+        self, call: ModelCall, selector: TokenSelector, state: TokenState, velocity: torch.Tensor, sigma: float
+    ) -> torch.Tensor:
+        everything = torch.arange(state.num_tokens, device=state.values.device).expand(state.batch_size, -1)
+        clean = state.values.float() - sigma * velocity.float()
+        picks = selector.select(self._request(call, state, everything, clean, velocity, sigma))
+        check_selection(selector, picks, state.batch_size, state.num_tokens)
+        return gather_tokens(everything, picks)
+
+    def _transition(
+        self,
+        call: ModelCall,
+        stage: RuntimeStage,
+        state: TokenState,
+        velocity: torch.Tensor,
+        sigma_from: torch.Tensor,
+        sigma_to: torch.Tensor,
+    ) -> TokenState:
+        assert stage.selector is not None and stage.transition is not None
+        clean = state.values.float() - sigma_from.float() * velocity.float()
+        candidates = state.indices_at_level(HALF)
+        request = self._request(call, state, candidates, clean, velocity, float(sigma_from))
+        picks = stage.selector.select(request)
+        check_selection(stage.selector, picks, state.batch_size, candidates.shape[1])
+        selected = gather_tokens(candidates, picks)
+        return stage.transition.apply(
+            TransitionRequest(
+                state=state,
+                selected=selected,
+                sigma_from=float(sigma_from),
+                sigma_to=float(sigma_to),
+                generator=call.generator,
+            )
+        )

@@ -1,0 +1,106 @@
+"""The pluggy hook specifications of ralu (project name ``"ralu"``).
+
+Plugins are modules or objects registered through the ``ralu`` entry-point group. Registration
+hooks run once, when a plugin manager is built, and hand each plugin a ``register`` callable:
+the engine then calls plain Python objects, so pluggy never sits on the sampling hot path.
+Observer hooks are broadcast at the end of each step and stage (progress, tracing, metrics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from ralu_core.adapter import ModelAdapter
+    from ralu_core.engine import StageEvent, StepEvent
+    from ralu_core.strategies.base import FeatureCache, ResolutionTransition, TimestepSchedule, TokenSelector
+
+PROJECT = "ralu"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+RegisterSelector = Callable[["type[TokenSelector]"], None]
+RegisterTransition = Callable[["type[ResolutionTransition]"], None]
+RegisterSchedule = Callable[["type[TimestepSchedule]"], None]
+RegisterCache = Callable[["type[FeatureCache]"], None]
+RegisterAdapter = Callable[["ModelAdapter"], None]
+RegisterRecipe = Callable[[str, Path], None]
+
+
+@hookspec
+def ralu_register_token_selectors(register: RegisterSelector) -> None:
+    """Register token selector classes: ``register(MySelector)``.
+
+    A selector decides which tokens to upsample at a transition or to compute at a step. The
+    class subclasses :class:`ralu_core.strategies.TokenSelector`, has a unique ``name`` (what
+    recipes write) and an attrs ``Config`` class for its parameters.
+    """
+
+
+@hookspec
+def ralu_register_transitions(register: RegisterTransition) -> None:
+    """Register resolution transition classes: ``register(MyTransition)``.
+
+    A transition changes token levels between stages and injects noise; subclasses
+    :class:`ralu_core.strategies.ResolutionTransition`.
+    """
+
+
+@hookspec
+def ralu_register_schedules(register: RegisterSchedule) -> None:
+    """Register timestep schedule classes: ``register(MySchedule)``.
+
+    A schedule turns a recipe's stages into per-stage sigma grids, including the rewinds at
+    transitions; subclasses :class:`ralu_core.strategies.TimestepSchedule`.
+    """
+
+
+@hookspec
+def ralu_register_feature_caches(register: RegisterCache) -> None:
+    """Register feature cache classes: ``register(MyCache)``.
+
+    A cache decides what the model call may reuse across steps; it is told when a stage starts
+    so that it never reuses features across a change of token count. Subclasses
+    :class:`ralu_core.strategies.FeatureCache`.
+    """
+
+
+@hookspec
+def ralu_register_model_adapters(register: RegisterAdapter) -> None:
+    """Register model adapter instances: ``register(MyAdapter())``.
+
+    Listed by ``ralu plugins`` and used by name where no pipeline exists yet (``ralu flops``,
+    loading ``--model`` for ``ralu generate``).
+    """
+
+
+@hookspec
+def ralu_register_recipes(register: RegisterRecipe) -> None:
+    """Register built-in recipes by name: ``register("my-recipe", path_to_yaml)``.
+
+    Registered names work wherever a recipe is expected (``accelerate(pipe, "my-recipe")``,
+    ``ralu generate --recipe my-recipe``) and are listed by ``ralu recipes list``.
+    """
+
+
+@hookspec(firstresult=True)
+def ralu_resolve_model_adapter(pipeline: Any) -> ModelAdapter | None:
+    """Return the adapter that drives ``pipeline``, or None if this plugin does not know it.
+
+    The first non-None answer wins, so a plugin can override a built-in adapter by being
+    registered later (pluggy calls later registrations first).
+    """
+
+
+@hookspec
+def ralu_on_step_end(event: StepEvent) -> None:
+    """Observe the end of each Euler step (after the update): stage, step, sigmas, token count."""
+
+
+@hookspec
+def ralu_on_stage_end(event: StageEvent) -> None:
+    """Observe the end of each stage (before the next transition): the state and its levels."""

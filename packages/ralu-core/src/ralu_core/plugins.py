@@ -1,0 +1,200 @@
+"""Plugin manager factory and the registry of everything plugins provide.
+
+Nothing loads at import time and nothing lives in module globals: each `accelerate()` (or CLI
+command) builds its own plugin manager, so two accelerated pipelines never share state. Every
+first-party package registers through the ``ralu`` entry-point group exactly as a third party
+would, and a plugin that fails to import or registers something malformed is reported by name.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pluggy
+
+from ralu_core import hookspecs
+from ralu_core.adapter import ModelAdapter
+from ralu_core.errors import PluginError, UnsupportedPipelineError
+from ralu_core.strategies.base import STRATEGY_KINDS, Strategy
+
+ENTRY_POINT_GROUP = "ralu"
+
+KIND_HOOKS: dict[str, str] = {
+    "token_selector": "ralu_register_token_selectors",
+    "transition": "ralu_register_transitions",
+    "schedule": "ralu_register_schedules",
+    "feature_cache": "ralu_register_feature_caches",
+}
+KIND_LABELS: dict[str, str] = {
+    "token_selector": "token selector",
+    "transition": "transition",
+    "schedule": "schedule",
+    "feature_cache": "feature cache",
+}
+
+
+@attrs.frozen(kw_only=True)
+class PluginInfo:
+    """Where a registered plugin comes from (shown by ``ralu plugins``)."""
+
+    name: str
+    distribution: str | None = None
+    version: str | None = None
+
+
+def create_plugin_manager(
+    *, load_entry_points: bool = True, plugins: Iterable[object] = (), entry_points: Iterable[Any] | None = None
+) -> pluggy.PluginManager:
+    """A new plugin manager with ralu's hook specs, loaded from the ``ralu`` entry points.
+
+    `plugins` are registered after the entry points (so their adapters win resolution).
+    `entry_points` replaces the installed ones (tests simulate third-party distributions this way).
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    infos: dict[str, PluginInfo] = {}
+    if load_entry_points:
+        found = entry_points if entry_points is not None else metadata.entry_points(group=ENTRY_POINT_GROUP)
+        for ep in sorted(found, key=lambda e: e.name):
+            dist = getattr(ep, "dist", None)
+            info = PluginInfo(
+                name=ep.name,
+                distribution=getattr(dist, "name", None),
+                version=getattr(dist, "version", None),
+            )
+            origin = f"plugin {ep.name!r}" + (f" from distribution {info.distribution}" if info.distribution else "")
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                raise PluginError(f"ralu {origin} failed to load ({ep.value}): {type(exc).__name__}: {exc}") from exc
+            if pm.is_registered(plugin):
+                continue
+            try:
+                pm.register(plugin, name=ep.name)
+            except Exception as exc:
+                raise PluginError(f"ralu {origin} could not be registered: {exc}") from exc
+            infos[ep.name] = info
+    for plugin in plugins:
+        name = pm.register(plugin)
+        if name is not None:
+            infos[name] = PluginInfo(name=name)
+    pm.ralu_plugin_info = infos  # type: ignore[attr-defined]
+    return pm
+
+
+def plugin_info(pm: pluggy.PluginManager, plugin_name: str) -> PluginInfo:
+    infos: dict[str, PluginInfo] = getattr(pm, "ralu_plugin_info", {})
+    return infos.get(plugin_name, PluginInfo(name=plugin_name))
+
+
+@attrs.frozen(kw_only=True)
+class Registration:
+    kind: str
+    name: str
+    obj: Any
+    plugin: str
+
+
+@attrs.define
+class Registry:
+    """Everything the loaded plugins registered, by kind and name."""
+
+    pm: pluggy.PluginManager
+    strategies: dict[str, dict[str, Registration]] = attrs.field(factory=dict)
+    adapters: dict[str, Registration] = attrs.field(factory=dict)
+    recipes: dict[str, Registration] = attrs.field(factory=dict)
+
+    @classmethod
+    def collect(cls, pm: pluggy.PluginManager) -> Registry:
+        registry = cls(pm=pm, strategies={kind: {} for kind in STRATEGY_KINDS})
+        for kind, hook_name in KIND_HOOKS.items():
+            registry._run(hook_name, lambda plugin, k=kind: registry._strategy_register(plugin, k))
+        registry._run("ralu_register_model_adapters", registry._adapter_register)
+        registry._run("ralu_register_recipes", registry._recipe_register)
+        return registry
+
+    def _run(self, hook_name: str, make_register: Callable[[str], Callable[..., None]]) -> None:
+        hook = getattr(self.pm.hook, hook_name)
+        for impl in reversed(hook.get_hookimpls()):
+            try:
+                impl.function(register=make_register(impl.plugin_name))
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise PluginError(
+                    f"ralu plugin {impl.plugin_name!r} failed in {hook_name}: {type(exc).__name__}: {exc}"
+                ) from exc
+
+    def _add(self, table: dict[str, Registration], entry: Registration) -> None:
+        existing = table.get(entry.name)
+        if existing is not None:
+            raise PluginError(
+                f"ralu plugin {entry.plugin!r} registers {KIND_LABELS.get(entry.kind, entry.kind)} "
+                f"{entry.name!r}, which plugin {existing.plugin!r} already registered; rename one of them"
+            )
+        table[entry.name] = entry
+
+    def _strategy_register(self, plugin: str, kind: str) -> Callable[[type[Strategy]], None]:
+        base = STRATEGY_KINDS[kind]
+
+        def register(cls: type[Strategy]) -> None:
+            label = KIND_LABELS[kind]
+            if not (isinstance(cls, type) and issubclass(cls, base)):
+                raise PluginError(
+                    f"ralu plugin {plugin!r} registered {cls!r} as a {label}, but it does not "
+                    f"subclass {base.__module__}.{base.__qualname__}"
+                )
+            name = getattr(cls, "name", None)
+            if not isinstance(name, str) or not name:
+                raise PluginError(f"ralu plugin {plugin!r} registered {label} {cls.__qualname__} without a `name`")
+            if not attrs.has(cls.Config):
+                raise PluginError(f"ralu plugin {plugin!r}: {label} {name!r} needs an attrs `Config` class")
+            self._add(self.strategies[kind], Registration(kind=kind, name=name, obj=cls, plugin=plugin))
+
+        return register
+
+    def _adapter_register(self, plugin: str) -> Callable[[ModelAdapter], None]:
+        def register(adapter: ModelAdapter) -> None:
+            if not isinstance(adapter, ModelAdapter):
+                raise PluginError(f"ralu plugin {plugin!r} registered {adapter!r}, which is not a ModelAdapter")
+            self._add(self.adapters, Registration(kind="adapter", name=adapter.name, obj=adapter, plugin=plugin))
+
+        return register
+
+    def _recipe_register(self, plugin: str) -> Callable[[str, Path], None]:
+        def register(name: str, path: Path) -> None:
+            self._add(self.recipes, Registration(kind="recipe", name=name, obj=Path(path), plugin=plugin))
+
+        return register
+
+    # --- look-ups -------------------------------------------------------------------------------
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.strategies[kind])
+
+    def strategy_class(self, kind: str, name: str) -> type[Strategy] | None:
+        entry = self.strategies[kind].get(name)
+        return None if entry is None else entry.obj
+
+    def adapter_named(self, name: str) -> ModelAdapter:
+        entry = self.adapters.get(name)
+        if entry is None:
+            raise KeyError(f"no model adapter named {name!r}; installed: {', '.join(sorted(self.adapters)) or 'none'}")
+        return entry.obj
+
+    def resolve_adapter(self, pipeline: Any) -> ModelAdapter:
+        adapter = self.pm.hook.ralu_resolve_model_adapter(pipeline=pipeline)
+        if adapter is None:
+            known = (
+                ", ".join(f"{a.obj.name} ({', '.join(a.obj.pipeline_classes)})" for a in self.adapters.values())
+                or "none installed"
+            )
+            raise UnsupportedPipelineError(
+                f"ralu has no model adapter for {type(pipeline).__name__}; adapters: {known}. "
+                "Install the adapter package for this model (e.g. ralu-flux) or write one (see docs/)."
+            )
+        return adapter

@@ -1,0 +1,63 @@
+"""Per-image random draws that follow diffusers' generator conventions.
+
+A list of generators gives each image its own stream (so a batch equals the single calls made
+with the same generators); one generator or None draws the whole batch at once, as diffusers'
+``randn_tensor`` does. All of RALU's randomness (injected noise, random selection) goes through
+here, from the call's generators, never the global RNG, so a seed reproduces an image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
+
+
+def per_image_generators(generator: GeneratorArg, batch_size: int) -> list[torch.Generator] | None:
+    """Validate a generator argument; a list must have one generator per image."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return None
+    generators = list(generator)
+    if len(generators) != batch_size:
+        raise ValueError(
+            f"got {len(generators)} generators for an effective batch of {batch_size} images; "
+            "pass one generator per image (batch size x num_images_per_prompt) or a single generator"
+        )
+    return generators
+
+
+def _cpu_or_same(generator: torch.Generator | None, device: torch.device) -> torch.device:
+    return generator.device if generator is not None else device
+
+
+def randn(shape: Sequence[int], generator: GeneratorArg, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Standard normal noise of `shape` (batch first), drawn like diffusers' randn_tensor."""
+    shape = tuple(shape)
+    generators = per_image_generators(generator, shape[0])
+    if generators is None:
+        gen = generator if isinstance(generator, torch.Generator) else None
+        draw_device = _cpu_or_same(gen, device)
+        return torch.randn(shape, generator=gen, device=draw_device, dtype=dtype).to(device)
+    parts = [
+        torch.randn((1, *shape[1:]), generator=g, device=_cpu_or_same(g, device), dtype=dtype).to(device)
+        for g in generators
+    ]
+    return torch.cat(parts, dim=0)
+
+
+def rand(
+    shape: Sequence[int], generator: GeneratorArg, *, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Uniform [0, 1) numbers of `shape` (batch first), per image like `randn`."""
+    shape = tuple(shape)
+    generators = per_image_generators(generator, shape[0])
+    if generators is None:
+        gen = generator if isinstance(generator, torch.Generator) else None
+        return torch.rand(shape, generator=gen, device=_cpu_or_same(gen, device), dtype=dtype).to(device)
+    parts = [
+        torch.rand((1, *shape[1:]), generator=g, device=_cpu_or_same(g, device), dtype=dtype).to(device)
+        for g in generators
+    ]
+    return torch.cat(parts, dim=0)

@@ -1,0 +1,127 @@
+"""Loading recipes from YAML: safe_load, strict structuring, errors with the path of each field.
+
+Strict means: unknown keys are errors, and scalars keep their YAML type (``steps: "3"`` or
+``rewind: "no"`` are refused instead of coerced). All problems are reported together, each as
+``$.stages[1].end: <what is wrong>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+import yaml
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
+from ralu_core.errors import ConfigFieldError, RecipeError
+from ralu_core.recipes.model import Recipe, StrategyRef
+
+
+def _strict_scalar(kind: type, label: str) -> Any:
+    def structure(value: Any, _: type) -> Any:
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise ValueError(f"expected {label}, got {type(value).__name__} {value!r}")
+        return value
+
+    return structure
+
+
+def make_converter() -> cattrs.Converter:
+    """A cattrs converter that forbids extra keys and does not coerce scalars."""
+    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    converter.register_structure_hook(int, _strict_scalar(int, "an integer"))
+    converter.register_structure_hook(float, _strict_scalar(float, "a number"))
+    converter.register_structure_hook(bool, _strict_scalar(bool, "true or false"))
+    converter.register_structure_hook(str, _strict_scalar(str, "a string"))
+    converter.register_structure_hook(StrategyRef, _structure_ref)
+    return converter
+
+
+def _structure_ref(value: Any, _: type) -> StrategyRef:
+    if isinstance(value, str):
+        return StrategyRef(name=value)
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected a strategy name or a mapping with `name`, got {type(value).__name__}")
+    if "name" not in value:
+        raise ValueError(f"a strategy needs a `name`; got keys {sorted(value)}")
+    name = value["name"]
+    if not isinstance(name, str):
+        raise ValueError(f"a strategy `name` must be a string, got {name!r}")
+    return StrategyRef(name=name, params={k: v for k, v in value.items() if k != "name"})
+
+
+_FIELD = "\x00"
+
+
+def _format_exception(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, ConfigFieldError):
+        return f"{_FIELD}{exc.field}{_FIELD}{exc}"
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    if isinstance(exc, ForbiddenExtraKeysError):
+        return f"unknown field(s) {', '.join(sorted(exc.extra_fields))}"
+    if isinstance(exc, TypeError) and type_ is not None:
+        name = getattr(type_, "__name__", str(type_))
+        return f"expected {name}: {exc}"
+    return str(exc)
+
+
+def error_messages(exc: BaseException, path: str = "$") -> list[str]:
+    """cattrs validation errors -> ``["$.a.b: message", ...]``."""
+    if isinstance(exc, ClassValidationError | IterableValidationError):
+        messages = cattrs.transform_error(exc, path=path, format_exception=_format_exception)
+    else:
+        messages = [f"{_format_exception(exc, None)} @ {path}"]
+    out = []
+    for message in messages:
+        text, _, where = message.rpartition(" @ ")
+        if text.startswith(_FIELD):
+            field, _, text = text[1:].partition(_FIELD)
+            where = f"{where}.{field}"
+        out.append(f"{where}: {text}" if where else message)
+    return out
+
+
+def structure_strict(data: Any, cls: type[Any], source: str, path: str = "$") -> Any:
+    """Structure `data` into attrs class `cls`, raising RecipeError with paths on failure."""
+    if not isinstance(data, Mapping):
+        raise RecipeError(source, [f"{path}: expected a mapping, got {type(data).__name__}"])
+    try:
+        return make_converter().structure(dict(data), cls)
+    except (ClassValidationError, IterableValidationError) as exc:
+        raise RecipeError(source, error_messages(exc, path)) from None
+    except ConfigFieldError as exc:
+        raise RecipeError(source, [f"{path}.{exc.field}: {exc}"]) from None
+    except (ValueError, TypeError) as exc:
+        raise RecipeError(source, [f"{path}: {exc}"]) from None
+
+
+def load_recipe_text(text: str, source: str = "<string>") -> Recipe:
+    """Parse YAML text into a Recipe (structure only; names are checked by `resolve_recipe`)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError(source, [f"not valid YAML: {exc}"]) from None
+    recipe = structure_strict(data, Recipe, source)
+    if not recipe.stages:
+        raise RecipeError(source, ["$.stages: a recipe needs at least one stage"])
+    return recipe
+
+
+def load_recipe_file(path: str | Path) -> Recipe:
+    path = Path(path)
+    return load_recipe_text(path.read_text(encoding="utf-8"), source=str(path))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.to_yaml_dict(), sort_keys=False)
+
+
+def recipe_fields() -> list[str]:
+    """Top-level recipe keys, for docs and error hints."""
+    return [f.name for f in attrs.fields(Recipe)]

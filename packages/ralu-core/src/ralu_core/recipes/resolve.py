@@ -1,0 +1,168 @@
+"""Second pass over a recipe, once plugins are loaded: names -> strategy objects.
+
+Each strategy's parameters are structured against the config class its plugin declared, with
+the same strictness and paths as the first pass; unknown names list the registered ones; and
+the combination is checked (a multi-stage recipe must start at half resolution and end with a
+transition that upsamples everything, the schedule must suit the stages and the transitions).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ralu_core.errors import RecipeError
+from ralu_core.plugins import KIND_LABELS, Registry
+from ralu_core.recipes.loader import load_recipe_file, structure_strict
+from ralu_core.recipes.model import Recipe, Stage, StrategyRef
+from ralu_core.strategies.base import (
+    FeatureCache,
+    ResolutionTransition,
+    StagePlanSpec,
+    Strategy,
+    TimestepSchedule,
+    TokenSelector,
+)
+from ralu_core.tokens import FULL, HALF
+
+
+@attrs.frozen(kw_only=True)
+class RuntimeStage:
+    spec: StagePlanSpec
+    transition: ResolutionTransition | None
+    selector: TokenSelector | None
+    step_tokens: TokenSelector | None
+
+
+@attrs.frozen(kw_only=True)
+class RecipeRuntime:
+    """A recipe with its strategies built; owned by one accelerated pipeline."""
+
+    recipe: Recipe
+    schedule: TimestepSchedule
+    stages: tuple[RuntimeStage, ...]
+    cache: FeatureCache
+
+    @property
+    def start_level(self) -> int:
+        return self.recipe.start_level
+
+    def strategies(self) -> list[Strategy]:
+        found: list[Strategy] = [self.schedule, self.cache]
+        for stage in self.stages:
+            found += [s for s in (stage.transition, stage.selector, stage.step_tokens) if s is not None]
+        return found
+
+    def reset(self) -> None:
+        for strategy in self.strategies():
+            strategy.reset()
+
+
+def find_recipe(source: str | Path | Recipe, registry: Registry) -> Recipe:
+    """A Recipe from a Recipe, a built-in name or a YAML path."""
+    if isinstance(source, Recipe):
+        return source
+    text = str(source)
+    entry = registry.recipes.get(text)
+    if entry is not None:
+        return load_recipe_file(entry.obj)
+    path = Path(text)
+    if path.is_file():
+        return load_recipe_file(path)
+    known = ", ".join(sorted(registry.recipes)) or "none installed"
+    raise RecipeError(text, [f"no built-in recipe of that name and no such file; built-in recipes: {known}"])
+
+
+class _Builder:
+    def __init__(self, recipe: Recipe, registry: Registry) -> None:
+        self.recipe = recipe
+        self.registry = registry
+        self.problems: list[str] = []
+
+    def build(self, ref: StrategyRef, kind: str, path: str) -> Any:
+        cls = self.registry.strategy_class(kind, ref.name)
+        if cls is None:
+            known = ", ".join(self.registry.names(kind)) or "none"
+            self.problems.append(f"{path}.name: unknown {KIND_LABELS[kind]} {ref.name!r}; registered: {known}")
+            return None
+        try:
+            config = structure_strict(ref.params, cls.Config, self.recipe.name, path)
+        except RecipeError as exc:
+            self.problems += exc.problems
+            return None
+        return cls(config)
+
+
+def resolve_recipe(recipe: Recipe, registry: Registry) -> RecipeRuntime:
+    """Build and cross-check all strategies of `recipe`; every problem is reported at once."""
+    b = _Builder(recipe, registry)
+    schedule = b.build(recipe.schedule, "schedule", "$.schedule")
+    cache = b.build(recipe.cache, "feature_cache", "$.cache")
+    stages = []
+    for index, stage in enumerate(recipe.stages):
+        stages.append(_resolve_stage(b, stage, index))
+    _check_structure(b, recipe, stages, schedule)
+    if b.problems:
+        raise RecipeError(recipe.name, b.problems)
+    return RecipeRuntime(recipe=recipe, schedule=schedule, stages=tuple(stages), cache=cache)
+
+
+def _resolve_stage(b: _Builder, stage: Stage, index: int) -> RuntimeStage:
+    path = f"$.stages[{index}]"
+    if stage.steps is not None and stage.steps < 1:
+        b.problems.append(f"{path}.steps: must be at least 1, got {stage.steps}")
+    if index == 0:
+        if stage.transition is not None or stage.selector is not None:
+            b.problems.append(f"{path}: the first stage has no transition or selector (nothing comes before it)")
+        if stage.level not in (None, FULL, HALF):
+            b.problems.append(f"{path}.level: must be 0 (full resolution) or 1 (half resolution), got {stage.level}")
+    else:
+        if stage.level is not None:
+            b.problems.append(f"{path}.level: only the first stage sets a level; later ones follow from transitions")
+        if stage.transition is None:
+            b.problems.append(f"{path}.transition: required for every stage after the first")
+        if stage.selector is None:
+            b.problems.append(f"{path}.selector: required for every stage after the first (e.g. `all`)")
+    transition = b.build(stage.transition, "transition", f"{path}.transition") if stage.transition else None
+    selector = b.build(stage.selector, "token_selector", f"{path}.selector") if stage.selector else None
+    step_tokens = b.build(stage.step_tokens, "token_selector", f"{path}.step_tokens") if stage.step_tokens else None
+    return RuntimeStage(
+        spec=StagePlanSpec(steps=stage.steps, end=stage.end),
+        transition=transition,
+        selector=selector,
+        step_tokens=step_tokens,
+    )
+
+
+def _check_structure(
+    b: _Builder, recipe: Recipe, stages: list[RuntimeStage], schedule: TimestepSchedule | None
+) -> None:
+    transitions = len(stages) - 1
+    if transitions and recipe.start_level == FULL:
+        b.problems.append(
+            "$.stages[0].level: a multi-stage recipe upsamples half-resolution tokens, so it must start at level 1"
+        )
+    if recipe.start_level == HALF:
+        if not transitions:
+            b.problems.append("$.stages: a recipe that starts at half resolution needs a transition to full resolution")
+        else:
+            last = stages[-1].selector
+            if last is not None and not last.covers_all:
+                b.problems.append(
+                    f"$.stages[{transitions}].selector: the last transition must upsample every remaining token "
+                    f"(use `all`), got {last.name!r}"
+                )
+    if schedule is None:
+        return
+    b.problems += schedule.check([s.spec for s in stages])
+    rewinds = bool(getattr(schedule, "rewinds", False))
+    for index, stage in enumerate(stages[1:], start=1):
+        if stage.transition is not None and stage.transition.rewinds != rewinds:
+            wants = "rewinds toward noise" if stage.transition.rewinds else "does not rewind"
+            b.problems.append(
+                f"$.stages[{index}].transition: {stage.transition.name!r} {wants} at transitions but schedule "
+                f"{schedule.name!r} {'does' if rewinds else 'does not'}; pair nt-dm-upsample with nt-dm, "
+                "naive-upsample with nt-dm `rewind: false`"
+            )

@@ -1,0 +1,21 @@
+"""Strategy kinds (base) and the built-in strategies of ralu-core."""
+
+from ralu_core.strategies.base import (
+    FeatureCache,
+    ResolutionTransition,
+    SelectionRequest,
+    Strategy,
+    TimestepSchedule,
+    TokenSelector,
+    TransitionRequest,
+)
+
+__all__ = [
+    "FeatureCache",
+    "ResolutionTransition",
+    "SelectionRequest",
+    "Strategy",
+    "TimestepSchedule",
+    "TokenSelector",
+    "TransitionRequest",
+]

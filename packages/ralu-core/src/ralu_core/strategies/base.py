@@ -1,0 +1,207 @@
+"""The four strategy kinds and the requests the engine hands them.
+
+A strategy is a plain Python object built from a frozen attrs config; plugins register the
+classes, recipes name them, and the engine calls them directly (pluggy stays off the hot path).
+Strategies never see a model: what they need of it (decoding a latent for the Canny selector,
+the pipeline's own sigmas for the baseline schedule) comes as callables in the request.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import attrs
+import torch
+
+from ralu_core.randomness import GeneratorArg
+from ralu_core.tokens import TokenState
+
+
+@attrs.frozen(kw_only=True)
+class NoConfig:
+    """Config of a strategy that takes no parameters."""
+
+
+class Strategy(abc.ABC):
+    """Common base: a registered name, a config class and a one-line summary (the docstring)."""
+
+    kind: ClassVar[str]
+    name: ClassVar[str]
+    Config: ClassVar[type[Any]] = NoConfig
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = self.Config() if config is None else config
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+    def reset(self) -> None:  # noqa: B027 - optional override, not abstract
+        """Forget per-call state. Called before each generation."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"
+
+
+# --- token selectors ----------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class SelectionRequest:
+    """What a selector may look at when choosing among `candidates` (B, M state indices).
+
+    `clean_estimate` is x0_hat = x - sigma * v for every token of the state, from the last model
+    call (no extra evaluation). `render` paints values into a dense latent at a level, `decode`
+    turns such a latent into RGB in [0, 1] with the pipeline's VAE.
+    """
+
+    state: TokenState
+    candidates: torch.Tensor
+    clean_estimate: torch.Tensor | None
+    velocity: torch.Tensor | None
+    sigma: float
+    generator: GeneratorArg
+    render: Callable[[torch.Tensor, int], torch.Tensor]
+    decode: Callable[[torch.Tensor], torch.Tensor]
+
+
+class TokenSelector(Strategy):
+    """Chooses tokens: which to upsample at a transition, or which to compute at a step."""
+
+    kind: ClassVar[str] = "token_selector"
+    covers_all: ClassVar[bool] = False
+    decodes: ClassVar[bool] = False
+    """Whether `select` runs the VAE decoder (counted in FLOPs reports)."""
+
+    @abc.abstractmethod
+    def planned_count(self, num_candidates: int) -> int:
+        """How many of `num_candidates` this selector picks (known before running: FLOPs, shapes)."""
+
+    @abc.abstractmethod
+    def select(self, request: SelectionRequest) -> torch.Tensor:
+        """(B, K) positions into `request.candidates`, K = planned_count(M), distinct per image."""
+
+
+# --- resolution transitions ---------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class TransitionRequest:
+    """Upsample `selected` (B, K state indices of half-res tokens) and move the state from the
+    end of one stage (noise level `sigma_from`) to the start of the next (`sigma_to`)."""
+
+    state: TokenState
+    selected: torch.Tensor
+    sigma_from: float
+    sigma_to: float
+    generator: GeneratorArg
+
+
+class ResolutionTransition(Strategy):
+    """Changes the level of tokens between stages and decides what noise to inject."""
+
+    kind: ClassVar[str] = "transition"
+    rewinds: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def apply(self, request: TransitionRequest) -> TokenState:
+        """The state at `sigma_to` with the selected tokens at full resolution."""
+
+
+# --- timestep schedules -------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class StagePlanSpec:
+    """The schedule-relevant part of a recipe stage."""
+
+    steps: int | None
+    end: float
+
+
+@attrs.frozen(kw_only=True)
+class ScheduleContext:
+    """What a schedule may ask of the call: the pipeline's own sigmas and defaults."""
+
+    requested_steps: int | None
+    default_steps: int
+    default_shift: float
+    pipeline_sigmas: Callable[[int], torch.Tensor]
+
+
+@attrs.frozen(kw_only=True)
+class SchedulePlan:
+    """Per stage, descending sigmas (n_k + 1 values, float32); `details` is for reports."""
+
+    sigmas: tuple[torch.Tensor, ...]
+    details: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def steps(self) -> tuple[int, ...]:
+        return tuple(len(s) - 1 for s in self.sigmas)
+
+
+class TimestepSchedule(Strategy):
+    """Decides the stages' sigma grids and how far each transition rewinds toward noise."""
+
+    kind: ClassVar[str] = "schedule"
+    accepts_requested_steps: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def check(self, stages: Sequence[StagePlanSpec]) -> list[str]:
+        """Problems with these stages for this schedule, as messages (empty when fine)."""
+
+    @abc.abstractmethod
+    def plan(self, stages: Sequence[StagePlanSpec], context: ScheduleContext) -> SchedulePlan:
+        """The sigma grid of each stage."""
+
+    def planned_steps(self, stages: Sequence[StagePlanSpec], default_steps: int) -> tuple[int, ...]:
+        """Steps per stage without building the plan (FLOPs counting)."""
+        return tuple(default_steps if s.steps is None else s.steps for s in stages)
+
+
+# --- feature caches -----------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class StageInfo:
+    index: int
+    num_tokens: int
+    steps: int
+
+
+@attrs.frozen(kw_only=True)
+class StepInfo:
+    stage: int
+    step: int
+    sigma: float
+    sigma_next: float
+    active: torch.Tensor | None
+
+
+class FeatureCache(Strategy):
+    """Decides what is reused across steps instead of recomputed inside the model call.
+
+    Stage-aware by contract: `begin_stage` is called whenever the token set changes, so a cache
+    never reuses features computed for another token count or order.
+    """
+
+    kind: ClassVar[str] = "feature_cache"
+
+    def begin_stage(self, stage: StageInfo) -> None:
+        """A new stage starts; anything cached for the old token set is invalid."""
+
+    @abc.abstractmethod
+    def predict(self, step: StepInfo, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The velocity for this step: computed by `compute()` or derived from the cache."""
+
+
+STRATEGY_KINDS: dict[str, type[Strategy]] = {
+    TokenSelector.kind: TokenSelector,
+    ResolutionTransition.kind: ResolutionTransition,
+    TimestepSchedule.kind: TimestepSchedule,
+    FeatureCache.kind: FeatureCache,
+}

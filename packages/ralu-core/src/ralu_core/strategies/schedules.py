@@ -1,0 +1,143 @@
+"""Built-in timestep schedules: `nt-dm` (RALU's solved multi-stage schedule) and `uniform`.
+
+`uniform` hands the single stage the pipeline's own sigmas, so a baseline recipe reproduces the
+pipeline exactly. `nt-dm` gives each stage its own shift and rewinds at each transition, with
+(h_1..h_K, c) chosen so that the timesteps actually visited match the base model's training
+density; the solution depends only on the steps, the stage ends and the base shift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import attrs
+import torch
+
+from ralu_core.errors import ConfigFieldError
+from ralu_core.ntdm import NTDMSolution, fixed_ntdm, solve_ntdm, stage_sigmas
+from ralu_core.strategies.base import ScheduleContext, SchedulePlan, StagePlanSpec, TimestepSchedule
+
+
+def _check_ends(stages: Sequence[StagePlanSpec]) -> list[str]:
+    problems = []
+    previous = 0.0
+    for index, stage in enumerate(stages):
+        if not previous < stage.end <= 1.0:
+            problems.append(
+                f"$.stages[{index}].end: stage ends must increase strictly within (0, 1], got {stage.end} "
+                f"after {previous}"
+            )
+        previous = stage.end
+    if stages and stages[-1].end != 1.0:
+        problems.append(f"$.stages[{len(stages) - 1}].end: the last stage must end at 1.0 (clean data)")
+    return problems
+
+
+def _positive(instance: object, attribute: attrs.Attribute[float | None], value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ConfigFieldError(attribute.name, f"{attribute.name} must be positive, got {value}")
+
+
+@attrs.frozen(kw_only=True)
+class NTDMConfig:
+    base_shift: float | None = attrs.field(default=None, validator=_positive)
+    """Shift h0 of the base model's timestep density (3.0 for FLUX.1-dev and SD3); default: the pipeline's."""
+    shifts: tuple[float, ...] | None = None
+    """Fixed per-stage shifts instead of the solved ones (ablation); give `c` too."""
+    c: float | None = None
+    """Fixed noise-correlation constant in (0, 1/4] instead of the solved one (ablation)."""
+    rewind: bool = True
+    """Rewind toward noise at each transition (NT-DM). False pairs with naive-upsample for ablations."""
+
+    def __attrs_post_init__(self) -> None:
+        if (self.shifts is None) != (self.c is None) and self.rewind:
+            raise ValueError("give both `shifts` and `c` to fix the schedule, or neither to solve it")
+        if self.c is not None and not 0.0 < self.c <= 0.25:
+            raise ConfigFieldError(
+                "c", f"c must be in (0, 0.25] so that the injected noise covariance stays valid, got {self.c}"
+            )
+        if self.shifts is not None and any(s <= 0 for s in self.shifts):
+            raise ConfigFieldError("shifts", f"shifts must be positive, got {list(self.shifts)}")
+
+
+class NTDMSchedule(TimestepSchedule):
+    """Per-stage shifted schedules with rewinds solved by NT-DM (noise & timestep distribution matching)."""
+
+    name: ClassVar[str] = "nt-dm"
+    Config: ClassVar[type[NTDMConfig]] = NTDMConfig
+
+    def __init__(self, config: NTDMConfig | None = None) -> None:
+        super().__init__(config)
+        self._solutions: dict[float, NTDMSolution] = {}
+
+    @property
+    def rewinds(self) -> bool:
+        return bool(self.config.rewind)
+
+    def check(self, stages: Sequence[StagePlanSpec]) -> list[str]:
+        problems = [
+            f"$.stages[{i}].steps: the nt-dm schedule needs a step count for every stage"
+            for i, s in enumerate(stages)
+            if s.steps is None
+        ]
+        problems += _check_ends(stages)
+        shifts = self.config.shifts
+        if shifts is not None and len(shifts) != len(stages):
+            problems.append(f"$.schedule.shifts: {len(shifts)} shifts given for {len(stages)} stages")
+        return problems
+
+    def solution(self, stages: Sequence[StagePlanSpec], base_shift: float) -> NTDMSolution:
+        """The solved (or fixed) schedule; cached per base shift because solving takes a moment."""
+        if base_shift not in self._solutions:
+            steps = [int(s.steps or 0) for s in stages]
+            ends = [s.end for s in stages]
+            if self.config.shifts is not None and self.config.c is not None:
+                solved = fixed_ntdm(steps, ends, base_shift, list(self.config.shifts), self.config.c)
+            else:
+                solved = solve_ntdm(steps, ends, base_shift)
+            self._solutions[base_shift] = solved
+        return self._solutions[base_shift]
+
+    def plan(self, stages: Sequence[StagePlanSpec], context: ScheduleContext) -> SchedulePlan:
+        base_shift = self.config.base_shift or context.default_shift
+        if not self.config.rewind:
+            shifts = self.config.shifts or (base_shift,) * len(stages)
+            starts = [0.0] + [s.end for s in stages[:-1]]
+            sigmas = tuple(
+                torch.tensor(stage_sigmas(start, s.end, int(s.steps or 0), shift), dtype=torch.float32)
+                for start, s, shift in zip(starts, stages, shifts, strict=True)
+            )
+            return SchedulePlan(sigmas=sigmas, details={"shifts": list(shifts), "starts": starts, "rewind": False})
+        solution = self.solution(stages, base_shift)
+        sigmas = tuple(torch.tensor(stage.sigmas, dtype=torch.float32) for stage in solution.stages())
+        return SchedulePlan(sigmas=sigmas, details=solution.to_dict())
+
+
+@attrs.frozen(kw_only=True)
+class UniformConfig:
+    pass
+
+
+class UniformSchedule(TimestepSchedule):
+    """The pipeline's own schedule in one stage (the baseline); honours `num_inference_steps`."""
+
+    name: ClassVar[str] = "uniform"
+    Config: ClassVar[type[UniformConfig]] = UniformConfig
+    accepts_requested_steps: ClassVar[bool] = True
+    rewinds: ClassVar[bool] = False
+
+    def check(self, stages: Sequence[StagePlanSpec]) -> list[str]:
+        if len(stages) != 1:
+            return [f"$.stages: the uniform schedule runs exactly one stage, got {len(stages)}"]
+        return _check_ends(stages)
+
+    def planned_steps(self, stages: Sequence[StagePlanSpec], default_steps: int) -> tuple[int, ...]:
+        return (stages[0].steps or default_steps,)
+
+    def plan(self, stages: Sequence[StagePlanSpec], context: ScheduleContext) -> SchedulePlan:
+        steps = context.requested_steps or stages[0].steps or context.default_steps
+        return SchedulePlan(sigmas=(context.pipeline_sigmas(steps),), details={"steps": [steps]})
+
+
+BUILTIN_SCHEDULES: tuple[type[TimestepSchedule], ...] = (NTDMSchedule, UniformSchedule)

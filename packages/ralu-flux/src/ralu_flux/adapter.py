@@ -1,0 +1,361 @@
+"""The FLUX adapter: drives diffusers' FluxPipeline (FLUX.1-dev and schnell style models).
+
+FLUX packs 2 x 2 latent pixels into one token (channels x 2 x 2, the layout ralu-core uses) and
+positions tokens with 3-axis RoPE ids (0, row, col). Mixed-resolution tokens simply get float
+ids: the native low-res grid in stage 1, half offsets for upsampled children in stage 2, the
+ordinary grid in stage 3. Everything else (prompt encoding, noise, the scheduler's sigmas, VAE
+decode and post-processing) goes through the pipeline's own methods, so that the baseline recipe
+reproduces `pipe(...)` exactly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any, ClassVar
+
+import attrs
+import numpy as np
+import torch
+
+from ralu_core.adapter import FlopsProfile, ModelAdapter, ModelCall, ProgressBar, check_image_size, iter_chunks
+from ralu_core.randomness import GeneratorArg, per_image_generators
+from ralu_core.tokens import TokenGrid, TokenState, gather_tokens
+
+PATCH = 2  # FLUX packs 2 x 2 latent pixels per token
+
+
+@attrs.frozen(kw_only=True)
+class FluxArguments:
+    """FluxPipeline.__call__'s arguments, bound like the pipeline binds them."""
+
+    prompt: str | list[str] | None = None
+    prompt_2: str | list[str] | None = None
+    negative_prompt: str | list[str] | None = None
+    negative_prompt_2: str | list[str] | None = None
+    true_cfg_scale: float = 1.0
+    height: int | None = None
+    width: int | None = None
+    num_inference_steps: int | None = None
+    sigmas: list[float] | None = None
+    guidance_scale: float = 3.5
+    num_images_per_prompt: int = 1
+    generator: Any = None
+    latents: torch.Tensor | None = None
+    prompt_embeds: torch.Tensor | None = None
+    pooled_prompt_embeds: torch.Tensor | None = None
+    ip_adapter_image: Any = None
+    ip_adapter_image_embeds: Any = None
+    negative_ip_adapter_image: Any = None
+    negative_ip_adapter_image_embeds: Any = None
+    negative_prompt_embeds: torch.Tensor | None = None
+    negative_pooled_prompt_embeds: torch.Tensor | None = None
+    output_type: str | None = "pil"
+    return_dict: bool = True
+    joint_attention_kwargs: dict[str, Any] | None = None
+    callback_on_step_end: Any = None
+    callback_on_step_end_tensor_inputs: Any = None
+    max_sequence_length: int = 512
+
+    @classmethod
+    def bind(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> FluxArguments:
+        names = [f.name for f in attrs.fields(cls)]
+        if len(args) > len(names):
+            raise TypeError(f"FluxPipeline takes at most {len(names)} positional arguments, got {len(args)}")
+        merged = dict(zip(names, args, strict=False))
+        for key, value in kwargs.items():
+            if key in merged:
+                raise TypeError(f"got multiple values for argument {key!r}")
+            if key not in names:
+                raise TypeError(f"FluxPipeline.__call__() got an unexpected keyword argument {key!r}")
+            merged[key] = value
+        return cls(**merged)
+
+    def unsupported(self) -> list[str]:
+        named = {
+            "sigmas": "custom sigmas (recipes own the schedule)",
+            "ip_adapter_image": "IP-Adapter",
+            "ip_adapter_image_embeds": "IP-Adapter",
+            "negative_ip_adapter_image": "IP-Adapter",
+            "negative_ip_adapter_image_embeds": "IP-Adapter",
+            "callback_on_step_end": "step-end callbacks (use the ralu_on_step_end hook)",
+        }
+        return sorted({label for key, label in named.items() if getattr(self, key) is not None})
+
+
+def _batch_size(args: FluxArguments) -> int:
+    if isinstance(args.prompt, str):
+        return 1
+    if isinstance(args.prompt, list):
+        return len(args.prompt)
+    if args.prompt_embeds is not None:
+        return int(args.prompt_embeds.shape[0])
+    raise ValueError("provide either `prompt` or `prompt_embeds`")
+
+
+class FluxCall(ModelCall):
+    """One prepared FluxPipeline call."""
+
+    def __init__(self, pipe: Any, args: FluxArguments, height: int, width: int) -> None:
+        self.pipe = pipe
+        self.args = args
+        self.height = height
+        self.width = width
+        self.device = pipe._execution_device
+        self.batch_size = _batch_size(args) * args.num_images_per_prompt
+        self.generator: GeneratorArg = args.generator
+        self.requested_steps = args.num_inference_steps
+        self.default_steps = int(inspect.signature(type(pipe).__call__).parameters["num_inference_steps"].default)
+        latent_h = 2 * (height // (pipe.vae_scale_factor * 2))
+        latent_w = 2 * (width // (pipe.vae_scale_factor * 2))
+        self.grid = TokenGrid(
+            rows=latent_h // PATCH,
+            cols=latent_w // PATCH,
+            channels=pipe.transformer.config.in_channels // (PATCH * PATCH),
+            patch=PATCH,
+        )
+        self.joint_attention_kwargs = dict(args.joint_attention_kwargs or {})
+        lora_scale = self.joint_attention_kwargs.get("scale")
+        self.prompt_embeds, self.pooled, self.text_ids = pipe.encode_prompt(
+            prompt=args.prompt,
+            prompt_2=args.prompt_2,
+            prompt_embeds=args.prompt_embeds,
+            pooled_prompt_embeds=args.pooled_prompt_embeds,
+            device=self.device,
+            num_images_per_prompt=args.num_images_per_prompt,
+            max_sequence_length=args.max_sequence_length,
+            lora_scale=lora_scale,
+        )
+        has_negative = args.negative_prompt is not None or (
+            args.negative_prompt_embeds is not None and args.negative_pooled_prompt_embeds is not None
+        )
+        self.true_cfg = args.true_cfg_scale > 1 and has_negative
+        if self.true_cfg:
+            self.neg_embeds, self.neg_pooled, self.neg_text_ids = pipe.encode_prompt(
+                prompt=args.negative_prompt,
+                prompt_2=args.negative_prompt_2,
+                prompt_embeds=args.negative_prompt_embeds,
+                pooled_prompt_embeds=args.negative_pooled_prompt_embeds,
+                device=self.device,
+                num_images_per_prompt=args.num_images_per_prompt,
+                max_sequence_length=args.max_sequence_length,
+                lora_scale=lora_scale,
+            )
+        self.dtype = self.prompt_embeds.dtype
+        config = pipe.transformer.config
+        self.guidance = (
+            torch.full([1], args.guidance_scale, device=self.device, dtype=torch.float32)
+            if config.guidance_embeds
+            else None
+        )
+        self.num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
+        self.mu = self._mu(self.grid.num_tokens)
+        scheduler_config = pipe.scheduler.config
+        self.default_shift = (
+            math.exp(self.mu) if scheduler_config.get("use_dynamic_shifting", False) else float(scheduler_config.shift)
+        )
+
+    # --- schedule -------------------------------------------------------------------------------
+
+    def _mu(self, image_seq_len: int) -> float:
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        config = self.pipe.scheduler.config
+        return float(
+            calculate_shift(
+                image_seq_len,
+                config.get("base_image_seq_len", 256),
+                config.get("max_image_seq_len", 4096),
+                config.get("base_shift", 0.5),
+                config.get("max_shift", 1.15),
+            )
+        )
+
+    def pipeline_sigmas(self, steps: int) -> torch.Tensor:
+        """The pipeline's own sigmas, from a fresh scheduler (the user's scheduler is not touched)."""
+        from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
+
+        scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
+        sigmas: np.ndarray | None = np.linspace(1.0, 1 / steps, steps)
+        if getattr(scheduler.config, "use_flow_sigmas", False):
+            sigmas = None
+        retrieve_timesteps(scheduler, steps, self.device, sigmas=sigmas, mu=self.mu)
+        return scheduler.sigmas.to(torch.float32)
+
+    # --- tokens in, velocity out ----------------------------------------------------------------
+
+    def initial_noise(self) -> torch.Tensor:
+        channels = self.pipe.transformer.config.in_channels // 4
+        if self.args.latents is not None:
+            latents = self.args.latents.to(device=self.device, dtype=self.dtype)
+            expected = (self.batch_size, self.grid.num_tokens, self.grid.token_dim)
+            if tuple(latents.shape) != expected:
+                raise ValueError(
+                    f"`latents` must be packed FLUX latents of shape {expected}, got {tuple(latents.shape)}"
+                )
+            return latents
+        latents, _ = self.pipe.prepare_latents(
+            self.batch_size, channels, self.height, self.width, self.dtype, self.device, self.generator, None
+        )
+        return latents
+
+    def _ids(self, positions: torch.Tensor) -> torch.Tensor:
+        ids = torch.zeros(positions.shape[0], 3, dtype=torch.float64, device=self.device)
+        ids[:, 1:] = positions.to(self.device)
+        return ids.to(self.dtype)
+
+    def _transformer(
+        self, x: torch.Tensor, timestep: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor, negative: bool
+    ) -> torch.Tensor:
+        embeds, pooled, text_ids = (
+            (self.neg_embeds, self.neg_pooled, self.neg_text_ids)
+            if negative
+            else (self.prompt_embeds, self.pooled, self.text_ids)
+        )
+        transformer = self.pipe.transformer
+        context = (
+            transformer.cache_context("uncond" if negative else "cond")
+            if hasattr(transformer, "cache_context")
+            else nullcontext()
+        )
+        with context:
+            return transformer(
+                hidden_states=x,
+                timestep=timestep / 1000,
+                guidance=None if self.guidance is None else self.guidance.expand(x.shape[0]),
+                pooled_projections=pooled[rows],
+                encoder_hidden_states=embeds[rows],
+                txt_ids=text_ids,
+                img_ids=ids,
+                joint_attention_kwargs=self.joint_attention_kwargs,
+                return_dict=False,
+            )[0]
+
+    def predict(self, state: TokenState, sigma: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
+        values, positions = state.values, state.positions()
+        if active is not None:
+            values, positions = gather_tokens(values, active), gather_tokens(positions, active)
+        out = torch.empty_like(values)
+        t = sigma.to(self.device) * self.num_train_timesteps
+        # Images whose tokens sit at the same positions share one call; RoPE ids are per call.
+        for rows in iter_chunks(positions):
+            rows = rows.to(values.device)
+            x = values[rows]
+            timestep = t.expand(x.shape[0]).to(x.dtype)
+            ids = self._ids(positions[int(rows[0])])
+            noise_pred = self._transformer(x, timestep, rows, ids, negative=False)
+            if self.true_cfg:
+                negative = self._transformer(x, timestep, rows, ids, negative=True)
+                noise_pred = negative + self.args.true_cfg_scale * (noise_pred - negative)
+            out[rows] = noise_pred.to(out.dtype)
+        return out
+
+    # --- pixels ---------------------------------------------------------------------------------
+
+    def _vae_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        vae = self.pipe.vae
+        latent = latent / vae.config.scaling_factor + vae.config.shift_factor
+        return latent.to(device=vae.device, dtype=vae.dtype)
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        image = self.pipe.vae.decode(self._vae_latent(latent), return_dict=False)[0]
+        return (image.float() / 2 + 0.5).clamp(0, 1)
+
+    def finish(self, state: TokenState) -> Any:
+        from diffusers.pipelines.flux.pipeline_output import FluxPipelineOutput
+
+        latents = state.values
+        if self.args.output_type == "latent":
+            image: Any = latents
+        else:
+            unpacked = self.pipe._unpack_latents(latents, self.height, self.width, self.pipe.vae_scale_factor)
+            decoded = self.pipe.vae.decode(self._vae_latent(unpacked), return_dict=False)[0]
+            image = self.pipe.image_processor.postprocess(decoded, output_type=self.args.output_type)
+        self.pipe.maybe_free_model_hooks()
+        if not self.args.return_dict:
+            return (image,)
+        return FluxPipelineOutput(images=image)
+
+    def progress_bar(self, total: int) -> AbstractContextManager[ProgressBar]:
+        return self.pipe.progress_bar(total=total)  # type: ignore[no-any-return]
+
+
+class FluxAdapter(ModelAdapter):
+    """diffusers FluxPipeline (FLUX.1-dev, FLUX.1-schnell and models of the same architecture)."""
+
+    name: ClassVar[str] = "flux"
+    pipeline_classes: ClassVar[tuple[str, ...]] = ("FluxPipeline",)
+    architectures: ClassVar[tuple[str, ...]] = ("flux-dev",)
+
+    def supports(self, pipeline: Any) -> bool:
+        from diffusers import FluxPipeline
+
+        return isinstance(pipeline, FluxPipeline)
+
+    def size_multiple(self, pipeline: Any, coarsest_level: int) -> int:
+        return int(pipeline.vae_scale_factor) * PATCH * 2**coarsest_level
+
+    def prepare(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> FluxCall:
+        bound = FluxArguments.bind(args, kwargs)
+        unsupported = bound.unsupported()
+        if unsupported:
+            raise NotImplementedError(f"ralu's FLUX adapter does not support {', '.join(unsupported)} yet")
+        default = pipeline.default_sample_size * pipeline.vae_scale_factor
+        height, width = bound.height or default, bound.width or default
+        why = f"for this recipe (VAE factor {pipeline.vae_scale_factor} x 2 x 2 packing" + (
+            " x 2 for its half-resolution stage)" if coarsest_level else ")"
+        )
+        check_image_size(height, width, self.size_multiple(pipeline, coarsest_level), why)
+        if bound.num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be at least 1, got {bound.num_images_per_prompt}")
+        if bound.num_inference_steps is not None and bound.num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be at least 1, got {bound.num_inference_steps}")
+        pipeline.check_inputs(
+            bound.prompt,
+            bound.prompt_2,
+            height,
+            width,
+            negative_prompt=bound.negative_prompt,
+            negative_prompt_2=bound.negative_prompt_2,
+            prompt_embeds=bound.prompt_embeds,
+            negative_prompt_embeds=bound.negative_prompt_embeds,
+            pooled_prompt_embeds=bound.pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=bound.negative_pooled_prompt_embeds,
+            max_sequence_length=bound.max_sequence_length,
+        )
+        per_image_generators(bound.generator, _batch_size(bound) * bound.num_images_per_prompt)
+        return FluxCall(pipeline, bound, height, width)
+
+    def flops_profile(self, source: str | Path) -> FlopsProfile:
+        from ralu_flux.flops_profile import FluxFlopsProfile
+
+        return FluxFlopsProfile.from_source(source)
+
+    def pipeline_flops_profile(self, pipeline: Any, call_kwargs: dict[str, Any]) -> FlopsProfile:
+        from ralu_flux.flops_profile import FluxFlopsProfile
+
+        return FluxFlopsProfile(
+            type(pipeline).__name__,
+            dict(pipeline.transformer.config),
+            dict(pipeline.vae.config),
+            baseline_steps=28,
+            text_tokens=int(call_kwargs.get("max_sequence_length", 512)),  # T5 pads prompts to this length
+        )
+
+    embedded_models: ClassVar[tuple[str, ...]] = ("flux-tiny", "flux-mid")
+
+    def embedded_pipeline(self, name: str) -> Any:
+        from ralu_flux.testing import make_flux_pipeline
+
+        sizes = {"flux-tiny": "tiny", "flux-mid": "mid"}
+        if name not in sizes:
+            return super().embedded_pipeline(name)
+        return make_flux_pipeline(sizes[name], seed=0)  # type: ignore[arg-type]
+
+    def embedded_note(self, name: str) -> str:
+        return (
+            f"{name} is an embedded FLUX-architecture pipeline with RANDOM weights (seed 0): its images are "
+            "noise-like and NOT meaningful. Pass --model PATH|HUB-ID for real weights."
+        )

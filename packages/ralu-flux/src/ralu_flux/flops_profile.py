@@ -1,0 +1,63 @@
+"""FLOPs profile of FLUX architectures: FLUX.1-dev's shipped configs, or a local pipeline folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ralu_core.adapter import FlopsProfile, check_image_size
+from ralu_core.flops import FlopCount
+from ralu_core.tokens import TokenGrid
+from ralu_flux.flops import load_flux_dev_config, transformer_forward_flops, vae_decode_flops
+
+PATCH = 2
+
+
+class FluxFlopsProfile(FlopsProfile):
+    """Counts FluxTransformer2DModel forwards and AutoencoderKL decodes on the meta device."""
+
+    def __init__(
+        self,
+        name: str,
+        transformer: dict[str, Any],
+        vae: dict[str, Any],
+        *,
+        baseline_steps: int,
+        text_tokens: int = 512,
+    ) -> None:
+        self.name = name
+        self.transformer = transformer
+        self.vae = vae
+        self.baseline_steps = baseline_steps
+        self.text_tokens = text_tokens
+        self.vae_factor = 2 ** (len(vae["block_out_channels"]) - 1)
+
+    @classmethod
+    def from_source(cls, source: str | Path) -> FluxFlopsProfile:
+        """``flux-dev`` (50-step baseline, as in the RALU paper) or a diffusers FluxPipeline folder."""
+        if str(source) == "flux-dev":
+            return cls("flux-dev", load_flux_dev_config("transformer"), load_flux_dev_config("vae"), baseline_steps=50)
+        folder = Path(source)
+        configs = [folder / "transformer" / "config.json", folder / "vae" / "config.json"]
+        missing = [str(p) for p in configs if not p.is_file()]
+        if missing:
+            raise ValueError(
+                f"{source!r} is neither a known FLUX architecture (flux-dev) nor a FluxPipeline folder "
+                f"(missing {', '.join(missing)})"
+            )
+        transformer, vae = (json.loads(p.read_text()) for p in configs)
+        return cls(folder.name, transformer, vae, baseline_steps=28)
+
+    def grid(self, height: int, width: int) -> TokenGrid:
+        check_image_size(height, width, self.vae_factor * PATCH, "for FLUX (VAE factor x 2 x 2 packing)")
+        unit = self.vae_factor * PATCH
+        return TokenGrid(
+            rows=height // unit, cols=width // unit, channels=self.transformer["in_channels"] // 4, patch=PATCH
+        )
+
+    def forward(self, image_tokens: int) -> FlopCount:
+        return transformer_forward_flops(self.transformer, image_tokens, self.text_tokens)
+
+    def decode(self, latent_height: int, latent_width: int) -> FlopCount:
+        return vae_decode_flops(self.vae, latent_height, latent_width)
