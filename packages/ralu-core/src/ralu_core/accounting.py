@@ -47,11 +47,15 @@ class RecipeCost:
     baseline: FlopCount
 
     @property
-    def total(self) -> FlopCount:
-        cost = self.final_decode
+    def total_without_final_decode(self) -> FlopCount:
+        cost = FlopCount()
         for stage in self.stages:
             cost = cost + stage.total
         return cost
+
+    @property
+    def total(self) -> FlopCount:
+        return self.total_without_final_decode + self.final_decode
 
     def speedup(self, include_attention: bool) -> float:
         return self.baseline.tflops(include_attention) / self.total.tflops(include_attention)

@@ -65,7 +65,7 @@ def load_model(registry: Registry, model: str | None, recipe: Recipe, device: st
         return pipe, True
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=DTYPES[dtype])
+    pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=DTYPES[dtype])  # type: ignore[no-untyped-call]
     return pipe.to(device), False
 
 
@@ -165,14 +165,16 @@ def cmd_schedule(ns: argparse.Namespace) -> int:
 
 def flops_profile(registry: Registry, model: str, recipe: Recipe) -> FlopsProfile:
     for entry in registry.adapters.values():
-        if model in entry.obj.architectures:
-            return entry.obj.flops_profile(model)
+        adapter: ModelAdapter = entry.obj
+        if model in adapter.architectures:
+            return adapter.flops_profile(model)
     index = Path(model) / "model_index.json"
     if index.is_file():
         class_name = json.loads(index.read_text()).get("_class_name")
         for entry in registry.adapters.values():
-            if class_name in entry.obj.pipeline_classes:
-                return entry.obj.flops_profile(model)
+            candidate: ModelAdapter = entry.obj
+            if class_name in candidate.pipeline_classes:
+                return candidate.flops_profile(model)
         raise RaluError(f"no installed adapter handles {class_name} (from {index})")
     known = sorted(a for e in registry.adapters.values() for a in e.obj.architectures)
     raise RaluError(f"unknown model {model!r}: give an architecture ({', '.join(known)}) or a pipeline folder")
@@ -212,13 +214,17 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     registry = _registry()
     recipes = [find_recipe(name, registry) for name in ns.recipes]
     runtimes = [resolve_recipe(r, registry) for r in recipes]
-    pipe, embedded = load_model(registry, ns.model, recipes[0], ns.device, ns.dtype)
+    embedded = ns.model is None or _embedded(registry, ns.model) is not None
+    height, width = (ns.height or EMBEDDED_SIZE, ns.width or EMBEDDED_SIZE) if embedded else (ns.height, ns.width)
+    if height is None or width is None:
+        raise RaluError("ralu bench needs --height and --width for a loaded model (the FLOPs depend on them)")
+    pipe, _ = load_model(registry, ns.model, recipes[0], ns.device, ns.dtype)
     pipe.set_progress_bar_config(disable=True)
     adapter = registry.resolve_adapter(pipe)
     fast = [accelerate(pipe, r, plugin_manager=registry.pm) for r in recipes]
-    size = EMBEDDED_SIZE if embedded else None
-    height, width = ns.height or size, ns.width or size
-    kwargs = {"height": height, "width": width, **_call_args(ns.call_arg)}
+    kwargs: dict[str, Any] = {"height": height, "width": width, **_call_args(ns.call_arg)}
+
+    output_type = "np" if ns.decode else "latent"
 
     def run(index: int, seed: int) -> float:
         extra = {"num_inference_steps": ns.steps} if runtimes[index].schedule.accepts_requested_steps else {}
@@ -226,7 +232,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         start = time.perf_counter()
-        fast[index](ns.prompt, generator=generator, output_type="latent", **kwargs, **extra)
+        fast[index](ns.prompt, generator=generator, output_type=output_type, **kwargs, **extra)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         return time.perf_counter() - start
@@ -239,16 +245,17 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         for index in range(len(fast)):
             times[index].append(run(index, repeat))
     profile = adapter.pipeline_flops_profile(pipe, kwargs)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for recipe, runtime, samples in zip(recipes, runtimes, times, strict=True):
         cost = recipe_cost(runtime, profile, height, width, steps=ns.steps, baseline_steps=ns.steps)
+        timed = cost.total if ns.decode else cost.total_without_final_decode  # FLOPs of exactly what was timed
         rows.append(
             {
                 "recipe": recipe.name,
                 "median_s": statistics.median(samples),
                 "samples_s": samples,
-                "tflops_linear": cost.total.tflops(False),
-                "tflops_all": cost.total.tflops(True),
+                "tflops_linear": timed.tflops(False),
+                "tflops_all": timed.tflops(True),
             }
         )
     base = rows[0]
@@ -264,6 +271,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         "width": width,
         "steps": ns.steps,
         "repeats": ns.repeats,
+        "final_decode_timed": ns.decode,
         "call_args": _call_args(ns.call_arg),
         "recipes": rows,
     }
@@ -271,7 +279,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         Path(ns.json).write_text(json.dumps(report, indent=2))
     print(
         f"{report['model']} on {report['device']}, {height}x{width}, baseline steps {ns.steps}, "
-        f"median of {ns.repeats} interleaved runs"
+        f"median of {ns.repeats} interleaved runs, final VAE decode {'included' if ns.decode else 'excluded'}"
     )
     print(
         f"{'recipe':<16} {'s/image':>9} {'wall x':>7} {'FLOPs x (all)':>14} {'FLOPs x (linear)':>17} {'wall/FLOPs':>11}"
@@ -373,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=50, help="steps of single-stage recipes (default 50)")
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--warmup", type=int, default=1)
+    bench.add_argument(
+        "--no-decode",
+        dest="decode",
+        action="store_false",
+        help="time sampling only (latent output); FLOPs then exclude the final decode too",
+    )
     bench.add_argument("--json", help="write the report to this file")
     bench.set_defaults(func=cmd_bench)
     return parser

@@ -8,6 +8,7 @@ would, and a plugin that fails to import or registers something malformed is rep
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata as metadata
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -112,7 +113,7 @@ class Registry:
     def collect(cls, pm: pluggy.PluginManager) -> Registry:
         registry = cls(pm=pm, strategies={kind: {} for kind in STRATEGY_KINDS})
         for kind, hook_name in KIND_HOOKS.items():
-            registry._run(hook_name, lambda plugin, k=kind: registry._strategy_register(plugin, k))
+            registry._run(hook_name, functools.partial(registry._strategy_register, kind=kind))
         registry._run("ralu_register_model_adapters", registry._adapter_register)
         registry._run("ralu_register_recipes", registry._recipe_register)
         return registry
@@ -138,7 +139,7 @@ class Registry:
             )
         table[entry.name] = entry
 
-    def _strategy_register(self, plugin: str, kind: str) -> Callable[[type[Strategy]], None]:
+    def _strategy_register(self, plugin: str, *, kind: str) -> Callable[[type[Strategy]], None]:
         base = STRATEGY_KINDS[kind]
 
         def register(cls: type[Strategy]) -> None:
@@ -184,10 +185,11 @@ class Registry:
         entry = self.adapters.get(name)
         if entry is None:
             raise KeyError(f"no model adapter named {name!r}; installed: {', '.join(sorted(self.adapters)) or 'none'}")
-        return entry.obj
+        adapter: ModelAdapter = entry.obj
+        return adapter
 
     def resolve_adapter(self, pipeline: Any) -> ModelAdapter:
-        adapter = self.pm.hook.ralu_resolve_model_adapter(pipeline=pipeline)
+        adapter: ModelAdapter | None = self.pm.hook.ralu_resolve_model_adapter(pipeline=pipeline)
         if adapter is None:
             known = (
                 ", ".join(f"{a.obj.name} ({', '.join(a.obj.pipeline_classes)})" for a in self.adapters.values())

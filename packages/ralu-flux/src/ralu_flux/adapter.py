@@ -178,7 +178,7 @@ class FluxCall(ModelCall):
         from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 
         scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
-        sigmas: np.ndarray | None = np.linspace(1.0, 1 / steps, steps)
+        sigmas: list[float] | None = np.linspace(1.0, 1 / steps, steps).tolist()
         if getattr(scheduler.config, "use_flow_sigmas", False):
             sigmas = None
         retrieve_timesteps(scheduler, steps, self.device, sigmas=sigmas, mu=self.mu)

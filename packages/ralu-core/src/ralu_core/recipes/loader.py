@@ -107,7 +107,7 @@ def load_recipe_text(text: str, source: str = "<string>") -> Recipe:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise RecipeError(source, [f"not valid YAML: {exc}"]) from None
-    recipe = structure_strict(data, Recipe, source)
+    recipe: Recipe = structure_strict(data, Recipe, source)
     if not recipe.stages:
         raise RecipeError(source, ["$.stages: a recipe needs at least one stage"])
     return recipe

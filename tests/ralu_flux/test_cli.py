@@ -1,0 +1,129 @@
+"""The ralu CLI, run in-process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from ralu_core.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_generate_on_the_embedded_default_model(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "img.png"
+    code, stdout, stderr = run(
+        capsys,
+        "generate",
+        "a red circle",
+        "--out",
+        str(out),
+        "--height",
+        "64",
+        "--width",
+        "96",
+        "--call-arg",
+        "max_sequence_length=16",
+    )
+    assert code == 0 and stdout.strip() == str(out)
+    assert "RANDOM weights" in stderr and "NOT meaningful" in stderr
+    assert Image.open(out).size == (96, 64)
+
+
+def test_generate_refuses_a_bad_size_with_nearest_sizes(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    code, _, stderr = run(capsys, "generate", "x", "--height", "100", "--out", str(tmp_path / "x.png"))
+    assert code == 2 and "nearest valid: 96 or 128" in stderr
+
+
+def test_recipes_list_show_validate(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = run(capsys, "recipes", "list")
+    assert code == 0 and all(n in out for n in ("flux-baseline", "ralu-flux-4x", "ralu-flux-5x", "ralu-flux-7x"))
+    code, out, _ = run(capsys, "recipes", "show", "ralu-flux-7x")
+    assert code == 0 and "canny-edge" in out and "ratio: 0.2" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(out.replace("ratio: 0.2", "ratio: 2.0"))
+    code, _, err = run(capsys, "recipes", "validate", str(bad))
+    assert code == 2 and "$.stages[1].selector.ratio" in err
+    good = tmp_path / "good.yaml"
+    good.write_text(out)
+    assert run(capsys, "recipes", "validate", str(good))[0] == 0
+
+
+def test_plugins_lists_distributions_and_registrations(capsys) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = run(capsys, "plugins")
+    assert code == 0
+    assert "core (ralu-core 0.1.0)" in out and "flux (ralu-flux 0.1.0)" in out
+    assert "token selector canny-edge" in out and "model adapter flux" in out and "recipe ralu-flux-7x" in out
+
+
+def test_schedule_json(capsys) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = run(capsys, "schedule", "--steps", "2", "3", "5", "--ends", "0.2", "0.3", "1.0", "--json")
+    data = json.loads(out)
+    assert code == 0
+    assert {"shifts", "c", "starts", "sigmas", "js_distance"} <= set(data)
+    assert len(data["shifts"]) == 3 and [len(s) for s in data["sigmas"]] == [3, 4, 6]
+    assert 0 < data["c"] <= 0.25 and data["starts"][0] == 0.0
+
+
+@pytest.mark.parametrize(("recipe", "low", "high"), [("ralu-flux-4x", 3.5, 4.5), ("ralu-flux-7x", 6.5, 7.5)])
+def test_flops_json_for_flux_dev(capsys, recipe: str, low: float, high: float) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = run(capsys, "flops", "--model", "flux-dev", "--recipe", recipe, "--json")
+    data = json.loads(out)
+    assert code == 0 and data["attention_counted"] is False
+    assert {"baseline_tflops", "tflops", "speedup", "stages"} <= set(data)
+    assert low < data["speedup"] < high
+    assert data["stages"][0]["image_tokens"] == 1024 and data["stages"][-1]["image_tokens"] == 4096
+    parts = sum(s["tflops"] for s in data["stages"]) + data["final_decode_tflops"]
+    assert abs(parts - data["tflops"]) < 1e-6 * data["tflops"]
+    both = data["conventions"]
+    assert both["linear_only"]["speedup"] == data["speedup"] and both["with_attention"]["speedup"] > data["speedup"]
+
+
+def test_flops_baseline_at_fifty_steps_is_one(capsys) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = run(capsys, "flops", "--recipe", "flux-baseline", "--json", "--attention", "include")
+    data = json.loads(out)
+    assert code == 0 and data["stages"][0]["steps"] == 50 and abs(data["speedup"] - 1.0) < 1e-12
+
+
+def test_bench_reports_side_by_side_ratios(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    report = tmp_path / "bench.json"
+    code, out, _ = run(
+        capsys,
+        "bench",
+        "--model",
+        "flux-tiny",
+        "--recipes",
+        "flux-baseline",
+        "ralu-flux-7x",
+        "--height",
+        "64",
+        "--width",
+        "64",
+        "--steps",
+        "30",
+        "--repeats",
+        "2",
+        "--warmup",
+        "0",
+        "--call-arg",
+        "max_sequence_length=16",
+        "--json",
+        str(report),
+    )
+    data = json.loads(report.read_text())
+    assert code == 0 and "ralu-flux-7x" in out and data["final_decode_timed"] is True
+    base, fast = data["recipes"]
+    assert base["recipe"] == "flux-baseline" and base["speedup_wall"] == 1.0 and len(fast["samples_s"]) == 2
+    assert fast["tflops_all"] < base["tflops_all"] and fast["speedup_flops_all"] > 1
+    assert fast["efficiency"] == fast["speedup_wall"] / fast["speedup_flops_all"]
+
+
+def test_bench_needs_a_size_for_a_loaded_model(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = run(capsys, "bench", "--model", str(tmp_path / "some-local-model"))
+    assert code == 2 and "needs --height and --width" in err
