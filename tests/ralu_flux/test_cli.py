@@ -127,3 +127,27 @@ def test_bench_reports_side_by_side_ratios(capsys, tmp_path) -> None:  # type: i
 def test_bench_needs_a_size_for_a_loaded_model(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
     code, _, err = run(capsys, "bench", "--model", str(tmp_path / "some-local-model"))
     assert code == 2 and "needs --height and --width" in err
+
+
+def test_flops_of_a_local_pipeline_folder(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ralu_flux.testing import make_flux_pipeline
+
+    make_flux_pipeline("tiny", seed=0).save_pretrained(tmp_path / "tiny-flux")
+    code, out, _ = run(
+        capsys,
+        "flops",
+        "--model",
+        str(tmp_path / "tiny-flux"),
+        "--recipe",
+        "ralu-flux-7x",
+        "--height",
+        "128",
+        "--width",
+        "128",
+        "--json",
+    )
+    data = json.loads(out)
+    assert code == 0 and data["model"] == "tiny-flux" and data["baseline_steps"] == 28
+    assert [s["image_tokens"] for s in data["stages"]] == [16, 13 + 4 * 3, 64]
+    code, _, err = run(capsys, "flops", "--model", str(tmp_path / "nothing"), "--recipe", "ralu-flux-7x")
+    assert code == 2 and "unknown model" in err

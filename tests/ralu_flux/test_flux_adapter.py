@@ -188,3 +188,49 @@ def test_every_builtin_recipe_resolves_and_runs(pipe) -> None:  # type: ignore[n
         assert fast.recipe.model == "flux"
         image = fast("a", generator=gen(0), height=64, width=64, **CALL).images
         assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
+
+
+def test_bfloat16_pipeline_runs_and_keeps_half_offsets_exact() -> None:
+    from ralu_flux.testing import make_flux_pipeline
+
+    pipe = make_flux_pipeline("tiny", seed=0, dtype=torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    seen, handle = record_image_ids(pipe)
+    try:
+        out = ralu_core.accelerate(pipe, "ralu-flux-7x")("a", generator=gen(0), height=64, width=64, **CALL).images
+    finally:
+        handle.remove()
+    assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
+    assert all(ids.dtype == torch.float32 for ids in seen)
+
+
+def test_ralu_core_and_ralu_flux_versions_move_in_lock_step() -> None:
+    from importlib.metadata import requires, version
+
+    assert version("ralu-core") == version("ralu-flux")
+    assert f"ralu-core=={version('ralu-core')}" in requires("ralu-flux")
+
+
+def schnell_style(pipe):  # type: ignore[no-untyped-def]
+    """The tiny pipeline re-built like FLUX.1-schnell: no guidance embedding, static shift 1."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    config = {k: v for k, v in pipe.transformer.config.items() if not k.startswith("_")}
+    transformer = FluxTransformer2DModel.from_config({**config, "guidance_embeds": False})
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+    components = {**pipe.components, "transformer": transformer, "scheduler": scheduler}
+    schnell = FluxPipeline(**components)
+    schnell.set_progress_bar_config(disable=True)
+    return schnell
+
+
+def test_schnell_style_pipeline_baseline_and_ralu(pipe) -> None:  # type: ignore[no-untyped-def]
+    schnell = schnell_style(pipe)
+    kwargs = {**CALL, "height": 64, "width": 64, "num_inference_steps": 4, "guidance_scale": 0.0}
+    expected = schnell("a red circle", generator=gen(0), **kwargs).images
+    actual = ralu_core.accelerate(schnell, "flux-baseline")("a red circle", generator=gen(0), **kwargs).images
+    assert np.abs(actual - expected).max() < 1e-5
+    kwargs.pop("num_inference_steps")
+    image = ralu_core.accelerate(schnell, "ralu-flux-7x")("a red circle", generator=gen(0), **kwargs).images
+    assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()

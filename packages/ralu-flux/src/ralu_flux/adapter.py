@@ -118,30 +118,34 @@ class FluxCall(ModelCall):
         )
         self.joint_attention_kwargs = dict(args.joint_attention_kwargs or {})
         lora_scale = self.joint_attention_kwargs.get("scale")
-        self.prompt_embeds, self.pooled, self.text_ids = pipe.encode_prompt(
-            prompt=args.prompt,
-            prompt_2=args.prompt_2,
-            prompt_embeds=args.prompt_embeds,
-            pooled_prompt_embeds=args.pooled_prompt_embeds,
-            device=self.device,
-            num_images_per_prompt=args.num_images_per_prompt,
-            max_sequence_length=args.max_sequence_length,
-            lora_scale=lora_scale,
+
+        def encode(prompt: Any, prompt_2: Any, embeds: Any, pooled: Any) -> tuple[torch.Tensor, ...]:
+            return tuple(
+                pipe.encode_prompt(
+                    prompt=prompt,
+                    prompt_2=prompt_2,
+                    prompt_embeds=embeds,
+                    pooled_prompt_embeds=pooled,
+                    device=self.device,
+                    num_images_per_prompt=args.num_images_per_prompt,
+                    max_sequence_length=args.max_sequence_length,
+                    lora_scale=lora_scale,
+                )
+            )
+
+        self.prompt_embeds, self.pooled, self.text_ids = encode(
+            args.prompt, args.prompt_2, args.prompt_embeds, args.pooled_prompt_embeds
         )
         has_negative = args.negative_prompt is not None or (
             args.negative_prompt_embeds is not None and args.negative_pooled_prompt_embeds is not None
         )
         self.true_cfg = args.true_cfg_scale > 1 and has_negative
         if self.true_cfg:
-            self.neg_embeds, self.neg_pooled, self.neg_text_ids = pipe.encode_prompt(
-                prompt=args.negative_prompt,
-                prompt_2=args.negative_prompt_2,
-                prompt_embeds=args.negative_prompt_embeds,
-                pooled_prompt_embeds=args.negative_pooled_prompt_embeds,
-                device=self.device,
-                num_images_per_prompt=args.num_images_per_prompt,
-                max_sequence_length=args.max_sequence_length,
-                lora_scale=lora_scale,
+            self.neg_embeds, self.neg_pooled, self.neg_text_ids = encode(
+                args.negative_prompt,
+                args.negative_prompt_2,
+                args.negative_prompt_embeds,
+                args.negative_pooled_prompt_embeds,
             )
         self.dtype = self.prompt_embeds.dtype
         config = pipe.transformer.config
@@ -204,7 +208,9 @@ class FluxCall(ModelCall):
     def _ids(self, positions: torch.Tensor) -> torch.Tensor:
         ids = torch.zeros(positions.shape[0], 3, dtype=torch.float64, device=self.device)
         ids[:, 1:] = positions.to(self.device)
-        return ids.to(self.dtype)
+        # float32, not the model dtype: bf16 cannot hold half offsets beyond 128 exactly. FluxPosEmbed
+        # converts ids to float anyway, so integer grids give exactly the pipeline's embedding.
+        return ids.to(torch.float32)
 
     def _transformer(
         self, x: torch.Tensor, timestep: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor, negative: bool
