@@ -209,7 +209,7 @@ class SamplingEngine:
         picks = stage.selector.select(request)
         check_selection(stage.selector, picks, state.batch_size, candidates.shape[1])
         selected = gather_tokens(candidates, picks)
-        return stage.transition.apply(
+        state = stage.transition.apply(
             TransitionRequest(
                 state=state,
                 selected=selected,
@@ -218,3 +218,6 @@ class SamplingEngine:
                 generator=call.generator,
             )
         )
+        # Once every token is at full resolution, keep them in raster order: adapters can then use the
+        # model's own dense forward (and its position handling) for the rest of the run.
+        return to_raster(state) if state.coarsest_level == FULL else state

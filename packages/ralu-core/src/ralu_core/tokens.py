@@ -302,3 +302,21 @@ def render_latent(state: TokenState, values: torch.Tensor | None = None, level: 
     if level == HALF:
         return F.avg_pool2d(image_full, 2)
     raise ValueError(f"level must be 0 (full) or 1 (half), got {level}")
+
+
+def dense_level(state: TokenState) -> int | None:
+    """The level L if the state is the complete grid at level L in raster order, else None.
+
+    Adapters use it to hand such states to the model's own dense forward (stage 1 is the dense
+    half-resolution grid, stage 3 and baselines the dense full grid).
+    """
+    level = state.coarsest_level
+    if not bool((state.levels == level).all()):
+        return None
+    rows, cols = state.grid.rows >> level, state.grid.cols >> level
+    if state.num_tokens != rows * cols:
+        return None
+    r = torch.arange(rows, device=state.cells.device) << level
+    c = torch.arange(cols, device=state.cells.device) << level
+    expected = torch.stack(torch.meshgrid(r, c, indexing="ij"), dim=-1).reshape(1, -1, 2)
+    return level if bool((state.cells == expected).all()) else None

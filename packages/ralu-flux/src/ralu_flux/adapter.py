@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ralu_core.adapter import FlopsProfile, ModelAdapter, ModelCall, ProgressBar, check_image_size, iter_chunks
+from ralu_core.arguments import PipelineArguments
 from ralu_core.randomness import GeneratorArg, per_image_generators
 from ralu_core.tokens import TokenGrid, TokenState, gather_tokens
 
@@ -28,8 +29,18 @@ PATCH = 2  # FLUX packs 2 x 2 latent pixels per token
 
 
 @attrs.frozen(kw_only=True)
-class FluxArguments:
+class FluxArguments(PipelineArguments):
     """FluxPipeline.__call__'s arguments, bound like the pipeline binds them."""
+
+    pipeline_name: ClassVar[str] = "FluxPipeline"
+    unsupported_features: ClassVar[dict[str, str]] = {
+        "sigmas": "custom sigmas (recipes own the schedule)",
+        "ip_adapter_image": "IP-Adapter",
+        "ip_adapter_image_embeds": "IP-Adapter",
+        "negative_ip_adapter_image": "IP-Adapter",
+        "negative_ip_adapter_image_embeds": "IP-Adapter",
+        "callback_on_step_end": "step-end callbacks (use the ralu_on_step_end hook)",
+    }
 
     prompt: str | list[str] | None = None
     prompt_2: str | list[str] | None = None
@@ -59,41 +70,6 @@ class FluxArguments:
     callback_on_step_end_tensor_inputs: Any = None
     max_sequence_length: int = 512
 
-    @classmethod
-    def bind(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> FluxArguments:
-        names = [f.name for f in attrs.fields(cls)]
-        if len(args) > len(names):
-            raise TypeError(f"FluxPipeline takes at most {len(names)} positional arguments, got {len(args)}")
-        merged = dict(zip(names, args, strict=False))
-        for key, value in kwargs.items():
-            if key in merged:
-                raise TypeError(f"got multiple values for argument {key!r}")
-            if key not in names:
-                raise TypeError(f"FluxPipeline.__call__() got an unexpected keyword argument {key!r}")
-            merged[key] = value
-        return cls(**merged)
-
-    def unsupported(self) -> list[str]:
-        named = {
-            "sigmas": "custom sigmas (recipes own the schedule)",
-            "ip_adapter_image": "IP-Adapter",
-            "ip_adapter_image_embeds": "IP-Adapter",
-            "negative_ip_adapter_image": "IP-Adapter",
-            "negative_ip_adapter_image_embeds": "IP-Adapter",
-            "callback_on_step_end": "step-end callbacks (use the ralu_on_step_end hook)",
-        }
-        return sorted({label for key, label in named.items() if getattr(self, key) is not None})
-
-
-def _batch_size(args: FluxArguments) -> int:
-    if isinstance(args.prompt, str):
-        return 1
-    if isinstance(args.prompt, list):
-        return len(args.prompt)
-    if args.prompt_embeds is not None:
-        return int(args.prompt_embeds.shape[0])
-    raise ValueError("provide either `prompt` or `prompt_embeds`")
-
 
 class FluxCall(ModelCall):
     """One prepared FluxPipeline call."""
@@ -104,7 +80,7 @@ class FluxCall(ModelCall):
         self.height = height
         self.width = width
         self.device = pipe._execution_device
-        self.batch_size = _batch_size(args) * args.num_images_per_prompt
+        self.batch_size = args.image_batch_size()
         self.generator: GeneratorArg = args.generator
         self.requested_steps = args.num_inference_steps
         self.default_steps = int(inspect.signature(type(pipe).__call__).parameters["num_inference_steps"].default)
@@ -305,17 +281,12 @@ class FluxAdapter(ModelAdapter):
 
     def prepare(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> FluxCall:
         bound = FluxArguments.bind(args, kwargs)
-        unsupported = bound.unsupported()
-        if unsupported:
-            raise NotImplementedError(f"ralu's FLUX adapter does not support {', '.join(unsupported)} yet")
         default = pipeline.default_sample_size * pipeline.vae_scale_factor
         height, width = bound.height or default, bound.width or default
         why = f"for this recipe (VAE factor {pipeline.vae_scale_factor} x 2 x 2 packing" + (
             " x 2 for its half-resolution stage)" if coarsest_level else ")"
         )
         check_image_size(height, width, self.size_multiple(pipeline, coarsest_level), why)
-        if bound.num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be at least 1, got {bound.num_images_per_prompt}")
         if bound.num_inference_steps is not None and bound.num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be at least 1, got {bound.num_inference_steps}")
         pipeline.check_inputs(
@@ -331,7 +302,7 @@ class FluxAdapter(ModelAdapter):
             negative_pooled_prompt_embeds=bound.negative_pooled_prompt_embeds,
             max_sequence_length=bound.max_sequence_length,
         )
-        per_image_generators(bound.generator, _batch_size(bound) * bound.num_images_per_prompt)
+        per_image_generators(bound.generator, bound.image_batch_size())
         return FluxCall(pipeline, bound, height, width)
 
     def flops_profile(self, source: str | Path) -> FlopsProfile:

@@ -4,9 +4,9 @@ Why this exists: ralu's FLUX adapter must be exercised end to end (prompt encodi
 flow-matching scheduler, the transformer, VAE decoding, ``save_pretrained``/``from_pretrained``) in
 environments where no model weights or tokenizer files can be downloaded. Every component is therefore
 built here from an in-code config with deterministic random weights (``seed`` -> bit-identical
-weights), and the two tokenizers are built from a small hand-written vocabulary (no files) and wrapped
-in the very classes FLUX.1 uses (``CLIPTokenizer``, and ``T5Tokenizer``, which ``T5TokenizerFast``
-aliases since transformers 5), so ``FluxPipeline.encode_prompt`` runs unchanged.
+weights), and the two tokenizers come from :mod:`ralu_core.text_testing` (a small hand-written
+vocabulary, no files, in the very classes FLUX.1 uses), so ``FluxPipeline.encode_prompt`` runs unchanged.
+``VOCABULARY``, ``make_clip_tokenizer`` and ``make_t5_tokenizer`` are re-exported here for existing imports.
 
 The architecture mirrors FLUX.1-dev (16-channel VAE with shift/scale factors and 8x downsampling,
 guidance embedding, dynamic-shift flow-matching scheduler, CLIP pooled + T5 sequence conditioning), but
@@ -26,15 +26,12 @@ Sizes:
 
 from __future__ import annotations
 
-import itertools
-import string
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
 import attrs
 import torch
-import transformers
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from transformers import (
     CLIPTextConfig,
@@ -45,6 +42,8 @@ from transformers import (
     T5Tokenizer,
 )
 
+from ralu_core.text_testing import CLIP_MAX_LENGTH, VOCABULARY, make_clip_tokenizer, make_t5_tokenizer
+
 __all__ = [
     "VOCABULARY",
     "make_clip_tokenizer",
@@ -52,49 +51,6 @@ __all__ = [
     "make_t5_tokenizer",
     "tiny_flux_pipeline",
 ]
-
-# A few hundred common English words (plus typical prompt words). Anything else is split into
-# characters; characters outside ASCII letters/digits/punctuation become the unknown token.
-_WORDS = """
-    a an the this that these those some any every each no all both few many much more most other
-    and or but if then so because while when where why how what which who whose whom as than
-    of in on at to from by with without about above below under over into onto through between
-    behind beside near far inside outside around across along against among after before during
-    i you he she it we they me him her us them my your his its our their mine yours
-    is are was were be been being am do does did done have has had will would can could
-    should may might must shall not very too also just only even still again never always often
-    one two three four five six seven eight nine ten hundred thousand first second last next
-    new old young big small large little tall short long wide narrow high low deep bright dark
-    light heavy soft hard hot cold warm cool wet dry clean dirty quiet loud fast slow happy sad
-    beautiful pretty ugly good bad great best better worse strange simple calm wild golden silver
-    red orange yellow green blue purple pink brown black white gray grey colorful shiny glowing
-    man woman boy girl child children person people baby friend family king queen knight wizard
-    robot astronaut soldier farmer doctor artist chef pirate princess warrior monk
-    cat cats dog dogs bird birds fish horse cow sheep pig lion tiger bear wolf fox rabbit mouse
-    deer elephant monkey dragon owl eagle duck frog snake butterfly bee whale dolphin shark
-    tree trees flower flowers grass leaf leaves forest garden field mountain mountains hill valley
-    river lake sea ocean beach island desert sky cloud clouds rain snow storm sun moon star stars
-    planet space galaxy fire water ice stone rock sand wood metal glass gold light shadow
-    house home room door window wall roof floor table chair bed lamp book books cup bottle box
-    city town street road bridge tower castle church temple village building car train boat ship
-    plane bicycle station market shop cafe restaurant kitchen library museum park school
-    food bread apple apples banana cake coffee tea pizza soup fruit vegetables cheese
-    photo photograph picture image painting drawing sketch portrait landscape illustration
-    render art style detailed realistic photorealistic cinematic lighting sharp focus blur
-    background foreground closeup view scene shot lens camera film color colors texture pattern
-    oil watercolor digital anime cartoon fantasy futuristic ancient medieval modern vintage
-    morning evening night sunset sunrise day summer winter spring autumn fall
-    sitting standing walking running flying swimming eating reading holding wearing looking
-    playing sleeping smiling dancing riding jumping
-    hat dress shirt coat shoes glasses crown sword shield sign text word words hello world
-"""
-VOCABULARY: tuple[str, ...] = tuple(dict.fromkeys(_WORDS.split()))
-
-_CLIP_BOS = "<|startoftext|>"
-_CLIP_EOS = "<|endoftext|>"
-_CLIP_UNK = "<|unk|>"
-_CLIP_MAX_LENGTH = 77
-_T5_MAX_LENGTH = 512
 
 
 @attrs.frozen
@@ -144,95 +100,6 @@ def _seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
-
-
-def _require_tokenizers_backend() -> None:
-    """The tokenizers are built with transformers 5's constructors (vocabulary passed in, no files)."""
-    major = int(transformers.__version__.split(".")[0])
-    if major < 5:
-        raise RuntimeError(
-            f"ralu_flux.testing needs transformers>=5 to build its offline tokenizers; found {transformers.__version__}"
-        )
-
-
-def _bpe_segment(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
-    """Apply BPE merges by rank (lowest first, all occurrences left to right) -- the encoding rule."""
-    while len(symbols) > 1:
-        candidates = [ranks.get(pair) for pair in itertools.pairwise(symbols)]
-        best = min((rank for rank in candidates if rank is not None), default=None)
-        if best is None:
-            break
-        merged: list[str] = []
-        i = 0
-        while i < len(symbols):
-            if i + 1 < len(symbols) and ranks.get((symbols[i], symbols[i + 1])) == best:
-                merged.append(symbols[i] + symbols[i + 1])
-                i += 2
-            else:
-                merged.append(symbols[i])
-                i += 1
-        symbols = merged
-    return symbols
-
-
-def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Deterministic BPE vocabulary in which every word of :data:`VOCABULARY` is one ``word</w>`` token.
-
-    Merges are only ever appended, and each word is first segmented with the merges so far, then its
-    pieces are chained left to right. Appending cannot change how earlier words encode (an earlier merge
-    always outranks a new one), so every word stays a single token. Pure Python on ordered containers,
-    hence identical in every process (``tokenizers``' BPE trainer is not: its ids vary run to run).
-    """
-    alphabet = list(dict.fromkeys(string.ascii_lowercase + string.digits + string.punctuation))
-    tokens = [_CLIP_BOS, _CLIP_EOS, _CLIP_UNK, *alphabet, *(c + "</w>" for c in alphabet)]
-    vocab = {token: index for index, token in enumerate(tokens)}
-    merges: list[tuple[str, str]] = []
-    ranks: dict[tuple[str, str], int] = {}
-    for word in VOCABULARY:
-        while len(pieces := _bpe_segment([*word[:-1], word[-1] + "</w>"], ranks)) > 1:
-            head = pieces[0]
-            for piece in pieces[1:]:
-                if (head, piece) not in ranks:
-                    ranks[(head, piece)] = len(merges)
-                    merges.append((head, piece))
-                head += piece
-                vocab.setdefault(head, len(vocab))
-    return vocab, merges
-
-
-def make_clip_tokenizer() -> CLIPTokenizer:
-    """A CLIP-style byte-level BPE tokenizer over :data:`VOCABULARY`, built offline and deterministically.
-
-    Every vocabulary word is a single ``word</w>`` token; other ASCII words split into known pieces or
-    characters, and anything else (non-ASCII) maps to ``<|unk|>`` -- kept distinct from
-    ``<|endoftext|>``, the padding/EOS token CLIP pools on.
-    """
-    _require_tokenizers_backend()
-    vocab, merges = _clip_vocab_and_merges()
-    return CLIPTokenizer(
-        vocab=vocab,
-        merges=merges,  # type: ignore[arg-type]  # (left, right) pairs, as tokenizers' BPE takes them
-        unk_token=_CLIP_UNK,
-        bos_token=_CLIP_BOS,
-        eos_token=_CLIP_EOS,
-        pad_token=_CLIP_EOS,
-        model_max_length=_CLIP_MAX_LENGTH,
-    )
-
-
-def make_t5_tokenizer() -> T5Tokenizer:
-    """A T5-style Unigram tokenizer over :data:`VOCABULARY`, built offline.
-
-    Ids 0/1/2 are ``<pad>``/``</s>``/``<unk>`` as in T5. Whole words ("▁word") outscore any split, so
-    vocabulary words are single tokens; other words split into characters and characters outside ASCII
-    letters/digits/punctuation map to ``<unk>``. No sentinel (``<extra_id_*>``) tokens.
-    """
-    _require_tokenizers_backend()
-    pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -4.0)]
-    pieces += [("\u2581" + word, -6.0) for word in VOCABULARY]
-    for char in string.ascii_letters + string.digits + string.punctuation:
-        pieces += [("\u2581" + char, -9.0), (char, -10.0)]
-    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=_T5_MAX_LENGTH)
 
 
 def _transformer(spec: _SizeSpec) -> FluxTransformer2DModel:
@@ -292,7 +159,7 @@ def _clip_model(spec: _SizeSpec, tokenizer: CLIPTokenizer) -> CLIPTextModel:
         projection_dim=spec.clip_dim,
         num_hidden_layers=1,
         num_attention_heads=2,
-        max_position_embeddings=_CLIP_MAX_LENGTH,
+        max_position_embeddings=CLIP_MAX_LENGTH,
         hidden_act="quick_gelu",
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,  # pooled output = hidden state at the first EOS
