@@ -12,8 +12,10 @@ TORCH = "torch==2.13.0"  # the CPU build that pip finds locally; a bare `torch` 
 PACKAGES = {
     "ralu-core": ["packages/ralu-core"],
     "ralu-flux": ["packages/ralu-core", "packages/ralu-flux"],
+    "ralu-sd3": ["packages/ralu-core", "packages/ralu-sd3"],
 }
-TEST_DIRS = {"ralu-core": "tests/ralu_core", "ralu-flux": "tests/ralu_flux"}
+TEST_DIRS = {"ralu-core": "tests/ralu_core", "ralu-flux": "tests/ralu_flux", "ralu-sd3": "tests/ralu_sd3"}
+EVERYTHING = ["packages/ralu-core", "packages/ralu-flux", "packages/ralu-sd3"]
 
 
 @nox.session
@@ -25,7 +27,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install(TORCH, "mypy", "types-PyYAML", *[f"-e{p}" for p in PACKAGES["ralu-flux"]])
+    session.install(TORCH, "mypy", "types-PyYAML", *[f"-e{p}" for p in EVERYTHING])
     session.run("mypy")
 
 

@@ -1,0 +1,301 @@
+"""The SD3 adapter: drives diffusers' StableDiffusion3Pipeline (SD3-medium, SD3.5 large and medium).
+
+SD3 patchifies the latent with a p x p convolution and adds absolute sine-cosine position
+embeddings cropped from a centred grid. A token here is one p x p latent patch, in ralu's
+(channel, row, col) layout. Dense states (the baseline, RALU's half-resolution stage 1 and
+full-resolution stage 3) go through the model's own forward unchanged; mixed states go through
+the same modules token by token with per-token embeddings (see forward.py and positions.py).
+Classifier-free guidance runs the pipeline's way: [uncond; cond] in one batch, both halves of an
+image sharing its tokens, so selection and injected noise are per image and shared by its pair.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, ClassVar
+
+import attrs
+import torch
+
+from ralu_core.adapter import FlopsProfile, ModelAdapter, ModelCall, ProgressBar, check_image_size
+from ralu_core.arguments import PipelineArguments
+from ralu_core.randomness import GeneratorArg, per_image_generators
+from ralu_core.tokens import TokenGrid, TokenState, dense_level, gather_tokens, image_to_tokens, tokens_to_image
+from ralu_sd3.forward import token_forward
+from ralu_sd3.positions import SinCosGrid
+
+
+@attrs.frozen(kw_only=True)
+class SD3Arguments(PipelineArguments):
+    """StableDiffusion3Pipeline.__call__'s arguments, bound like the pipeline binds them."""
+
+    pipeline_name: ClassVar[str] = "StableDiffusion3Pipeline"
+    unsupported_features: ClassVar[dict[str, str]] = {
+        "sigmas": "custom sigmas (recipes own the schedule)",
+        "ip_adapter_image": "IP-Adapter",
+        "ip_adapter_image_embeds": "IP-Adapter",
+        "callback_on_step_end": "step-end callbacks (use the ralu_on_step_end hook)",
+        "skip_guidance_layers": "skip-layer guidance",
+    }
+
+    prompt: str | list[str] | None = None
+    prompt_2: str | list[str] | None = None
+    prompt_3: str | list[str] | None = None
+    height: int | None = None
+    width: int | None = None
+    num_inference_steps: int | None = None
+    sigmas: list[float] | None = None
+    guidance_scale: float = 7.0
+    negative_prompt: str | list[str] | None = None
+    negative_prompt_2: str | list[str] | None = None
+    negative_prompt_3: str | list[str] | None = None
+    num_images_per_prompt: int = 1
+    generator: Any = None
+    latents: torch.Tensor | None = None
+    prompt_embeds: torch.Tensor | None = None
+    negative_prompt_embeds: torch.Tensor | None = None
+    pooled_prompt_embeds: torch.Tensor | None = None
+    negative_pooled_prompt_embeds: torch.Tensor | None = None
+    ip_adapter_image: Any = None
+    ip_adapter_image_embeds: Any = None
+    output_type: str | None = "pil"
+    return_dict: bool = True
+    joint_attention_kwargs: dict[str, Any] | None = None
+    clip_skip: int | None = None
+    callback_on_step_end: Any = None
+    callback_on_step_end_tensor_inputs: Any = None
+    max_sequence_length: int = 256
+    skip_guidance_layers: list[int] | None = None
+    skip_layer_guidance_scale: float = 2.8
+    skip_layer_guidance_stop: float = 0.2
+    skip_layer_guidance_start: float = 0.01
+    mu: float | None = None
+
+
+class SD3Call(ModelCall):
+    """One prepared StableDiffusion3Pipeline call."""
+
+    def __init__(self, pipe: Any, args: SD3Arguments, height: int, width: int) -> None:
+        self.pipe = pipe
+        self.args = args
+        self.height, self.width = height, width
+        self.device = pipe._execution_device
+        self.batch_size = args.image_batch_size()
+        self.generator: GeneratorArg = args.generator
+        self.requested_steps = args.num_inference_steps
+        self.default_steps = int(inspect.signature(type(pipe).__call__).parameters["num_inference_steps"].default)
+        config = pipe.transformer.config
+        self.patch = int(config.patch_size)
+        latent_h, latent_w = height // pipe.vae_scale_factor, width // pipe.vae_scale_factor
+        self.grid = TokenGrid(
+            rows=latent_h // self.patch, cols=latent_w // self.patch, channels=int(config.in_channels), patch=self.patch
+        )
+        self.sincos = SinCosGrid.of(pipe.transformer.pos_embed)
+        self.cfg = args.guidance_scale > 1
+        self.joint_attention_kwargs = dict(args.joint_attention_kwargs or {})
+        embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
+            prompt=args.prompt,
+            prompt_2=args.prompt_2,
+            prompt_3=args.prompt_3,
+            negative_prompt=args.negative_prompt,
+            negative_prompt_2=args.negative_prompt_2,
+            negative_prompt_3=args.negative_prompt_3,
+            do_classifier_free_guidance=self.cfg,
+            prompt_embeds=args.prompt_embeds,
+            negative_prompt_embeds=args.negative_prompt_embeds,
+            pooled_prompt_embeds=args.pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=args.negative_pooled_prompt_embeds,
+            device=self.device,
+            clip_skip=args.clip_skip,
+            num_images_per_prompt=args.num_images_per_prompt,
+            max_sequence_length=args.max_sequence_length,
+            lora_scale=self.joint_attention_kwargs.get("scale"),
+        )
+        self.dtype = embeds.dtype
+        # The pipeline's CFG layout: one batch of [uncond; cond].
+        self.embeds = torch.cat([negative, embeds]) if self.cfg else embeds
+        self.pooled = torch.cat([negative_pooled, pooled]) if self.cfg else pooled
+        self.mu = args.mu
+        scheduler_config = pipe.scheduler.config
+        if scheduler_config.get("use_dynamic_shifting", None) and self.mu is None:
+            from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+            self.mu = calculate_shift(
+                self.grid.num_tokens,
+                scheduler_config.get("base_image_seq_len", 256),
+                scheduler_config.get("max_image_seq_len", 4096),
+                scheduler_config.get("base_shift", 0.5),
+                scheduler_config.get("max_shift", 1.16),
+            )
+        dynamic = scheduler_config.get("use_dynamic_shifting", False)
+        self.default_shift = math.exp(self.mu) if dynamic and self.mu is not None else float(scheduler_config.shift)
+
+    def pipeline_sigmas(self, steps: int) -> torch.Tensor:
+        """The pipeline's own sigmas, from a fresh scheduler (the user's scheduler is not touched)."""
+        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import retrieve_timesteps
+
+        scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
+        if self.mu is not None:
+            retrieve_timesteps(scheduler, steps, self.device, sigmas=None, mu=self.mu)
+        else:
+            retrieve_timesteps(scheduler, steps, self.device, sigmas=None)
+        return scheduler.sigmas.to(torch.float32)
+
+    def initial_noise(self) -> torch.Tensor:
+        if self.args.latents is not None:
+            latents = self.args.latents.to(device=self.device, dtype=self.dtype)
+            expected = (self.batch_size, self.grid.channels, *self.grid.latent_size)
+            if tuple(latents.shape) != expected:
+                raise ValueError(f"`latents` must have shape {expected}, got {tuple(latents.shape)}")
+        else:
+            latents = self.pipe.prepare_latents(
+                self.batch_size,
+                self.grid.channels,
+                self.height,
+                self.width,
+                self.dtype,
+                self.device,
+                self.generator,
+                None,
+            )
+        return image_to_tokens(latents, self.patch)
+
+    def _guided(self, run: Any, values: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """Run the model on [values; values] with [uncond; cond] prompts and combine, as the pipeline does."""
+        batch = torch.cat([values, values]) if self.cfg else values
+        out = run(batch, timestep.expand(batch.shape[0]))
+        if not self.cfg:
+            return out  # type: ignore[no-any-return]
+        uncond, text = out.chunk(2)
+        return uncond + self.args.guidance_scale * (text - uncond)  # type: ignore[no-any-return]
+
+    def predict(self, state: TokenState, sigma: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
+        t = sigma.to(self.device) * self.pipe.scheduler.config.num_train_timesteps
+        transformer = self.pipe.transformer
+        level = dense_level(state) if active is None else None
+        if level is not None:
+            rows, cols = self.grid.rows >> level, self.grid.cols >> level
+            latent = tokens_to_image(state.values, rows, cols, self.grid.channels, self.patch)
+
+            def dense(x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+                out = transformer(
+                    hidden_states=x,
+                    timestep=timestep,
+                    encoder_hidden_states=self.embeds,
+                    pooled_projections=self.pooled,
+                    joint_attention_kwargs=self.joint_attention_kwargs,
+                    return_dict=False,
+                )[0]
+                return out  # type: ignore[no-any-return]
+
+            return image_to_tokens(self._guided(dense, latent, t), self.patch)
+        values, positions = state.values, state.positions()
+        if active is not None:
+            values, positions = gather_tokens(values, active), gather_tokens(positions, active)
+        coarsest = state.coarsest_level
+        embedding = self.sincos.embed(positions, self.grid.rows >> coarsest, self.grid.cols >> coarsest)
+        embedding = embedding.to(self.device)
+
+        def tokens(x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            pos = torch.cat([embedding, embedding]) if self.cfg else embedding
+            return token_forward(transformer, x, pos, timestep, self.embeds, self.pooled, self.joint_attention_kwargs)
+
+        return self._guided(tokens, values, t)
+
+    def _vae_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        vae = self.pipe.vae
+        latent = latent / vae.config.scaling_factor + vae.config.shift_factor
+        return latent.to(device=vae.device, dtype=vae.dtype)
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        image = self.pipe.vae.decode(self._vae_latent(latent), return_dict=False)[0]
+        return (image.float() / 2 + 0.5).clamp(0, 1)
+
+    def finish(self, state: TokenState) -> Any:
+        from diffusers.pipelines.stable_diffusion_3.pipeline_output import StableDiffusion3PipelineOutput
+
+        latents = tokens_to_image(state.values, self.grid.rows, self.grid.cols, self.grid.channels, self.patch)
+        if self.args.output_type == "latent":
+            image: Any = latents
+        else:
+            decoded = self.pipe.vae.decode(self._vae_latent(latents), return_dict=False)[0]
+            image = self.pipe.image_processor.postprocess(decoded, output_type=self.args.output_type)
+        self.pipe.maybe_free_model_hooks()
+        if not self.args.return_dict:
+            return (image,)
+        return StableDiffusion3PipelineOutput(images=image)
+
+    def progress_bar(self, total: int) -> AbstractContextManager[ProgressBar]:
+        return self.pipe.progress_bar(total=total)  # type: ignore[no-any-return]
+
+
+class SD3Adapter(ModelAdapter):
+    """diffusers StableDiffusion3Pipeline (SD3-medium, SD3.5-large, SD3.5-medium)."""
+
+    name: ClassVar[str] = "sd3"
+    pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusion3Pipeline",)
+    architectures: ClassVar[tuple[str, ...]] = ("sd3-medium", "sd35-large")
+    embedded_models: ClassVar[tuple[str, ...]] = ("sd3-tiny", "sd35-tiny", "sd3-mid")
+
+    def supports(self, pipeline: Any) -> bool:
+        from diffusers import StableDiffusion3Pipeline
+
+        return isinstance(pipeline, StableDiffusion3Pipeline)
+
+    def prepare(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SD3Call:
+        bound = SD3Arguments.bind(args, kwargs)
+        default = pipeline.default_sample_size * pipeline.vae_scale_factor
+        height, width = bound.height or default, bound.width or default
+        patch = int(pipeline.transformer.config.patch_size)
+        multiple = int(pipeline.vae_scale_factor) * patch * 2**coarsest_level
+        why = f"for this recipe (VAE factor {pipeline.vae_scale_factor} x patch {patch}" + (
+            " x 2 for its half-resolution stage)" if coarsest_level else ")"
+        )
+        check_image_size(height, width, multiple, why)
+        unit = int(pipeline.vae_scale_factor) * patch
+        SinCosGrid.of(pipeline.transformer.pos_embed).check_fits(height // unit, width // unit)
+        if bound.num_inference_steps is not None and bound.num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be at least 1, got {bound.num_inference_steps}")
+        pipeline.check_inputs(
+            bound.prompt,
+            bound.prompt_2,
+            bound.prompt_3,
+            height,
+            width,
+            negative_prompt=bound.negative_prompt,
+            negative_prompt_2=bound.negative_prompt_2,
+            negative_prompt_3=bound.negative_prompt_3,
+            prompt_embeds=bound.prompt_embeds,
+            negative_prompt_embeds=bound.negative_prompt_embeds,
+            pooled_prompt_embeds=bound.pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=bound.negative_pooled_prompt_embeds,
+            max_sequence_length=bound.max_sequence_length,
+        )
+        per_image_generators(bound.generator, bound.image_batch_size())
+        return SD3Call(pipeline, bound, height, width)
+
+    def flops_profile(self, source: str | Path) -> FlopsProfile:
+        from ralu_sd3.flops_profile import SD3FlopsProfile
+
+        return SD3FlopsProfile.from_source(source)
+
+    def pipeline_flops_profile(self, pipeline: Any, call_kwargs: dict[str, Any]) -> FlopsProfile:
+        from ralu_sd3.flops_profile import SD3FlopsProfile
+
+        return SD3FlopsProfile.from_pipeline(pipeline, call_kwargs)
+
+    def embedded_pipeline(self, name: str) -> Any:
+        from ralu_sd3.testing import make_sd3_pipeline
+
+        if name not in self.embedded_models:
+            return super().embedded_pipeline(name)
+        return make_sd3_pipeline(name, seed=0)  # type: ignore[arg-type]
+
+    def embedded_note(self, name: str) -> str:
+        return (
+            f"{name} is an embedded SD3-architecture pipeline with RANDOM weights (seed 0): its images are "
+            "noise-like and NOT meaningful. Pass --model PATH|HUB-ID for real weights."
+        )

@@ -1,0 +1,89 @@
+"""FLOPs profile of SD3 architectures: SD3-medium and SD3.5-large configs, a folder, or a loaded pipeline.
+
+Counts are per image: with classifier-free guidance (SD3's default 7.0) every transformer pass runs
+a batch of two ([uncond; cond]), so it is counted twice; the VAE decodes once. The text sequence is
+77 CLIP tokens plus max_sequence_length T5 tokens (256 by default: 333 in all).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from ralu_core.adapter import FlopsProfile, check_image_size
+from ralu_core.flops import FlopCount
+from ralu_core.tokens import TokenGrid
+from ralu_sd3.flops import load_sd3_config, transformer_forward_flops, vae_decode_flops
+
+CLIP_TOKENS = 77
+Architecture = Literal["sd3-medium", "sd35-large"]
+ARCHITECTURES = {"sd3-medium": 28, "sd35-large": 28}  # name -> baseline steps (the pipeline default, as in the paper)
+
+
+class SD3FlopsProfile(FlopsProfile):
+    """Counts SD3Transformer2DModel forwards and AutoencoderKL decodes on the meta device."""
+
+    def __init__(
+        self,
+        name: str,
+        transformer: dict[str, Any],
+        vae: dict[str, Any],
+        *,
+        baseline_steps: int = 28,
+        t5_tokens: int = 256,
+        guidance: bool = True,
+    ) -> None:
+        self.name = name
+        self.transformer = transformer
+        self.vae = vae
+        self.baseline_steps = baseline_steps
+        self.text_tokens = CLIP_TOKENS + t5_tokens
+        self.cfg_batch = 2 if guidance else 1
+        self.vae_factor = 2 ** (len(vae["block_out_channels"]) - 1)
+        self.patch = int(transformer.get("patch_size", 2))
+
+    @classmethod
+    def from_source(cls, source: str | Path) -> SD3FlopsProfile:
+        """``sd3-medium``, ``sd35-large`` or a diffusers StableDiffusion3Pipeline folder."""
+        if str(source) in ARCHITECTURES:
+            arch = cast(Architecture, str(source))
+            return cls(
+                arch,
+                load_sd3_config(arch, "transformer"),
+                load_sd3_config(arch, "vae"),
+                baseline_steps=ARCHITECTURES[arch],
+            )
+        folder = Path(source)
+        configs = [folder / "transformer" / "config.json", folder / "vae" / "config.json"]
+        missing = [str(p) for p in configs if not p.is_file()]
+        if missing:
+            raise ValueError(
+                f"{source!r} is neither a known SD3 architecture ({', '.join(ARCHITECTURES)}) nor a "
+                f"StableDiffusion3Pipeline folder (missing {', '.join(missing)})"
+            )
+        transformer, vae = (json.loads(p.read_text()) for p in configs)
+        return cls(folder.name, transformer, vae)
+
+    @classmethod
+    def from_pipeline(cls, pipeline: Any, call_kwargs: dict[str, Any]) -> SD3FlopsProfile:
+        return cls(
+            type(pipeline).__name__,
+            dict(pipeline.transformer.config),
+            dict(pipeline.vae.config),
+            t5_tokens=int(call_kwargs.get("max_sequence_length", 256)),
+            guidance=float(call_kwargs.get("guidance_scale", 7.0)) > 1,
+        )
+
+    def grid(self, height: int, width: int) -> TokenGrid:
+        unit = self.vae_factor * self.patch
+        check_image_size(height, width, unit, f"for SD3 (VAE factor {self.vae_factor} x patch {self.patch})")
+        return TokenGrid(
+            rows=height // unit, cols=width // unit, channels=int(self.transformer["in_channels"]), patch=self.patch
+        )
+
+    def forward(self, image_tokens: int) -> FlopCount:
+        return transformer_forward_flops(self.transformer, image_tokens, self.text_tokens, batch=self.cfg_batch)
+
+    def decode(self, latent_height: int, latent_width: int) -> FlopCount:
+        return vae_decode_flops(self.vae, latent_height, latent_width)

@@ -1,0 +1,63 @@
+"""The ralu CLI with the SD3 adapter, run in-process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from ralu_core.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    ("model", "recipe", "low", "high", "stage2"),
+    [
+        ("sd3-medium", "ralu-sd3-2x", 1.9, 2.05, 1945),
+        ("sd3-medium", "ralu-sd3-3x", 2.95, 3.2, 1636),
+        ("sd35-large", "ralu-sd3-3x", 3.0, 3.5, 1636),
+    ],
+)
+def test_flops_json(capsys, model: str, recipe: str, low: float, high: float, stage2: int) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = run(capsys, "flops", "--model", model, "--recipe", recipe, "--json")
+    data = json.loads(out)
+    assert code == 0 and data["baseline_steps"] == 28 and data["attention_counted"] is False
+    assert low < data["speedup"] < high
+    assert [s["image_tokens"] for s in data["stages"]] == [1024, stage2, 4096]
+
+
+def test_generate_with_an_embedded_sd3_model(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "sd3.png"
+    code, stdout, stderr = run(
+        capsys,
+        "generate",
+        "a red circle",
+        "--recipe",
+        "ralu-sd3-3x",
+        "--model",
+        "sd35-tiny",
+        "--height",
+        "64",
+        "--width",
+        "96",
+        "--out",
+        str(out),
+        "--call-arg",
+        "max_sequence_length=16",
+    )
+    assert code == 0 and stdout.strip() == str(out) and "NOT meaningful" in stderr
+    assert Image.open(out).size == (96, 64)
+
+
+def test_sd3_recipes_default_to_the_embedded_sd3_model(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "x.png"
+    code, _, stderr = run(
+        capsys, "generate", "a", "--recipe", "ralu-sd3-2x", "--out", str(out), "--height", "64", "--width", "64"
+    )
+    assert code == 0 and "sd3-tiny is an embedded SD3-architecture pipeline" in stderr
