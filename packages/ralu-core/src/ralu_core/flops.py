@@ -24,6 +24,8 @@ This module is model-agnostic on purpose: it knows operators, not model classes.
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -222,3 +224,28 @@ def meta_module(cls: Callable[..., _T], config: Mapping[str, Any]) -> _T:
     if eval_fn is not None:
         eval_fn()
     return model
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_meta(cls: Any, key: str) -> Any:
+    return meta_module(cls, json.loads(key))
+
+
+def cached_meta_module(cls: Any, config: Mapping[str, Any]) -> Any:
+    """`meta_module`, cached per (class, config): counting many token counts reuses one model."""
+    return _cached_meta(cls, json.dumps(dict(config), sort_keys=True))
+
+
+def vae_decode_flops(
+    vae_cls: Any, config: Mapping[str, Any], latent_height: int, latent_width: int, batch: int = 1
+) -> FlopCount:
+    """FLOPs of ``vae_cls(**config).decode`` on latents of ``latent_height x latent_width`` (no tiling).
+
+    Decoding runs once per image after denoising (classifier-free guidance does not double it).
+    """
+    if latent_height <= 0 or latent_width <= 0 or batch <= 0:
+        raise ValueError("latent sizes and batch must be positive")
+    vae = cached_meta_module(vae_cls, config)
+    latents = torch.empty(batch, vae.config.latent_channels, latent_height, latent_width, device="meta")
+    with torch.no_grad():
+        return count_flops(lambda: vae.decode(latents, return_dict=False))

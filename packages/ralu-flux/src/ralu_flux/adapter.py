@@ -10,9 +10,8 @@ reproduces `pipe(...)` exactly.
 
 from __future__ import annotations
 
-import inspect
 import math
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,8 +19,9 @@ import attrs
 import numpy as np
 import torch
 
-from ralu_core.adapter import FlopsProfile, ModelAdapter, ModelCall, ProgressBar, check_image_size, iter_chunks
+from ralu_core.adapter import FlopsProfile, ModelAdapter, check_image_size, iter_chunks
 from ralu_core.arguments import PipelineArguments
+from ralu_core.pipeline_call import DiffusersCall, default_num_inference_steps
 from ralu_core.randomness import GeneratorArg, per_image_generators
 from ralu_core.tokens import TokenGrid, TokenState, gather_tokens
 
@@ -71,7 +71,7 @@ class FluxArguments(PipelineArguments):
     max_sequence_length: int = 512
 
 
-class FluxCall(ModelCall):
+class FluxCall(DiffusersCall):
     """One prepared FluxPipeline call."""
 
     def __init__(self, pipe: Any, args: FluxArguments, height: int, width: int) -> None:
@@ -83,7 +83,8 @@ class FluxCall(ModelCall):
         self.batch_size = args.image_batch_size()
         self.generator: GeneratorArg = args.generator
         self.requested_steps = args.num_inference_steps
-        self.default_steps = int(inspect.signature(type(pipe).__call__).parameters["num_inference_steps"].default)
+        self.default_steps = default_num_inference_steps(pipe)
+        self.output_type, self.return_dict = args.output_type, args.return_dict
         latent_h = 2 * (height // (pipe.vae_scale_factor * 2))
         latent_w = 2 * (width // (pipe.vae_scale_factor * 2))
         self.grid = TokenGrid(
@@ -236,32 +237,12 @@ class FluxCall(ModelCall):
 
     # --- pixels ---------------------------------------------------------------------------------
 
-    def _vae_latent(self, latent: torch.Tensor) -> torch.Tensor:
-        vae = self.pipe.vae
-        latent = latent / vae.config.scaling_factor + vae.config.shift_factor
-        return latent.to(device=vae.device, dtype=vae.dtype)
-
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        image = self.pipe.vae.decode(self._vae_latent(latent), return_dict=False)[0]
-        return (image.float() / 2 + 0.5).clamp(0, 1)
-
     def finish(self, state: TokenState) -> Any:
         from diffusers.pipelines.flux.pipeline_output import FluxPipelineOutput
 
-        latents = state.values
-        if self.args.output_type == "latent":
-            image: Any = latents
-        else:
-            unpacked = self.pipe._unpack_latents(latents, self.height, self.width, self.pipe.vae_scale_factor)
-            decoded = self.pipe.vae.decode(self._vae_latent(unpacked), return_dict=False)[0]
-            image = self.pipe.image_processor.postprocess(decoded, output_type=self.args.output_type)
-        self.pipe.maybe_free_model_hooks()
-        if not self.args.return_dict:
-            return (image,)
-        return FluxPipelineOutput(images=image)
-
-    def progress_bar(self, total: int) -> AbstractContextManager[ProgressBar]:
-        return self.pipe.progress_bar(total=total)  # type: ignore[no-any-return]
+        latents = state.values  # packed, what FluxPipeline returns for output_type="latent"
+        unpacked = self.pipe._unpack_latents(latents, self.height, self.width, self.pipe.vae_scale_factor)
+        return self.pipeline_output(unpacked, latents, FluxPipelineOutput)
 
 
 class FluxAdapter(ModelAdapter):

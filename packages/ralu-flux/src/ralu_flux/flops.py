@@ -13,7 +13,6 @@ denoising step, and are identical for every acceleration strategy.
 
 from __future__ import annotations
 
-import functools
 import json
 from importlib import resources
 from typing import Any, Literal
@@ -21,7 +20,8 @@ from typing import Any, Literal
 import torch
 from diffusers import AutoencoderKL, FluxTransformer2DModel
 
-from ralu_core.flops import FlopCount, count_flops, meta_module
+from ralu_core.flops import FlopCount, cached_meta_module, count_flops
+from ralu_core.flops import vae_decode_flops as core_vae_decode_flops
 
 __all__ = ["load_flux_dev_config", "transformer_forward_flops", "vae_decode_flops"]
 
@@ -38,21 +38,6 @@ def load_flux_dev_config(part: Literal["transformer", "vae"]) -> dict[str, Any]:
     return config
 
 
-def _config_key(config: dict[str, Any]) -> str:
-    """Hashable, order-independent cache key (tuples and lists serialise alike)."""
-    return json.dumps(config, sort_keys=True)
-
-
-@functools.lru_cache(maxsize=16)
-def _meta_transformer(key: str) -> Any:  # FluxTransformer2DModel; diffusers is untyped
-    return meta_module(FluxTransformer2DModel, json.loads(key))
-
-
-@functools.lru_cache(maxsize=16)
-def _meta_vae(key: str) -> Any:  # AutoencoderKL
-    return meta_module(AutoencoderKL, json.loads(key))
-
-
 def transformer_forward_flops(
     config: dict[str, Any], image_tokens: int, text_tokens: int = 512, batch: int = 1
 ) -> FlopCount:
@@ -63,7 +48,7 @@ def transformer_forward_flops(
     """
     if image_tokens <= 0 or text_tokens < 0 or batch <= 0:
         raise ValueError("image_tokens and batch must be positive and text_tokens non-negative")
-    model = _meta_transformer(_config_key(config))
+    model = cached_meta_module(FluxTransformer2DModel, config)
     cfg = model.config
 
     def empty(*shape: int) -> torch.Tensor:
@@ -88,9 +73,4 @@ def vae_decode_flops(config: dict[str, Any], latent_height: int, latent_width: i
 
     For FLUX the image is 8x the latent size, e.g. a 128x128 latent decodes to 1024x1024 pixels.
     """
-    if latent_height <= 0 or latent_width <= 0 or batch <= 0:
-        raise ValueError("latent sizes and batch must be positive")
-    vae = _meta_vae(_config_key(config))
-    latents = torch.empty(batch, vae.config.latent_channels, latent_height, latent_width, device=_META)
-    with torch.no_grad():
-        return count_flops(lambda: vae.decode(latents, return_dict=False))
+    return core_vae_decode_flops(AutoencoderKL, config, latent_height, latent_width, batch)

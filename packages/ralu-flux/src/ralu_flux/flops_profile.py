@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ralu_core.adapter import FlopsProfile, check_image_size
 from ralu_core.flops import FlopCount
+from ralu_core.pipeline_call import read_component_configs
 from ralu_core.tokens import TokenGrid
 from ralu_flux.flops import load_flux_dev_config, transformer_forward_flops, vae_decode_flops
 
@@ -38,16 +38,8 @@ class FluxFlopsProfile(FlopsProfile):
         """``flux-dev`` (50-step baseline, as in the RALU paper) or a diffusers FluxPipeline folder."""
         if str(source) == "flux-dev":
             return cls("flux-dev", load_flux_dev_config("transformer"), load_flux_dev_config("vae"), baseline_steps=50)
-        folder = Path(source)
-        configs = [folder / "transformer" / "config.json", folder / "vae" / "config.json"]
-        missing = [str(p) for p in configs if not p.is_file()]
-        if missing:
-            raise ValueError(
-                f"{source!r} is neither a known FLUX architecture (flux-dev) nor a FluxPipeline folder "
-                f"(missing {', '.join(missing)})"
-            )
-        transformer, vae = (json.loads(p.read_text()) for p in configs)
-        return cls(folder.name, transformer, vae, baseline_steps=28)
+        transformer, vae = read_component_configs(source, "flux-dev", "FluxPipeline")
+        return cls(Path(source).name, transformer, vae, baseline_steps=28)
 
     def grid(self, height: int, width: int) -> TokenGrid:
         check_image_size(height, width, self.vae_factor * PATCH, "for FLUX (VAE factor x 2 x 2 packing)")

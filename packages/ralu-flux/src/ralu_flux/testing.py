@@ -4,7 +4,7 @@ Why this exists: ralu's FLUX adapter must be exercised end to end (prompt encodi
 flow-matching scheduler, the transformer, VAE decoding, ``save_pretrained``/``from_pretrained``) in
 environments where no model weights or tokenizer files can be downloaded. Every component is therefore
 built here from an in-code config with deterministic random weights (``seed`` -> bit-identical
-weights), and the two tokenizers come from :mod:`ralu_core.text_testing` (a small hand-written
+weights), and the two tokenizers come from :mod:`ralu_core.offline` (a small hand-written
 vocabulary, no files, in the very classes FLUX.1 uses), so ``FluxPipeline.encode_prompt`` runs unchanged.
 ``VOCABULARY``, ``make_clip_tokenizer`` and ``make_t5_tokenizer`` are re-exported here for existing imports.
 
@@ -26,9 +26,7 @@ Sizes:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Literal
 
 import attrs
 import torch
@@ -42,7 +40,7 @@ from transformers import (
     T5Tokenizer,
 )
 
-from ralu_core.text_testing import CLIP_MAX_LENGTH, VOCABULARY, make_clip_tokenizer, make_t5_tokenizer
+from ralu_core.offline import CLIP_MAX_LENGTH, VOCABULARY, make_clip_tokenizer, make_t5_tokenizer, seeded_components
 
 __all__ = [
     "VOCABULARY",
@@ -92,14 +90,6 @@ _SIZES: dict[str, _SizeSpec] = {
         vae_groups=8,
     ),
 }
-
-
-@contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed torch's CPU RNG for module init without disturbing the caller's RNG state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def _transformer(spec: _SizeSpec) -> FluxTransformer2DModel:
@@ -203,23 +193,16 @@ def make_flux_pipeline(
     clip_tokenizer = make_clip_tokenizer()
     t5_tokenizer = make_t5_tokenizer()
 
-    def component_seed(index: int) -> int:
-        return seed * 16 + index
-
-    modules: dict[str, Any] = {}
-    with _seeded(component_seed(0)):
-        modules["transformer"] = _transformer(spec)
-    with _seeded(component_seed(1)):
-        modules["vae"] = _vae(spec)
-    with _seeded(component_seed(2)):
-        modules["text_encoder"] = _clip_model(spec, clip_tokenizer)
-    with _seeded(component_seed(3)):
-        modules["text_encoder_2"] = _t5_model(spec, t5_tokenizer)
-    for module in modules.values():
-        module.eval()
-        if dtype != torch.float32:
-            # nn.Module.to: diffusers' ModelMixin.to warns about fp32-pinned modules even when there are none.
-            torch.nn.Module.to(module, dtype=dtype)
+    modules = seeded_components(
+        {
+            "transformer": lambda: _transformer(spec),
+            "vae": lambda: _vae(spec),
+            "text_encoder": lambda: _clip_model(spec, clip_tokenizer),
+            "text_encoder_2": lambda: _t5_model(spec, t5_tokenizer),
+        },
+        seed=seed,
+        dtype=dtype,
+    )
     return FluxPipeline(  # type: ignore[no-untyped-call]
         scheduler=_scheduler(),
         tokenizer=clip_tokenizer,

@@ -11,17 +11,16 @@ image sharing its tokens, so selection and injected noise are per image and shar
 
 from __future__ import annotations
 
-import inspect
 import math
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, ClassVar
 
 import attrs
 import torch
 
-from ralu_core.adapter import FlopsProfile, ModelAdapter, ModelCall, ProgressBar, check_image_size
+from ralu_core.adapter import FlopsProfile, ModelAdapter, check_image_size
 from ralu_core.arguments import PipelineArguments
+from ralu_core.pipeline_call import DiffusersCall, default_num_inference_steps
 from ralu_core.randomness import GeneratorArg, per_image_generators
 from ralu_core.tokens import TokenGrid, TokenState, dense_level, gather_tokens, image_to_tokens, tokens_to_image
 from ralu_sd3.forward import token_forward
@@ -75,7 +74,7 @@ class SD3Arguments(PipelineArguments):
     mu: float | None = None
 
 
-class SD3Call(ModelCall):
+class SD3Call(DiffusersCall):
     """One prepared StableDiffusion3Pipeline call."""
 
     def __init__(self, pipe: Any, args: SD3Arguments, height: int, width: int) -> None:
@@ -86,7 +85,8 @@ class SD3Call(ModelCall):
         self.batch_size = args.image_batch_size()
         self.generator: GeneratorArg = args.generator
         self.requested_steps = args.num_inference_steps
-        self.default_steps = int(inspect.signature(type(pipe).__call__).parameters["num_inference_steps"].default)
+        self.default_steps = default_num_inference_steps(pipe)
+        self.output_type, self.return_dict = args.output_type, args.return_dict
         config = pipe.transformer.config
         self.patch = int(config.patch_size)
         latent_h, latent_w = height // pipe.vae_scale_factor, width // pipe.vae_scale_factor
@@ -205,31 +205,11 @@ class SD3Call(ModelCall):
 
         return self._guided(tokens, values, t)
 
-    def _vae_latent(self, latent: torch.Tensor) -> torch.Tensor:
-        vae = self.pipe.vae
-        latent = latent / vae.config.scaling_factor + vae.config.shift_factor
-        return latent.to(device=vae.device, dtype=vae.dtype)
-
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        image = self.pipe.vae.decode(self._vae_latent(latent), return_dict=False)[0]
-        return (image.float() / 2 + 0.5).clamp(0, 1)
-
     def finish(self, state: TokenState) -> Any:
         from diffusers.pipelines.stable_diffusion_3.pipeline_output import StableDiffusion3PipelineOutput
 
         latents = tokens_to_image(state.values, self.grid.rows, self.grid.cols, self.grid.channels, self.patch)
-        if self.args.output_type == "latent":
-            image: Any = latents
-        else:
-            decoded = self.pipe.vae.decode(self._vae_latent(latents), return_dict=False)[0]
-            image = self.pipe.image_processor.postprocess(decoded, output_type=self.args.output_type)
-        self.pipe.maybe_free_model_hooks()
-        if not self.args.return_dict:
-            return (image,)
-        return StableDiffusion3PipelineOutput(images=image)
-
-    def progress_bar(self, total: int) -> AbstractContextManager[ProgressBar]:
-        return self.pipe.progress_bar(total=total)  # type: ignore[no-any-return]
+        return self.pipeline_output(latents, latents, StableDiffusion3PipelineOutput)
 
 
 class SD3Adapter(ModelAdapter):

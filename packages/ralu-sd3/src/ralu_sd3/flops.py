@@ -28,7 +28,6 @@ per denoising step, and are identical for every acceleration strategy.
 
 from __future__ import annotations
 
-import functools
 import json
 from importlib import resources
 from typing import Any, Literal
@@ -36,7 +35,8 @@ from typing import Any, Literal
 import torch
 from diffusers import AutoencoderKL, SD3Transformer2DModel
 
-from ralu_core.flops import FlopCount, count_flops, meta_module
+from ralu_core.flops import FlopCount, cached_meta_module, count_flops
+from ralu_core.flops import vae_decode_flops as core_vae_decode_flops
 
 __all__ = ["DEFAULT_TEXT_TOKENS", "load_sd3_config", "transformer_forward_flops", "vae_decode_flops"]
 
@@ -57,21 +57,6 @@ def load_sd3_config(arch: Literal["sd3-medium", "sd35-large"], part: Literal["tr
     resource = resources.files("ralu_sd3").joinpath("data").joinpath(arch).joinpath(f"{part}.json")
     config: dict[str, Any] = json.loads(resource.read_text("utf-8"))
     return config
-
-
-def _config_key(config: dict[str, Any]) -> str:
-    """Hashable, order-independent cache key (tuples and lists serialise alike)."""
-    return json.dumps(config, sort_keys=True)
-
-
-@functools.lru_cache(maxsize=16)
-def _meta_transformer(key: str) -> Any:  # SD3Transformer2DModel; diffusers is untyped
-    return meta_module(SD3Transformer2DModel, json.loads(key))
-
-
-@functools.lru_cache(maxsize=16)
-def _meta_vae(key: str) -> Any:  # AutoencoderKL
-    return meta_module(AutoencoderKL, json.loads(key))
 
 
 def _token_path_forward(model: Any, image_tokens: int, text_tokens: int, batch: int) -> None:
@@ -101,7 +86,7 @@ def transformer_forward_flops(
     """
     if image_tokens <= 0 or text_tokens < 0 or batch <= 0:
         raise ValueError("image_tokens and batch must be positive and text_tokens non-negative")
-    model = _meta_transformer(_config_key(config))
+    model = cached_meta_module(SD3Transformer2DModel, config)
     with torch.no_grad():
         return count_flops(lambda: _token_path_forward(model, image_tokens, text_tokens, batch))
 
@@ -112,9 +97,4 @@ def vae_decode_flops(config: dict[str, Any], latent_height: int, latent_width: i
     The image is 8x the latent size, e.g. a 128x128 latent decodes to 1024x1024 pixels. The decode runs
     once per image after denoising (CFG does not double it).
     """
-    if latent_height <= 0 or latent_width <= 0 or batch <= 0:
-        raise ValueError("latent sizes and batch must be positive")
-    vae = _meta_vae(_config_key(config))
-    latents = torch.empty(batch, vae.config.latent_channels, latent_height, latent_width, device=_META)
-    with torch.no_grad():
-        return count_flops(lambda: vae.decode(latents, return_dict=False))
+    return core_vae_decode_flops(AutoencoderKL, config, latent_height, latent_width, batch)

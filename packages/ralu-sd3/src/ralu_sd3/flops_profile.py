@@ -7,12 +7,12 @@ a batch of two ([uncond; cond]), so it is counted twice; the VAE decodes once. T
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal, cast
 
 from ralu_core.adapter import FlopsProfile, check_image_size
 from ralu_core.flops import FlopCount
+from ralu_core.pipeline_call import read_component_configs
 from ralu_core.tokens import TokenGrid
 from ralu_sd3.flops import load_sd3_config, transformer_forward_flops, vae_decode_flops
 
@@ -54,16 +54,8 @@ class SD3FlopsProfile(FlopsProfile):
                 load_sd3_config(arch, "vae"),
                 baseline_steps=ARCHITECTURES[arch],
             )
-        folder = Path(source)
-        configs = [folder / "transformer" / "config.json", folder / "vae" / "config.json"]
-        missing = [str(p) for p in configs if not p.is_file()]
-        if missing:
-            raise ValueError(
-                f"{source!r} is neither a known SD3 architecture ({', '.join(ARCHITECTURES)}) nor a "
-                f"StableDiffusion3Pipeline folder (missing {', '.join(missing)})"
-            )
-        transformer, vae = (json.loads(p.read_text()) for p in configs)
-        return cls(folder.name, transformer, vae)
+        transformer, vae = read_component_configs(source, ", ".join(ARCHITECTURES), "StableDiffusion3Pipeline")
+        return cls(Path(source).name, transformer, vae)
 
     @classmethod
     def from_pipeline(cls, pipeline: Any, call_kwargs: dict[str, Any]) -> SD3FlopsProfile:

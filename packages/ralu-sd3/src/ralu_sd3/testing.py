@@ -5,7 +5,7 @@ classifier-free guidance, the cropped position embedding, the flow-matching sche
 VAE decoding, ``save_pretrained``/``from_pretrained``) where no weights or tokenizer files can be
 downloaded. Every component is built here from an in-code config with deterministic random weights
 (``seed`` -> bit-identical weights); the two CLIP tokenizers and the T5 tokenizer come from
-:mod:`ralu_core.text_testing` (a hand-written vocabulary in the very classes SD3 uses).
+:mod:`ralu_core.offline` (a hand-written vocabulary in the very classes SD3 uses).
 
 The architecture mirrors SD3-medium: a 16-channel VAE with SD3's scaling/shift factors (1.5305/0.0609),
 8x downsampling and no quant convs; patch size 2; a flow-matching Euler scheduler with static shift 3.0;
@@ -36,9 +36,7 @@ Variants:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Literal
 
 import attrs
 import torch
@@ -57,7 +55,7 @@ from transformers import (
     T5Tokenizer,
 )
 
-from ralu_core.text_testing import CLIP_MAX_LENGTH, make_clip_tokenizer, make_t5_tokenizer
+from ralu_core.offline import CLIP_MAX_LENGTH, make_clip_tokenizer, make_t5_tokenizer, seeded_components
 
 __all__ = ["Variant", "make_sd3_pipeline"]
 
@@ -130,14 +128,6 @@ _VARIANTS: dict[str, _VariantSpec] = {
         vae_groups=8,
     ),
 }
-
-
-@contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed torch's CPU RNG for module init without disturbing the caller's RNG state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def _transformer(spec: _VariantSpec) -> SD3Transformer2DModel:
@@ -237,25 +227,17 @@ def make_sd3_pipeline(
     clip_spec, clip_2_spec = spec.clips
     tokenizer, tokenizer_2, tokenizer_3 = make_clip_tokenizer(), make_clip_tokenizer(), make_t5_tokenizer()
 
-    def component_seed(index: int) -> int:
-        return seed * 16 + index
-
-    modules: dict[str, Any] = {}
-    with _seeded(component_seed(0)):
-        modules["transformer"] = _transformer(spec)
-    with _seeded(component_seed(1)):
-        modules["vae"] = _vae(spec)
-    with _seeded(component_seed(2)):
-        modules["text_encoder"] = _clip_model(clip_spec, tokenizer)
-    with _seeded(component_seed(3)):
-        modules["text_encoder_2"] = _clip_model(clip_2_spec, tokenizer_2)
-    with _seeded(component_seed(4)):
-        modules["text_encoder_3"] = _t5_model(spec, tokenizer_3)
-    for module in modules.values():
-        module.eval()
-        if dtype != torch.float32:
-            # nn.Module.to: diffusers' ModelMixin.to warns about fp32-pinned modules even when there are none.
-            torch.nn.Module.to(module, dtype=dtype)
+    modules = seeded_components(
+        {
+            "transformer": lambda: _transformer(spec),
+            "vae": lambda: _vae(spec),
+            "text_encoder": lambda: _clip_model(clip_spec, tokenizer),
+            "text_encoder_2": lambda: _clip_model(clip_2_spec, tokenizer_2),
+            "text_encoder_3": lambda: _t5_model(spec, tokenizer_3),
+        },
+        seed=seed,
+        dtype=dtype,
+    )
     return StableDiffusion3Pipeline(  # type: ignore[no-untyped-call]
         scheduler=_scheduler(),
         tokenizer=tokenizer,

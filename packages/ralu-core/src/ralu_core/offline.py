@@ -1,19 +1,24 @@
-"""Offline, deterministic CLIP and T5 tokenizers for tests and benchmarks of text-conditioned pipelines.
+"""Offline building blocks for random-weight test pipelines: tokenizers and seeded components.
 
 Why this exists: model adapters (FLUX, SD3, ...) must run their pipelines' real prompt encoding in
 environments where no tokenizer files can be downloaded. The tokenizers here are built from a small
 hand-written vocabulary (no files, no network) and wrapped in the very classes the pipelines use
 (``CLIPTokenizer``, and ``T5Tokenizer``, which ``T5TokenizerFast`` aliases since transformers 5), so
 ``encode_prompt`` runs unchanged. Ids are pure functions of :data:`VOCABULARY` and identical in every
-process, so random-weight text encoders indexed by them stay reproducible. Shared here so that every
-adapter package can use them without depending on another adapter.
+process, so random-weight text encoders indexed by them stay reproducible. `seeded_components`
+initialises each model component from its own seed without touching the caller's RNG. Shared here so
+that every adapter package can use them without depending on another adapter.
 """
 
 from __future__ import annotations
 
 import itertools
 import string
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
+import torch
 import transformers
 from transformers import CLIPTokenizer, T5Tokenizer
 
@@ -23,7 +28,35 @@ __all__ = [
     "VOCABULARY",
     "make_clip_tokenizer",
     "make_t5_tokenizer",
+    "seeded",
+    "seeded_components",
 ]
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch's CPU RNG for module initialisation without disturbing the caller's RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def seeded_components(
+    builders: dict[str, Callable[[], Any]], *, seed: int, dtype: torch.dtype = torch.float32
+) -> dict[str, Any]:
+    """Build each component from its own seed (``seed * 16 + index``, in `builders` order), in float32,
+    then switch to eval mode and cast to `dtype`: the same seed gives bit-identical weights."""
+    components: dict[str, Any] = {}
+    for index, (name, build) in enumerate(builders.items()):
+        with seeded(seed * 16 + index):
+            module = build()
+        module.eval()
+        if dtype != torch.float32:
+            # nn.Module.to: diffusers' ModelMixin.to warns about fp32-pinned modules even when there are none.
+            torch.nn.Module.to(module, dtype=dtype)
+        components[name] = module
+    return components
+
 
 # A few hundred common English words (plus typical prompt words). Anything else is split into
 # characters; characters outside ASCII letters/digits/punctuation become the unknown token.
@@ -74,7 +107,7 @@ def _require_tokenizers_backend() -> None:
     major = int(transformers.__version__.split(".")[0])
     if major < 5:
         raise RuntimeError(
-            f"ralu_core.text_testing needs transformers>=5 for its offline tokenizers; found {transformers.__version__}"
+            f"ralu_core.offline needs transformers>=5 for its offline tokenizers; found {transformers.__version__}"
         )
 
 
