@@ -13,9 +13,10 @@ PACKAGES = {
     "ralu-core": ["packages/ralu-core"],
     "ralu-flux": ["packages/ralu-core", "packages/ralu-flux"],
     "ralu-sd3": ["packages/ralu-core", "packages/ralu-sd3"],
+    "ralu-bench": ["packages/ralu-core", "packages/ralu-bench"],
 }
-TEST_DIRS = {"ralu-core": "tests/ralu_core", "ralu-flux": "tests/ralu_flux", "ralu-sd3": "tests/ralu_sd3"}
-EVERYTHING = ["packages/ralu-core", "packages/ralu-flux", "packages/ralu-sd3"]
+TEST_DIRS = {package: f"tests/{package.replace('-', '_')}" for package in PACKAGES}
+EVERYTHING = ["packages/ralu-core", "packages/ralu-flux", "packages/ralu-sd3", "packages/ralu-bench"]
 
 
 @nox.session

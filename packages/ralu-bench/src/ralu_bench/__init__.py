@@ -1,0 +1,1 @@
+"""ralu-bench: reference models and quality measurement for ralu."""
