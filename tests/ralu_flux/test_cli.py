@@ -92,8 +92,8 @@ def test_flops_baseline_at_fifty_steps_is_one(capsys) -> None:  # type: ignore[n
 
 
 def test_bench_reports_side_by_side_ratios(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    report = tmp_path / "bench.json"
-    code, out, _ = run(
+    out = tmp_path / "bench"
+    code, stdout, _ = run(
         capsys,
         "bench",
         "--model",
@@ -107,21 +107,29 @@ def test_bench_reports_side_by_side_ratios(capsys, tmp_path) -> None:  # type: i
         "64",
         "--steps",
         "30",
-        "--repeats",
-        "2",
+        "--seeds",
+        "0",
+        "1",
         "--warmup",
         "0",
+        "--prompt",
+        "a red circle",
+        "--prompt",
+        "a blue square",
         "--call-arg",
         "max_sequence_length=16",
-        "--json",
-        str(report),
+        "--out",
+        str(out),
     )
-    data = json.loads(report.read_text())
-    assert code == 0 and "ralu-flux-7x" in out and data["final_decode_timed"] is True
-    base, fast = data["recipes"]
-    assert base["recipe"] == "flux-baseline" and base["speedup_wall"] == 1.0 and len(fast["samples_s"]) == 2
+    data = json.loads((out / "report.json").read_text())
+    assert code == 0 and "ralu-flux-7x" in stdout and data["settings"]["final_decode_timed"] is True
+    base, fast = data["summary"]
+    assert base["recipe"] == "flux-baseline" and base["speedup_wall"] == 1.0
+    assert len([s for s in data["samples"] if s["recipe"] == "ralu-flux-7x"]) == 4  # 2 prompts x 2 seeds
     assert fast["tflops_all"] < base["tflops_all"] and fast["speedup_flops_all"] > 1
     assert fast["efficiency"] == fast["speedup_wall"] / fast["speedup_flops_all"]
+    assert (out / "report.md").read_text().startswith("CPU") and (out / "grid.png").is_file()
+    assert Image.open(out / "grid.png").size == (2 * 68, 2 * 68)  # prompts x recipes, 2-px borders
 
 
 def test_bench_needs_a_size_for_a_loaded_model(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -140,6 +139,10 @@ def cmd_plugins(ns: argparse.Namespace) -> int:
         provided.setdefault(entry.plugin, []).append(f"model adapter {name}")
     for name, entry in registry.recipes.items():
         provided.setdefault(entry.plugin, []).append(f"recipe {name}")
+    for name, entry in registry.metrics.items():
+        provided.setdefault(entry.plugin, []).append(f"image metric {name}")
+    for name, entry in registry.prompt_sets.items():
+        provided.setdefault(entry.plugin, []).append(f"prompt set {name}")
     for plugin_name in sorted(provided):
         info = plugin_info(registry.pm, plugin_name)
         origin = f"{info.distribution} {info.version}" if info.distribution else "registered in code"
@@ -208,12 +211,26 @@ def cmd_flops(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_prompts(registry: Registry, ns: argparse.Namespace) -> list[str]:
+    if ns.prompt_set is not None:
+        entry = registry.prompt_sets.get(ns.prompt_set)
+        if entry is None:
+            known = ", ".join(sorted(registry.prompt_sets)) or "none installed"
+            raise RaluError(f"unknown prompt set {ns.prompt_set!r}; installed: {known}")
+        return list(entry.obj(ns.num_prompts))
+    return list(ns.prompt or ["a red circle and a blue square on a white background"])
+
+
 def cmd_bench(ns: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from ralu_core.bench import BenchPlan, run_bench, write_outputs
+
     registry = _registry()
     recipes = [find_recipe(name, registry) for name in ns.recipes]
-    runtimes = [resolve_recipe(r, registry) for r in recipes]
+    for recipe in recipes:
+        resolve_recipe(recipe, registry)
+    prompts = _bench_prompts(registry, ns)
     embedded = ns.model is None or _embedded(registry, ns.model) is not None
     height, width = (ns.height or EMBEDDED_SIZE, ns.width or EMBEDDED_SIZE) if embedded else (ns.height, ns.width)
     if height is None or width is None:
@@ -223,72 +240,27 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     adapter = registry.resolve_adapter(pipe)
     fast = [accelerate(pipe, r, plugin_manager=registry.pm) for r in recipes]
     kwargs: dict[str, Any] = {"height": height, "width": width, **_call_args(ns.call_arg)}
-
-    output_type = "np" if ns.decode else "latent"
-
-    def run(index: int, seed: int) -> float:
-        extra = {"num_inference_steps": ns.steps} if runtimes[index].schedule.accepts_requested_steps else {}
-        generator = torch.Generator("cpu").manual_seed(seed)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fast[index](ns.prompt, generator=generator, output_type=output_type, **kwargs, **extra)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    for index in range(len(fast)):
-        for _ in range(ns.warmup):
-            run(index, 0)
-    times: list[list[float]] = [[] for _ in fast]
-    for repeat in tqdm(range(ns.repeats), desc="bench (interleaved)"):
-        for index in range(len(fast)):
-            times[index].append(run(index, repeat))
+    plan = BenchPlan(
+        recipes=fast,
+        prompts=prompts,
+        seeds=ns.seeds,
+        call_kwargs=kwargs,
+        steps=ns.steps,
+        warmup=ns.warmup,
+        decode=ns.decode,
+    )
+    metrics = [entry.obj for entry in registry.metrics.values()]
     profile = adapter.pipeline_flops_profile(pipe, kwargs)
-    rows: list[dict[str, Any]] = []
-    for recipe, runtime, samples in zip(recipes, runtimes, times, strict=True):
-        cost = recipe_cost(runtime, profile, height, width, steps=ns.steps, baseline_steps=ns.steps)
-        timed = cost.total if ns.decode else cost.total_without_final_decode  # FLOPs of exactly what was timed
-        rows.append(
-            {
-                "recipe": recipe.name,
-                "median_s": statistics.median(samples),
-                "samples_s": samples,
-                "tflops_linear": timed.tflops(False),
-                "tflops_all": timed.tflops(True),
-            }
-        )
-    base = rows[0]
-    for row in rows:
-        row["speedup_wall"] = base["median_s"] / row["median_s"]
-        row["speedup_flops_linear"] = base["tflops_linear"] / row["tflops_linear"]
-        row["speedup_flops_all"] = base["tflops_all"] / row["tflops_all"]
-        row["efficiency"] = row["speedup_wall"] / row["speedup_flops_all"]
-    report = {
-        "model": ns.model or "embedded default",
-        "device": _device_name(ns.device),
-        "height": height,
-        "width": width,
-        "steps": ns.steps,
-        "repeats": ns.repeats,
-        "final_decode_timed": ns.decode,
-        "call_args": _call_args(ns.call_arg),
-        "recipes": rows,
-    }
-    if ns.json:
-        Path(ns.json).write_text(json.dumps(report, indent=2))
-    print(
-        f"{report['model']} on {report['device']}, {height}x{width}, baseline steps {ns.steps}, "
-        f"median of {ns.repeats} interleaved runs, final VAE decode {'included' if ns.decode else 'excluded'}"
-    )
-    print(
-        f"{'recipe':<16} {'s/image':>9} {'wall x':>7} {'FLOPs x (all)':>14} {'FLOPs x (linear)':>17} {'wall/FLOPs':>11}"
-    )
-    for row in rows:
-        print(
-            f"{row['recipe']:<16} {row['median_s']:9.3f} {row['speedup_wall']:7.2f} {row['speedup_flops_all']:14.2f} "
-            f"{row['speedup_flops_linear']:17.2f} {row['efficiency']:11.2f}"
-        )
+    total = len(fast) * len(prompts) * len(ns.seeds)
+    with tqdm(total=total, desc="bench (interleaved)") as bar:
+        result = run_bench(plan, metrics, profile, progress=lambda n: bar.update(n - bar.n))
+    result.settings["model"] = ns.model or "embedded default"
+    device = _device_name(ns.device)
+    plot_metric = next((m for m in ("shapeeval", "psnr") if m in registry.metrics), None)
+    paths = write_outputs(result, Path(ns.out), device, plot_metric)
+    print(Path(paths[1]).read_text(), end="")
+    for path in paths:
+        print(path)
     return 0
 
 
@@ -369,25 +341,29 @@ def build_parser() -> argparse.ArgumentParser:
     flo.add_argument("--json", action="store_true")
     flo.set_defaults(func=cmd_flops)
 
-    bench = sub.add_parser("bench", help="time recipes side by side (interleaved, after warm-up)")
+    bench = sub.add_parser("bench", help="run recipes side by side on a prompt set: speed, FLOPs and quality")
     bench.add_argument(
         "--recipes",
         nargs="+",
         default=["flux-baseline", "ralu-flux-7x"],
-        help="first one is the baseline of the ratios",
+        help="the first one is the baseline of every ratio and paired metric",
     )
     model_options(bench)
-    bench.add_argument("--prompt", default="a red circle and a blue square on a white background")
+    bench.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    bench.add_argument("--prompt-set", help="a registered prompt set (e.g. shapes, from ralu-bench)")
+    bench.add_argument("--num-prompts", type=int, default=8, help="prompts taken from --prompt-set")
+    bench.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds per prompt")
     bench.add_argument("--steps", type=int, default=50, help="steps of single-stage recipes (default 50)")
-    bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--warmup", type=int, default=1)
     bench.add_argument(
         "--no-decode",
         dest="decode",
         action="store_false",
-        help="time sampling only (latent output); FLOPs then exclude the final decode too",
+        help="time sampling only (latent output, no quality metrics); FLOPs exclude the final decode",
     )
-    bench.add_argument("--json", help="write the report to this file")
+    bench.add_argument(
+        "--out", default="ralu-bench-report", help="folder for report.json, report.md, grid.png, speed_quality.png"
+    )
     bench.set_defaults(func=cmd_bench)
     return parser
 

@@ -16,6 +16,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from ralu_core.adapter import ModelAdapter
+    from ralu_core.bench import ImageMetric
     from ralu_core.engine import StageEvent, StepEvent
     from ralu_core.strategies.base import FeatureCache, ResolutionTransition, TimestepSchedule, TokenSelector
 
@@ -29,6 +30,8 @@ RegisterSchedule = Callable[["type[TimestepSchedule]"], None]
 RegisterCache = Callable[["type[FeatureCache]"], None]
 RegisterAdapter = Callable[["ModelAdapter"], None]
 RegisterRecipe = Callable[[str, Path], None]
+RegisterMetric = Callable[["ImageMetric"], None]
+RegisterPromptSet = Callable[[str, "Callable[[int], list[str]]"], None]
 
 
 @hookspec
@@ -84,6 +87,24 @@ def ralu_register_recipes(register: RegisterRecipe) -> None:
 
     Registered names work wherever a recipe is expected (``accelerate(pipe, "my-recipe")``,
     ``ralu generate --recipe my-recipe``) and are listed by ``ralu recipes list``.
+    """
+
+
+@hookspec
+def ralu_register_image_metrics(register: RegisterMetric) -> None:
+    """Register image quality metrics for ``ralu bench``: ``register(metric)``.
+
+    A metric (:class:`ralu_core.bench.ImageMetric`) scores one generated image, either against the
+    baseline recipe's image of the same prompt and seed (paired: PSNR, SSIM...) or against its
+    prompt (unpaired: text alignment). It may decline an image by returning None.
+    """
+
+
+@hookspec
+def ralu_register_prompt_sets(register: RegisterPromptSet) -> None:
+    """Register named prompt sets for ``ralu bench --prompt-set NAME``: ``register(name, make)``.
+
+    ``make(count)`` returns ``count`` prompts, deterministically (the same count gives the same list).
     """
 
 

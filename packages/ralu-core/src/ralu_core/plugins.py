@@ -108,6 +108,8 @@ class Registry:
     strategies: dict[str, dict[str, Registration]] = attrs.field(factory=dict)
     adapters: dict[str, Registration] = attrs.field(factory=dict)
     recipes: dict[str, Registration] = attrs.field(factory=dict)
+    metrics: dict[str, Registration] = attrs.field(factory=dict)
+    prompt_sets: dict[str, Registration] = attrs.field(factory=dict)
 
     @classmethod
     def collect(cls, pm: pluggy.PluginManager) -> Registry:
@@ -116,6 +118,8 @@ class Registry:
             registry._run(hook_name, functools.partial(registry._strategy_register, kind=kind))
         registry._run("ralu_register_model_adapters", registry._adapter_register)
         registry._run("ralu_register_recipes", registry._recipe_register)
+        registry._run("ralu_register_image_metrics", registry._metric_register)
+        registry._run("ralu_register_prompt_sets", registry._prompt_set_register)
         return registry
 
     def _run(self, hook_name: str, make_register: Callable[[str], Callable[..., None]]) -> None:
@@ -169,6 +173,22 @@ class Registry:
     def _recipe_register(self, plugin: str) -> Callable[[str, Path], None]:
         def register(name: str, path: Path) -> None:
             self._add(self.recipes, Registration(kind="recipe", name=name, obj=Path(path), plugin=plugin))
+
+        return register
+
+    def _metric_register(self, plugin: str) -> Callable[[Any], None]:
+        from ralu_core.bench import ImageMetric
+
+        def register(metric: Any) -> None:
+            if not isinstance(metric, ImageMetric):
+                raise PluginError(f"ralu plugin {plugin!r} registered {metric!r}, which is not an ImageMetric")
+            self._add(self.metrics, Registration(kind="image metric", name=metric.name, obj=metric, plugin=plugin))
+
+        return register
+
+    def _prompt_set_register(self, plugin: str) -> Callable[[str, Callable[[int], list[str]]], None]:
+        def register(name: str, make: Callable[[int], list[str]]) -> None:
+            self._add(self.prompt_sets, Registration(kind="prompt set", name=name, obj=make, plugin=plugin))
 
         return register
 

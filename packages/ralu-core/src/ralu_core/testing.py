@@ -38,7 +38,7 @@ class ToyPipeline:
 
 @attrs.frozen(kw_only=True)
 class ToyOutput:
-    images: torch.Tensor
+    images: Any
 
 
 class _NullBar:
@@ -57,8 +57,10 @@ class ToyCall(ModelCall):
         batch_size: int,
         generator: GeneratorArg,
         num_inference_steps: int | None,
+        output_type: str = "pt",
     ) -> None:
         self.pipe = pipe
+        self.output_type = output_type
         unit = pipe.pixels * pipe.patch
         self.grid = TokenGrid(rows=height // unit, cols=width // unit, channels=pipe.channels, patch=pipe.patch)
         self.batch_size = batch_size
@@ -88,6 +90,9 @@ class ToyCall(ModelCall):
         # A smooth "data" pattern that depends on where a token is, so positions matter.
         freq = torch.arange(1, values.shape[-1] + 1, dtype=torch.float32)
         data = torch.sin(positions[..., :1] * 0.7 * freq + positions[..., 1:] * 0.3 * freq)
+        # A little dependence on the current values, so that the result depends on the sampling path
+        # (different recipes give measurably different images, as with a real model).
+        data = data + 0.3 * torch.tanh(values)
         sigma_f = float(sigma)
         return (values - data) / max(sigma_f, 1e-3) if sigma_f > 0 else values - data
 
@@ -96,6 +101,10 @@ class ToyCall(ModelCall):
         return F.interpolate(rgb, scale_factor=self.pipe.pixels, mode="nearest")
 
     def finish(self, state: TokenState) -> ToyOutput:
+        """Tokens as they are (``"pt"``, the default), or decoded RGB images in [0, 1] as (B, H, W, 3) numpy
+        (``"np"``), like a diffusers pipeline's numpy output."""
+        if self.output_type == "np":
+            return ToyOutput(images=self.decode(render_latent(state)).permute(0, 2, 3, 1).numpy())
         return ToyOutput(images=state.values)
 
     def progress_bar(self, total: int) -> AbstractContextManager[ProgressBar]:
@@ -150,11 +159,12 @@ class ToyAdapter(ModelAdapter):
             generator: GeneratorArg = None,
             num_inference_steps: int | None = None,
             num_images_per_prompt: int = 1,
+            output_type: str = "pt",
         ) -> ToyCall:
             check_image_size(height, width, pipeline.pixels * pipeline.patch * 2**coarsest_level, "for the toy model")
             batch = (1 if isinstance(prompt, str) else len(prompt)) * num_images_per_prompt
             per_image_generators(generator, batch)
-            return ToyCall(pipeline, height, width, batch, generator, num_inference_steps)
+            return ToyCall(pipeline, height, width, batch, generator, num_inference_steps, output_type)
 
         call = bind(*args, **kwargs)
         self.calls.append(call)
@@ -164,6 +174,9 @@ class ToyAdapter(ModelAdapter):
         if str(source) != "toy":
             raise ValueError(f"the toy adapter only knows the architecture 'toy', not {source!r}")
         return ToyFlopsProfile(ToyPipeline())
+
+    def pipeline_flops_profile(self, pipeline: Any, call_kwargs: dict[str, Any]) -> FlopsProfile:
+        return ToyFlopsProfile(pipeline)
 
     embedded_models: ClassVar[tuple[str, ...]] = ("toy",)
 

@@ -1,0 +1,97 @@
+"""ralu-bench's plugin: image metrics and the `shapes` prompt set for ``ralu bench``."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from ralu_bench import metrics
+from ralu_bench.shapes import ShapesDataset
+from ralu_core.bench import Image, ImageMetric
+from ralu_core.hookspecs import RegisterMetric, RegisterPromptSet, hookimpl
+
+
+class PSNR(ImageMetric):
+    name: ClassVar[str] = "psnr"
+    paired: ClassVar[bool] = True
+
+    def score(self, image: Image, reference: Image | None, prompt: str) -> float | None:
+        return None if reference is None else metrics.psnr(image, reference)
+
+
+class SSIM(ImageMetric):
+    name: ClassVar[str] = "ssim"
+    paired: ClassVar[bool] = True
+
+    def score(self, image: Image, reference: Image | None, prompt: str) -> float | None:
+        return None if reference is None else metrics.ssim(image, reference)
+
+
+class EdgePSNR(ImageMetric):
+    """PSNR in a band around the baseline image's edges, where RALU's artifacts appear."""
+
+    name: ClassVar[str] = "edge_psnr"
+    paired: ClassVar[bool] = True
+
+    def score(self, image: Image, reference: Image | None, prompt: str) -> float | None:
+        return None if reference is None else metrics.edge_psnr(image, reference)
+
+
+class LPIPSMetric(ImageMetric):
+    """LPIPS when its weights are available locally; otherwise it declines every image and says why."""
+
+    name: ClassVar[str] = "lpips"
+    paired: ClassVar[bool] = True
+    higher_is_better: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self.available, self.reason = metrics.lpips_status()
+        self._model: metrics.LPIPS | None = None
+
+    def score(self, image: Image, reference: Image | None, prompt: str) -> float | None:
+        if reference is None or not self.available:
+            return None
+        if self._model is None:
+            self._model = metrics.LPIPS()
+        return self._model(image, reference)
+
+    def note(self) -> str:
+        return "" if self.available else self.reason
+
+
+class ShapeEvalAccuracy(ImageMetric):
+    """1 if ShapeEval sees exactly the (colour, kind) pairs the prompt names, else 0; declines prompts
+    that name no shape of the data set (so it is silent on other models' prompts)."""
+
+    name: ClassVar[str] = "shapeeval"
+    paired: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self._model: Any = None  # loaded on first use: registration must stay cheap
+
+    def score(self, image: Image, reference: Image | None, prompt: str) -> float | None:
+        from ralu_bench.shapeeval import ShapeEval, parse_caption
+
+        try:
+            expected = parse_caption(prompt)
+        except ValueError:
+            return None
+        if self._model is None:
+            self._model = ShapeEval.load()
+        return float(self._model.predict(image)[0] == expected)
+
+
+def shapes_prompts(count: int) -> list[str]:
+    """Captions of held-out scenes: prompts the reference models have never seen, with known answers."""
+    data = ShapesDataset.split("heldout", seed=0, length=count)
+    return [data.scene(i).caption() for i in range(count)]
+
+
+@hookimpl
+def ralu_register_image_metrics(register: RegisterMetric) -> None:
+    for metric in (PSNR(), SSIM(), EdgePSNR(), LPIPSMetric(), ShapeEvalAccuracy()):
+        register(metric)
+
+
+@hookimpl
+def ralu_register_prompt_sets(register: RegisterPromptSet) -> None:
+    register("shapes", shapes_prompts)

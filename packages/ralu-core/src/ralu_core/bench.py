@@ -1,0 +1,295 @@
+"""``ralu bench``: recipes side by side on a prompt set, timed and scored.
+
+Every recipe runs every (prompt, seed) in one process, interleaved (recipe order rotates per
+sample) after a warm-up, so drift of the machine affects all recipes alike. The first recipe is the
+baseline: speed-ups and paired metrics are relative to it. Quality metrics come from plugins
+(``ralu_register_image_metrics``); FLOPs are counted on the meta device for exactly the work timed.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from ralu_core.accelerate import AcceleratedPipeline
+from ralu_core.accounting import recipe_cost
+from ralu_core.adapter import FlopsProfile
+
+Image = npt.NDArray[np.uint8]
+
+
+class ImageMetric(abc.ABC):
+    """A quality score of one generated image. Paired metrics compare with the baseline's image of the
+    same prompt and seed; unpaired ones read the prompt. Return None to decline (e.g. a prompt the
+    metric cannot parse)."""
+
+    name: ClassVar[str]
+    paired: ClassVar[bool]
+    higher_is_better: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def score(self, image: Image, reference: Image | None, prompt: str) -> float | None: ...
+
+    def note(self) -> str:
+        """A line for the report (e.g. why the metric was skipped)."""
+        return ""
+
+
+@attrs.frozen(kw_only=True)
+class Sample:
+    recipe: str
+    prompt: str
+    seed: int
+    seconds: float
+    image: Image | None
+
+
+@attrs.define
+class BenchResult:
+    """Everything measured; `to_dict` is the JSON report."""
+
+    settings: dict[str, Any]
+    recipes: list[str]
+    samples: list[Sample]
+    scores: dict[str, dict[str, list[float]]]
+    flops: dict[str, dict[str, float]]
+    notes: list[str]
+
+    def median_seconds(self, recipe: str) -> float:
+        return statistics.median(s.seconds for s in self.samples if s.recipe == recipe)
+
+    def summary(self) -> list[dict[str, Any]]:
+        base = self.recipes[0]
+        rows = []
+        for recipe in self.recipes:
+            row: dict[str, Any] = {
+                "recipe": recipe,
+                "seconds_per_image": self.median_seconds(recipe),
+                "speedup_wall": self.median_seconds(base) / self.median_seconds(recipe),
+                **self.flops[recipe],
+                "speedup_flops_all": self.flops[base]["tflops_all"] / self.flops[recipe]["tflops_all"],
+                "speedup_flops_linear": self.flops[base]["tflops_linear"] / self.flops[recipe]["tflops_linear"],
+            }
+            row["efficiency"] = row["speedup_wall"] / row["speedup_flops_all"]
+            for metric, values in self.scores.get(recipe, {}).items():
+                finite = [v for v in values if math.isfinite(v)]
+                row[metric] = statistics.fmean(finite) if finite else (math.inf if values else None)
+            rows.append(row)
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "settings": self.settings,
+            "summary": self.summary(),
+            "samples": [
+                {"recipe": s.recipe, "prompt": s.prompt, "seed": s.seed, "seconds": s.seconds} for s in self.samples
+            ],
+            "scores": self.scores,
+            "notes": self.notes,
+        }
+
+
+def to_uint8(image: Any) -> Image:
+    """A pipeline's numpy image in [0, 1] -> (H, W, 3) uint8."""
+    array = np.asarray(image, dtype=np.float32)
+    return np.clip(np.round(array * 255.0), 0, 255).astype(np.uint8)
+
+
+@attrs.frozen(kw_only=True)
+class BenchPlan:
+    recipes: Sequence[AcceleratedPipeline]
+    prompts: Sequence[str]
+    seeds: Sequence[int]
+    call_kwargs: dict[str, Any]
+    steps: int
+    warmup: int = 1
+    decode: bool = True
+
+
+def run_bench(
+    plan: BenchPlan,
+    metrics: Sequence[ImageMetric],
+    profile: FlopsProfile,
+    progress: Callable[[int], Any] | None = None,
+) -> BenchResult:
+    """Run `plan`, score the images with `metrics`, count FLOPs on `profile`."""
+    height, width = plan.call_kwargs["height"], plan.call_kwargs["width"]
+    output_type = "np" if plan.decode else "latent"
+
+    def call(fast: AcceleratedPipeline, prompt: str, seed: int) -> tuple[float, Image | None]:
+        extra = {"num_inference_steps": plan.steps} if fast.runtime.schedule.accepts_requested_steps else {}
+        generator = torch.Generator("cpu").manual_seed(seed)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = fast(prompt, generator=generator, output_type=output_type, **plan.call_kwargs, **extra).images
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        return seconds, to_uint8(out[0]) if plan.decode else None
+
+    for fast in plan.recipes:
+        for _ in range(plan.warmup):
+            call(fast, plan.prompts[0], plan.seeds[0])
+    samples: list[Sample] = []
+    count = 0
+    for p_index, prompt in enumerate(plan.prompts):
+        for s_index, seed in enumerate(plan.seeds):
+            offset = (p_index * len(plan.seeds) + s_index) % len(plan.recipes)
+            order = list(range(len(plan.recipes)))
+            for index in order[offset:] + order[:offset]:  # rotate who runs first
+                fast = plan.recipes[index]
+                seconds, image = call(fast, prompt, seed)
+                samples.append(Sample(recipe=fast.recipe.name, prompt=prompt, seed=seed, seconds=seconds, image=image))
+                count += 1
+                if progress is not None:
+                    progress(count)
+    names = [fast.recipe.name for fast in plan.recipes]
+    scores = score_samples(samples, names[0], metrics) if plan.decode else {}
+    notes = [m.note() for m in metrics if m.note()]
+    if not plan.decode:
+        notes.append("quality metrics skipped: --no-decode produces no images")
+    flops: dict[str, dict[str, float]] = {}
+    for fast in plan.recipes:
+        cost = recipe_cost(fast.runtime, profile, height, width, steps=plan.steps, baseline_steps=plan.steps)
+        timed = cost.total if plan.decode else cost.total_without_final_decode
+        flops[fast.recipe.name] = {"tflops_all": timed.tflops(True), "tflops_linear": timed.tflops(False)}
+    settings = {
+        "height": height,
+        "width": width,
+        "steps": plan.steps,
+        "prompts": list(plan.prompts),
+        "seeds": list(plan.seeds),
+        "warmup": plan.warmup,
+        "final_decode_timed": plan.decode,
+        "call_args": {k: v for k, v in plan.call_kwargs.items() if k not in ("height", "width")},
+    }
+    return BenchResult(settings=settings, recipes=names, samples=samples, scores=scores, flops=flops, notes=notes)
+
+
+def score_samples(
+    samples: Sequence[Sample], baseline: str, metrics: Sequence[ImageMetric]
+) -> dict[str, dict[str, list[float]]]:
+    references = {(s.prompt, s.seed): s.image for s in samples if s.recipe == baseline}
+    scores: dict[str, dict[str, list[float]]] = {}
+    for sample in samples:
+        assert sample.image is not None
+        table = scores.setdefault(sample.recipe, {})
+        for metric in metrics:
+            reference = references.get((sample.prompt, sample.seed)) if metric.paired else None
+            if metric.paired and (reference is None or sample.recipe == baseline):
+                continue
+            value = metric.score(sample.image, reference, sample.prompt)
+            if value is not None:
+                table.setdefault(metric.name, []).append(float(value))
+    return scores
+
+
+# --- outputs ------------------------------------------------------------------------------------
+
+
+def markdown_table(result: BenchResult, device: str) -> str:
+    rows = result.summary()
+    metric_names = sorted({k for r in rows for k in result.scores.get(r["recipe"], {})})
+    header = ["recipe", "s / image", "wall x", "FLOPs x (all)", "FLOPs x (linear)", "wall / FLOPs", *metric_names]
+    settings = result.settings
+    decode = "included" if settings["final_decode_timed"] else "excluded"
+    lines = [
+        f"{device}; {settings['height']}x{settings['width']}, baseline steps {settings['steps']}, "
+        f"{len(settings['prompts'])} prompts x {len(settings['seeds'])} seeds, median time per image "
+        f"(interleaved, after warm-up); final decode {decode}.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+
+    def fmt(value: Any) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.3f}" if isinstance(value, float) and math.isfinite(value) else str(value)
+
+    for row in rows:
+        cells = [
+            row["recipe"],
+            fmt(row["seconds_per_image"]),
+            f"{row['speedup_wall']:.2f}x",
+            f"{row['speedup_flops_all']:.2f}x",
+            f"{row['speedup_flops_linear']:.2f}x",
+            f"{row['efficiency']:.2f}",
+            *[fmt(row.get(m)) for m in metric_names],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *[f"- {note}" for note in result.notes]]
+    return "\n".join(lines) + "\n"
+
+
+def image_grid(result: BenchResult, path: Path, max_prompts: int = 8) -> None:
+    """PNG grid: one row per (prompt, first seed), one column per recipe."""
+    from PIL import Image as PILImage
+
+    seed = result.settings["seeds"][0]
+    prompts = result.settings["prompts"][:max_prompts]
+    by_key = {(s.recipe, s.prompt, s.seed): s.image for s in result.samples}
+    rows = []
+    for prompt in prompts:
+        tiles = [by_key[(recipe, prompt, seed)] for recipe in result.recipes]
+        present = [t for t in tiles if t is not None]
+        if len(present) != len(tiles):
+            return
+        rows.append(np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255) for t in present], 1))
+    PILImage.fromarray(np.concatenate(rows, 0)).save(path)
+
+
+def speed_quality_plot(result: BenchResult, path: Path, metric: str) -> str:
+    """PNG scatter of wall-clock speed-up against a quality metric; returns a note if skipped."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "speed/quality plot skipped: matplotlib is not installed"
+    rows = [r for r in result.summary() if r.get(metric) is not None and math.isfinite(r[metric])]
+    if not rows:
+        return f"speed/quality plot skipped: no finite {metric} values"
+    figure, axes = plt.subplots(figsize=(5, 4), dpi=120)
+    for row in rows:
+        axes.scatter(row["speedup_wall"], row[metric])
+        axes.annotate(
+            row["recipe"], (row["speedup_wall"], row[metric]), fontsize=8, xytext=(4, 4), textcoords="offset points"
+        )
+    axes.set_xlabel("wall-clock speed-up over the baseline")
+    axes.set_ylabel(metric)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return ""
+
+
+def write_outputs(result: BenchResult, out_dir: Path, device: str, plot_metric: str | None) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "report.json", out_dir / "report.md"]
+    if result.settings["final_decode_timed"]:
+        image_grid(result, out_dir / "grid.png")
+        paths.append(out_dir / "grid.png")
+        if plot_metric is not None:
+            note = speed_quality_plot(result, out_dir / "speed_quality.png", plot_metric)
+            if note:
+                result.notes.append(note)
+            else:
+                paths.append(out_dir / "speed_quality.png")
+    paths[0].write_text(json.dumps(result.to_dict() | {"device": device}, indent=2, default=float))
+    paths[1].write_text(markdown_table(result, device))
+    return paths

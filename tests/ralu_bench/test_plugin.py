@@ -1,0 +1,42 @@
+"""ralu-bench's metrics and prompt set, as ``ralu bench`` sees them through the plugin system."""
+
+from __future__ import annotations
+
+import math
+
+from ralu_bench.shapeeval import parse_caption
+from ralu_bench.shapes import ShapesDataset
+from ralu_core.plugins import Registry, create_plugin_manager
+
+
+def registry() -> Registry:
+    return Registry.collect(create_plugin_manager())
+
+
+def test_metrics_and_prompt_set_are_registered_through_the_entry_point() -> None:
+    reg = registry()
+    assert {"psnr", "ssim", "edge_psnr", "lpips", "shapeeval"} <= set(reg.metrics)
+    assert all(reg.metrics[name].plugin == "bench" for name in ("psnr", "shapeeval"))
+    prompts = reg.prompt_sets["shapes"].obj(5)
+    assert len(prompts) == 5 and prompts == reg.prompt_sets["shapes"].obj(5)
+    assert all(parse_caption(p) for p in prompts)
+
+
+def test_paired_metrics_score_against_the_reference() -> None:
+    reg = registry()
+    image = ShapesDataset(seed=1, length=1)[0].image
+    assert reg.metrics["psnr"].obj.score(image, image, "x") == math.inf
+    assert reg.metrics["ssim"].obj.score(image, image, "x") == 1.0
+    lpips = reg.metrics["lpips"].obj
+    assert lpips.score(image, image, "x") is None or lpips.note() == ""
+
+
+def test_shapeeval_metric_judges_images_against_their_prompt() -> None:
+    metric = registry().metrics["shapeeval"].obj
+    data = ShapesDataset.split("heldout", seed=0, length=6)
+    assert [metric.score(s.image, None, s.caption) for s in data] == [1.0] * 6
+    wrong = data[0].caption.replace(
+        data[0].scene.shapes[0].colour, "purple" if "purple" not in data[0].caption else "red"
+    )
+    assert metric.score(data[0].image, None, wrong) == 0.0
+    assert metric.score(data[0].image, None, "a photo of a cat") is None  # declines prompts about other things

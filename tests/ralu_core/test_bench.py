@@ -1,0 +1,84 @@
+"""``ralu bench``'s harness on the toy model: interleaving, paired and unpaired metrics, outputs."""
+
+from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+import numpy as np
+
+from ralu_core import accelerate, hookimpl
+from ralu_core.bench import BenchPlan, Image, ImageMetric, run_bench, write_outputs
+from ralu_core.plugins import Registry, create_plugin_manager
+from ralu_core.recipes import load_recipe_text
+from ralu_core.testing import ToyFlopsProfile, ToyPipeline, ToyPlugin
+
+BASELINE = "name: toy-baseline\nschedule: uniform\nstages:\n  - {level: 0}\n"
+RALU = """
+name: toy-ralu
+schedule: nt-dm
+stages:
+  - {steps: 2, end: 0.3, level: 1}
+  - {steps: 2, end: 0.45, transition: nt-dm-upsample, selector: {name: random, ratio: 0.5}}
+  - {steps: 2, end: 1.0, transition: nt-dm-upsample, selector: all}
+"""
+
+
+class MeanAbsDiff(ImageMetric):
+    name: ClassVar[str] = "mad"
+    paired: ClassVar[bool] = True
+    higher_is_better: ClassVar[bool] = False
+
+    def score(self, image: Image, reference: Image | None, prompt: str) -> float | None:
+        assert reference is not None
+        return float(np.abs(image.astype(int) - reference.astype(int)).mean())
+
+
+class PromptLength(ImageMetric):
+    """Unpaired; declines prompts starting with 'skip'."""
+
+    name: ClassVar[str] = "words"
+    paired: ClassVar[bool] = False
+
+    def score(self, image: Image, reference: Image | None, prompt: str) -> float | None:
+        return None if prompt.startswith("skip") else float(len(prompt.split()))
+
+
+class MetricsPlugin:
+    @hookimpl
+    def ralu_register_image_metrics(self, register) -> None:  # type: ignore[no-untyped-def]
+        register(MeanAbsDiff())
+        register(PromptLength())
+
+    @hookimpl
+    def ralu_register_prompt_sets(self, register) -> None:  # type: ignore[no-untyped-def]
+        register("numbers", lambda count: [f"prompt number {i}" for i in range(count)])
+
+
+def test_bench_scores_pairs_and_writes_every_output(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    registry = Registry.collect(create_plugin_manager(plugins=[ToyPlugin(), MetricsPlugin()]))
+    assert {"mad", "words"} <= set(registry.metrics)  # installed plugins may add more
+    prompts = [*registry.prompt_sets["numbers"].obj(2), "skip me"]
+    assert prompts[:2] == ["prompt number 0", "prompt number 1"]
+    pipe = ToyPipeline()
+    recipes = [accelerate(pipe, load_recipe_text(text), plugin_manager=registry.pm) for text in (BASELINE, RALU)]
+    plan = BenchPlan(
+        recipes=recipes, prompts=prompts, seeds=[0, 1], call_kwargs={"height": 64, "width": 64}, steps=6, warmup=0
+    )
+    metrics = [registry.metrics[name].obj for name in ("mad", "words")]
+    result = run_bench(plan, metrics, ToyFlopsProfile(pipe))
+    assert len(result.samples) == 2 * 3 * 2
+    # Interleaving rotates which recipe runs first for each (prompt, seed).
+    firsts = [result.samples[i].recipe for i in range(0, len(result.samples), 2)]
+    assert set(firsts) == {"toy-baseline", "toy-ralu"}
+    assert "mad" not in result.scores["toy-baseline"]  # the baseline is not paired with itself
+    assert len(result.scores["toy-ralu"]["mad"]) == 6 and len(result.scores["toy-ralu"]["words"]) == 4
+    summary = {row["recipe"]: row for row in result.summary()}
+    assert summary["toy-baseline"]["speedup_wall"] == 1.0 and summary["toy-ralu"]["speedup_flops_all"] > 1
+    assert summary["toy-ralu"]["mad"] > 0
+    paths = write_outputs(result, tmp_path, "toy device", "mad")
+    names = {p.name for p in paths}
+    assert {"report.json", "report.md", "grid.png"} <= names
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["device"] == "toy device" and len(report["samples"]) == 12
+    assert "| toy-ralu |" in (tmp_path / "report.md").read_text()
