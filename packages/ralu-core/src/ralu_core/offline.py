@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import string
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -131,8 +131,8 @@ def _bpe_segment(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[
     return symbols
 
 
-def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Deterministic BPE vocabulary in which every word of :data:`VOCABULARY` is one ``word</w>`` token.
+def _clip_vocab_and_merges(words: Sequence[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Deterministic BPE vocabulary in which every word of `words` is one ``word</w>`` token.
 
     Merges are only ever appended, and each word is first segmented with the merges so far, then its
     pieces are chained left to right. Appending cannot change how earlier words encode (an earlier merge
@@ -144,7 +144,7 @@ def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     vocab = {token: index for index, token in enumerate(tokens)}
     merges: list[tuple[str, str]] = []
     ranks: dict[tuple[str, str], int] = {}
-    for word in VOCABULARY:
+    for word in words:
         while len(pieces := _bpe_segment([*word[:-1], word[-1] + "</w>"], ranks)) > 1:
             head = pieces[0]
             for piece in pieces[1:]:
@@ -156,15 +156,17 @@ def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, merges
 
 
-def make_clip_tokenizer() -> CLIPTokenizer:
-    """A CLIP-style byte-level BPE tokenizer over :data:`VOCABULARY`, built offline and deterministically.
+def make_clip_tokenizer(words: Sequence[str] | None = None) -> CLIPTokenizer:
+    """A CLIP-style byte-level BPE tokenizer over `words` (default :data:`VOCABULARY`), built offline and
+    deterministically.
 
-    Every vocabulary word is a single ``word</w>`` token; other ASCII words split into known pieces or
-    characters, and anything else (non-ASCII) maps to ``<|unk|>`` -- kept distinct from
+    Every vocabulary word is a single ``word</w>`` token (a model trained on a closed caption language
+    passes its own `words`, so that its embedding table has no unused rows); other ASCII words split into
+    known pieces or characters, and anything else (non-ASCII) maps to ``<|unk|>`` -- kept distinct from
     ``<|endoftext|>``, the padding/EOS token CLIP pools on.
     """
     _require_tokenizers_backend()
-    vocab, merges = _clip_vocab_and_merges()
+    vocab, merges = _clip_vocab_and_merges(VOCABULARY if words is None else words)
     return CLIPTokenizer(
         vocab=vocab,
         merges=merges,  # type: ignore[arg-type]  # (left, right) pairs, as tokenizers' BPE takes them
@@ -176,8 +178,8 @@ def make_clip_tokenizer() -> CLIPTokenizer:
     )
 
 
-def make_t5_tokenizer() -> T5Tokenizer:
-    """A T5-style Unigram tokenizer over :data:`VOCABULARY`, built offline.
+def make_t5_tokenizer(words: Sequence[str] | None = None) -> T5Tokenizer:
+    """A T5-style Unigram tokenizer over `words` (default :data:`VOCABULARY`), built offline.
 
     Ids 0/1/2 are ``<pad>``/``</s>``/``<unk>`` as in T5. Whole words ("▁word") outscore any split, so
     vocabulary words are single tokens; other words split into characters and characters outside ASCII
@@ -185,7 +187,7 @@ def make_t5_tokenizer() -> T5Tokenizer:
     """
     _require_tokenizers_backend()
     pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -4.0)]
-    pieces += [("\u2581" + word, -6.0) for word in VOCABULARY]
+    pieces += [("\u2581" + word, -6.0) for word in (VOCABULARY if words is None else dict.fromkeys(words))]
     for char in string.ascii_letters + string.digits + string.punctuation:
         pieces += [("\u2581" + char, -9.0), (char, -10.0)]
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=T5_MAX_LENGTH)
