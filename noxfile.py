@@ -13,7 +13,7 @@ PACKAGES = {
     "ralu-core": ["packages/ralu-core"],
     "ralu-flux": ["packages/ralu-core", "packages/ralu-flux"],
     "ralu-sd3": ["packages/ralu-core", "packages/ralu-sd3"],
-    "ralu-bench": ["packages/ralu-core", "packages/ralu-flux", "packages/ralu-bench"],
+    "ralu-bench": ["packages/ralu-core", "packages/ralu-flux", "packages/ralu-sd3", "packages/ralu-bench"],
 }
 TEST_DIRS = {package: f"tests/{package.replace('-', '_')}" for package in PACKAGES}
 EVERYTHING = ["packages/ralu-core", "packages/ralu-flux", "packages/ralu-sd3", "packages/ralu-bench"]

@@ -12,12 +12,13 @@ import huggingface_hub.constants
 import numpy as np
 import pytest
 import torch
-from diffusers import FluxPipeline
+from diffusers import FluxPipeline, StableDiffusion3Pipeline
 
 from ralu_bench.reference import (
     COMPONENT_ORDER,
     ReferenceConfig,
     assemble_flux_pipeline,
+    assemble_sd3_pipeline,
     build_tokenizers,
     shifted_sigma,
     untrained_components,
@@ -69,6 +70,25 @@ def test_untrained_pipeline_structure_and_seeds() -> None:
     assert set(COMPONENT_ORDER) <= set(untrained_components(config))
 
 
+def test_untrained_sd3_pipeline_structure() -> None:
+    config = ReferenceConfig()
+    pipe = assemble_sd3_pipeline(untrained_components(config, architecture="sd3"))
+    transformer = pipe.transformer.config
+    assert pipe.vae_scale_factor == 4 and transformer.patch_size == 2 and transformer.in_channels == 4
+    # 128 px -> a 16 x 16 patch grid that is the whole position table; 64 px gets its centred half.
+    assert transformer.pos_embed_max_size == config.image_size // pipe.vae_scale_factor // 2 == 16
+    assert transformer.pooled_projection_dim == 2 * pipe.text_encoder.config.projection_dim
+    assert transformer.joint_attention_dim == pipe.text_encoder_3.config.d_model >= 2 * config.clip_dim
+    assert pipe.text_encoder.config.num_hidden_layers == 2  # SD3 reads the penultimate hidden state
+    # The two CLIP encoders have the same shape but their own seeds.
+    assert not torch.equal(pipe.text_encoder.text_projection.weight, pipe.text_encoder_2.text_projection.weight)
+    embeds, _, pooled, _ = pipe.encode_prompt("a red circle", None, None, do_classifier_free_guidance=False,
+                                              max_sequence_length=config.max_sequence_length)  # fmt: skip
+    assert embeds.shape == (1, 77 + config.max_sequence_length, config.t5_dim) and pooled.shape == (1, 128)
+    with pytest.raises(ValueError, match="unknown sd3 modules"):
+        untrained_components(config, modules=("unet",), architecture="sd3")
+
+
 def test_shifted_sigma_is_the_schedulers_shift() -> None:
     u = torch.linspace(0, 1, 11)
     assert torch.allclose(shifted_sigma(u, 3.0), 3 * u / (1 + 2 * u))
@@ -93,14 +113,14 @@ def test_train_script_end_to_end_and_offline_load(tmp_path: Path, monkeypatch: p
     argv = [
         "--stage", "all", "--out", str(tmp_path), "--seed", "0", "--train-size", "8", "--workers", "1",
         "--threads", "1", "--log-every", "1", "--stats-images", "8", "--eval-images", "2",
-        "--vae-steps", "2", "--vae-batch-size", "2", "--flux-steps", "3", "--batch-size", "2",
+        "--vae-steps", "2", "--vae-batch-size", "2", "--flux-steps", "3", "--sd3-steps", "2", "--batch-size", "2",
         "--lowres-fraction", "0.5", "--samples", "1", "--sample-steps", "2",
     ]  # fmt: skip
     threads = torch.get_num_threads()
     try:
         # One thread: these tensors are tiny, and a second thread only waits on a shared 2-core machine.
         record = _script().main(argv)
-        assert record["vae"]["steps"] == 2 and record["flux"]["steps"] == 3
+        assert record["vae"]["steps"] == 2 and record["flux"]["steps"] == 3 and record["sd3"]["steps"] == 2
         saved = json.loads((tmp_path / "flux" / "training.json").read_text())
         assert saved["command"].endswith(" ".join(argv)) and saved["seed"] == 0
         assert {"torch", "diffusers"} <= set(saved["versions"]) and saved["flux"]["wall_seconds"] > 0
@@ -116,5 +136,14 @@ def test_train_script_end_to_end_and_offline_load(tmp_path: Path, monkeypatch: p
         fast = _generate(accelerate(pipe, "ralu-flux-7x"))
         for images in (plain, fast):
             assert images.shape == (1, 128, 128, 3) and np.isfinite(images).all()
+
+        sd3_record = json.loads((tmp_path / "sd3" / "training.json").read_text())
+        assert "flux" not in sd3_record and sd3_record["recommended_call"]["guidance_scale"] == 4.0
+        sd3 = StableDiffusion3Pipeline.from_pretrained(tmp_path / "sd3", torch_dtype=torch.float32)
+        sd3.set_progress_bar_config(disable=True)
+        assert sd3.vae.config.scaling_factor == pipe.vae.config.scaling_factor  # the shared VAE
+        call = {k: v for k, v in sd3_record["recommended_call"].items() if k != "num_inference_steps"}
+        image = accelerate(sd3, "ralu-sd3-3x")("a red circle", output_type="np", **call).images
+        assert image.shape == (1, 128, 128, 3) and np.isfinite(image).all()
     finally:
         torch.set_num_threads(threads)

@@ -14,6 +14,7 @@ from ralu_core.recipes import load_recipe_text
 from ralu_core.testing import ToyFlopsProfile, ToyPipeline, ToyPlugin
 
 BASELINE = "name: toy-baseline\nschedule: uniform\nstages:\n  - {level: 0}\n"
+FEWER_STEPS = "name: toy-baseline-2\nschedule: uniform\nstages:\n  - {level: 0, steps: 2}\n"
 RALU = """
 name: toy-ralu
 schedule: nt-dm
@@ -82,3 +83,15 @@ def test_bench_scores_pairs_and_writes_every_output(tmp_path) -> None:  # type: 
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["device"] == "toy device" and len(report["samples"]) == 12
     assert "| toy-ralu |" in (tmp_path / "report.md").read_text()
+
+
+def test_a_recipe_that_fixes_its_steps_keeps_them_under_bench_steps(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    registry = Registry.collect(create_plugin_manager(plugins=[ToyPlugin()]))
+    pipe = ToyPipeline()
+    recipes = [accelerate(pipe, load_recipe_text(t), plugin_manager=registry.pm) for t in (BASELINE, FEWER_STEPS)]
+    plan = BenchPlan(recipes=recipes, prompts=["p"], seeds=[0], call_kwargs={"height": 64, "width": 64}, steps=6)
+    result = run_bench(plan, [], ToyFlopsProfile(pipe))
+    images = {s.recipe: s.image for s in result.samples}
+    assert not np.array_equal(images["toy-baseline"], images["toy-baseline-2"])  # 6 steps vs 2
+    summary = {row["recipe"]: row for row in result.summary()}
+    assert 2.0 < summary["toy-baseline-2"]["speedup_flops_linear"] <= 3.0  # 6 / 2 steps, plus one shared decode

@@ -126,6 +126,7 @@ HOOK_TESTS = {
     "ralu_on_stage_end": "test_observer_hooks_see_every_step_and_stage",
     "ralu_register_image_metrics": "test_bench_scores_pairs_and_writes_every_output",
     "ralu_register_prompt_sets": "test_bench_scores_pairs_and_writes_every_output",
+    "ralu_register_models": "test_a_default_named_model_wins_over_the_adapters_random_one",
 }
 
 

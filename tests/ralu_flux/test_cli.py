@@ -16,12 +16,14 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:  # type: ignore[no-untyped-
     return code, out, err
 
 
-def test_generate_on_the_embedded_default_model(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_generate_on_an_embedded_random_model(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "img.png"
     code, stdout, stderr = run(
         capsys,
         "generate",
         "a red circle",
+        "--model",
+        "flux-tiny",
         "--out",
         str(out),
         "--height",
@@ -37,7 +39,8 @@ def test_generate_on_the_embedded_default_model(capsys, tmp_path) -> None:  # ty
 
 
 def test_generate_refuses_a_bad_size_with_nearest_sizes(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    code, _, stderr = run(capsys, "generate", "x", "--height", "100", "--out", str(tmp_path / "x.png"))
+    argv = ["generate", "x", "--model", "flux-tiny", "--height", "100", "--out", str(tmp_path / "x.png")]
+    code, _, stderr = run(capsys, *argv)
     assert code == 2 and "nearest valid: 96 or 128" in stderr
 
 

@@ -1,7 +1,7 @@
-"""Train ralu's FLUX-architecture reference model on the procedural shapes data set, on a CPU.
+"""Train ralu's FLUX- and SD3-architecture reference models on the procedural shapes data set, on a CPU.
 
-Why: no real weights can be downloaded here, yet RALU's quality claims need a model whose images mean
-something. This script trains one from scratch in two stages, each its own artifact:
+Why: no real weights can be downloaded here, yet RALU's quality claims need models whose images mean
+something. This script trains them from scratch in stages, each its own artifact:
 
 * ``--stage vae``: an AutoencoderKL (factor 4) on the shapes images, then its ``scaling_factor`` /
   ``shift_factor`` from the latents' statistics (as FLUX's VAE: normalised latents have unit variance).
@@ -12,7 +12,11 @@ something. This script trains one from scratch in two stages, each its own artif
   offline). A quarter of the steps use 64 px versions of the scenes (8 x 8 tokens, RoPE positions
   0..7): real FLUX is trained at several resolutions, and RALU's first stage runs exactly that grid.
   No flips: captions name left and right.
-* ``--stage all``: both, rendering the data set once.
+* ``--stage sd3``: the same for an SD3Transformer2DModel (SD3.5-style q/k RMSNorm) with two frozen
+  random projected CLIP encoders and T5, saved as a whole ``StableDiffusion3Pipeline`` to OUT/sd3.
+  The training loop is shared; only the latent layout, text features and model call differ
+  (:class:`Family`).
+* ``--stage vae flux`` runs several stages, rendering the data set once; ``--stage all`` runs all three.
 
 Each stage stops at its step limit or its time budget, whichever comes first: fix the steps for a
 reproducible run (the time budget is a safety cap); given the seed, the data order, noise and weights
@@ -41,12 +45,13 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 import transformers
-from diffusers import AutoencoderKL, FluxPipeline
+from diffusers import AutoencoderKL, FluxPipeline, StableDiffusion3Pipeline
 from PIL import Image
 
 from ralu_bench.reference import (
     ReferenceConfig,
     assemble_flux_pipeline,
+    assemble_sd3_pipeline,
     render_images,
     shifted_sigma,
     untrained_components,
@@ -61,8 +66,14 @@ SCRIPT = "packages/ralu-bench/scripts/train_reference.py"
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--stage", choices=("vae", "flux", "all"), default="all")
-    p.add_argument("--out", type=Path, required=True, help="writes OUT/vae and OUT/flux")
+    p.add_argument(
+        "--stage",
+        nargs="+",
+        choices=("vae", "flux", "sd3", "all"),
+        default=["all"],
+        help="stages to run, in the order vae, flux, sd3 ('all': every one); flux and sd3 need OUT/vae",
+    )
+    p.add_argument("--out", type=Path, required=True, help="writes OUT/vae, OUT/flux and OUT/sd3")
     p.add_argument("--seed", type=int, default=0, help="model init, data order, noise")
     p.add_argument("--data-seed", type=int, default=0, help="seed of ShapesDataset.split('train')")
     p.add_argument("--train-size", type=int, default=12_000, help="training scenes (rendered once)")
@@ -87,9 +98,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     vae.add_argument("--vae-edge-weight", type=float, default=1.0, help="x L1 of image-gradient differences")
     vae.add_argument("--vae-initial-logvar", type=float, default=-6.0, help="encoder's initial log-variance")
     vae.add_argument("--stats-images", type=int, default=2048, help="images for the latent scale/shift")
-    flux = p.add_argument_group("FLUX stage")
-    flux.add_argument("--flux-minutes", type=float, default=42.0, help="time budget of the training loop")
-    flux.add_argument("--flux-steps", type=int, default=7000, help="step limit (sets the LR schedule)")
+    flux = p.add_argument_group("transformer stages (FLUX and SD3; the options after the step limits are shared)")
+    flux.add_argument("--flux-minutes", type=float, default=42.0, help="time budget of the FLUX training loop")
+    flux.add_argument("--flux-steps", type=int, default=7000, help="FLUX step limit (sets the LR schedule)")
+    flux.add_argument("--sd3-minutes", type=float, default=42.0, help="time budget of the SD3 training loop")
+    flux.add_argument("--sd3-steps", type=int, default=7000, help="SD3 step limit (sets the LR schedule)")
     flux.add_argument("--batch-size", type=int, default=16)
     flux.add_argument("--lr", type=float, default=5e-4)
     flux.add_argument("--weight-decay", type=float, default=0.01)
@@ -104,9 +117,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="float16",
         help="transformer weights on disk (from_pretrained loads them as float32 either way)",
     )
-    flux.add_argument("--samples", type=int, default=8, help="held-out captions drawn into OUT/samples-flux.png")
+    flux.add_argument("--samples", type=int, default=8, help="held-out captions drawn into OUT/samples-{flux,sd3}.png")
     flux.add_argument("--sample-steps", type=int, default=28)
-    flux.add_argument("--cfg", type=float, default=4.0, help="true_cfg_scale of the samples")
+    flux.add_argument(
+        "--cfg", type=float, default=4.0, help="CFG scale of the samples (true_cfg_scale / guidance_scale)"
+    )
     return p.parse_args(argv)
 
 
@@ -295,15 +310,12 @@ def train_vae(args: argparse.Namespace, config: ReferenceConfig, images: npt.NDA
     return summary
 
 
-# --- FLUX stage -------------------------------------------------------------------------------------
+# --- transformer stages (FLUX, SD3) -----------------------------------------------------------------
 
 
-def pack(latents: torch.Tensor, vae: Any) -> torch.Tensor:
-    """Normalise as the pipeline expects ((z - shift) * scale) and pack 2 x 2 latent pixels per token."""
-    z = (latents - vae.config.shift_factor) * vae.config.scaling_factor
-    b, c, h, w = z.shape
-    packed: torch.Tensor = FluxPipeline._pack_latents(z, b, c, h, w)
-    return packed
+def normalise(latents: torch.Tensor, vae: Any) -> torch.Tensor:
+    """As the pipelines do before the transformer: ``(z - shift_factor) * scaling_factor``."""
+    return (latents - vae.config.shift_factor) * vae.config.scaling_factor
 
 
 def downsample(images: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
@@ -329,75 +341,156 @@ def sample_sigmas(kind: str, count: int, shift: float, generator: torch.Generato
     return shifted_sigma(u, shift)
 
 
-def train_flux(
+class Family:
+    """What differs between the FLUX and SD3 stages; the training loop itself is shared."""
+
+    name: str
+    pipeline_class: Any
+    cfg_argument: str
+    """The pipeline's classifier-free guidance argument."""
+
+    def pipeline(self, config: ReferenceConfig, vae: Any) -> Any:
+        raise NotImplementedError
+
+    def layout(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised VAE latents (N, C, h, w) -> the transformer's input layout."""
+        raise NotImplementedError
+
+    def text(self, pipe: Any, captions: list[str], length: int) -> tuple[torch.Tensor, ...]:
+        """Per-caption text features from the pipeline's own ``encode_prompt`` (first dim: captions)."""
+        raise NotImplementedError
+
+    def predict(
+        self, transformer: Any, x_t: torch.Tensor, sigma: torch.Tensor, text: tuple[torch.Tensor, ...]
+    ) -> torch.Tensor:
+        """The velocity prediction, called exactly as the pipeline calls the transformer."""
+        raise NotImplementedError
+
+
+class FluxFamily(Family):
+    name, pipeline_class, cfg_argument = "flux", FluxPipeline, "true_cfg_scale"
+
+    def pipeline(self, config: ReferenceConfig, vae: Any) -> Any:
+        components = untrained_components(config, modules=("transformer", "text_encoder", "text_encoder_2"))
+        return assemble_flux_pipeline({**components, "vae": vae})
+
+    def layout(self, latents: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = latents.shape  # 2 x 2 latent pixels per token
+        packed: torch.Tensor = FluxPipeline._pack_latents(latents, b, c, h, w)
+        return packed
+
+    def text(self, pipe: Any, captions: list[str], length: int) -> tuple[torch.Tensor, ...]:
+        embeds, pooled, _ = pipe.encode_prompt(captions, prompt_2=None, max_sequence_length=length)
+        return embeds, pooled
+
+    def predict(
+        self, transformer: Any, x_t: torch.Tensor, sigma: torch.Tensor, text: tuple[torch.Tensor, ...]
+    ) -> torch.Tensor:
+        embeds, pooled = text
+        pred: torch.Tensor = transformer(
+            hidden_states=x_t,
+            timestep=sigma,  # the pipeline passes t / 1000 = sigma; the model multiplies by 1000
+            pooled_projections=pooled,
+            encoder_hidden_states=embeds,
+            txt_ids=torch.zeros(embeds.shape[1], 3),  # as FluxPipeline.encode_prompt: text at position 0
+            img_ids=image_ids(math.isqrt(x_t.shape[1])),
+            return_dict=False,
+        )[0]
+        return pred
+
+
+class SD3Family(Family):
+    name, pipeline_class, cfg_argument = "sd3", StableDiffusion3Pipeline, "guidance_scale"
+
+    def pipeline(self, config: ReferenceConfig, vae: Any) -> Any:
+        modules = ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
+        components = untrained_components(config, modules=modules, architecture="sd3")
+        return assemble_sd3_pipeline({**components, "vae": vae})
+
+    def layout(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents  # SD3 patchifies inside the transformer
+
+    def text(self, pipe: Any, captions: list[str], length: int) -> tuple[torch.Tensor, ...]:
+        embeds, _, pooled, _ = pipe.encode_prompt(
+            captions, prompt_2=None, prompt_3=None, do_classifier_free_guidance=False, max_sequence_length=length
+        )
+        return embeds, pooled
+
+    def predict(
+        self, transformer: Any, x_t: torch.Tensor, sigma: torch.Tensor, text: tuple[torch.Tensor, ...]
+    ) -> torch.Tensor:
+        embeds, pooled = text
+        pred: torch.Tensor = transformer(
+            hidden_states=x_t,
+            timestep=sigma * 1000,  # SD3's pipeline passes the scheduler's timestep, sigma * 1000
+            encoder_hidden_states=embeds,
+            pooled_projections=pooled,
+            return_dict=False,
+        )[0]
+        return pred
+
+
+FAMILIES: dict[str, Family] = {"flux": FluxFamily(), "sd3": SD3Family()}
+
+
+def flow_loss(
+    family: Family,
+    transformer: Any,
+    x0: torch.Tensor,
+    sigma: torch.Tensor,
+    noise: torch.Tensor,
+    text: tuple[torch.Tensor, ...],
+    bf16: bool,
+) -> torch.Tensor:
+    """Rectified flow: x_t = (1 - sigma) x0 + sigma noise, and the model predicts v = noise - x0."""
+    s = sigma.view(-1, *([1] * (x0.dim() - 1)))
+    x_t = (1 - s) * x0 + s * noise
+    with autocast(bf16):
+        pred = family.predict(transformer, x_t, sigma, text)
+    return F.mse_loss(pred.float(), noise - x0)
+
+
+def train_transformer(
     args: argparse.Namespace,
     config: ReferenceConfig,
     dataset: ShapesDataset,
     images: npt.NDArray[np.uint8],
-    vae_summary: dict[str, Any] | None,
+    family: Family,
 ) -> dict[str, Any]:
+    """Train the family's transformer on cached latents and text features; save the whole pipeline."""
     stage_start = time.perf_counter()
     torch.manual_seed(args.seed)
     vae: Any = AutoencoderKL.from_pretrained(args.out / "vae").eval()  # type: ignore[no-untyped-call]
-    components = untrained_components(config, modules=("transformer", "text_encoder", "text_encoder_2"))
-    components["vae"] = vae
-    pipe: Any = assemble_flux_pipeline(components)
+    pipe: Any = family.pipeline(config, vae)
     pipe.set_progress_bar_config(disable=True)
     transformer = pipe.transformer
     captions = [dataset.scene(i).caption() for i in range(len(dataset))]
 
     start = time.perf_counter()
-    cache = {"full": pack(encode(vae, images), vae), "low": pack(encode(vae, downsample(images)), vae)}
+    cache = {
+        "full": family.layout(normalise(encode(vae, images), vae)),
+        "low": family.layout(normalise(encode(vae, downsample(images)), vae)),
+    }
     # Captions are (nearly) all distinct, so text features are cached per sample, in the pipeline's own
     # encode_prompt at the training length; index len(captions) holds the empty prompt (caption dropout).
     length = config.max_sequence_length
     with torch.no_grad():
-        parts = [
-            pipe.encode_prompt([*captions, ""][i : i + 256], prompt_2=None, max_sequence_length=length)
-            for i in range(0, len(captions) + 1, 256)
-        ]
-    embeds, pooled = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    txt_ids = parts[0][2]
+        parts = [family.text(pipe, [*captions, ""][i : i + 256], length) for i in range(0, len(captions) + 1, 256)]
+    text = tuple(torch.cat(column) for column in zip(*parts, strict=True))
     print(
-        f"[flux] cached latents {tuple(cache['full'].shape)} + {tuple(cache['low'].shape)} and text features "
-        f"{tuple(embeds.shape)} in {time.perf_counter() - start:.1f}s",
+        f"[{family.name}] cached latents {tuple(cache['full'].shape)} + {tuple(cache['low'].shape)} and text "
+        f"features {[tuple(t.shape) for t in text]} in {time.perf_counter() - start:.1f}s",
         flush=True,
     )
-    ids = {name: image_ids(math.isqrt(cache[name].shape[1])) for name in cache}
 
     transformer.train()
     params = [p for p in transformer.parameters() if p.requires_grad]
     ema = [p.detach().clone() for p in params] if args.ema_decay > 0 else None
     optimiser = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
     generator = torch.Generator().manual_seed(args.seed * 1000 + 2)
+    max_steps, minutes = getattr(args, f"{family.name}_steps"), getattr(args, f"{family.name}_minutes")
 
-    def conditioning(index: torch.Tensor, drop: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        rows = torch.where(drop, len(captions), index)
-        return embeds[rows], pooled[rows], txt_ids
-
-    def loss_on(
-        x0: torch.Tensor,
-        sigma: torch.Tensor,
-        noise: torch.Tensor,
-        cond: tuple[torch.Tensor, ...],
-        img_ids: torch.Tensor,
-    ) -> torch.Tensor:
-        text, pooled_text, text_ids = cond
-        s = sigma[:, None, None]
-        x_t = (1 - s) * x0 + s * noise
-        with autocast(args.bf16):
-            pred = transformer(
-                hidden_states=x_t,
-                timestep=sigma,  # the pipeline passes t / 1000 = sigma; the model multiplies by 1000
-                pooled_projections=pooled_text,
-                encoder_hidden_states=text,
-                txt_ids=text_ids,
-                img_ids=img_ids,
-                return_dict=False,
-            )[0]
-        return F.mse_loss(pred.float(), noise - x0)  # rectified flow: v = noise - x0
-
-    progress = Progress("flux", args.flux_steps, args.flux_minutes, args.log_every)
+    progress = Progress(family.name, max_steps, minutes, args.log_every)
     while progress.running():
         grid = "low" if float(torch.rand((), generator=generator)) < args.lowres_fraction else "full"
         index = torch.randint(len(captions), (args.batch_size,), generator=generator)
@@ -406,8 +499,9 @@ def train_flux(
         noise = torch.randn(x0.shape, generator=generator)
         sigma = sample_sigmas(args.timesteps, args.batch_size, config.shift, generator)
         for group in optimiser.param_groups:
-            group["lr"] = args.lr * lr_factor(progress.step, args.warmup_steps, args.flux_steps)
-        loss: torch.Tensor = loss_on(x0, sigma, noise, conditioning(index, drop), ids[grid])
+            group["lr"] = args.lr * lr_factor(progress.step, args.warmup_steps, max_steps)
+        rows = torch.where(drop, len(captions), index)
+        loss = flow_loss(family, transformer, x0, sigma, noise, tuple(t[rows] for t in text), args.bf16)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]  # (torch leaves Tensor.backward unannotated)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -423,9 +517,9 @@ def train_flux(
             for p, e in zip(params, ema, strict=True):
                 p.copy_(e)
     transformer.eval()
-    summary["heldout_loss"] = heldout_loss(args, config, pipe, loss_on)
+    summary["heldout_loss"] = heldout_loss(args, config, pipe, family)
 
-    out = args.out / "flux"
+    out = args.out / family.name
     if args.save_dtype == "float16":
         torch.nn.Module.to(transformer, torch.float16)  # ModelMixin.to warns about fp32-pinned modules; none here
     pipe.save_pretrained(out)
@@ -434,51 +528,52 @@ def train_flux(
         parameters=sum(p.numel() for p in transformer.parameters()),
         max_sequence_length=length,
     )
-    summary["samples"] = draw_samples(args, config, out)
+    summary["samples"] = draw_samples(args, config, family)
     summary["wall_seconds"] = round(time.perf_counter() - stage_start, 1)
-    print(f"[flux] { {k: v for k, v in summary.items() if k != 'samples'} }", flush=True)
+    print(f"[{family.name}] { {k: v for k, v in summary.items() if k != 'samples'} }", flush=True)
     return summary
 
 
 @torch.no_grad()
-def heldout_loss(args: argparse.Namespace, config: ReferenceConfig, pipe: Any, loss_on: Any) -> float:
+def heldout_loss(args: argparse.Namespace, config: ReferenceConfig, pipe: Any, family: Family) -> float:
     """Mean loss on held-out scenes at 4 fixed noise levels with fixed noise: comparable across runs."""
     heldout = ShapesDataset.split("heldout", seed=args.data_seed, length=args.eval_images, size=config.image_size)
-    x0 = pack(encode(pipe.vae, render_images(heldout)), pipe.vae)
-    cond = tuple(
-        pipe.encode_prompt([s.caption for s in heldout], prompt_2=None, max_sequence_length=config.max_sequence_length)
-    )
+    x0 = family.layout(normalise(encode(pipe.vae, render_images(heldout)), pipe.vae))
+    text = family.text(pipe, [s.caption for s in heldout], config.max_sequence_length)
     generator = torch.Generator().manual_seed(12345)
     losses = []
     for sigma in (0.25, 0.5, 0.75, 0.9):
         noise = torch.randn(x0.shape, generator=generator)
-        losses.append(
-            float(loss_on(x0, torch.full((len(x0),), sigma), noise, cond, image_ids(math.isqrt(x0.shape[1]))))
-        )
+        sigmas = torch.full((len(x0),), sigma)
+        losses.append(float(flow_loss(family, pipe.transformer, x0, sigmas, noise, text, args.bf16)))
     return float(np.mean(losses))
 
 
-def draw_samples(args: argparse.Namespace, config: ReferenceConfig, path: Path) -> list[str]:
+def recommended_call(args: argparse.Namespace, config: ReferenceConfig, family: Family) -> dict[str, Any]:
+    """How the trained pipeline should be called (recorded in training.json)."""
+    return {
+        "height": config.image_size,
+        "width": config.image_size,
+        "max_sequence_length": config.max_sequence_length,
+        "negative_prompt": "",
+        family.cfg_argument: args.cfg,
+        "num_inference_steps": args.sample_steps,
+    }
+
+
+def draw_samples(args: argparse.Namespace, config: ReferenceConfig, family: Family) -> list[str]:
     """Reload the saved pipeline as a user would (float32) and draw held-out captions: a load check too."""
     if args.samples <= 0:
         return []
-    pipe: Any = FluxPipeline.from_pretrained(path, torch_dtype=torch.float32)  # type: ignore[no-untyped-call]
+    pipe: Any = family.pipeline_class.from_pretrained(args.out / family.name, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     heldout = ShapesDataset.split("heldout", seed=args.data_seed, length=args.samples, size=config.image_size)
     captions = [heldout.scene(i).caption() for i in range(args.samples)]
-    images = pipe(
-        captions,
-        negative_prompt=[""] * len(captions),
-        true_cfg_scale=args.cfg,
-        height=config.image_size,
-        width=config.image_size,
-        num_inference_steps=args.sample_steps,
-        max_sequence_length=config.max_sequence_length,
-        generator=torch.Generator().manual_seed(0),
-        output_type="np",
-    ).images
+    call = recommended_call(args, config, family)
+    call["negative_prompt"] = [call["negative_prompt"]] * len(captions)
+    images = pipe(captions, **call, generator=torch.Generator().manual_seed(0), output_type="np").images
     drawn = (np.asarray(images) * 255).round().astype(np.uint8)
-    save_grid(np.concatenate([render_images(heldout), drawn]), args.out / "samples-flux.png")
+    save_grid(np.concatenate([render_images(heldout), drawn]), args.out / f"samples-{family.name}.png")
     return captions
 
 
@@ -509,25 +604,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     dataset, images = training_data(args, config)
     record["data"]["render_seconds"] = round(time.perf_counter() - start, 1)
     vae_summary = None
-    if args.stage in ("vae", "all"):
+    stages = {"vae", "flux", "sd3"} if "all" in args.stage else set(args.stage)
+    if "vae" in stages:
         vae_summary = train_vae(args, config, images)
         record["vae"] = vae_summary
         (args.out / "vae" / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    if args.stage in ("flux", "all"):
+    for name, family in FAMILIES.items():
+        if name not in stages:
+            continue
         if vae_summary is None:
             vae_record = args.out / "vae" / "training.json"
             if vae_record.exists():
                 record["vae"] = json.loads(vae_record.read_text()).get("vae")
-        record["flux"] = train_flux(args, config, dataset, images, vae_summary)
-        record["recommended_call"] = {
-            "height": config.image_size,
-            "width": config.image_size,
-            "max_sequence_length": config.max_sequence_length,
-            "negative_prompt": "",
-            "true_cfg_scale": args.cfg,
-            "num_inference_steps": args.sample_steps,
-        }
-        (args.out / "flux" / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+        record[name] = train_transformer(args, config, dataset, images, family)
+        own = {key: value for key, value in record.items() if key not in FAMILIES or key == name}
+        own["recommended_call"] = recommended_call(args, config, family)
+        (args.out / name / "training.json").write_text(json.dumps(own, indent=2) + "\n")
     record["wall_seconds_total"] = round(time.perf_counter() - start, 1)
     print(f"[done] {record['wall_seconds_total']}s, wrote {args.out}", flush=True)
     return record

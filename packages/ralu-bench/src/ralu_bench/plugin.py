@@ -1,13 +1,16 @@
-"""ralu-bench's plugin: image metrics and the `shapes` prompt set for ``ralu bench``."""
+"""ralu-bench's plugin: image metrics, the `shapes` prompt set and the trained reference models."""
 
 from __future__ import annotations
 
+from importlib.resources import files
+from pathlib import Path
 from typing import Any, ClassVar
 
 from ralu_bench import metrics
+from ralu_bench.models import reference_models
 from ralu_bench.shapes import ShapesDataset
 from ralu_core.bench import Image, ImageMetric
-from ralu_core.hookspecs import RegisterMetric, RegisterPromptSet, hookimpl
+from ralu_core.hookspecs import RegisterMetric, RegisterModel, RegisterPromptSet, RegisterRecipe, hookimpl
 
 
 class PSNR(ImageMetric):
@@ -95,3 +98,16 @@ def ralu_register_image_metrics(register: RegisterMetric) -> None:
 @hookimpl
 def ralu_register_prompt_sets(register: RegisterPromptSet) -> None:
     register("shapes", shapes_prompts)
+
+
+@hookimpl
+def ralu_register_models(register: RegisterModel) -> None:
+    for model in reference_models():
+        register(model)
+
+
+@hookimpl
+def ralu_register_recipes(register: RegisterRecipe) -> None:
+    """The controls of docs/benchmarks.md: ablations of RALU at equal FLOPs and fewer-step baselines."""
+    for path in sorted(Path(str(files("ralu_bench") / "recipes")).glob("*.yaml")):
+        register(path.stem, path)

@@ -22,24 +22,43 @@ from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import numpy as np
 import numpy.typing as npt
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+)
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
+)
 
 from ralu_bench.shapes import CAPTION_WORDS, ShapesDataset
 from ralu_core.offline import CLIP_MAX_LENGTH, make_clip_tokenizer, make_t5_tokenizer, seeded_components
 
 __all__ = [
     "COMPONENT_ORDER",
+    "SD3_COMPONENT_ORDER",
+    "Architecture",
     "ReferenceConfig",
     "assemble_flux_pipeline",
+    "assemble_sd3_pipeline",
     "build_flux_transformer",
     "build_scheduler",
+    "build_sd3_transformer",
     "build_tokenizers",
     "build_vae",
     "render_images",
@@ -47,8 +66,16 @@ __all__ = [
     "untrained_components",
 ]
 
+Architecture = Literal["flux", "sd3"]
+
 COMPONENT_ORDER: tuple[str, ...] = ("transformer", "vae", "text_encoder", "text_encoder_2")
-"""Seed order of the modules: module i is initialised from ``seed * 16 + i`` (see `seeded_components`)."""
+"""Seed order of the FLUX model's modules: module i is initialised from ``seed * 16 + i`` (see
+`seeded_components`)."""
+
+SD3_COMPONENT_ORDER: tuple[str, ...] = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
+"""Seed order of the SD3 model's modules (two projected CLIP encoders, then T5)."""
+
+_ORDERS: dict[str, tuple[str, ...]] = {"flux": COMPONENT_ORDER, "sd3": SD3_COMPONENT_ORDER}
 
 
 @attrs.frozen(kw_only=True)
@@ -84,6 +111,12 @@ class ReferenceConfig:
     attention_head_dim: int = 32
     num_attention_heads: int = 4
     axes_dims_rope: tuple[int, int, int] = (4, 14, 14)
+    # SD3 transformer: joint blocks of the same width as the FLUX model's (heads x head dim above).
+    sd3_layers: int = 4
+    sd3_qk_norm: str | None = "rms_norm"
+    """SD3.5's per-head q/k RMSNorm: keeps attention logits bounded when training from scratch at a high LR."""
+    sd3_clip_layers: int = 2
+    """SD3 reads CLIP's penultimate hidden state: with 2 layers it is a real layer's output, not the embeddings."""
     # Scheduler.
     shift: float = 3.0
 
@@ -156,14 +189,39 @@ def shifted_sigma(u: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * u / (1 + (shift - 1) * u)
 
 
-def _clip_model(config: ReferenceConfig, tokenizer: CLIPTokenizer) -> CLIPTextModel:
-    return CLIPTextModel(
+def build_sd3_transformer(config: ReferenceConfig) -> SD3Transformer2DModel:
+    """SD3 MMDiT (joint blocks, 2 x 2 patches, cropped sin-cos positions) sized like the FLUX model."""
+    latent_side = config.image_size // config.vae_scale_factor
+    width = config.num_attention_heads * config.attention_head_dim
+    return SD3Transformer2DModel(  # type: ignore[no-untyped-call]
+        sample_size=latent_side,
+        patch_size=2,
+        in_channels=config.vae_latent_channels,
+        out_channels=config.vae_latent_channels,
+        num_layers=config.sd3_layers,
+        attention_head_dim=config.attention_head_dim,
+        num_attention_heads=config.num_attention_heads,
+        joint_attention_dim=config.t5_dim,
+        caption_projection_dim=width,
+        pooled_projection_dim=2 * config.clip_dim,  # the two CLIP encoders' projected pooled outputs
+        # The trained grid is the whole table, as SD3 at its largest trained size; a 64 px image gets the
+        # centred half crop, exactly what RALU's first stage gives a 128 px call.
+        pos_embed_max_size=latent_side // 2,
+        qk_norm=config.sd3_qk_norm,
+    )
+
+
+def _clip_model(
+    config: ReferenceConfig, tokenizer: CLIPTokenizer, *, projection: bool = False, layers: int | None = None
+) -> CLIPTextModel | CLIPTextModelWithProjection:
+    model_class = CLIPTextModelWithProjection if projection else CLIPTextModel
+    return model_class(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
             hidden_size=config.clip_dim,
             intermediate_size=2 * config.clip_dim,
             projection_dim=config.clip_dim,
-            num_hidden_layers=config.clip_layers,
+            num_hidden_layers=config.clip_layers if layers is None else layers,
             num_attention_heads=config.clip_heads,
             max_position_embeddings=CLIP_MAX_LENGTH,
             hidden_act="quick_gelu",
@@ -214,24 +272,45 @@ def _t5_model(config: ReferenceConfig, tokenizer: T5Tokenizer) -> T5EncoderModel
     return model
 
 
-def untrained_components(config: ReferenceConfig, *, modules: tuple[str, ...] = COMPONENT_ORDER) -> dict[str, Any]:
-    """Seeded untrained components (all of ``FluxPipeline``'s, or only the named `modules` plus tokenizers
-    and scheduler). Each module's weights depend only on (config, its name): leaving some out changes nothing."""
-    unknown = set(modules) - set(COMPONENT_ORDER)
+def untrained_components(
+    config: ReferenceConfig, *, modules: tuple[str, ...] | None = None, architecture: Architecture = "flux"
+) -> dict[str, Any]:
+    """Seeded untrained components of the `architecture`'s pipeline (all of them, or only the named
+    `modules`), plus its tokenizers and scheduler. Each module's weights depend only on (config,
+    architecture, its name): leaving some out changes nothing."""
+    order = _ORDERS[architecture]
+    modules = order if modules is None else modules
+    unknown = set(modules) - set(order)
     if unknown:
-        raise ValueError(f"unknown modules {sorted(unknown)}; choose from {COMPONENT_ORDER}")
+        raise ValueError(f"unknown {architecture} modules {sorted(unknown)}; choose from {order}")
     clip_tokenizer, t5_tokenizer = build_tokenizers()
-    builders: dict[str, Any] = {
-        "transformer": lambda: build_flux_transformer(config),
-        "vae": lambda: build_vae(config),
-        "text_encoder": lambda: _clip_model(config, clip_tokenizer),
-        "text_encoder_2": lambda: _t5_model(config, t5_tokenizer),
-    }
-    # Keep every module's seed slot (its index in COMPONENT_ORDER) whatever subset is asked for.
-    slots = {name: builders[name] if name in modules else torch.nn.Identity for name in COMPONENT_ORDER}
+    builders: dict[str, Any]
+    if architecture == "flux":
+        builders = {
+            "transformer": lambda: build_flux_transformer(config),
+            "vae": lambda: build_vae(config),
+            "text_encoder": lambda: _clip_model(config, clip_tokenizer),
+            "text_encoder_2": lambda: _t5_model(config, t5_tokenizer),
+        }
+        tokenizers = {"tokenizer": clip_tokenizer, "tokenizer_2": t5_tokenizer}
+    else:
+
+        def clip() -> CLIPTextModel | CLIPTextModelWithProjection:
+            return _clip_model(config, clip_tokenizer, projection=True, layers=config.sd3_clip_layers)
+
+        builders = {
+            "transformer": lambda: build_sd3_transformer(config),
+            "vae": lambda: build_vae(config),
+            "text_encoder": clip,
+            "text_encoder_2": clip,  # same shape, its own seed slot
+            "text_encoder_3": lambda: _t5_model(config, t5_tokenizer),
+        }
+        tokenizers = {"tokenizer": clip_tokenizer, "tokenizer_2": clip_tokenizer, "tokenizer_3": t5_tokenizer}
+    # Keep every module's seed slot (its index in the order) whatever subset is asked for.
+    slots = {name: builders[name] if name in modules else torch.nn.Identity for name in order}
     built = seeded_components(slots, seed=config.seed)
     components = {name: built[name] for name in modules}
-    components.update(tokenizer=clip_tokenizer, tokenizer_2=t5_tokenizer, scheduler=build_scheduler(config))
+    components.update(tokenizers, scheduler=build_scheduler(config))
     return components
 
 
@@ -242,6 +321,20 @@ def assemble_flux_pipeline(components: dict[str, Any]) -> FluxPipeline:
     if missing:
         raise ValueError(f"missing pipeline components: {missing}")
     return FluxPipeline(**{name: components[name] for name in names})  # type: ignore[no-untyped-call]
+
+
+def assemble_sd3_pipeline(components: dict[str, Any]) -> StableDiffusion3Pipeline:
+    """A ``StableDiffusion3Pipeline`` from ``untrained_components(..., architecture="sd3")`` output."""
+    names = (
+        "transformer",
+        "scheduler",
+        "vae",
+        *(f"{kind}{suffix}" for suffix in ("", "_2", "_3") for kind in ("text_encoder", "tokenizer")),
+    )
+    missing = [name for name in names if name not in components]
+    if missing:
+        raise ValueError(f"missing pipeline components: {missing}")
+    return StableDiffusion3Pipeline(**{name: components[name] for name in names})  # type: ignore[no-untyped-call]
 
 
 def _render_range(dataset: ShapesDataset, start: int, stop: int) -> npt.NDArray[np.uint8]:

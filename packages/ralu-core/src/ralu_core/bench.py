@@ -128,7 +128,9 @@ def run_bench(
     output_type = "np" if plan.decode else "latent"
 
     def call(fast: AcceleratedPipeline, prompt: str, seed: int) -> tuple[float, Image | None]:
-        extra = {"num_inference_steps": plan.steps} if fast.runtime.schedule.accepts_requested_steps else {}
+        # --steps reaches single-stage recipes that leave their steps open, not one that fixes them.
+        open_steps = fast.runtime.schedule.accepts_requested_steps and fast.runtime.stages[0].spec.steps is None
+        extra = {"num_inference_steps": plan.steps} if open_steps else {}
         generator = torch.Generator("cpu").manual_seed(seed)
         if torch.cuda.is_available():
             torch.cuda.synchronize()

@@ -44,28 +44,45 @@ def _embedded(registry: Registry, name: str) -> ModelAdapter | None:
     return None
 
 
-def load_model(registry: Registry, model: str | None, recipe: Recipe, device: str, dtype: str) -> tuple[Any, bool]:
-    """The pipeline for --model (embedded name, local folder or hub id); (pipeline, is_embedded)."""
-    if model is None:
-        candidates = (
-            [registry.adapter_named(recipe.model)]
-            if recipe.model
-            else [e.obj for e in registry.adapters.values() if e.obj.embedded_models]
-        )
-        if not candidates or not candidates[0].embedded_models:
-            raise RaluError("no embedded default model is installed for this recipe; pass --model PATH|HUB-ID")
-        model = candidates[0].embedded_models[0]
+def default_model(registry: Registry, recipe: Recipe) -> str:
+    """The model used when no --model is given: a plugin's default named model for the recipe's adapter
+    (a trained reference model), else the adapter's first random-weight embedded model."""
+    adapters = [recipe.model] if recipe.model else sorted(registry.adapters)
+    for adapter_name in adapters:
+        for name, entry in sorted(registry.models.items()):
+            if entry.obj.default and entry.obj.adapter == adapter_name:
+                return name
+    for adapter_name in adapters:
+        adapter = registry.adapters.get(adapter_name)
+        if adapter is not None and adapter.obj.embedded_models:
+            return str(adapter.obj.embedded_models[0])
+    raise RaluError("no embedded default model is installed for this recipe; pass --model PATH|HUB-ID")
+
+
+def load_model(
+    registry: Registry, model: str | None, recipe: Recipe, device: str, dtype: str
+) -> tuple[Any, dict[str, Any]]:
+    """The pipeline for --model (named or embedded model, local folder or hub id) and the call arguments
+    it expects by default (size, sequence length...; empty for a folder or hub id)."""
+    model = default_model(registry, recipe) if model is None else model
+    named = registry.models.get(model)
     adapter = _embedded(registry, model)
-    if adapter is not None:
-        _say(f"note: {adapter.embedded_note(model)}")
-        pipe = adapter.embedded_pipeline(model)
+    if named is not None or adapter is not None:
+        if named is not None:
+            note, pipe, defaults = named.obj.note, named.obj.load(), dict(named.obj.call_defaults)
+        else:
+            assert adapter is not None
+            note, pipe = adapter.embedded_note(model), adapter.embedded_pipeline(model)
+            defaults = {"height": EMBEDDED_SIZE, "width": EMBEDDED_SIZE}
+        if note:
+            _say(f"note: {note}")
         if hasattr(pipe, "to"):
             pipe = pipe.to(device) if dtype == "float32" else pipe.to(device=device, dtype=DTYPES[dtype])
-        return pipe, True
+        return pipe, defaults
     from diffusers import DiffusionPipeline
 
     pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=DTYPES[dtype])  # type: ignore[no-untyped-call]
-    return pipe.to(device), False
+    return pipe.to(device), {}
 
 
 def _call_args(pairs: Sequence[str]) -> dict[str, Any]:
@@ -85,11 +102,11 @@ def cmd_generate(ns: argparse.Namespace) -> int:
     registry = _registry()
     recipe = find_recipe(ns.recipe, registry)
     resolve_recipe(recipe, registry)  # fail on a bad recipe before loading any model
-    pipe, embedded = load_model(registry, ns.model, recipe, ns.device, ns.dtype)
+    pipe, defaults = load_model(registry, ns.model, recipe, ns.device, ns.dtype)
     fast = accelerate(pipe, recipe, plugin_manager=registry.pm)
-    kwargs: dict[str, Any] = _call_args(ns.call_arg)
-    size = EMBEDDED_SIZE if embedded else None
-    kwargs.update(height=ns.height or size, width=ns.width or size, num_images_per_prompt=ns.num_images)
+    kwargs: dict[str, Any] = {**defaults, **_call_args(ns.call_arg)}
+    kwargs.update(height=ns.height or kwargs.get("height"), width=ns.width or kwargs.get("width"))
+    kwargs.update(num_images_per_prompt=ns.num_images)
     if ns.steps is not None:
         kwargs["num_inference_steps"] = ns.steps
     if ns.guidance is not None:
@@ -143,6 +160,9 @@ def cmd_plugins(ns: argparse.Namespace) -> int:
         provided.setdefault(entry.plugin, []).append(f"image metric {name}")
     for name, entry in registry.prompt_sets.items():
         provided.setdefault(entry.plugin, []).append(f"prompt set {name}")
+    for name, entry in registry.models.items():
+        default = ", default" if entry.obj.default else ""
+        provided.setdefault(entry.plugin, []).append(f"model {name} ({entry.obj.adapter}{default})")
     for plugin_name in sorted(provided):
         info = plugin_info(registry.pm, plugin_name)
         origin = f"{info.distribution} {info.version}" if info.distribution else "registered in code"
@@ -231,15 +251,19 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     for recipe in recipes:
         resolve_recipe(recipe, registry)
     prompts = _bench_prompts(registry, ns)
-    embedded = ns.model is None or _embedded(registry, ns.model) is not None
-    height, width = (ns.height or EMBEDDED_SIZE, ns.width or EMBEDDED_SIZE) if embedded else (ns.height, ns.width)
+    model = default_model(registry, recipes[0]) if ns.model is None else ns.model
+    named = registry.models.get(model)
+    known_defaults = dict(named.obj.call_defaults) if named is not None else {}
+    if _embedded(registry, model) is not None:
+        known_defaults = {"height": EMBEDDED_SIZE, "width": EMBEDDED_SIZE}
+    height, width = ns.height or known_defaults.get("height"), ns.width or known_defaults.get("width")
     if height is None or width is None:
         raise RaluError("ralu bench needs --height and --width for a loaded model (the FLOPs depend on them)")
-    pipe, _ = load_model(registry, ns.model, recipes[0], ns.device, ns.dtype)
+    pipe, defaults = load_model(registry, model, recipes[0], ns.device, ns.dtype)
     pipe.set_progress_bar_config(disable=True)
     adapter = registry.resolve_adapter(pipe)
     fast = [accelerate(pipe, r, plugin_manager=registry.pm) for r in recipes]
-    kwargs: dict[str, Any] = {"height": height, "width": width, **_call_args(ns.call_arg)}
+    kwargs: dict[str, Any] = {**defaults, **_call_args(ns.call_arg), "height": height, "width": width}
     plan = BenchPlan(
         recipes=fast,
         prompts=prompts,
@@ -254,7 +278,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     total = len(fast) * len(prompts) * len(ns.seeds)
     with tqdm(total=total, desc="bench (interleaved)") as bar:
         result = run_bench(plan, metrics, profile, progress=lambda n: bar.update(n - bar.n))
-    result.settings["model"] = ns.model or "embedded default"
+    result.settings["model"] = model if ns.model else f"{model} (default)"
     device = _device_name(ns.device)
     plot_metric = next((m for m in ("shapeeval", "psnr") if m in registry.metrics), None)
     paths = write_outputs(result, Path(ns.out), device, plot_metric)
@@ -282,8 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     def model_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--model",
-            help="embedded model name (flux-tiny, flux-mid), local folder or hub id; "
-            "default: the recipe's embedded model",
+            help="named model (see `ralu plugins`: flux-shapes, flux-tiny ...), local folder or hub id; "
+            "default: the recipe's default model",
         )
         p.add_argument("--height", type=int)
         p.add_argument("--width", type=int)

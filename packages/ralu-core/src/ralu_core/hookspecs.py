@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ralu_core.adapter import ModelAdapter
     from ralu_core.bench import ImageMetric
     from ralu_core.engine import StageEvent, StepEvent
+    from ralu_core.models import NamedModel
     from ralu_core.strategies.base import FeatureCache, ResolutionTransition, TimestepSchedule, TokenSelector
 
 PROJECT = "ralu"
@@ -32,6 +33,7 @@ RegisterAdapter = Callable[["ModelAdapter"], None]
 RegisterRecipe = Callable[[str, Path], None]
 RegisterMetric = Callable[["ImageMetric"], None]
 RegisterPromptSet = Callable[[str, "Callable[[int], list[str]]"], None]
+RegisterModel = Callable[["NamedModel"], None]
 
 
 @hookspec
@@ -105,6 +107,16 @@ def ralu_register_prompt_sets(register: RegisterPromptSet) -> None:
     """Register named prompt sets for ``ralu bench --prompt-set NAME``: ``register(name, make)``.
 
     ``make(count)`` returns ``count`` prompts, deterministically (the same count gives the same list).
+    """
+
+
+@hookspec
+def ralu_register_models(register: RegisterModel) -> None:
+    """Register pipelines that can be loaded offline by name: ``register(NamedModel(...))``.
+
+    A :class:`ralu_core.models.NamedModel` names its adapter, a loader, the call arguments it was
+    trained for, and whether it is the default model of ``ralu generate`` / ``ralu bench`` for its
+    adapter's recipes (ralu-bench registers its trained reference models this way).
     """
 
 

@@ -110,6 +110,7 @@ class Registry:
     recipes: dict[str, Registration] = attrs.field(factory=dict)
     metrics: dict[str, Registration] = attrs.field(factory=dict)
     prompt_sets: dict[str, Registration] = attrs.field(factory=dict)
+    models: dict[str, Registration] = attrs.field(factory=dict)
 
     @classmethod
     def collect(cls, pm: pluggy.PluginManager) -> Registry:
@@ -120,6 +121,7 @@ class Registry:
         registry._run("ralu_register_recipes", registry._recipe_register)
         registry._run("ralu_register_image_metrics", registry._metric_register)
         registry._run("ralu_register_prompt_sets", registry._prompt_set_register)
+        registry._run("ralu_register_models", registry._model_register)
         return registry
 
     def _run(self, hook_name: str, make_register: Callable[[str], Callable[..., None]]) -> None:
@@ -189,6 +191,16 @@ class Registry:
     def _prompt_set_register(self, plugin: str) -> Callable[[str, Callable[[int], list[str]]], None]:
         def register(name: str, make: Callable[[int], list[str]]) -> None:
             self._add(self.prompt_sets, Registration(kind="prompt set", name=name, obj=make, plugin=plugin))
+
+        return register
+
+    def _model_register(self, plugin: str) -> Callable[[Any], None]:
+        from ralu_core.models import NamedModel
+
+        def register(model: Any) -> None:
+            if not isinstance(model, NamedModel):
+                raise PluginError(f"ralu plugin {plugin!r} registered {model!r}, which is not a NamedModel")
+            self._add(self.models, Registration(kind="model", name=model.name, obj=model, plugin=plugin))
 
         return register
 

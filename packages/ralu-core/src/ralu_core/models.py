@@ -1,0 +1,40 @@
+"""Named models: pipelines a plugin can load offline by name (``ralu generate --model NAME``).
+
+Why: a trained model that ships inside a package (ralu-bench's reference models) is neither an
+adapter's random-weight demo pipeline nor a hub id. A plugin registers it with the calling
+conventions it was trained for (size, sequence length, guidance), so that the CLI produces
+meaningful images from it with no flags, and a user's own flags still win.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+__all__ = ["NamedModel"]
+
+
+def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return dict(value)
+
+
+@attrs.frozen(kw_only=True)
+class NamedModel:
+    """A pipeline a plugin can build by name, offline."""
+
+    name: str
+    """What ``--model`` takes (unique across plugins)."""
+    adapter: str
+    """Name of the model adapter that drives the pipeline (the recipes' ``model`` field)."""
+    load: Callable[[], Any]
+    """Builds the pipeline (float32, CPU); called only when the model is used."""
+    note: str = ""
+    """What a user should know about its images, printed when it is loaded."""
+    call_defaults: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
+    """Pipeline arguments the model was trained for (``height``, ``max_sequence_length``, guidance ...);
+    arguments the user passes override them."""
+    default: bool = False
+    """The model ``ralu generate`` and ``ralu bench`` use for its adapter's recipes when no ``--model``
+    is given (preferred over the adapter's own random-weight embedded models)."""

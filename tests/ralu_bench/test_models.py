@@ -1,0 +1,74 @@
+"""The shipped reference pipelines: plain diffusers folders that load offline, generate, and are the
+default model of ``ralu generate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import huggingface_hub.constants
+import numpy as np
+import pytest
+import torch
+from diffusers import FluxPipeline, StableDiffusion3Pipeline
+from PIL import Image
+
+from ralu_bench.models import REFERENCE_MODELS, recommended_call, reference_model_path
+from ralu_core import accelerate
+from ralu_core.cli import main
+from ralu_core.plugins import Registry, create_plugin_manager
+
+PROMPT = "a red circle at the top left and a blue square at the bottom right on a white background"
+CASES = {"flux-shapes": (FluxPipeline, "ralu-flux-7x"), "sd3-shapes": (StableDiffusion3Pipeline, "ralu-sd3-3x")}
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+def _load(name: str) -> Any:
+    pipeline_class, _ = CASES[name]
+    pipe = pipeline_class.from_pretrained(reference_model_path(name), torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_all_shipped_weights_fit_the_budget() -> None:
+    weights = Path(str(reference_model_path("flux-shapes"))).parent
+    total = sum(p.stat().st_size for p in weights.rglob("*") if p.is_file())
+    assert total <= 30 * 2**20, f"shipped weights take {total / 2**20:.1f} MiB, over the 30 MiB budget"
+    assert set(REFERENCE_MODELS) == set(CASES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_reference_pipeline_loads_offline_and_generates(name: str, offline: None) -> None:
+    pipe = _load(name)
+    assert type(pipe) is CASES[name][0] and pipe.transformer.dtype == torch.float32
+    call = recommended_call(name)
+    assert call["height"] == call["width"] == 128 and call["max_sequence_length"] == 64
+    call["num_inference_steps"] = 6
+
+    def generate(target: Any, **overrides: Any) -> np.ndarray:
+        kwargs = {**call, **overrides}
+        return target(PROMPT, generator=torch.Generator().manual_seed(3), output_type="np", **kwargs).images
+
+    plain = generate(pipe)
+    fast = generate(accelerate(pipe, CASES[name][1]), num_inference_steps=None)
+    for images in (plain, fast):
+        assert images.shape == (1, 128, 128, 3) and np.isfinite(images).all()
+    assert np.array_equal(fast, generate(accelerate(pipe, CASES[name][1]), num_inference_steps=None))
+    # A trained model draws flat shapes on a plain background, not noise: most pixels sit in flat areas.
+    flatness = np.mean(np.abs(np.diff(plain[0], axis=0)).max(axis=-1) < 0.02)
+    assert flatness > 0.8
+
+
+def test_ralu_generate_defaults_to_the_flux_reference_model(capsys, tmp_path, offline) -> None:  # type: ignore[no-untyped-def]
+    registry = Registry.collect(create_plugin_manager())
+    assert registry.models["flux-shapes"].obj.default and registry.models["flux-shapes"].obj.adapter == "flux"
+    out = tmp_path / "shape.png"
+    assert main(["generate", PROMPT, "--out", str(out)]) == 0
+    stderr = capsys.readouterr().err
+    assert "flux-shapes is ralu-bench's FLUX-architecture reference model" in stderr
+    assert "recipe ralu-flux-7x" in stderr and Image.open(out).size == (128, 128)
