@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from ralu_bench.shapeeval import parse_caption
 from ralu_bench.shapes import ShapesDataset
 from ralu_core.plugins import Registry, create_plugin_manager
@@ -40,3 +42,16 @@ def test_shapeeval_metric_judges_images_against_their_prompt() -> None:
     )
     assert metric.score(data[0].image, None, wrong) == 0.0
     assert metric.score(data[0].image, None, "a photo of a cat") is None  # declines prompts about other things
+
+
+def test_shapeeval_jaccard_gives_partial_credit() -> None:
+    metric = registry().metrics["shapeeval_jaccard"].obj
+    data = ShapesDataset.split("heldout", seed=0, length=40)
+    scene = next(s for s in data if len(s.scene.shapes) == 2)
+    assert metric.score(scene.image, None, scene.caption) == 1.0
+    first = scene.scene.shapes[0]
+    other = next(c for c in ("red", "blue", "green", "purple") if c not in scene.caption)
+    wrong = scene.caption.replace(f"{first.colour} {first.kind}", f"{other} {first.kind}")
+    # One of two named pairs is seen, plus the unnamed real one: 1 shared of 3 in the union.
+    assert metric.score(scene.image, None, wrong) == pytest.approx(1 / 3)
+    assert metric.score(scene.image, None, "a photo of a cat") is None

@@ -71,7 +71,8 @@ class ShapeEvalAccuracy(ImageMetric):
     def __init__(self) -> None:
         self._model: Any = None  # loaded on first use: registration must stay cheap
 
-    def score(self, image: Image, reference: Image | None, prompt: str) -> float | None:
+    def _judge(self, image: Image, prompt: str) -> tuple[frozenset[Any], frozenset[Any]] | None:
+        """(predicted, expected) (colour, kind) sets, or None for a prompt outside the shapes language."""
         from ralu_bench.shapeeval import ShapeEval, parse_caption
 
         try:
@@ -80,7 +81,25 @@ class ShapeEvalAccuracy(ImageMetric):
             return None
         if self._model is None:
             self._model = ShapeEval.load()
-        return float(self._model.predict(image)[0] == expected)
+        return self._model.predict(image)[0], expected
+
+    def score(self, image: Image, reference: Image | None, prompt: str) -> float | None:
+        judged = self._judge(image, prompt)
+        return None if judged is None else float(judged[0] == judged[1])
+
+
+class ShapeEvalJaccard(ShapeEvalAccuracy):
+    """Partial credit: |seen & named| / |seen | named| over (colour, kind) pairs (1 when exact). Separates
+    "one of three shapes wrong" from "nothing right", which exact-set accuracy scores alike."""
+
+    name: ClassVar[str] = "shapeeval_jaccard"
+
+    def score(self, image: Image, reference: Image | None, prompt: str) -> float | None:
+        judged = self._judge(image, prompt)
+        if judged is None:
+            return None
+        seen, named = judged
+        return len(seen & named) / len(seen | named)
 
 
 def shapes_prompts(count: int) -> list[str]:
@@ -91,7 +110,7 @@ def shapes_prompts(count: int) -> list[str]:
 
 @hookimpl
 def ralu_register_image_metrics(register: RegisterMetric) -> None:
-    for metric in (PSNR(), SSIM(), EdgePSNR(), LPIPSMetric(), ShapeEvalAccuracy()):
+    for metric in (PSNR(), SSIM(), EdgePSNR(), LPIPSMetric(), ShapeEvalAccuracy(), ShapeEvalJaccard()):
         register(metric)
 
 
