@@ -1,0 +1,16 @@
+"""The reference-model example in docs/ keeps working."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
+
+
+def test_shapes_quickstart_runs(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(EXAMPLES / "shapes_quickstart.py"), run_name="__main__")
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all("ShapeEval" in line and "(128, 128, 3)" in line for line in lines)
+    assert {line.split()[1] for line in lines} == {"flux-baseline", "ralu-flux-7x", "sd3-baseline", "ralu-sd3-3x"}
