@@ -13,4 +13,9 @@ def test_shapes_quickstart_runs(tmp_path, monkeypatch, capsys) -> None:  # type:
     runpy.run_path(str(EXAMPLES / "shapes_quickstart.py"), run_name="__main__")
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and all("ShapeEval" in line and "(128, 128, 3)" in line for line in lines)
-    assert {line.split()[1] for line in lines} == {"flux-baseline", "ralu-flux-7x", "sd3-baseline", "ralu-sd3-3x"}
+    assert {line.split()[1].rstrip(":") for line in lines} == {
+        "flux-baseline",
+        "ralu-flux-7x",
+        "sd3-baseline",
+        "ralu-sd3-3x",
+    }

@@ -3,6 +3,8 @@ default model of ``ralu generate``."""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +74,16 @@ def test_ralu_generate_defaults_to_the_flux_reference_model(capsys, tmp_path, of
     stderr = capsys.readouterr().err
     assert "flux-shapes is ralu-bench's FLUX-architecture reference model" in stderr
     assert "recipe ralu-flux-7x" in stderr and Image.open(out).size == (128, 128)
+
+
+def test_ralu_bench_on_a_reference_model_writes_every_output(tmp_path, offline) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "report"
+    argv = ["bench", "--model", "flux-shapes", "--recipes", "flux-baseline-9steps", "ralu-flux-7x"]
+    assert main([*argv, "--prompt-set", "shapes", "--num-prompts", "2", "--warmup", "0", "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "grid.png", "speed_quality.png"}
+    report = json.loads((out / "report.json").read_text())
+    ralu = next(row for row in report["summary"] if row["recipe"] == "ralu-flux-7x")
+    for metric in ("psnr", "ssim", "edge_psnr", "shapeeval", "shapeeval_jaccard"):
+        assert math.isfinite(ralu[metric]), metric
+    assert ralu["speedup_flops_all"] > 1 and Image.open(out / "grid.png").size == (2 * 132, 2 * 132)
+    assert "LPIPS skipped" in (out / "report.md").read_text()  # its weights cannot be had offline: said, not hidden
