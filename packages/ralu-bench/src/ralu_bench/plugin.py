@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, ClassVar
@@ -61,6 +62,15 @@ class LPIPSMetric(ImageMetric):
         return "" if self.available else self.reason
 
 
+@cache
+def _shapeeval() -> Any:
+    """The shipped ShapeEval, loaded once on first use (registration must stay cheap) and shared by both
+    ShapeEval metrics."""
+    from ralu_bench.shapeeval import ShapeEval
+
+    return ShapeEval.load()
+
+
 class ShapeEvalAccuracy(ImageMetric):
     """1 if ShapeEval sees exactly the (colour, kind) pairs the prompt names, else 0; declines prompts
     that name no shape of the data set (so it is silent on other models' prompts)."""
@@ -68,20 +78,15 @@ class ShapeEvalAccuracy(ImageMetric):
     name: ClassVar[str] = "shapeeval"
     paired: ClassVar[bool] = False
 
-    def __init__(self) -> None:
-        self._model: Any = None  # loaded on first use: registration must stay cheap
-
     def _judge(self, image: Image, prompt: str) -> tuple[frozenset[Any], frozenset[Any]] | None:
         """(predicted, expected) (colour, kind) sets, or None for a prompt outside the shapes language."""
-        from ralu_bench.shapeeval import ShapeEval, parse_caption
+        from ralu_bench.shapeeval import parse_caption
 
         try:
             expected = parse_caption(prompt)
         except ValueError:
             return None
-        if self._model is None:
-            self._model = ShapeEval.load()
-        return self._model.predict(image)[0], expected
+        return _shapeeval().predict(image)[0], expected
 
     def score(self, image: Image, reference: Image | None, prompt: str) -> float | None:
         judged = self._judge(image, prompt)
