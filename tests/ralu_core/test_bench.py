@@ -6,6 +6,7 @@ import json
 from typing import ClassVar
 
 import numpy as np
+from PIL import Image as PILImage
 
 from ralu_core import accelerate, hookimpl
 from ralu_core.bench import BenchPlan, Image, ImageMetric, run_bench, write_outputs
@@ -80,6 +81,12 @@ def test_bench_scores_pairs_and_writes_every_output(tmp_path) -> None:  # type: 
     paths = write_outputs(result, tmp_path, "toy device", "mad")
     names = {p.name for p in paths}
     assert {"report.json", "report.md", "grid.png"} <= names
+    grid = np.asarray(PILImage.open(tmp_path / "grid.png").convert("RGB"))
+    tile = result.samples[0].image.shape  # type: ignore[union-attr]
+    header = grid.shape[0] - 3 * (tile[0] + 4)  # three prompts below a strip of recipe names
+    assert grid.shape[1] == 2 * (tile[1] + 4) and 10 <= header <= 30
+    for column in np.split(grid[:header], 2, axis=1):
+        assert (column < 100).any()  # each recipe's column is labelled
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["device"] == "toy device" and len(report["samples"]) == 12
     assert "| toy-ralu |" in (tmp_path / "report.md").read_text()

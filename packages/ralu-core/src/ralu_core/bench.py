@@ -237,7 +237,7 @@ def markdown_table(result: BenchResult, device: str) -> str:
 
 
 def image_grid(result: BenchResult, path: Path, max_prompts: int = 8) -> None:
-    """PNG grid: one row per (prompt, first seed), one column per recipe."""
+    """PNG grid: one row per (prompt, first seed), one column per recipe, each column headed by its name."""
     from PIL import Image as PILImage
 
     seed = result.settings["seeds"][0]
@@ -250,7 +250,27 @@ def image_grid(result: BenchResult, path: Path, max_prompts: int = 8) -> None:
         if len(present) != len(tiles):
             return
         rows.append(np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255) for t in present], 1))
-    PILImage.fromarray(np.concatenate(rows, 0)).save(path)
+    widths = [tile.shape[1] + 4 for tile in present]
+    header = column_header(result.recipes, widths)
+    PILImage.fromarray(np.concatenate([header, *rows], 0)).save(path)
+
+
+def column_header(names: Sequence[str], widths: Sequence[int], height: int = 18) -> Image:
+    """A white strip with each name centred over its column; a name too wide for it is cut with '...'."""
+    from PIL import Image as PILImage
+    from PIL import ImageDraw, ImageFont
+
+    strip = PILImage.new("RGB", (sum(widths), height), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    font = ImageFont.load_default()
+    left = 0
+    for name, width in zip(names, widths, strict=True):
+        text = name
+        while len(text) > 1 and draw.textlength(text, font=font) > width - 4:
+            text = text[:-2] + "\u2026"
+        draw.text((left + width / 2, height / 2), text, fill=(0, 0, 0), font=font, anchor="mm")
+        left += width
+    return np.asarray(strip)
 
 
 def speed_quality_plot(result: BenchResult, path: Path, metric: str) -> str:
