@@ -32,7 +32,7 @@ def main(num_prompts: int = 4) -> None:
     for name, (pipeline_class, recipes) in MODELS.items():
         pipe = pipeline_class.from_pretrained(reference_model_path(name), torch_dtype=torch.float32)
         pipe.set_progress_bar_config(disable=True)
-        call = recommended_call(name)  # 128 x 128, max_sequence_length=64, CFG 4, and the baseline's steps
+        call = recommended_call(name)  # 128 x 128, max_sequence_length=32, CFG 4, and the baseline's steps
         steps = call.pop("num_inference_steps")
         for recipe in recipes:
             fast = ralu_core.accelerate(pipe, recipe)
