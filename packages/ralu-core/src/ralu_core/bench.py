@@ -256,7 +256,8 @@ def image_grid(result: BenchResult, path: Path, max_prompts: int = 8) -> None:
 
 
 def column_header(names: Sequence[str], widths: Sequence[int], height: int = 18) -> Image:
-    """A white strip with each name centred over its column; a name too wide for it is cut with '...'."""
+    """A white strip with each name centred over its column; a name too wide for it is cut short
+    with an ellipsis."""
     from PIL import Image as PILImage
     from PIL import ImageDraw, ImageFont
 
