@@ -114,7 +114,8 @@ def test_train_script_end_to_end_and_offline_load(tmp_path: Path, monkeypatch: p
         "--stage", "all", "--out", str(tmp_path), "--seed", "0", "--train-size", "8", "--workers", "1",
         "--threads", "1", "--log-every", "1", "--stats-images", "8", "--eval-images", "2",
         "--vae-steps", "2", "--vae-batch-size", "2", "--flux-steps", "3", "--sd3-steps", "2", "--batch-size", "2",
-        "--lowres-fraction", "0.5", "--samples", "1", "--sample-steps", "2",
+        "--lowres-fraction", "0.5", "--samples", "1", "--sample-steps", "2", "--device", "cpu",
+        "--attention-heads", "2",
     ]  # fmt: skip
     threads = torch.get_num_threads()
     try:
@@ -132,6 +133,7 @@ def test_train_script_end_to_end_and_offline_load(tmp_path: Path, monkeypatch: p
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
         pipe = FluxPipeline.from_pretrained(tmp_path / "flux", torch_dtype=torch.float32)
         pipe.set_progress_bar_config(disable=True)
+        assert pipe.transformer.config.num_attention_heads == 2 and saved["config"]["num_attention_heads"] == 2
         plain = _generate(pipe, num_inference_steps=2)
         fast = _generate(accelerate(pipe, "ralu-flux-7x"))
         for images in (plain, fast):

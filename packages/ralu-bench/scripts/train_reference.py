@@ -22,6 +22,10 @@ Each stage stops at its step limit or its time budget, whichever comes first: fi
 reproducible run (the time budget is a safety cap); given the seed, the data order, noise and weights
 are deterministic on one machine and thread count. Each stage writes a ``training.json`` with the exact
 command, seed, versions, wall-clock, steps and losses. See the README next to this script.
+
+Everything runs on the CPU unless ``--device`` names another torch device (e.g. ``cuda``). Random draws
+(data order, noise, caption dropout) always come from CPU generators and are moved to the device, so a
+seed selects the same batches on any device; only floating-point results differ.
 """
 
 from __future__ import annotations
@@ -77,6 +81,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="model init, data order, noise")
     p.add_argument("--data-seed", type=int, default=0, help="seed of ShapesDataset.split('train')")
     p.add_argument("--train-size", type=int, default=12_000, help="training scenes (rendered once)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device to train on (e.g. cuda); random draws stay on the CPU, so a seed gives the same\n"
+        "data order, noise and initial weights on any device",
+    )
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes rendering the data set")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast in training")
@@ -103,6 +113,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     flux.add_argument("--flux-steps", type=int, default=7000, help="FLUX step limit (sets the LR schedule)")
     flux.add_argument("--sd3-minutes", type=float, default=42.0, help="time budget of the SD3 training loop")
     flux.add_argument("--sd3-steps", type=int, default=7000, help="SD3 step limit (sets the LR schedule)")
+    flux.add_argument(
+        "--attention-heads",
+        type=int,
+        default=ReferenceConfig().num_attention_heads,
+        help="transformer width in heads of 32 channels (both families)",
+    )
     flux.add_argument("--batch-size", type=int, default=16)
     flux.add_argument("--lr", type=float, default=2e-3)
     flux.add_argument("--weight-decay", type=float, default=0.01)
@@ -137,8 +153,8 @@ def to_uint8(images: torch.Tensor) -> npt.NDArray[np.uint8]:
     return ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 
-def autocast(enabled: bool) -> AbstractContextManager[Any]:
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
+def autocast(enabled: bool, device: torch.device) -> AbstractContextManager[Any]:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -234,13 +250,16 @@ def training_data(args: argparse.Namespace, config: ReferenceConfig) -> tuple[Sh
 def encode(vae: Any, images: npt.NDArray[np.uint8], batch: int = 64) -> torch.Tensor:
     """Posterior means (fp32, no autocast: the cache must match what the decoder sees at inference)."""
     return torch.cat(
-        [vae.encode(to_tensor(images[i : i + batch])).latent_dist.mode() for i in range(0, len(images), batch)]
+        [
+            vae.encode(to_tensor(images[i : i + batch]).to(vae.device)).latent_dist.mode()
+            for i in range(0, len(images), batch)
+        ]
     )
 
 
 @torch.no_grad()
 def decode(vae: Any, latents: torch.Tensor, batch: int = 16) -> torch.Tensor:
-    return torch.cat([vae.decode(latents[i : i + batch]).sample for i in range(0, len(latents), batch)])
+    return torch.cat([vae.decode(latents[i : i + batch]).sample.cpu() for i in range(0, len(latents), batch)])
 
 
 # --- VAE stage --------------------------------------------------------------------------------------
@@ -250,13 +269,14 @@ def train_vae(args: argparse.Namespace, config: ReferenceConfig, images: npt.NDA
     """Reconstruction (L1 + edge L1) + small KL on random crops; then latent scale/shift; save OUT/vae."""
     stage_start = time.perf_counter()
     torch.manual_seed(args.seed)
+    device = torch.device(args.device)
     vae: Any = untrained_components(config, modules=("vae",))["vae"]
     with torch.no_grad():
         # Start the posterior narrow (std e^-3): from diffusers' init (std ~1) the latents drown in sampling
         # noise and the encoder spends hundreds of steps inflating its means; shape colours come last.
         channels = vae.config.latent_channels
         vae.encoder.conv_out.bias[channels:] = args.vae_initial_logvar
-    vae.train()
+    vae.to(device).train()
     optimiser = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(args.seed * 1000 + 1)
     crop, size = args.vae_crop, config.image_size
@@ -267,11 +287,12 @@ def train_vae(args: argparse.Namespace, config: ReferenceConfig, images: npt.NDA
         x = to_tensor(images[index.numpy()][:, top : top + crop, left : left + crop])
         flips, turns = (int(v) for v in torch.randint(4, (2,), generator=generator))
         # No captions here, so flips and right-angle turns are free augmentation.
-        x = torch.rot90(x.flip(-1) if flips & 1 else x, turns, dims=(-2, -1))
+        x = torch.rot90(x.flip(-1) if flips & 1 else x, turns, dims=(-2, -1)).to(device)
         for group in optimiser.param_groups:
             group["lr"] = args.vae_lr * lr_factor(progress.step, 100, args.vae_steps)
-        with autocast(args.bf16):
+        with autocast(args.bf16, device):
             posterior = vae.encode(x).latent_dist
+            # diffusers draws this noise with the CPU generator and moves it to the device.
             recon = vae.decode(posterior.sample(generator=generator)).sample.float()
         l1 = (recon - x).abs().mean()
         edge = sum(((recon.diff(dim=d) - x.diff(dim=d)).abs().mean() for d in (-1, -2)), start=torch.zeros(()))
@@ -292,10 +313,10 @@ def train_vae(args: argparse.Namespace, config: ReferenceConfig, images: npt.NDA
     heldout = ShapesDataset.split("heldout", seed=args.data_seed, length=args.eval_images, size=size)
     originals = render_images(heldout)
     decoded = to_uint8(decode(vae, encode(vae, originals)))
-    posterior_std = float(vae.encode(to_tensor(originals[:8])).latent_dist.std.mean())
+    posterior_std = float(vae.encode(to_tensor(originals[:8]).to(device)).latent_dist.std.mean())
     torch.set_grad_enabled(True)
     out = args.out / "vae"
-    vae.save_pretrained(out)
+    vae.to("cpu").save_pretrained(out)
     save_grid(np.concatenate([originals[:8], decoded[:8]]), args.out / "samples-vae.png")
     summary.update(
         wall_seconds=round(time.perf_counter() - stage_start, 1),
@@ -392,8 +413,8 @@ class FluxFamily(Family):
             timestep=sigma,  # the pipeline passes t / 1000 = sigma; the model multiplies by 1000
             pooled_projections=pooled,
             encoder_hidden_states=embeds,
-            txt_ids=torch.zeros(embeds.shape[1], 3),  # as FluxPipeline.encode_prompt: text at position 0
-            img_ids=image_ids(math.isqrt(x_t.shape[1])),
+            txt_ids=torch.zeros(embeds.shape[1], 3, device=x_t.device),  # as encode_prompt: text at position 0
+            img_ids=image_ids(math.isqrt(x_t.shape[1])).to(x_t.device),
             return_dict=False,
         )[0]
         return pred
@@ -445,7 +466,7 @@ def flow_loss(
     """Rectified flow: x_t = (1 - sigma) x0 + sigma noise, and the model predicts v = noise - x0."""
     s = sigma.view(-1, *([1] * (x0.dim() - 1)))
     x_t = (1 - s) * x0 + s * noise
-    with autocast(bf16):
+    with autocast(bf16, x0.device):
         pred = family.predict(transformer, x_t, sigma, text)
     return F.mse_loss(pred.float(), noise - x0)
 
@@ -460,8 +481,9 @@ def train_transformer(
     """Train the family's transformer on cached latents and text features; save the whole pipeline."""
     stage_start = time.perf_counter()
     torch.manual_seed(args.seed)
+    device = torch.device(args.device)
     vae: Any = AutoencoderKL.from_pretrained(args.out / "vae").eval()  # type: ignore[no-untyped-call]
-    pipe: Any = family.pipeline(config, vae)
+    pipe: Any = family.pipeline(config, vae).to(device)
     pipe.set_progress_bar_config(disable=True)
     transformer = pipe.transformer
     captions = [dataset.scene(i).caption() for i in range(len(dataset))]
@@ -495,12 +517,12 @@ def train_transformer(
         grid = "low" if float(torch.rand((), generator=generator)) < args.lowres_fraction else "full"
         index = torch.randint(len(captions), (args.batch_size,), generator=generator)
         drop = torch.rand(args.batch_size, generator=generator) < args.caption_dropout
-        x0 = cache[grid][index]
-        noise = torch.randn(x0.shape, generator=generator)
-        sigma = sample_sigmas(args.timesteps, args.batch_size, config.shift, generator)
+        x0 = cache[grid][index.to(device)]
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        sigma = sample_sigmas(args.timesteps, args.batch_size, config.shift, generator).to(device)
         for group in optimiser.param_groups:
             group["lr"] = args.lr * lr_factor(progress.step, args.warmup_steps, max_steps)
-        rows = torch.where(drop, len(captions), index)
+        rows = torch.where(drop, len(captions), index).to(device)
         loss = flow_loss(family, transformer, x0, sigma, noise, tuple(t[rows] for t in text), args.bf16)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]  # (torch leaves Tensor.backward unannotated)
@@ -520,6 +542,7 @@ def train_transformer(
     summary["heldout_loss"] = heldout_loss(args, config, pipe, family)
 
     out = args.out / family.name
+    pipe.to("cpu")
     if args.save_dtype == "float16":
         torch.nn.Module.to(transformer, torch.float16)  # ModelMixin.to warns about fp32-pinned modules; none here
     pipe.save_pretrained(out)
@@ -543,8 +566,8 @@ def heldout_loss(args: argparse.Namespace, config: ReferenceConfig, pipe: Any, f
     generator = torch.Generator().manual_seed(12345)
     losses = []
     for sigma in (0.25, 0.5, 0.75, 0.9):
-        noise = torch.randn(x0.shape, generator=generator)
-        sigmas = torch.full((len(x0),), sigma)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        sigmas = torch.full((len(x0),), sigma, device=x0.device)
         losses.append(float(flow_loss(family, pipe.transformer, x0, sigmas, noise, text, args.bf16)))
     return float(np.mean(losses))
 
@@ -584,7 +607,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = ReferenceConfig(seed=args.seed)
+    config = ReferenceConfig(seed=args.seed, num_attention_heads=args.attention_heads)
     args.out.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {
         "command": command(argv),
