@@ -117,7 +117,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--attention-heads",
         type=int,
         default=ReferenceConfig().num_attention_heads,
-        help="transformer width in heads of 32 channels (both families)",
+        help=f"transformer width in heads of {ReferenceConfig().attention_head_dim} channels (both families)",
     )
     flux.add_argument("--batch-size", type=int, default=16)
     flux.add_argument("--lr", type=float, default=2e-3)
