@@ -70,6 +70,7 @@ SCRIPT = "packages/ralu-bench/scripts/train_reference.py"
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    defaults = ReferenceConfig()
     p.add_argument(
         "--stage",
         nargs="+",
@@ -116,8 +117,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     flux.add_argument(
         "--attention-heads",
         type=int,
-        default=ReferenceConfig().num_attention_heads,
-        help=f"transformer width in heads of {ReferenceConfig().attention_head_dim} channels (both families)",
+        default=defaults.num_attention_heads,
+        help=f"transformer width in heads of {defaults.attention_head_dim} channels (both families)",
     )
     flux.add_argument("--batch-size", type=int, default=16)
     flux.add_argument("--lr", type=float, default=2e-3)
@@ -346,8 +347,8 @@ def downsample(images: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     return np.asarray(small.round(), dtype=np.uint8)
 
 
-def image_ids(side: int) -> torch.Tensor:
-    ids: torch.Tensor = FluxPipeline._prepare_latent_image_ids(1, side, side, torch.device("cpu"), torch.float32)
+def image_ids(side: int, device: torch.device) -> torch.Tensor:
+    ids: torch.Tensor = FluxPipeline._prepare_latent_image_ids(1, side, side, device, torch.float32)
     return ids
 
 
@@ -414,7 +415,7 @@ class FluxFamily(Family):
             pooled_projections=pooled,
             encoder_hidden_states=embeds,
             txt_ids=torch.zeros(embeds.shape[1], 3, device=x_t.device),  # as encode_prompt: text at position 0
-            img_ids=image_ids(math.isqrt(x_t.shape[1])).to(x_t.device),
+            img_ids=image_ids(math.isqrt(x_t.shape[1]), x_t.device),
             return_dict=False,
         )[0]
         return pred
