@@ -125,6 +125,7 @@ def test_train_script_end_to_end_and_offline_load(tmp_path: Path, monkeypatch: p
         saved = json.loads((tmp_path / "flux" / "training.json").read_text())
         assert saved["command"].endswith(" ".join(argv)) and saved["seed"] == 0
         assert {"torch", "diffusers"} <= set(saved["versions"]) and saved["flux"]["wall_seconds"] > 0
+        assert saved["machine"]["device"] == "cpu" and saved["machine"]["accelerator"] is None
         assert (tmp_path / "vae" / "config.json").exists() and (tmp_path / "samples-flux.png").exists()
         vae_config = json.loads((tmp_path / "vae" / "config.json").read_text())
         assert vae_config["scaling_factor"] != 1.0 and vae_config["shift_factor"] != 0.0

@@ -622,6 +622,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "cpu_count": os.cpu_count(),
             "threads": args.threads,
             "load_average_at_start": os.getloadavg(),
+            "device": args.device,
+            "accelerator": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else None,
         },
     }
     start = time.perf_counter()
