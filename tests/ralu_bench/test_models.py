@@ -119,7 +119,8 @@ def test_fewer_step_controls_spend_the_flops_of_their_ralu_recipe(name: str) -> 
 
 SHAPEEVAL_FLOOR = {"flux-shapes": 13 / 16, "sd3-shapes": 14 / 16}
 """Exact-set ShapeEval accuracy the shipped baselines must keep on the first 16 held-out prompts, where they
-scored 15/16 and 16/16 (96 prompts: 0.885 and 0.948, docs/benchmarks.md section 6). Slack of two images for
+scored 15/16 and 16/16 as this test samples them (28 steps, one batch of 16, seed 0; the 50-step baselines
+of docs/benchmarks.md section 6 score 0.885 and 0.948 on 96 prompts). Slack of two images for
 floating-point differences between CPUs. Both floors are above the 70 % goal; the CPU-trained models these
 replaced (8/16 and 2/16) would fail them."""
 
