@@ -9,6 +9,7 @@ import pytest
 from ralu_bench.shapeeval import parse_caption
 from ralu_bench.shapes import ShapesDataset
 from ralu_core.plugins import Registry, create_plugin_manager
+from ralu_core.recipes.loader import load_recipe_file
 
 
 def registry() -> Registry:
@@ -55,3 +56,37 @@ def test_shapeeval_jaccard_gives_partial_credit() -> None:
     # One of two named pairs is seen, plus the unnamed real one: 1 shared of 3 in the union.
     assert metric.score(scene.image, None, wrong) == pytest.approx(1 / 3)
     assert metric.score(scene.image, None, "a photo of a cat") is None
+
+
+ABLATIONS = {  # ablation recipe -> (the RALU recipe it ablates, what it changes)
+    "ralu-flux-4x-naive": ("ralu-flux-4x", "naive"),
+    "ralu-flux-5x-naive": ("ralu-flux-5x", "naive"),
+    "ralu-flux-7x-naive": ("ralu-flux-7x", "naive"),
+    "ralu-flux-7x-random": ("ralu-flux-7x", "random"),
+    "ralu-sd3-3x-naive": ("ralu-sd3-3x", "naive"),
+    "ralu-sd3-3x-random": ("ralu-sd3-3x", "random"),
+}
+
+
+@pytest.mark.parametrize("ablation", sorted(ABLATIONS))
+def test_ablation_recipes_change_only_what_their_name_says(ablation: str) -> None:
+    """The findings compare each ablation with its RALU recipe: same stages, steps, ends and model, and one
+    change: naive upsampling without the NT-DM rewind, or random instead of Canny-edge selection."""
+    reg = registry()
+    target_name, change = ABLATIONS[ablation]
+    ablated, target = (load_recipe_file(reg.recipes[name].obj) for name in (ablation, target_name))
+    assert reg.recipes[ablation].plugin == "bench"
+    assert (ablated.model, len(ablated.stages)) == (target.model, len(target.stages))
+    for a, t in zip(ablated.stages, target.stages, strict=True):
+        assert (a.steps, a.end, a.level, a.step_tokens) == (t.steps, t.end, t.level, t.step_tokens)
+    later = list(zip(ablated.stages[1:], target.stages[1:], strict=True))
+    if change == "naive":
+        assert ablated.schedule.params == {**target.schedule.params, "rewind": False}
+        assert all(a.transition is not None and a.transition.name == "naive-upsample" for a, _ in later)
+        assert all(a.selector == t.selector for a, t in later)
+    else:
+        assert ablated.schedule == target.schedule
+        assert all(a.transition == t.transition for a, t in later)
+        edge = [(a.selector, t.selector) for a, t in later if t.selector and t.selector.name == "canny-edge"]
+        assert edge and all(a is not None and a.name == "random" for a, _ in edge)
+        assert all(a is not None and a.params["ratio"] == t.params["ratio"] for a, t in edge)  # equal FLOPs
