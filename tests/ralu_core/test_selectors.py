@@ -1,16 +1,19 @@
-"""Token selectors: the Canny and gradient selectors find a synthetic edge; random is per image."""
+"""Token selectors: the Canny and gradient selectors find synthetic edges whatever their contrast, fill
+up by gradient where edges run out, and leave ties to the call's generator; random is per image."""
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import torch
 
+from ralu_core.strategies.base import SelectionRequest
 from ralu_core.strategies.selectors import (
     AllSelector,
     CannyEdgeSelector,
     LatentGradientSelector,
     RandomSelector,
-    top_count,
+    rank_top,
 )
 from ralu_core.testing import TokenSelectorContract, half_resolution_request
 from ralu_core.testing import seeded_generators as generators
@@ -76,9 +79,131 @@ def test_all_selects_every_candidate() -> None:
     assert picks.tolist() == [list(range(16))] * 2
 
 
-def test_top_count_breaks_ties_by_position_and_sorts() -> None:
-    scores = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0]])
-    assert top_count(scores, 2).tolist() == [[1, 2]]
+def test_rank_top_orders_by_keys_lexicographically_and_sorts() -> None:
+    first = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0]])
+    second = torch.tensor([[9.0, 0.0, 1.0, 9.0, 2.0]])  # only breaks the ties of the first key
+    assert rank_top([first, second], 2, generators(0)).tolist() == [[2, 4]]
+    assert rank_top([first, second], 4, generators(0)).tolist() == [[0, 1, 2, 4]]
+
+
+def test_rank_top_leaves_remaining_ties_to_the_generator() -> None:
+    tied = torch.zeros(1, 64)
+    picks = {tuple(rank_top([tied], 8, generators(seed))[0].tolist()) for seed in range(6)}
+    assert len(picks) == 6  # every seed draws another set
+    assert rank_top([tied], 8, generators(3)).tolist() == rank_top([tied], 8, generators(3)).tolist()
+    # Over many draws every position is taken about equally often: no place in the grid is favoured.
+    counts = torch.zeros(64)
+    for seed in range(400):
+        counts[rank_top([tied], 8, generators(seed))[0]] += 1
+    assert counts.min() > 25 and counts.max() < 75  # expected 50 each
+
+
+def with_decoded(request: SelectionRequest, transform) -> SelectionRequest:  # type: ignore[no-untyped-def]
+    """The same request, but `decode` passes the decoded image through `transform` (contrast, brightness)."""
+    decode = request.decode
+    return attrs.evolve(request, decode=lambda latent: transform(decode(latent)))
+
+
+def token_set(request: SelectionRequest, picks: torch.Tensor, image: int = 0) -> set[tuple[int, int]]:
+    """The selected tokens as (row, col) of the half-resolution token grid."""
+    chosen = torch.gather(request.candidates, 1, picks)[image]
+    return {(int(r) // 2, int(c) // 2) for r, c in request.state.cells[image, chosen].tolist()}
+
+
+def square_ring_latent(low: float, high: float) -> torch.Tensor:
+    """A 16 x 16 half-res latent (8 x 8 tokens of 2 x 2) holding a square whose sides run through the
+    middle of token rows/columns 1 and 6: exactly the 20 tokens of that ring carry its edges."""
+    latent = torch.full((1, 4, 16, 16), low)
+    latent[:, :, 3:13, 3:13] = high
+    return latent
+
+
+RING = {(r, c) for r in range(1, 7) for c in range(1, 7) if r in (1, 6) or c in (1, 6)}
+
+
+@pytest.mark.parametrize("contrast", [4.0, 0.1, 0.04])
+def test_canny_selects_every_edge_token_of_a_low_contrast_shape(contrast: float) -> None:
+    """The toy decoder is sigmoid(2x): a square at +-0.02 decodes to grey 0.49 / 0.51, a 5-level step
+    in 8 bits, which the paper's fixed thresholds on the raw image never call an edge."""
+    request = half_resolution_request(square_ring_latent(-contrast / 2, contrast / 2))
+    selector = CannyEdgeSelector(CannyEdgeSelector.Config(ratio=20 / 64))
+    assert token_set(request, selector.select(request)) == RING
+
+
+def test_canny_fills_up_with_edge_adjacent_tokens_before_flat_ones() -> None:
+    """A step on a token boundary: Canny marks one side of it, the Sobel gradient both. Asked for two
+    columns' worth, the selector takes both columns at the step and no token of the flat regions."""
+    latent = torch.full((1, 4, 16, 16), -1.0)
+    latent[:, :, :, 8:] = 1.0  # the step lies between token columns 3 and 4
+    request = half_resolution_request(latent)
+    picks = CannyEdgeSelector(CannyEdgeSelector.Config(ratio=16 / 64)).select(request)
+    assert {col for _, col in token_set(request, picks)} == {3, 4}
+
+
+def test_canny_ranks_weak_edges_above_flat_regions() -> None:
+    """A strong step and, far from it, a weak one that Canny's hysteresis drops: the weak edge's tokens
+    come right after the strong edge's, before any flat token."""
+    latent = torch.full((1, 4, 16, 16), -2.0)
+    latent[:, :, :, 3:] = 2.0  # strong step inside token column 1
+    latent[:, :, :, 11:] = 1.9  # weak step inside token column 5
+    request = half_resolution_request(latent)
+    selector = CannyEdgeSelector(CannyEdgeSelector.Config(ratio=16 / 64))
+    assert int(selector.ranking(request)[0].reshape(8, 8)[:, 5].sum()) == 0  # no Canny edge pixel there
+    assert {col for _, col in token_set(request, selector.select(request))} == {1, 5}
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [lambda rgb: 0.5 + (rgb - 0.5) / 2, lambda rgb: rgb / 2 + 0.3, lambda rgb: rgb / 5],
+    ids=["half-contrast", "shifted-brightness", "dim"],
+)
+def test_canny_selection_does_not_depend_on_contrast_or_brightness(transform) -> None:  # type: ignore[no-untyped-def]
+    """Three shapes of different contrast on a grey background: scaling the decoded image's contrast or
+    shifting its brightness changes neither the edge tokens nor the order of the rest."""
+    latent = torch.zeros(2, 4, 16, 16)
+    latent[:, :, 2:7, 2:9] = 0.7
+    latent[:, :, 9:14, 3:6] = -0.5
+    latent[:, :, 10:15, 9:15] = 0.3
+    latent[1] = latent[1].flip(-1)
+    selector = CannyEdgeSelector(CannyEdgeSelector.Config(ratio=0.4))
+    request = half_resolution_request(latent, generator=generators(3, 4))
+    changed = with_decoded(request, transform)
+    assert torch.equal(selector.select(request), selector.select(changed))
+
+
+def test_canny_without_stretch_keeps_the_papers_literal_thresholds() -> None:
+    """`stretch: false` is the paper's pipeline as written: the low-contrast square has no edges."""
+    request = half_resolution_request(square_ring_latent(-0.02, 0.02))
+    literal = CannyEdgeSelector(CannyEdgeSelector.Config(stretch=False))
+    assert float(literal.ranking(request)[0].sum()) == 0.0
+    assert float(CannyEdgeSelector().ranking(request)[0].sum()) > 0.0
+
+
+@pytest.mark.parametrize("selector", [CannyEdgeSelector(), LatentGradientSelector()], ids=["canny", "gradient"])
+def test_edge_selectors_draw_a_flat_image_from_the_generator(selector) -> None:  # type: ignore[no-untyped-def]
+    """Nothing to rank on a flat image: the choice is the generator's, not the first rows of the grid."""
+    flat = torch.full((1, 4, 16, 16), 0.3)
+    first = selector.select(half_resolution_request(flat, generator=generators(0)))
+    again = selector.select(half_resolution_request(flat, generator=generators(0)))
+    other = selector.select(half_resolution_request(flat, generator=generators(1)))
+    count = selector.planned_count(64)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    assert first[0].tolist() != list(range(count))
+    rows = {int(r) // 2 for r in half_resolution_request(flat).state.cells[0, first[0], 0]}
+    assert len(rows) > 4  # spread over the grid, not packed into the top rows
+
+
+def test_latent_gradient_breaks_ties_of_equal_edges_by_generator() -> None:
+    """A vertical step gives every token of its column the same gradient; asked for half of them, the
+    generator picks which half, and the other columns stay unpicked."""
+    latent = torch.full((1, 4, 16, 16), -1.0)
+    latent[:, :, :, 3:] = 1.0
+    selector = LatentGradientSelector(LatentGradientSelector.Config(ratio=4 / 64))
+    requests = [half_resolution_request(latent, generator=generators(seed)) for seed in range(4)]
+    picked = [token_set(r, selector.select(r)) for r in requests]
+    assert all({col for _, col in tokens} == {1} for tokens in picked)
+    assert len({frozenset(tokens) for tokens in picked}) > 1
 
 
 @pytest.mark.parametrize("ratio", [0.0, -0.1, 1.5])

@@ -4,22 +4,34 @@ RALU upsamples edge regions first because that is where a half-resolution latent
 paper scores each low-res token by the Canny edge pixels of the decoded clean estimate inside
 its footprint and takes the top r. `latent-gradient` is the paper's cheaper ablation (no VAE
 decode), `random` the control, `all` the final full-resolution transition.
+
+Ranking rules shared by every ratio selector: scores are compared lexicographically (a selector
+may give secondary scores that only break the ties of the first), and ties that remain are broken
+by a uniform draw from the call's generator, never by a token's place in the grid.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import attrs
 import cv2
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
 from ralu_core.errors import ConfigFieldError
-from ralu_core.randomness import rand
+from ralu_core.randomness import GeneratorArg, rand
 from ralu_core.strategies.base import SelectionRequest, TokenSelector
 from ralu_core.tokens import FULL, HALF, TokenState, gather_tokens
+
+GREY_WEIGHTS = (0.299, 0.587, 0.114)
+"""ITU-R BT.601 luma, what OpenCV's RGB -> grey conversion uses (and the paper with it)."""
+
+FLAT_RANGE = 1.0 / 255.0
+"""A grey image whose whole range is below one 8-bit level has no edges to find: it is not stretched."""
 
 
 def _ratio_in_range(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -29,11 +41,23 @@ def _ratio_in_range(instance: object, attribute: attrs.Attribute[float], value: 
         )
 
 
-def top_count(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """Positions of the `count` highest scores per row; ties go to the lower position, and the
-    result is sorted ascending so that the token layout does not depend on score order."""
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :count]
-    return torch.sort(order, dim=1).values
+def rank_top(keys: Sequence[torch.Tensor], count: int, generator: GeneratorArg) -> torch.Tensor:
+    """Positions of the `count` best candidates per row, sorted ascending.
+
+    `keys` are (B, M) scores, higher is better, most significant first: a later key only orders
+    candidates that tie on every earlier one. What still ties is ordered by one uniform draw per
+    candidate from `generator` (drawn whatever the scores, so the random stream a call consumes
+    does not depend on the image), so no token wins a tie by its position.
+    """
+    if not keys:
+        raise ValueError("rank_top needs at least one score tensor")
+    shape = tuple(keys[0].shape)
+    device = keys[0].device
+    order = torch.argsort(rand(shape, generator, device=device), dim=1, descending=True)
+    for key in reversed(keys):  # least significant first; stable sorts keep the earlier order among ties
+        ranked = torch.sort(torch.gather(key, 1, order), dim=1, descending=True, stable=True).indices
+        order = torch.gather(order, 1, ranked)
+    return torch.sort(order[:, :count], dim=1).values
 
 
 def footprint_scores(cell_map: torch.Tensor, state: TokenState, candidates: torch.Tensor) -> torch.Tensor:
@@ -63,7 +87,11 @@ def _block_sum(image_map: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
 
 
 class RatioSelector(TokenSelector):
-    """Base for selectors that keep the top `ratio` of the candidates by a score."""
+    """Base for selectors that keep the top `ratio` of the candidates by a score.
+
+    Subclasses write `scores`; they may override `ranking` to add secondary scores that break the
+    first one's ties. Remaining ties go to the call's generator (see `rank_top`).
+    """
 
     @attrs.frozen(kw_only=True)
     class Config:
@@ -76,9 +104,13 @@ class RatioSelector(TokenSelector):
     def scores(self, request: SelectionRequest) -> torch.Tensor:
         raise NotImplementedError
 
+    def ranking(self, request: SelectionRequest) -> tuple[torch.Tensor, ...]:
+        """(B, M) scores, most significant first. Default: `scores` alone."""
+        return (self.scores(request),)
+
     def select(self, request: SelectionRequest) -> torch.Tensor:
         count = self.planned_count(request.candidates.shape[1])
-        return top_count(self.scores(request), count)
+        return rank_top(self.ranking(request), count, request.generator)
 
 
 def _require_clean_estimate(request: SelectionRequest, name: str) -> torch.Tensor:
@@ -87,8 +119,48 @@ def _require_clean_estimate(request: SelectionRequest, name: str) -> torch.Tenso
     return request.clean_estimate
 
 
+def grey_levels(images: torch.Tensor) -> npt.NDArray[np.float64]:
+    """(B, 3, H, W) RGB in [0, 1] -> (B, H, W) luma in [0, 1], float64 on the CPU."""
+    rgb = images.detach().float().clamp(0, 1).cpu().numpy().astype(np.float64)
+    weights = np.asarray(GREY_WEIGHTS, dtype=np.float64)
+    return np.asarray(np.einsum("bchw,c->bhw", rgb, weights), dtype=np.float64)
+
+
+def stretch_contrast(grey: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Map one grey image's own [min, max] onto [0, 1]: its contrast and brightness no longer matter.
+
+    An image flatter than `FLAT_RANGE` comes back all zeros: it has no edges, and stretching it
+    would turn rounding noise into edges.
+    """
+    low, high = float(grey.min()), float(grey.max())
+    if high - low < FLAT_RANGE:
+        return np.zeros_like(grey)
+    return (grey - low) / (high - low)
+
+
+def to_eight_bit(grey: npt.NDArray[np.float64]) -> npt.NDArray[np.uint8]:
+    """[0, 1] -> 0..255, rounded: the image Canny's thresholds are defined on."""
+    return np.ascontiguousarray(np.rint(np.clip(grey, 0.0, 1.0) * 255.0).astype(np.uint8))
+
+
+def sobel_magnitude(grey_u8: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
+    """|d/dx| + |d/dy| of the 3 x 3 Sobel operator, Canny's own gradient norm, border replicated.
+
+    On an 8-bit image every value is an integer, so sums over tokens are exact and equal regions
+    tie exactly (their order is then the generator's, not float round-off's).
+    """
+    dx = cv2.Sobel(grey_u8, cv2.CV_64F, 1, 0, ksize=3, borderType=cv2.BORDER_REPLICATE)
+    dy = cv2.Sobel(grey_u8, cv2.CV_64F, 0, 1, ksize=3, borderType=cv2.BORDER_REPLICATE)
+    return np.asarray(np.abs(dx) + np.abs(dy), dtype=np.float64)
+
+
 class CannyEdgeSelector(RatioSelector):
-    """Top-r tokens by Canny edge pixels of the VAE-decoded clean estimate (the RALU paper's choice)."""
+    """Top-r tokens by Canny edge pixels of the VAE-decoded clean estimate (the RALU paper's choice).
+
+    Where fewer tokens carry edges than the ratio asks, the rest are ranked by the Sobel gradient
+    magnitude of the same 8-bit image (weak edges, shading); tokens with neither are truly flat and
+    are drawn from the call's generator.
+    """
 
     name: ClassVar[str] = "canny-edge"
     decodes: ClassVar[bool] = True
@@ -98,9 +170,13 @@ class CannyEdgeSelector(RatioSelector):
         ratio: float = attrs.field(default=0.3, validator=_ratio_in_range)
         """Fraction of candidates upsampled. The paper uses 0.2-0.3; quality peaks near 0.3."""
         low_threshold: float = attrs.field(default=100.0, validator=attrs.validators.ge(0.0))
-        """Canny hysteresis low threshold on an 8-bit grey image."""
+        """Canny hysteresis low threshold on the 8-bit grey image (the paper's 100)."""
         high_threshold: float = attrs.field(default=200.0, validator=attrs.validators.ge(0.0))
-        """Canny hysteresis high threshold on an 8-bit grey image."""
+        """Canny hysteresis high threshold on the 8-bit grey image (the paper's 200)."""
+        stretch: bool = True
+        """Stretch each grey image to the full 0-255 range before Canny, so that the thresholds mean the
+        same for a dim, washed-out or low-contrast clean estimate as for a full-range one. False runs
+        Canny on the grey image as decoded (the paper's literal pipeline: it misses low-contrast edges)."""
 
         def __attrs_post_init__(self) -> None:
             if self.low_threshold > self.high_threshold:
@@ -108,27 +184,48 @@ class CannyEdgeSelector(RatioSelector):
                     f"low_threshold ({self.low_threshold}) must not exceed high_threshold ({self.high_threshold})"
                 )
 
+    def grey_images(self, images: torch.Tensor) -> list[npt.NDArray[np.uint8]]:
+        """(B, 3, H, W) RGB in [0, 1] -> per image, the 8-bit grey image that Canny runs on."""
+        return [to_eight_bit(stretch_contrast(g) if self.config.stretch else g) for g in grey_levels(images)]
+
     def edge_map(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) RGB in [0, 1] -> (B, H, W) float, 1 at Canny edge pixels."""
-        weights = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32, device=images.device)
-        grey = (images.float().clamp(0, 1) * weights[:, None, None]).sum(dim=1)
-        grey_u8 = (grey * 255.0).round().to(torch.uint8).cpu().numpy()
-        edges = [
-            cv2.Canny(np.ascontiguousarray(g), self.config.low_threshold, self.config.high_threshold) > 0
-            for g in grey_u8
-        ]
-        return torch.from_numpy(np.stack(edges)).to(torch.float32)
+        return self._edges(self.grey_images(images))
+
+    def gradient_map(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) RGB in [0, 1] -> (B, H, W) Sobel magnitude of the 8-bit image Canny sees."""
+        return self._gradients(self.grey_images(images))
+
+    def _edges(self, greys: list[npt.NDArray[np.uint8]]) -> torch.Tensor:
+        low, high = self.config.low_threshold, self.config.high_threshold
+        return torch.from_numpy(np.stack([cv2.Canny(g, low, high) > 0 for g in greys])).to(torch.float32)
+
+    def _gradients(self, greys: list[npt.NDArray[np.uint8]]) -> torch.Tensor:
+        # Integers below 2^24 even summed over a 1024^2 image's token: float32 keeps them (and ties) exact.
+        return torch.from_numpy(np.stack([sobel_magnitude(g) for g in greys])).to(torch.float32)
+
+    def ranking(self, request: SelectionRequest) -> tuple[torch.Tensor, ...]:
+        """Edge pixels in each candidate's footprint, then the gradient magnitude summed over it."""
+        clean = _require_clean_estimate(request, self.name)
+        greys = self.grey_images(request.decode(request.render(clean, HALF)))
+        grid = request.state.grid
+        per_token = []
+        for pixel_map in (self._edges(greys), self._gradients(greys)):
+            cell_map = _block_sum(pixel_map, grid.rows, grid.cols).to(clean.device)
+            per_token.append(footprint_scores(cell_map, request.state, request.candidates))
+        return tuple(per_token)
 
     def scores(self, request: SelectionRequest) -> torch.Tensor:
-        clean = _require_clean_estimate(request, self.name)
-        images = request.decode(request.render(clean, HALF))
-        grid = request.state.grid
-        cell_map = _block_sum(self.edge_map(images), grid.rows, grid.cols)
-        return footprint_scores(cell_map.to(clean.device), request.state, request.candidates)
+        """Edge pixels in each candidate's footprint (the primary score of `ranking`)."""
+        return self.ranking(request)[0]
 
 
 class LatentGradientSelector(RatioSelector):
-    """Top-r tokens by Sobel gradient magnitude of the clean estimate in latent space (no decode)."""
+    """Top-r tokens by Sobel gradient magnitude of the clean estimate in latent space (no decode).
+
+    The magnitude does not depend on the latent's offset, and scaling it scales every score alike,
+    so the ranking is contrast-free without thresholds; flat tokens tie and go to the generator.
+    """
 
     name: ClassVar[str] = "latent-gradient"
 
@@ -153,7 +250,8 @@ class RandomSelector(RatioSelector):
     name: ClassVar[str] = "random"
 
     def scores(self, request: SelectionRequest) -> torch.Tensor:
-        return rand(tuple(request.candidates.shape), request.generator, device=request.candidates.device)
+        """No preference: every candidate ties, so the call's generator alone decides (see `rank_top`)."""
+        return torch.zeros(request.candidates.shape, device=request.candidates.device)
 
 
 class AllSelector(TokenSelector):
