@@ -64,7 +64,10 @@ ABLATIONS = {  # ablation recipe -> (the RALU recipe it ablates, what it changes
     "ralu-flux-4x-naive": ("ralu-flux-4x", "naive"),
     "ralu-flux-5x-naive": ("ralu-flux-5x", "naive"),
     "ralu-flux-7x-naive": ("ralu-flux-7x", "naive"),
+    "ralu-flux-4x-random": ("ralu-flux-4x", "random"),
     "ralu-flux-7x-random": ("ralu-flux-7x", "random"),
+    "ralu-sd3-2x-naive": ("ralu-sd3-2x", "naive"),
+    "ralu-sd3-2x-random": ("ralu-sd3-2x", "random"),
     "ralu-sd3-3x-naive": ("ralu-sd3-3x", "naive"),
     "ralu-sd3-3x-random": ("ralu-sd3-3x", "random"),
 }
@@ -72,8 +75,9 @@ ABLATIONS = {  # ablation recipe -> (the RALU recipe it ablates, what it changes
 
 def ablate(target: Recipe, change: str) -> Recipe:
     """The RALU recipe with only the change an ablation's name promises (name and description aside)."""
-    if change == "naive":  # naive upsampling: no timestep rewind, no noise correction
-        schedule = attrs.evolve(target.schedule, params={**target.schedule.params, "rewind": False})
+    if change == "naive":  # naive upsampling: no rewind, no noise correction, pieces of the base schedule
+        kept = {k: v for k, v in target.schedule.params.items() if k not in ("shifts", "c", "source")}
+        schedule = attrs.evolve(target.schedule, params={**kept, "rewind": False})
         naive = StrategyRef(name="naive-upsample")
         return attrs.evolve(
             target,

@@ -164,6 +164,27 @@ def test_schedule_parameter_validation(registry) -> None:  # type: ignore[no-unt
     assert len(found) == 1 and found[0].startswith("$.schedule.c:") and "0.25" in found[0]
 
 
+@pytest.mark.parametrize(
+    ("schedule", "path", "words"),
+    [
+        ({"name": "nt-dm", "rewind": False, "c": 0.02}, "$.schedule.c", "no effect with `rewind: false`"),
+        ({"name": "nt-dm", "source": "a paper"}, "$.schedule.source", "give them"),
+        ({"name": "nt-dm", "shifts": [3.0, 3.0, 3.0]}, "$.schedule", "give both `shifts` and `c`"),
+    ],
+)
+def test_pinned_schedule_parameters_must_make_sense_together(registry, schedule, path: str, words: str) -> None:  # type: ignore[no-untyped-def]
+    found = problems(variant(schedule=schedule), registry)
+    assert len(found) == 1 and found[0].startswith(path) and words in found[0]
+
+
+def test_a_pinned_schedule_runs_its_values_and_says_so(registry) -> None:  # type: ignore[no-untyped-def]
+    pinned = {"name": "nt-dm", "base_shift": 3.0, "shifts": [4.0, 2.5, 2.0], "c": 0.02, "source": "my notes"}
+    runtime = resolve_recipe(load_recipe_text(variant(schedule=pinned)), registry)
+    solution = runtime.schedule.solution([s.spec for s in runtime.stages], 3.0)
+    assert solution.shifts == (4.0, 2.5, 2.0) and solution.c == 0.02
+    assert runtime.schedule.config.mode == "pinned" and runtime.schedule.config.source == "my notes"
+
+
 def test_empty_stages() -> None:
     with pytest.raises(RecipeError, match=r"\$.stages: a recipe needs at least one stage"):
         load_recipe_text("name: x\nschedule: uniform\nstages: []\n")

@@ -21,6 +21,7 @@ from ralu_core.errors import RaluError, RecipeError
 from ralu_core.ntdm import solve_ntdm
 from ralu_core.plugins import KIND_LABELS, Registry, create_plugin_manager, plugin_info
 from ralu_core.recipes import Recipe, find_recipe, resolve_recipe
+from ralu_core.schedule_report import published_for, recipe_schedule
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 EMBEDDED_SIZE = 256  # default image side for the embedded random-weight models (fast on a CPU)
@@ -172,17 +173,66 @@ def cmd_plugins(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _print_stages(data: dict[str, Any]) -> None:
+    print(f"steps {data['steps']}  ends {data['ends']}  base shift {data['base_shift']}")
+    print(f"c = {data['c']}   JS distance = {data['js_distance']:.5f}")
+    for k, (start, end, shift, sigmas) in enumerate(
+        zip(data["starts"], data["ends"], data["shifts"], data["sigmas"], strict=True)
+    ):
+        values = ", ".join(f"{s:.4f}" for s in sigmas)
+        print(f"stage {k + 1}: t in [{start:.4f}, {end:.4f}], shift {shift:.4f}, sigmas [{values}]")
+
+
+def _brief(data: dict[str, Any]) -> str:
+    shifts = ", ".join(f"{h:.4g}" for h in data["shifts"])
+    starts = ", ".join(f"{s:.4f}" for s in data["starts"][1:])
+    return f"shifts {shifts}; c = {data['c']:.4g}; starts {starts}; JS distance {data['js_distance']:.5f}"
+
+
 def cmd_schedule(ns: argparse.Namespace) -> int:
-    solution = solve_ntdm(ns.steps, ns.ends, ns.base_shift)
-    data = solution.to_dict()
+    if ns.recipe is not None:
+        return _schedule_of_recipe(ns)
+    if not ns.steps or not ns.ends:
+        raise RaluError("give a stage plan (--steps N ... --ends E ...) or a recipe (--recipe NAME)")
+    base_shift = 3.0 if ns.base_shift is None else ns.base_shift
+    data = solve_ntdm(ns.steps, ns.ends, base_shift).to_dict()
+    published = published_for(_registry(), ns.steps, ns.ends, base_shift)
+    if ns.json:
+        data["published"] = [
+            {"recipes": list(p.recipes), "source": p.source, **p.solution.to_dict()} for p in published
+        ]
+        print(json.dumps(data, indent=2))
+        return 0
+    print("NT-DM solved for this plan:")
+    _print_stages(data)
+    for p in published:
+        print(f"published ({p.source}; run by {', '.join(p.recipes)}): {_brief(p.solution.to_dict())}")
+    return 0
+
+
+def _schedule_of_recipe(ns: argparse.Namespace) -> int:
+    registry = _registry()
+    runtime = resolve_recipe(find_recipe(ns.recipe, registry), registry)
+    base_shift = 3.0 if ns.base_shift is None else ns.base_shift
+    data = recipe_schedule(runtime, base_shift)
     if ns.json:
         print(json.dumps(data, indent=2))
         return 0
-    print(f"steps {list(solution.steps)}  ends {list(solution.ends)}  base shift {solution.base_shift}")
-    print(f"c = {solution.c}   JS distance = {solution.js_distance:.5f}")
-    for k, stage in enumerate(solution.stages()):
-        sigmas = ", ".join(f"{s:.4f}" for s in stage.sigmas)
-        print(f"stage {k + 1}: t in [{stage.start:.4f}, {stage.end:.4f}], shift {stage.shift:.4f}, sigmas [{sigmas}]")
+    if data["sigmas"] is None:
+        print(f"{data['recipe']}: {data['note']} (steps {data['steps']})")
+        return 0
+    mode = data.get("mode")
+    label = (
+        f"{data['schedule']}" + (f", {mode}" if mode else "") + (f" ({data['source']})" if data.get("source") else "")
+    )
+    print(f"{data['recipe']}: {label}")
+    if "shifts" not in data:  # a plugin's schedule: its sigmas are all we know how to print
+        for k, sigmas in enumerate(data["sigmas"]):
+            print(f"stage {k + 1}: sigmas [{', '.join(f'{s:.4f}' for s in sigmas)}]")
+        return 0
+    _print_stages(data)
+    if "solved" in data:
+        print(f"NT-DM's solver for this plan: {_brief(data['solved'])}")
     return 0
 
 
@@ -342,10 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
     plug = sub.add_parser("plugins", help="installed plugins and what they register")
     plug.set_defaults(func=cmd_plugins)
 
-    sch = sub.add_parser("schedule", help="solve the NT-DM schedule for given stages")
-    sch.add_argument("--steps", type=int, nargs="+", required=True)
-    sch.add_argument("--ends", type=float, nargs="+", required=True)
-    sch.add_argument("--base-shift", type=float, default=3.0)
+    sch = sub.add_parser(
+        "schedule", help="the schedule a recipe runs (--recipe), or NT-DM solved for a stage plan (--steps, --ends)"
+    )
+    sch.add_argument("--recipe", help="built-in name or YAML path: show the schedule it will run")
+    sch.add_argument("--steps", type=int, nargs="+", help="steps per stage of a plan to solve")
+    sch.add_argument("--ends", type=float, nargs="+", help="stage ends in t (0 noise, 1 data), the last 1.0")
+    sch.add_argument("--base-shift", type=float, help="the model's base shift h0 (default: the recipe's, else 3.0)")
     sch.add_argument("--json", action="store_true")
     sch.set_defaults(func=cmd_schedule)
 

@@ -71,6 +71,7 @@ __all__ = [
     "shifted_pdf",
     "solve_ntdm",
     "stage_sigmas",
+    "unrewound_schedule",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -208,8 +209,9 @@ class NTDMSolution:
     """Per-stage shifts and rewind parameter ``c`` for a ``K``-stage schedule.
 
     ``starts[0] == 0.0``; ``starts[k+1] = rewind_start(ends[k], c)``.  ``c`` is ``None`` when
-    ``K == 1`` (no transition).  ``js_distance`` is the natural-log Jensen-Shannon distance
-    between the target and the sampled timestep distributions.
+    ``K == 1`` (no transition) or when the schedule does not rewind (then ``starts[k+1] ==
+    ends[k]``).  ``js_distance`` is the natural-log Jensen-Shannon distance between the target and
+    the sampled timestep distributions.
     """
 
     steps: tuple[int, ...]
@@ -281,6 +283,8 @@ def _js(
     total_w = 1.0
     for k in range(k_stages - 1):
         w = ends[k] - starts[k + 1]
+        if w <= 0.0:  # no rewind: nothing is visited twice
+            continue
         target = target + w * _cell_masses(edges, base_shift, starts[k + 1], ends[k])
         total_w += w
     target = target / total_w
@@ -416,6 +420,29 @@ def fixed_ntdm(
         base_shift=h0,
         shifts=sh,
         c=cc,
+        starts=starts,
+        js_distance=_js(20_000, st, en, sh, starts, h0),
+    )
+
+
+def unrewound_schedule(
+    steps: Sequence[int],
+    ends: Sequence[float],
+    base_shift: float,
+    shifts: Sequence[float] | None = None,
+) -> NTDMSolution:
+    """Stages that follow one another without rewinding (``s_{k+1} = e_k``), for naive-upsampling
+    ablations; each stage's shift defaults to the base shift, i.e. pieces of the base schedule.
+    With no rewind nothing is visited twice, so the target is the base density alone."""
+    st, en, h0 = _validate_schedule(steps, ends, base_shift)
+    sh = _validate_shifts((h0,) * len(st) if shifts is None else shifts, len(st))
+    starts = (0.0, *en[:-1])
+    return NTDMSolution(
+        steps=st,
+        ends=en,
+        base_shift=h0,
+        shifts=sh,
+        c=None,
         starts=starts,
         js_distance=_js(20_000, st, en, sh, starts, h0),
     )

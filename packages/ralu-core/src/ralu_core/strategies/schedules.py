@@ -3,7 +3,9 @@
 `uniform` hands the single stage the pipeline's own sigmas, so a baseline recipe reproduces the
 pipeline exactly. `nt-dm` gives each stage its own shift and rewinds at each transition, with
 (h_1..h_K, c) chosen so that the timesteps actually visited match the base model's training
-density; the solution depends only on the steps, the stage ends and the base shift.
+density; the solution depends only on the steps, the stage ends and the base shift. A recipe may
+pin (h_1..h_K, c) instead: the built-in paper recipes pin the published values, because the
+objective is so flat in c that a solver's optimum can rewind much deeper than what was measured.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import attrs
 import torch
 
 from ralu_core.errors import ConfigFieldError
-from ralu_core.ntdm import NTDMSolution, fixed_ntdm, solve_ntdm, stage_sigmas
+from ralu_core.ntdm import NTDMSolution, fixed_ntdm, solve_ntdm, unrewound_schedule
 from ralu_core.strategies.base import ScheduleContext, SchedulePlan, StagePlanSpec, TimestepSchedule
 
 
@@ -44,21 +46,35 @@ class NTDMConfig:
     base_shift: float | None = attrs.field(default=None, validator=_positive)
     """Shift h0 of the base model's timestep density (3.0 for FLUX.1-dev and SD3); default: the pipeline's."""
     shifts: tuple[float, ...] | None = None
-    """Fixed per-stage shifts instead of the solved ones (ablation); give `c` too."""
+    """Per-stage shifts to run instead of the solved ones (a published schedule, or an ablation); give `c` too."""
     c: float | None = None
-    """Fixed noise-correlation constant in (0, 1/4] instead of the solved one (ablation)."""
+    """Noise-correlation constant in (0, 1/4] to run instead of the solved one; it sets how far each
+    transition rewinds (smaller c: deeper)."""
     rewind: bool = True
     """Rewind toward noise at each transition (NT-DM). False pairs with naive-upsample for ablations."""
+    source: str | None = None
+    """Where pinned `shifts` and `c` come from (e.g. the paper's table); `ralu schedule` shows it."""
 
     def __attrs_post_init__(self) -> None:
-        if (self.shifts is None) != (self.c is None) and self.rewind:
+        if self.rewind and (self.shifts is None) != (self.c is None):
             raise ValueError("give both `shifts` and `c` to fix the schedule, or neither to solve it")
+        if not self.rewind and self.c is not None:
+            raise ConfigFieldError("c", "c sets the rewind, so it has no effect with `rewind: false`; remove it")
         if self.c is not None and not 0.0 < self.c <= 0.25:
             raise ConfigFieldError(
                 "c", f"c must be in (0, 0.25] so that the injected noise covariance stays valid, got {self.c}"
             )
         if self.shifts is not None and any(s <= 0 for s in self.shifts):
             raise ConfigFieldError("shifts", f"shifts must be positive, got {list(self.shifts)}")
+        if self.source is not None and self.shifts is None:
+            raise ConfigFieldError("source", "`source` names where pinned `shifts` (and `c`) come from; give them")
+
+    @property
+    def mode(self) -> str:
+        """``solved`` (by NT-DM), ``pinned`` (given shifts and c) or ``no rewind`` (naive ablations)."""
+        if not self.rewind:
+            return "no rewind"
+        return "solved" if self.shifts is None else "pinned"
 
 
 class NTDMSchedule(TimestepSchedule):
@@ -88,30 +104,26 @@ class NTDMSchedule(TimestepSchedule):
         return problems
 
     def solution(self, stages: Sequence[StagePlanSpec], base_shift: float) -> NTDMSolution:
-        """The solved (or fixed) schedule; cached per base shift because solving takes a moment."""
+        """The schedule this recipe runs (solved, pinned or without rewinds); cached per base shift
+        because solving takes a moment."""
         if base_shift not in self._solutions:
             steps = [int(s.steps or 0) for s in stages]
             ends = [s.end for s in stages]
-            if self.config.shifts is not None and self.config.c is not None:
-                solved = fixed_ntdm(steps, ends, base_shift, list(self.config.shifts), self.config.c)
+            shifts, c = self.config.shifts, self.config.c
+            if not self.config.rewind:
+                solved = unrewound_schedule(steps, ends, base_shift, shifts)
+            elif shifts is not None and c is not None:
+                solved = fixed_ntdm(steps, ends, base_shift, list(shifts), c)
             else:
                 solved = solve_ntdm(steps, ends, base_shift)
             self._solutions[base_shift] = solved
         return self._solutions[base_shift]
 
     def plan(self, stages: Sequence[StagePlanSpec], context: ScheduleContext) -> SchedulePlan:
-        base_shift = self.config.base_shift or context.default_shift
-        if not self.config.rewind:
-            shifts = self.config.shifts or (base_shift,) * len(stages)
-            starts = [0.0] + [s.end for s in stages[:-1]]
-            sigmas = tuple(
-                torch.tensor(stage_sigmas(start, s.end, int(s.steps or 0), shift), dtype=torch.float32)
-                for start, s, shift in zip(starts, stages, shifts, strict=True)
-            )
-            return SchedulePlan(sigmas=sigmas, details={"shifts": list(shifts), "starts": starts, "rewind": False})
-        solution = self.solution(stages, base_shift)
+        solution = self.solution(stages, self.config.base_shift or context.default_shift)
         sigmas = tuple(torch.tensor(stage.sigmas, dtype=torch.float32) for stage in solution.stages())
-        return SchedulePlan(sigmas=sigmas, details=solution.to_dict())
+        details = {**solution.to_dict(), "mode": self.config.mode, "source": self.config.source}
+        return SchedulePlan(sigmas=sigmas, details=details)
 
 
 @attrs.frozen(kw_only=True)
