@@ -10,6 +10,7 @@ from PIL import Image as PILImage
 
 from ralu_core import accelerate, hookimpl
 from ralu_core.bench import BenchPlan, Image, ImageMetric, run_bench, write_outputs
+from ralu_core.paired import compare
 from ralu_core.plugins import Registry, create_plugin_manager
 from ralu_core.recipes import load_recipe_text
 from ralu_core.testing import ToyFlopsProfile, ToyPipeline, ToyPlugin
@@ -90,6 +91,11 @@ def test_bench_scores_pairs_and_writes_every_output(tmp_path) -> None:  # type: 
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["device"] == "toy device" and len(report["samples"]) == 12
     assert "| toy-ralu |" in (tmp_path / "report.md").read_text()
+    # Each sample carries its own scores, so two recipes can be compared prompt by prompt.
+    skipped = [s for s in report["samples"] if s["prompt"] == "skip me" and s["recipe"] == "toy-ralu"]
+    assert len(skipped) == 2 and all(set(s["scores"]) == {"mad"} for s in skipped)
+    [mad] = compare(report, "toy-ralu", "toy-ralu", ["mad"])
+    assert mad.pairs == 6 and mad.equal == 6 and mad.p_value == 1.0
 
 
 def test_a_recipe_that_fixes_its_steps_keeps_them_under_bench_steps(tmp_path) -> None:  # type: ignore[no-untyped-def]

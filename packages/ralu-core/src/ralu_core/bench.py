@@ -53,6 +53,8 @@ class Sample:
     seed: int
     seconds: float
     image: Image | None
+    scores: dict[str, float] = attrs.field(factory=dict)
+    """Metric name -> value for this image (a metric that declined is absent)."""
 
 
 @attrs.define
@@ -62,9 +64,18 @@ class BenchResult:
     settings: dict[str, Any]
     recipes: list[str]
     samples: list[Sample]
-    scores: dict[str, dict[str, list[float]]]
     flops: dict[str, dict[str, float]]
     notes: list[str]
+
+    @property
+    def scores(self) -> dict[str, dict[str, list[float]]]:
+        """Recipe -> metric -> the values of its samples, in sample order."""
+        table: dict[str, dict[str, list[float]]] = {}
+        for sample in self.samples:
+            per_recipe = table.setdefault(sample.recipe, {})
+            for metric, value in sample.scores.items():
+                per_recipe.setdefault(metric, []).append(value)
+        return table
 
     def median_seconds(self, recipe: str) -> float:
         return statistics.median(s.seconds for s in self.samples if s.recipe == recipe)
@@ -93,7 +104,8 @@ class BenchResult:
             "settings": self.settings,
             "summary": self.summary(),
             "samples": [
-                {"recipe": s.recipe, "prompt": s.prompt, "seed": s.seed, "seconds": s.seconds} for s in self.samples
+                {"recipe": s.recipe, "prompt": s.prompt, "seed": s.seed, "seconds": s.seconds, "scores": s.scores}
+                for s in self.samples
             ],
             "scores": self.scores,
             "notes": self.notes,
@@ -158,7 +170,8 @@ def run_bench(
                 if progress is not None:
                     progress(count)
     names = [fast.recipe.name for fast in plan.recipes]
-    scores = score_samples(samples, names[0], metrics) if plan.decode else {}
+    if plan.decode:
+        samples = score_samples(samples, names[0], metrics)
     notes = [m.note() for m in metrics if m.note()]
     if not plan.decode:
         notes.append("quality metrics skipped: --no-decode produces no images")
@@ -177,25 +190,26 @@ def run_bench(
         "final_decode_timed": plan.decode,
         "call_args": {k: v for k, v in plan.call_kwargs.items() if k not in ("height", "width")},
     }
-    return BenchResult(settings=settings, recipes=names, samples=samples, scores=scores, flops=flops, notes=notes)
+    return BenchResult(settings=settings, recipes=names, samples=samples, flops=flops, notes=notes)
 
 
-def score_samples(
-    samples: Sequence[Sample], baseline: str, metrics: Sequence[ImageMetric]
-) -> dict[str, dict[str, list[float]]]:
+def score_samples(samples: Sequence[Sample], baseline: str, metrics: Sequence[ImageMetric]) -> list[Sample]:
+    """The samples with their scores; paired metrics compare with the baseline's image of the same
+    prompt and seed (and skip the baseline itself)."""
     references = {(s.prompt, s.seed): s.image for s in samples if s.recipe == baseline}
-    scores: dict[str, dict[str, list[float]]] = {}
+    scored = []
     for sample in samples:
         assert sample.image is not None
-        table = scores.setdefault(sample.recipe, {})
+        values: dict[str, float] = {}
         for metric in metrics:
             reference = references.get((sample.prompt, sample.seed)) if metric.paired else None
             if metric.paired and (reference is None or sample.recipe == baseline):
                 continue
             value = metric.score(sample.image, reference, sample.prompt)
             if value is not None:
-                table.setdefault(metric.name, []).append(float(value))
-    return scores
+                values[metric.name] = float(value)
+        scored.append(attrs.evolve(sample, scores=values))
+    return scored
 
 
 # --- outputs ------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The ``ralu`` command line: generate, recipes, plugins, schedule, flops, bench."""
+"""The ``ralu`` command line: generate, recipes, plugins, schedule, flops, bench, compare."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from ralu_core.accounting import recipe_cost
 from ralu_core.adapter import FlopsProfile, ModelAdapter
 from ralu_core.errors import RaluError, RecipeError
 from ralu_core.ntdm import solve_ntdm
+from ralu_core.paired import compare
 from ralu_core.plugins import KIND_LABELS, Registry, create_plugin_manager, plugin_info
 from ralu_core.recipes import Recipe, find_recipe, resolve_recipe
 from ralu_core.schedule_report import published_for, recipe_schedule
@@ -338,6 +339,31 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(ns: argparse.Namespace) -> int:
+    path = Path(ns.report)
+    if path.is_dir():
+        path = path / "report.json"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RaluError(f"cannot read the bench report {path}: {exc}") from exc
+    results = compare(report, ns.first, ns.second, ns.metric)
+    if ns.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+        return 0
+    pairs = max((r.pairs for r in results), default=0)
+    print(f"{ns.first} (A) against {ns.second} (B), paired by (prompt, seed): {pairs} pairs")
+    print(
+        f"{'metric':<18} {'mean A':>8} {'mean B':>8} {'A higher':>9} {'B higher':>9} {'equal':>6} {'sign test p':>12}"
+    )
+    for r in results:
+        print(
+            f"{r.metric:<18} {r.first_mean:>8.3f} {r.second_mean:>8.3f} {r.first_higher:>9} {r.second_higher:>9} "
+            f"{r.equal:>6} {r.p_value:>12.2g}"
+        )
+    return 0
+
+
 def _device_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
@@ -442,6 +468,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default="ralu-bench-report", help="folder for report.json, report.md, grid.png, speed_quality.png"
     )
     bench.set_defaults(func=cmd_bench)
+
+    cmp = sub.add_parser(
+        "compare", help="two recipes of a bench report, prompt by prompt: who scores higher, and a sign test"
+    )
+    cmp.add_argument("report", help="report.json of `ralu bench` (or the folder holding it)")
+    cmp.add_argument("first", metavar="A", help="a recipe in the report")
+    cmp.add_argument("second", metavar="B", help="another recipe in the report")
+    cmp.add_argument("--metric", action="append", default=[], help="only this metric (repeatable); default: all")
+    cmp.add_argument("--json", action="store_true")
+    cmp.set_defaults(func=cmd_compare)
     return parser
 
 

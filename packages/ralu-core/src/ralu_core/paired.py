@@ -1,0 +1,128 @@
+"""Paired comparisons of two recipes in a ``ralu bench`` report.
+
+Each recipe ran the same (prompt, seed) pairs, so per metric we count on how many pairs each one
+scores higher and test the split with the exact two-sided sign test over the pairs where they differ:
+the question "does A beat B on this prompt set?" without assuming anything about the score's scale.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping
+from fractions import Fraction
+from typing import Any
+
+import attrs
+
+from ralu_core.errors import RaluError
+
+Key = tuple[str, int, int]
+"""(prompt, seed, occurrence): a prompt set may repeat a prompt, and each repeat is its own pair."""
+
+
+def _keys(samples: list[Mapping[str, Any]]) -> list[Key]:
+    seen: dict[tuple[str, int], int] = {}
+    keys = []
+    for s in samples:
+        base = (s["prompt"], s["seed"])
+        keys.append((*base, seen.get(base, 0)))
+        seen[base] = seen.get(base, 0) + 1
+    return keys
+
+
+@attrs.frozen(kw_only=True)
+class PairedComparison:
+    metric: str
+    first: str
+    second: str
+    pairs: int
+    first_mean: float
+    second_mean: float
+    first_higher: int
+    second_higher: int
+    p_value: float
+
+    @property
+    def equal(self) -> int:
+        return self.pairs - self.first_higher - self.second_higher
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self) | {"equal": self.equal}
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Exact two-sided sign test: the chance of a split at least this uneven among `wins + losses`
+    fair coin flips (ties are left out before calling)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = float(Fraction(sum(math.comb(n, k) for k in range(min(wins, losses) + 1)), 1 << n))  # exact for any n
+    return min(1.0, 2.0 * tail)
+
+
+def _mean(values: Iterable[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(statistics.fmean(finite)) if finite else math.nan
+
+
+def per_sample_scores(
+    report: Mapping[str, Any], recipe: str, required: Iterable[str] = ()
+) -> dict[Key, dict[str, float]]:
+    """(prompt, seed, occurrence) -> metric -> value for one recipe of a report.
+
+    Reports since per-sample scores were recorded carry them on each sample; for older ones the
+    recipe's score lists are matched to its samples in order, which is exact only when no metric
+    declined an image (then its list has one value per sample). Other lists are left out, and a
+    `required` metric among them is refused.
+    """
+    samples = [s for s in report["samples"] if s["recipe"] == recipe]
+    if not samples:
+        known = ", ".join(sorted({s["recipe"] for s in report["samples"]}))
+        raise RaluError(f"recipe {recipe!r} is not in this report; it has: {known}")
+    keys = _keys(samples)
+    if all("scores" in s for s in samples):
+        return {key: dict(s["scores"]) for key, s in zip(keys, samples, strict=True)}
+    table: dict[Key, dict[str, float]] = {key: {} for key in keys}
+    for metric, values in report.get("scores", {}).get(recipe, {}).items():
+        if len(values) != len(samples):
+            if metric in required:
+                raise RaluError(
+                    f"this report has no per-sample scores and {metric!r} scored {len(values)} of {recipe!r}'s "
+                    f"{len(samples)} images, so its values cannot be matched to prompts; rerun `ralu bench`"
+                )
+            continue
+        for key, value in zip(keys, values, strict=True):
+            table[key][metric] = float(value)
+    return table
+
+
+def compare(report: Mapping[str, Any], first: str, second: str, metrics: Iterable[str] = ()) -> list[PairedComparison]:
+    """Per metric scored for both recipes (or the given ones), on the (prompt, seed) pairs both scored."""
+    metrics = list(metrics)
+    a, b = per_sample_scores(report, first, metrics), per_sample_scores(report, second, metrics)
+    keys = [k for k in a if k in b]
+    available = sorted({m for k in keys for m in a[k]} & {m for k in keys for m in b[k]})
+    chosen = metrics or available
+    missing = [m for m in chosen if m not in available]
+    if missing:
+        raise RaluError(f"metric(s) {', '.join(missing)} not scored for both recipes; scored: {', '.join(available)}")
+    results = []
+    for metric in chosen:
+        both = [(a[k][metric], b[k][metric]) for k in keys if metric in a[k] and metric in b[k]]
+        higher = sum(x > y for x, y in both)
+        lower = sum(x < y for x, y in both)
+        results.append(
+            PairedComparison(
+                metric=metric,
+                first=first,
+                second=second,
+                pairs=len(both),
+                first_mean=_mean(x for x, _ in both),
+                second_mean=_mean(y for _, y in both),
+                first_higher=higher,
+                second_higher=lower,
+                p_value=sign_test(higher, lower),
+            )
+        )
+    return results
