@@ -78,3 +78,15 @@ def test_compare_cli_prints_a_table_and_json(tmp_path, capsys) -> None:  # type:
     assert row["first_higher"] == 3 and row["equal"] == 0 and row["p_value"] == 0.25
     assert main(["compare", str(tmp_path / "missing.json"), "a", "b"]) == 2
     assert "cannot read the bench report" in capsys.readouterr().err
+
+
+def test_compare_pairs_a_recipe_across_two_runs(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    before = report([("a", p, {"q": 0.0}) for p in "xyz"])
+    after = report([("a", p, {"q": float(p != "z")}) for p in "xyzw"])  # a prompt only the new run has
+    [q] = compare(after, "a", "a", second_report=before)
+    assert (q.pairs, q.first_higher, q.second_higher) == (3, 2, 0)
+    (tmp_path / "before.json").write_text(json.dumps(before))
+    (tmp_path / "after.json").write_text(json.dumps(after))
+    argv = ["compare", str(tmp_path / "after.json"), "a", "a", "--second-report", str(tmp_path / "before.json")]
+    assert main(argv) == 0
+    assert "from " in capsys.readouterr().out

@@ -339,20 +339,26 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compare(ns: argparse.Namespace) -> int:
-    path = Path(ns.report)
+def _read_report(name: str) -> dict[str, Any]:
+    path = Path(name)
     if path.is_dir():
         path = path / "report.json"
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as exc:
         raise RaluError(f"cannot read the bench report {path}: {exc}") from exc
-    results = compare(report, ns.first, ns.second, ns.metric)
+
+
+def cmd_compare(ns: argparse.Namespace) -> int:
+    report = _read_report(ns.report)
+    other = None if ns.second_report is None else _read_report(ns.second_report)
+    results = compare(report, ns.first, ns.second, ns.metric, second_report=other)
     if ns.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
         return 0
     pairs = max((r.pairs for r in results), default=0)
-    print(f"{ns.first} (A) against {ns.second} (B), paired by (prompt, seed): {pairs} pairs")
+    where = "" if other is None else f" from {ns.second_report}"
+    print(f"{ns.first} (A) against {ns.second}{where} (B), paired by (prompt, seed): {pairs} pairs")
     print(
         f"{'metric':<18} {'mean A':>8} {'mean B':>8} {'A higher':>9} {'B higher':>9} {'equal':>6} {'sign test p':>12}"
     )
@@ -476,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("first", metavar="A", help="a recipe in the report")
     cmp.add_argument("second", metavar="B", help="another recipe in the report")
     cmp.add_argument("--metric", action="append", default=[], help="only this metric (repeatable); default: all")
+    cmp.add_argument(
+        "--second-report", help="read B from this report instead (another run on the same prompts and seeds)"
+    )
     cmp.add_argument("--json", action="store_true")
     cmp.set_defaults(func=cmd_compare)
     return parser

@@ -97,10 +97,22 @@ def per_sample_scores(
     return table
 
 
-def compare(report: Mapping[str, Any], first: str, second: str, metrics: Iterable[str] = ()) -> list[PairedComparison]:
-    """Per metric scored for both recipes (or the given ones), on the (prompt, seed) pairs both scored."""
+def compare(
+    report: Mapping[str, Any],
+    first: str,
+    second: str,
+    metrics: Iterable[str] = (),
+    second_report: Mapping[str, Any] | None = None,
+) -> list[PairedComparison]:
+    """Per metric scored for both recipes (or the given ones), on the (prompt, seed) pairs both scored.
+
+    `second` is read from `second_report` when given: scores are deterministic for a seed, so two runs
+    on the same prompts and seeds pair up (e.g. a recipe before and after a change). Paired metrics
+    must then have been scored against the same baseline images.
+    """
     metrics = list(metrics)
-    a, b = per_sample_scores(report, first, metrics), per_sample_scores(report, second, metrics)
+    other = report if second_report is None else second_report
+    a, b = per_sample_scores(report, first, metrics), per_sample_scores(other, second, metrics)
     keys = [k for k in a if k in b]
     available = sorted({m for k in keys for m in a[k]} & {m for k in keys for m in b[k]})
     chosen = metrics or available
