@@ -65,6 +65,11 @@ ABLATIONS = {  # ablation recipe -> (the RALU recipe it ablates, what it changes
     "ralu-flux-5x-naive": ("ralu-flux-5x", "naive"),
     "ralu-flux-7x-naive": ("ralu-flux-7x", "naive"),
     "ralu-flux-4x-random": ("ralu-flux-4x", "random"),
+    "ralu-flux-4x-solved": ("ralu-flux-4x", "solved"),
+    "ralu-flux-5x-solved": ("ralu-flux-5x", "solved"),
+    "ralu-flux-7x-solved": ("ralu-flux-7x", "solved"),
+    "ralu-sd3-2x-solved": ("ralu-sd3-2x", "solved"),
+    "ralu-sd3-3x-solved": ("ralu-sd3-3x", "solved"),
     "ralu-flux-7x-random": ("ralu-flux-7x", "random"),
     "ralu-sd3-2x-naive": ("ralu-sd3-2x", "naive"),
     "ralu-sd3-2x-random": ("ralu-sd3-2x", "random"),
@@ -75,9 +80,11 @@ ABLATIONS = {  # ablation recipe -> (the RALU recipe it ablates, what it changes
 
 def ablate(target: Recipe, change: str) -> Recipe:
     """The RALU recipe with only the change an ablation's name promises (name and description aside)."""
+    solved = {k: v for k, v in target.schedule.params.items() if k not in ("shifts", "c", "source")}
+    if change == "solved":  # NT-DM's solver instead of the published shifts and c
+        return attrs.evolve(target, schedule=attrs.evolve(target.schedule, params=solved))
     if change == "naive":  # naive upsampling: no rewind, no noise correction, pieces of the base schedule
-        kept = {k: v for k, v in target.schedule.params.items() if k not in ("shifts", "c", "source")}
-        schedule = attrs.evolve(target.schedule, params={**kept, "rewind": False})
+        schedule = attrs.evolve(target.schedule, params={**solved, "rewind": False})
         naive = StrategyRef(name="naive-upsample")
         return attrs.evolve(
             target,
@@ -96,7 +103,8 @@ def ablate(target: Recipe, change: str) -> Recipe:
 @pytest.mark.parametrize("ablation", sorted(ABLATIONS))
 def test_ablation_recipes_change_only_what_their_name_says(ablation: str) -> None:
     """The findings compare each ablation with its RALU recipe at equal FLOPs: everything must match but
-    the one change (naive upsampling without the NT-DM rewind, or random instead of Canny-edge tokens)."""
+    the one change (naive upsampling without the NT-DM rewind, random instead of Canny-edge tokens, or
+    the solver's schedule instead of the published one)."""
     reg = registry()
     target_name, change = ABLATIONS[ablation]
     ablated, target = (load_recipe_file(reg.recipes[name].obj) for name in (ablation, target_name))
