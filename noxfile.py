@@ -35,7 +35,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 @nox.parametrize("package", list(PACKAGES))
 def tests(session: nox.Session, package: str) -> None:
-    session.install(TORCH, "pytest", *[f"-e{p}" for p in PACKAGES[package]])
+    session.install(TORCH, "pytest", "hypothesis", *[f"-e{p}" for p in PACKAGES[package]])
     session.run("pytest", TEST_DIRS[package], *session.posargs, env={"HF_HUB_OFFLINE": "1"})
 
 

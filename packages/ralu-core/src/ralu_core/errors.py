@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class RaluError(Exception):
     """Base class of ralu's own errors."""
@@ -10,11 +12,21 @@ class RaluError(Exception):
 class RecipeError(RaluError, ValueError):
     """A recipe is malformed: each problem names the path of the bad field (``$.stages[1].end``)."""
 
+    MAX_PROBLEMS: ClassVar[int] = 20
+    MAX_PROBLEM_CHARS: ClassVar[int] = 400
+
     def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"invalid recipe {source}:\n{lines}")
+        self.source = _clip(source, self.MAX_PROBLEM_CHARS)
+        # A hostile file can produce any number of arbitrarily long problems: quote a bounded share.
+        self.problems = [_clip(p, self.MAX_PROBLEM_CHARS) for p in problems[: self.MAX_PROBLEMS]]
+        if len(problems) > self.MAX_PROBLEMS:
+            self.problems.append(f"... and {len(problems) - self.MAX_PROBLEMS} more problems")
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid recipe {self.source}:\n{lines}")
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class PluginError(RaluError):

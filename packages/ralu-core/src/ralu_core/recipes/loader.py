@@ -7,6 +7,7 @@ Strict means: unknown keys are errors, and scalars keep their YAML type (``steps
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,28 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 
 from ralu_core.errors import ConfigFieldError, RecipeError
 from ralu_core.recipes.model import Recipe, StrategyRef
+from ralu_core.recipes.yaml_source import MAX_RECIPE_BYTES, YamlProblem, parse_recipe_yaml
+
+MAX_STAGES = 16
+"""More stages than this is a mistake, not a schedule (RALU uses 3)."""
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A repr short enough to quote in an error message, whatever the value."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _strict_scalar(kind: type, label: str) -> Any:
     def structure(value: Any, _: type) -> Any:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
+            if abs(value) >= 2**63:
+                raise ValueError(f"expected a number of sensible size, got {_short(value)}")
+            value = float(value)
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            raise ValueError(f"expected {label}, got {type(value).__name__} {value!r}")
+            raise ValueError(f"expected {label}, got {type(value).__name__} {_short(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {_short(value)}")
         return value
 
     return structure
@@ -43,6 +58,11 @@ def make_converter() -> cattrs.Converter:
 
 
 def _structure_ref(value: Any, _: type) -> StrategyRef:
+    return structure_strategy_ref(value)
+
+
+def structure_strategy_ref(value: Any) -> StrategyRef:
+    """``canny-edge`` or ``{name: canny-edge, ratio: 0.2}`` -> StrategyRef; ValueError otherwise."""
     if isinstance(value, str):
         return StrategyRef(name=value)
     if not isinstance(value, Mapping):
@@ -89,8 +109,10 @@ def error_messages(exc: BaseException, path: str = "$") -> list[str]:
 
 def structure_strict(data: Any, cls: type[Any], source: str, path: str = "$") -> Any:
     """Structure `data` into attrs class `cls`, raising RecipeError with paths on failure."""
+    if data is None and path == "$":
+        raise RecipeError(source, ["the recipe is empty; start from `ralu recipes show ralu-flux-7x`"])
     if not isinstance(data, Mapping):
-        raise RecipeError(source, [f"{path}: expected a mapping, got {type(data).__name__}"])
+        raise RecipeError(source, [f"{path}: expected a mapping, got {type(data).__name__} {_short(data)}"])
     try:
         return make_converter().structure(dict(data), cls)
     except (ClassValidationError, IterableValidationError) as exc:
@@ -101,21 +123,32 @@ def structure_strict(data: Any, cls: type[Any], source: str, path: str = "$") ->
         raise RecipeError(source, [f"{path}: {exc}"]) from None
 
 
-def load_recipe_text(text: str, source: str = "<string>") -> Recipe:
-    """Parse YAML text into a Recipe (structure only; names are checked by `resolve_recipe`)."""
+def load_recipe_text(text: str | bytes, source: str = "<string>") -> Recipe:
+    """Parse YAML text into a Recipe (structure only; names are checked by `resolve_recipe`).
+
+    Whatever the input, the only exception is `RecipeError`, naming `source`.
+    """
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise RecipeError(source, [f"not valid YAML: {exc}"]) from None
+        data = parse_recipe_yaml(text)
+    except YamlProblem as exc:
+        raise RecipeError(source, [str(exc)]) from None
     recipe: Recipe = structure_strict(data, Recipe, source)
     if not recipe.stages:
         raise RecipeError(source, ["$.stages: a recipe needs at least one stage"])
+    if len(recipe.stages) > MAX_STAGES:
+        raise RecipeError(source, [f"$.stages: at most {MAX_STAGES} stages, got {len(recipe.stages)}"])
     return recipe
 
 
 def load_recipe_file(path: str | Path) -> Recipe:
     path = Path(path)
-    return load_recipe_text(path.read_text(encoding="utf-8"), source=str(path))
+    try:
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(str(path), [f"{path.stat().st_size:,} bytes is too large for a recipe"])
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RecipeError(str(path), [f"cannot read the file: {exc.strerror or exc}"]) from None
+    return load_recipe_text(data, source=str(path))
 
 
 def dump_recipe(recipe: Recipe) -> str:

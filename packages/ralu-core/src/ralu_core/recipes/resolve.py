@@ -8,6 +8,7 @@ transition that upsamples everything, the schedule must suit the stages and the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,9 @@ import attrs
 
 from ralu_core.errors import RecipeError
 from ralu_core.plugins import KIND_LABELS, Registry
-from ralu_core.recipes.loader import load_recipe_file, structure_strict
+from ralu_core.recipes.loader import load_recipe_file, structure_strategy_ref, structure_strict
 from ralu_core.recipes.model import Recipe, Stage, StrategyRef
+from ralu_core.recipes.yaml_source import YamlProblem, parse_recipe_yaml
 from ralu_core.strategies.base import (
     FeatureCache,
     ResolutionTransition,
@@ -26,6 +28,9 @@ from ralu_core.strategies.base import (
     TokenSelector,
 )
 from ralu_core.tokens import FULL, HALF
+
+MAX_STAGE_STEPS = 1000
+"""Euler steps per stage; flow-matching schedulers are trained on 1000 timesteps, so more is a typo."""
 
 
 @attrs.frozen(kw_only=True)
@@ -67,17 +72,57 @@ def find_recipe(source: str | Path | Recipe, registry: Registry) -> Recipe:
     text = str(source)
     entry = registry.recipes.get(text)
     if entry is not None:
-        return load_recipe_file(entry.obj)
+        return _load_reporting_everything(entry.obj, registry)
     path = Path(text)
     if path.is_file():
-        return load_recipe_file(path)
+        return _load_reporting_everything(path, registry)
     known = ", ".join(sorted(registry.recipes)) or "none installed"
     raise RecipeError(text, [f"no built-in recipe of that name and no such file; built-in recipes: {known}"])
 
 
+def _load_reporting_everything(path: Path, registry: Registry) -> Recipe:
+    """Load a recipe file; if its structure is wrong, also check the strategies it names, so that one
+    run shows every problem of the file rather than the structural ones first."""
+    try:
+        return load_recipe_file(path)
+    except RecipeError as exc:
+        extra = [p for p in _named_strategy_problems(path, registry) if p not in exc.problems]
+        if not extra:
+            raise
+        raise RecipeError(exc.source, [*exc.problems, *extra]) from None
+
+
+_STAGE_STRATEGIES = (("transition", "transition"), ("selector", "token_selector"), ("step_tokens", "token_selector"))
+
+
+def _named_strategy_problems(path: Path, registry: Registry) -> list[str]:
+    """Unknown names and bad parameters of every strategy a (possibly malformed) recipe file names."""
+    try:
+        data = parse_recipe_yaml(path.read_bytes())
+    except (OSError, YamlProblem):
+        return []  # already reported by the loader
+    if not isinstance(data, Mapping):
+        return []
+    places = [(data.get("schedule"), "schedule", "$.schedule"), (data.get("cache"), "feature_cache", "$.cache")]
+    stages = data.get("stages")
+    for index, stage in enumerate(stages if isinstance(stages, list) else []):
+        if isinstance(stage, Mapping):
+            places += [(stage.get(key), kind, f"$.stages[{index}].{key}") for key, kind in _STAGE_STRATEGIES]
+    builder = _Builder(str(path), registry)
+    for raw, kind, where in places:
+        if raw is None:
+            continue
+        try:
+            ref = structure_strategy_ref(raw)
+        except ValueError:
+            continue  # a malformed reference is a structural problem, reported by the loader
+        builder.build(ref, kind, where)
+    return builder.problems
+
+
 class _Builder:
-    def __init__(self, recipe: Recipe, registry: Registry) -> None:
-        self.recipe = recipe
+    def __init__(self, source: str, registry: Registry) -> None:
+        self.source = source
         self.registry = registry
         self.problems: list[str] = []
 
@@ -88,7 +133,7 @@ class _Builder:
             self.problems.append(f"{path}.name: unknown {KIND_LABELS[kind]} {ref.name!r}; registered: {known}")
             return None
         try:
-            config = structure_strict(ref.params, cls.Config, self.recipe.name, path)
+            config = structure_strict(ref.params, cls.Config, self.source, path)
         except RecipeError as exc:
             self.problems += exc.problems
             return None
@@ -97,7 +142,7 @@ class _Builder:
 
 def resolve_recipe(recipe: Recipe, registry: Registry) -> RecipeRuntime:
     """Build and cross-check all strategies of `recipe`; every problem is reported at once."""
-    b = _Builder(recipe, registry)
+    b = _Builder(recipe.name, registry)
     schedule = b.build(recipe.schedule, "schedule", "$.schedule")
     cache = b.build(recipe.cache, "feature_cache", "$.cache")
     stages = []
@@ -111,8 +156,8 @@ def resolve_recipe(recipe: Recipe, registry: Registry) -> RecipeRuntime:
 
 def _resolve_stage(b: _Builder, stage: Stage, index: int) -> RuntimeStage:
     path = f"$.stages[{index}]"
-    if stage.steps is not None and stage.steps < 1:
-        b.problems.append(f"{path}.steps: must be at least 1, got {stage.steps}")
+    if stage.steps is not None and not 1 <= stage.steps <= MAX_STAGE_STEPS:
+        b.problems.append(f"{path}.steps: must be from 1 to {MAX_STAGE_STEPS}, got {stage.steps}")
     if index == 0:
         if stage.transition is not None or stage.selector is not None:
             b.problems.append(f"{path}: the first stage has no transition or selector (nothing comes before it)")

@@ -36,14 +36,18 @@ def _check_ends(stages: Sequence[StagePlanSpec]) -> list[str]:
     return problems
 
 
-def _positive(instance: object, attribute: attrs.Attribute[float | None], value: float | None) -> None:
-    if value is not None and not value > 0:
-        raise ConfigFieldError(attribute.name, f"{attribute.name} must be positive, got {value}")
+MAX_SHIFT = 100.0
+"""Timestep shifts above this put every step at pure noise (FLUX and SD3 use about 3)."""
+
+
+def _shift(instance: object, attribute: attrs.Attribute[float | None], value: float | None) -> None:
+    if value is not None and not 0 < value <= MAX_SHIFT:
+        raise ConfigFieldError(attribute.name, f"{attribute.name} must be in (0, {MAX_SHIFT:g}], got {value}")
 
 
 @attrs.frozen(kw_only=True)
 class NTDMConfig:
-    base_shift: float | None = attrs.field(default=None, validator=_positive)
+    base_shift: float | None = attrs.field(default=None, validator=_shift)
     """Shift h0 of the base model's timestep density (3.0 for FLUX.1-dev and SD3); default: the pipeline's."""
     shifts: tuple[float, ...] | None = None
     """Per-stage shifts to run instead of the solved ones (a published schedule, or an ablation); give `c` too."""
@@ -64,8 +68,8 @@ class NTDMConfig:
             raise ConfigFieldError(
                 "c", f"c must be in (0, 0.25] so that the injected noise covariance stays valid, got {self.c}"
             )
-        if self.shifts is not None and any(s <= 0 for s in self.shifts):
-            raise ConfigFieldError("shifts", f"shifts must be positive, got {list(self.shifts)}")
+        if self.shifts is not None and not all(0 < s <= MAX_SHIFT for s in self.shifts):
+            raise ConfigFieldError("shifts", f"shifts must be in (0, {MAX_SHIFT:g}], got {list(self.shifts)}")
         if self.source is not None and self.shifts is None:
             raise ConfigFieldError("source", "`source` names where pinned `shifts` (and `c`) come from; give them")
 
