@@ -133,3 +133,12 @@ def test_reference_baseline_draws_the_shapes_its_prompts_name(name: str, offline
     images = pipe(prompts, generator=torch.Generator().manual_seed(0), output_type="np", **call).images
     accuracy = ShapeEval.load().accuracy((np.asarray(images) * 255).round().astype(np.uint8), prompts)
     assert accuracy >= SHAPEEVAL_FLOOR[name], f"{name}: ShapeEval {accuracy:.3f}"
+
+
+@pytest.mark.parametrize("name", ["flux-shapes", "sd3-shapes"])
+def test_named_models_size_rules_are_read_from_their_folders_before_loading(name: str) -> None:
+    from ralu_core.model_sources import resolve_model_source
+
+    source = resolve_model_source(Registry.collect(create_plugin_manager()), name)
+    assert source.kind == "named" and source.folder is not None
+    assert source.size_rule(1) is not None and source.size_rule(1)[0] == 16  # VAE factor 4 x patch 2 x 2

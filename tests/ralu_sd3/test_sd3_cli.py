@@ -79,3 +79,29 @@ def test_paper_recipes_run_the_published_schedule(capsys, recipe: str, shifts: l
     data = json.loads(out)
     assert code == 0 and data["mode"] == "pinned" and data["shifts"] == shifts and data["c"] == c
     assert data["solved"]["js_distance"] <= data["js_distance"] < data["solved"]["js_distance"] + 1e-3
+
+
+def test_generate_refuses_a_recipe_for_another_model_before_loading(capsys, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import ralu_core.cli
+
+    monkeypatch.setattr(ralu_core.cli, "load_source", lambda *a, **k: pytest.fail("loaded a model"))
+    recipe = tmp_path / "for-flux.yaml"
+    recipe.write_text("name: for-flux\nmodel: flux\nschedule: uniform\nstages: [{level: 0}]\n")
+    code, _, err = run(
+        capsys, "generate", "x", "--model", "sd3-tiny", "--recipe", str(recipe), "--out", str(tmp_path / "x.png")
+    )
+    assert code == 2 and "is for 'flux' pipelines and --model sd3-tiny is a 'sd3' pipeline" in err
+    code, _, err = run(capsys, "generate", "x", "--model", "sd3-tiny", "--recipe", "ralu-sd3-3x", "--height", "48")
+    assert code == 2 and "multiple of 32 pixels" in err
+
+
+@pytest.mark.parametrize("model", ["sd3-tiny", "sd35-tiny", "sd3-mid"])
+def test_the_size_rule_read_before_loading_is_the_one_the_call_applies(model: str) -> None:
+    from ralu_core.model_sources import resolve_model_source
+    from ralu_sd3.adapter import SD3Adapter
+
+    source = resolve_model_source(Registry.collect(create_plugin_manager()), model)
+    pipe = source.adapter.embedded_pipeline(model)  # type: ignore[union-attr]
+    patch = int(pipe.transformer.config.patch_size)
+    for level in (0, 1):
+        assert source.size_rule(level) == SD3Adapter.size_rule(int(pipe.vae_scale_factor), patch, level)

@@ -76,6 +76,7 @@ def reference_models() -> list[NamedModel]:
                 load=partial(load_reference_pipeline, name),
                 note=_NOTE.format(name=name, arch=arch),
                 call_defaults=call,
+                folder=reference_model_path(name),
                 default=True,
             )
         )

@@ -9,7 +9,7 @@ the full-size architectures it supports, for FLOPs counting on the meta device.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -19,6 +19,9 @@ import torch
 from ralu_core.flops import FlopCount
 from ralu_core.randomness import GeneratorArg
 from ralu_core.tokens import TokenGrid, TokenState
+
+ConfigReader = Callable[[str], Mapping[str, Any] | None]
+"""Reads a stored pipeline component's config (``"vae"``, ``"transformer"``), None where unavailable."""
 
 
 class ProgressBar(Protocol):
@@ -105,12 +108,23 @@ class ModelAdapter(abc.ABC):
         (``ralu bench`` reports FLOPs ratios for exactly what it timed)."""
         raise NotImplementedError(f"the {self.name!r} adapter cannot count FLOPs of a loaded pipeline")
 
+    def size_rule_from_configs(self, read_config: ConfigReader, coarsest_level: int) -> tuple[int, str] | None:
+        """(multiple, why): what every image side of a stored pipeline must be a multiple of, read from its
+        component configs (``read_config("vae")``, no weights), so that a bad size is refused before a
+        model loads. None where the configs do not tell (the call checks the size anyway)."""
+        return None
+
     embedded_models: ClassVar[tuple[str, ...]] = ()
     """Names of pipelines this adapter can build without weights (``ralu generate --model NAME``)."""
 
     def embedded_pipeline(self, name: str) -> Any:
         """Build an embedded pipeline by name (offline; for demos, tests and CPU benchmarks)."""
         raise KeyError(f"the {self.name!r} adapter has no embedded model {name!r}")
+
+    def embedded_config(self, name: str, component: str) -> Mapping[str, Any] | None:
+        """The config of an embedded pipeline's component (as a stored pipeline's ``config.json`` would
+        give it), so that its sizes are checked before it is built; None where unknown."""
+        return None
 
     def embedded_note(self, name: str) -> str:
         """What a user should know about an embedded model's images."""

@@ -7,20 +7,23 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from ralu_core.accelerate import accelerate
 from ralu_core.accounting import recipe_cost
 from ralu_core.adapter import FlopsProfile, ModelAdapter
-from ralu_core.errors import RaluError, RecipeError
+from ralu_core.errors import RaluError, did_you_mean
+from ralu_core.model_sources import ModelSource, resolve_model_source
 from ralu_core.ntdm import solve_ntdm
+from ralu_core.outputs import check_writable, image_format, save_image_atomically
 from ralu_core.paired import compare
 from ralu_core.plugins import KIND_LABELS, Registry, create_plugin_manager, plugin_info
+from ralu_core.preflight import check_call_args, check_counts, check_device, check_sizes, parse_call_args
 from ralu_core.recipes import Recipe, find_recipe, resolve_recipe
 from ralu_core.schedule_report import published_for, recipe_schedule
 
@@ -37,13 +40,6 @@ def _say(message: str) -> None:
 
 
 # --- model resolution ---------------------------------------------------------------------------
-
-
-def _embedded(registry: Registry, name: str) -> ModelAdapter | None:
-    for entry in registry.adapters.values():
-        if name in entry.obj.embedded_models:
-            return entry.obj  # type: ignore[no-any-return]
-    return None
 
 
 def default_model(registry: Registry, recipe: Recipe) -> str:
@@ -66,15 +62,18 @@ def load_model(
 ) -> tuple[Any, dict[str, Any]]:
     """The pipeline for --model (named or embedded model, local folder or hub id) and the call arguments
     it expects by default (size, sequence length...; empty for a folder or hub id)."""
-    model = default_model(registry, recipe) if model is None else model
-    named = registry.models.get(model)
-    adapter = _embedded(registry, model)
-    if named is not None or adapter is not None:
-        if named is not None:
-            note, pipe, defaults = named.obj.note, named.obj.load(), dict(named.obj.call_defaults)
+    source = resolve_model_source(registry, default_model(registry, recipe) if model is None else model)
+    return load_source(registry, source, device, dtype)
+
+
+def load_source(registry: Registry, source: ModelSource, device: str, dtype: str) -> tuple[Any, dict[str, Any]]:
+    if source.kind in ("named", "embedded"):
+        if source.kind == "named":
+            named = registry.models[source.name].obj
+            note, pipe, defaults = named.note, named.load(), dict(named.call_defaults)
         else:
-            assert adapter is not None
-            note, pipe = adapter.embedded_note(model), adapter.embedded_pipeline(model)
+            assert source.adapter is not None
+            note, pipe = source.adapter.embedded_note(source.name), source.adapter.embedded_pipeline(source.name)
             defaults = {"height": EMBEDDED_SIZE, "width": EMBEDDED_SIZE}
         if note:
             _say(f"note: {note}")
@@ -83,30 +82,50 @@ def load_model(
         return pipe, defaults
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=DTYPES[dtype])  # type: ignore[no-untyped-call]
+    try:
+        pipe = DiffusionPipeline.from_pretrained(source.name, torch_dtype=DTYPES[dtype])  # type: ignore[no-untyped-call]
+    except (OSError, ValueError, ImportError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RaluError(f"--model {source.name}: cannot load it as a diffusers pipeline: {first}") from None
     return pipe.to(device), {}
-
-
-def _call_args(pairs: Sequence[str]) -> dict[str, Any]:
-    args: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise RaluError(f"--call-arg expects KEY=VALUE, got {pair!r}")
-        args[key] = yaml.safe_load(value)
-    return args
 
 
 # --- commands -----------------------------------------------------------------------------------
 
 
+def _output_paths(out: Path, count: int) -> list[Path]:
+    return [out] if count == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(count)]
+
+
 def cmd_generate(ns: argparse.Namespace) -> int:
     registry = _registry()
     recipe = find_recipe(ns.recipe, registry)
-    resolve_recipe(recipe, registry)  # fail on a bad recipe before loading any model
-    pipe, defaults = load_model(registry, ns.model, recipe, ns.device, ns.dtype)
+    runtime = resolve_recipe(recipe, registry)
+    # Everything that can be checked without the model is checked before it loads.
+    source = resolve_model_source(registry, default_model(registry, recipe) if ns.model is None else ns.model)
+    if recipe.model is not None and source.adapter is not None and source.adapter.name != recipe.model:
+        raise RaluError(
+            f"recipe {recipe.name} is for {recipe.model!r} pipelines and --model {source.name} is a "
+            f"{source.adapter.name!r} pipeline; pick a recipe for it (`ralu recipes list`)"
+        )
+    check_counts(ns.steps, ns.num_images, ns.guidance)
+    if ns.steps is not None and not runtime.schedule.accepts_requested_steps:
+        fixed = [s.spec.steps for s in runtime.stages]
+        raise RaluError(f"--steps: recipe {recipe.name} fixes its steps per stage {fixed}; drop --steps")
+    call_args = parse_call_args(ns.call_arg)
+    check_call_args(call_args, source.pipeline_class)
+    check_sizes((("--height", ns.height), ("--width", ns.width)), source, recipe.start_level)
+    for note in check_device(ns.device, ns.dtype):
+        _say(f"note: {note}")
+    out = Path(ns.out or f"ralu-{recipe.name}-seed{ns.seed}.png")
+    paths = _output_paths(out, ns.num_images)
+    for path in paths:
+        check_writable(path)
+        image_format(path)
+
+    pipe, defaults = load_source(registry, source, ns.device, ns.dtype)
     fast = accelerate(pipe, recipe, plugin_manager=registry.pm)
-    kwargs: dict[str, Any] = {**defaults, **_call_args(ns.call_arg)}
+    kwargs: dict[str, Any] = {**defaults, **call_args}
     kwargs.update(height=ns.height or kwargs.get("height"), width=ns.width or kwargs.get("width"))
     kwargs.update(num_images_per_prompt=ns.num_images)
     if ns.steps is not None:
@@ -117,11 +136,9 @@ def cmd_generate(ns: argparse.Namespace) -> int:
     start = time.perf_counter()
     images = fast(ns.prompt, generator=generators, **{k: v for k, v in kwargs.items() if v is not None}).images
     elapsed = time.perf_counter() - start
-    out = Path(ns.out or f"ralu-{recipe.name}-seed{ns.seed}.png")
     out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(images))]
     for image, path in zip(images, paths, strict=True):
-        image.save(path)
+        save_image_atomically(image, path)
     _say(f"recipe {recipe.name}: {len(images)} image(s) {images[0].size[0]}x{images[0].size[1]} in {elapsed:.2f} s")
     for path in paths:
         print(path)
@@ -131,9 +148,10 @@ def cmd_generate(ns: argparse.Namespace) -> int:
 def cmd_recipes(ns: argparse.Namespace) -> int:
     registry = _registry()
     if ns.action == "list":
-        for name, entry in sorted(registry.recipes.items()):
-            recipe = find_recipe(name, registry)
-            print(f"{name:<16} {recipe.model or 'any':<6} {recipe.description}  [{entry.plugin}]")
+        rows = [(name, find_recipe(name, registry), entry.plugin) for name, entry in sorted(registry.recipes.items())]
+        width = max((len(name) for name, _, _ in rows), default=0)
+        for name, recipe, plugin in rows:
+            print(f"{name:<{width}}  {recipe.model or 'any':<6} {recipe.description}  [{plugin}]")
         return 0
     if ns.action == "show":
         if ns.target in registry.recipes:
@@ -156,6 +174,8 @@ def cmd_plugins(ns: argparse.Namespace) -> int:
             provided.setdefault(entry.plugin, []).append(f"{KIND_LABELS[kind]} {name}")
     for name, entry in registry.adapters.items():
         provided.setdefault(entry.plugin, []).append(f"model adapter {name}")
+        for model in entry.obj.embedded_models:
+            provided[entry.plugin].append(f"model {model} ({name}, embedded, random weights)")
     for name, entry in registry.recipes.items():
         provided.setdefault(entry.plugin, []).append(f"recipe {name}")
     for name, entry in registry.metrics.items():
@@ -238,20 +258,33 @@ def _schedule_of_recipe(ns: argparse.Namespace) -> int:
 
 
 def flops_profile(registry: Registry, model: str, recipe: Recipe) -> FlopsProfile:
+    """The counting profile of an architecture name or a pipeline folder, refusing a recipe that is
+    tuned for another model family (as `generate` does)."""
+    adapter = _flops_adapter(registry, model)
+    if recipe.model is not None and recipe.model != adapter.name:
+        raise RaluError(
+            f"recipe {recipe.name} is for {recipe.model!r} pipelines and {model} is a {adapter.name!r} "
+            "architecture; pick a recipe for it (`ralu recipes list`)"
+        )
+    return adapter.flops_profile(model)
+
+
+def _flops_adapter(registry: Registry, model: str) -> ModelAdapter:
     for entry in registry.adapters.values():
-        adapter: ModelAdapter = entry.obj
-        if model in adapter.architectures:
-            return adapter.flops_profile(model)
+        if model in entry.obj.architectures:
+            return entry.obj  # type: ignore[no-any-return]
     index = Path(model) / "model_index.json"
     if index.is_file():
         class_name = json.loads(index.read_text()).get("_class_name")
         for entry in registry.adapters.values():
-            candidate: ModelAdapter = entry.obj
-            if class_name in candidate.pipeline_classes:
-                return candidate.flops_profile(model)
+            if class_name in entry.obj.pipeline_classes:
+                return entry.obj  # type: ignore[no-any-return]
         raise RaluError(f"no installed adapter handles {class_name} (from {index})")
     known = sorted(a for e in registry.adapters.values() for a in e.obj.architectures)
-    raise RaluError(f"unknown model {model!r}: give an architecture ({', '.join(known)}) or a pipeline folder")
+    raise RaluError(
+        f"unknown model {model!r}{did_you_mean(model, known)}: give an architecture ({', '.join(known)}) "
+        "or a pipeline folder"
+    )
 
 
 def cmd_flops(ns: argparse.Namespace) -> int:
@@ -305,7 +338,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     model = default_model(registry, recipes[0]) if ns.model is None else ns.model
     named = registry.models.get(model)
     known_defaults = dict(named.obj.call_defaults) if named is not None else {}
-    if _embedded(registry, model) is not None:
+    if any(model in e.obj.embedded_models for e in registry.adapters.values()):
         known_defaults = {"height": EMBEDDED_SIZE, "width": EMBEDDED_SIZE}
     height, width = ns.height or known_defaults.get("height"), ns.width or known_defaults.get("width")
     if height is None or width is None:
@@ -314,7 +347,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     pipe.set_progress_bar_config(disable=True)
     adapter = registry.resolve_adapter(pipe)
     fast = [accelerate(pipe, r, plugin_manager=registry.pm) for r in recipes]
-    kwargs: dict[str, Any] = {**defaults, **_call_args(ns.call_arg), "height": height, "width": width}
+    kwargs: dict[str, Any] = {**defaults, **parse_call_args(ns.call_arg), "height": height, "width": width}
     plan = BenchPlan(
         recipes=fast,
         prompts=prompts,
@@ -490,14 +523,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_third_party_notices() -> None:
+    """Deprecation notices, optional-backend hints and loading bars of diffusers, transformers and torch
+    are for library developers, not for someone generating an image; ralu says what matters itself, once."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+    try:
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+    except ImportError:  # pragma: no cover - both are dependencies
+        return
+    diffusers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    diffusers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # optional-backend notices are not for CLI users
     ns = build_parser().parse_args(argv)
+    quiet_third_party_notices()
     try:
         return int(ns.func(ns))
-    except RecipeError as exc:
-        _say(f"error: {exc}")
-        return 2
+    except KeyboardInterrupt:
+        _say("interrupted; nothing half-written was left behind")
+        return 130
     except (RaluError, ValueError, KeyError) as exc:
         _say(f"error: {exc}")
         return 2

@@ -9,6 +9,7 @@ meaningful images from it with no flags, and a user's own flags still win.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -35,6 +36,9 @@ class NamedModel:
     call_defaults: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
     """Pipeline arguments the model was trained for (``height``, ``max_sequence_length``, guidance ...);
     arguments the user passes override them."""
+    folder: Path | None = None
+    """Where the pipeline is stored, if it is a diffusers folder: the CLI reads its component configs
+    (not its weights) to check a call's arguments before loading it."""
     default: bool = False
     """The model ``ralu generate`` and ``ralu bench`` use for its adapter's recipes when no ``--model``
     is given (preferred over the adapter's own random-weight embedded models)."""

@@ -19,7 +19,7 @@ import attrs
 import numpy as np
 import torch
 
-from ralu_core.adapter import FlopsProfile, ModelAdapter, check_image_size, iter_chunks
+from ralu_core.adapter import ConfigReader, FlopsProfile, ModelAdapter, check_image_size, iter_chunks
 from ralu_core.arguments import PipelineArguments
 from ralu_core.pipeline_call import DiffusersCall, default_num_inference_steps
 from ralu_core.randomness import GeneratorArg, per_image_generators
@@ -257,17 +257,24 @@ class FluxAdapter(ModelAdapter):
 
         return isinstance(pipeline, FluxPipeline)
 
-    def size_multiple(self, pipeline: Any, coarsest_level: int) -> int:
-        return int(pipeline.vae_scale_factor) * PATCH * 2**coarsest_level
+    @staticmethod
+    def size_rule(vae_scale_factor: int, coarsest_level: int) -> tuple[int, str]:
+        why = f"for this recipe (VAE factor {vae_scale_factor} x 2 x 2 packing" + (
+            " x 2 for its half-resolution stage)" if coarsest_level else ")"
+        )
+        return vae_scale_factor * PATCH * 2**coarsest_level, why
+
+    def size_rule_from_configs(self, read_config: ConfigReader, coarsest_level: int) -> tuple[int, str] | None:
+        vae = read_config("vae")
+        if vae is None or not vae.get("block_out_channels"):
+            return None
+        return self.size_rule(2 ** (len(vae["block_out_channels"]) - 1), coarsest_level)
 
     def prepare(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> FluxCall:
         bound = FluxArguments.bind(args, kwargs)
         default = pipeline.default_sample_size * pipeline.vae_scale_factor
         height, width = bound.height or default, bound.width or default
-        why = f"for this recipe (VAE factor {pipeline.vae_scale_factor} x 2 x 2 packing" + (
-            " x 2 for its half-resolution stage)" if coarsest_level else ")"
-        )
-        check_image_size(height, width, self.size_multiple(pipeline, coarsest_level), why)
+        check_image_size(height, width, *self.size_rule(int(pipeline.vae_scale_factor), coarsest_level))
         if bound.num_inference_steps is not None and bound.num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be at least 1, got {bound.num_inference_steps}")
         pipeline.check_inputs(
@@ -311,6 +318,11 @@ class FluxAdapter(ModelAdapter):
         if name not in sizes:
             return super().embedded_pipeline(name)
         return make_flux_pipeline(sizes[name], seed=0)  # type: ignore[arg-type]
+
+    def embedded_config(self, name: str, component: str) -> dict[str, Any] | None:
+        from ralu_flux.testing import size_config
+
+        return size_config(name.removeprefix("flux-"), component) if name in self.embedded_models else None
 
     def embedded_note(self, name: str) -> str:
         return (

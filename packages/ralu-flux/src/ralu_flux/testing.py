@@ -26,7 +26,7 @@ Sizes:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 import torch
@@ -47,6 +47,7 @@ __all__ = [
     "make_clip_tokenizer",
     "make_flux_pipeline",
     "make_t5_tokenizer",
+    "size_config",
     "tiny_flux_pipeline",
 ]
 
@@ -90,6 +91,15 @@ _SIZES: dict[str, _SizeSpec] = {
         vae_groups=8,
     ),
 }
+
+
+def size_config(size: str, component: str) -> dict[str, Any] | None:
+    """The parts of a component's config that decide image sizes (VAE depth, patch), without building it."""
+    if size not in _SIZES:
+        return None
+    if component == "vae":
+        return {"block_out_channels": list(_SIZES[size].vae_channels)}
+    return {"patch_size": 1} if component == "transformer" else None
 
 
 def _transformer(spec: _SizeSpec) -> FluxTransformer2DModel:

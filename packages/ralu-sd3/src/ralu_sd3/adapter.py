@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from ralu_core.adapter import FlopsProfile, ModelAdapter, check_image_size
+from ralu_core.adapter import ConfigReader, FlopsProfile, ModelAdapter, check_image_size
 from ralu_core.arguments import PipelineArguments
 from ralu_core.pipeline_call import DiffusersCall, default_num_inference_steps
 from ralu_core.randomness import GeneratorArg, per_image_generators
@@ -225,16 +225,26 @@ class SD3Adapter(ModelAdapter):
 
         return isinstance(pipeline, StableDiffusion3Pipeline)
 
+    @staticmethod
+    def size_rule(vae_scale_factor: int, patch: int, coarsest_level: int) -> tuple[int, str]:
+        why = f"for this recipe (VAE factor {vae_scale_factor} x patch {patch}" + (
+            " x 2 for its half-resolution stage)" if coarsest_level else ")"
+        )
+        return vae_scale_factor * patch * 2**coarsest_level, why
+
+    def size_rule_from_configs(self, read_config: ConfigReader, coarsest_level: int) -> tuple[int, str] | None:
+        vae, transformer = read_config("vae"), read_config("transformer")
+        if vae is None or transformer is None or not vae.get("block_out_channels"):
+            return None
+        factor = 2 ** (len(vae["block_out_channels"]) - 1)
+        return self.size_rule(factor, int(transformer.get("patch_size", 2)), coarsest_level)
+
     def prepare(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SD3Call:
         bound = SD3Arguments.bind(args, kwargs)
         default = pipeline.default_sample_size * pipeline.vae_scale_factor
         height, width = bound.height or default, bound.width or default
         patch = int(pipeline.transformer.config.patch_size)
-        multiple = int(pipeline.vae_scale_factor) * patch * 2**coarsest_level
-        why = f"for this recipe (VAE factor {pipeline.vae_scale_factor} x patch {patch}" + (
-            " x 2 for its half-resolution stage)" if coarsest_level else ")"
-        )
-        check_image_size(height, width, multiple, why)
+        check_image_size(height, width, *self.size_rule(int(pipeline.vae_scale_factor), patch, coarsest_level))
         unit = int(pipeline.vae_scale_factor) * patch
         SinCosGrid.of(pipeline.transformer.pos_embed).check_fits(height // unit, width // unit)
         if bound.num_inference_steps is not None and bound.num_inference_steps < 1:
@@ -273,6 +283,11 @@ class SD3Adapter(ModelAdapter):
         if name not in self.embedded_models:
             return super().embedded_pipeline(name)
         return make_sd3_pipeline(name, seed=0)  # type: ignore[arg-type]
+
+    def embedded_config(self, name: str, component: str) -> dict[str, Any] | None:
+        from ralu_sd3.testing import variant_config
+
+        return variant_config(name, component) if name in self.embedded_models else None
 
     def embedded_note(self, name: str) -> str:
         return (

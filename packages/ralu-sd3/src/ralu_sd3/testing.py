@@ -36,7 +36,7 @@ Variants:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 import torch
@@ -57,7 +57,7 @@ from transformers import (
 
 from ralu_core.offline import CLIP_MAX_LENGTH, make_clip_tokenizer, make_t5_tokenizer, seeded_components
 
-__all__ = ["Variant", "make_sd3_pipeline"]
+__all__ = ["Variant", "make_sd3_pipeline", "variant_config"]
 
 Variant = Literal["sd3-tiny", "sd35-tiny", "sd3-mid"]
 
@@ -128,6 +128,15 @@ _VARIANTS: dict[str, _VariantSpec] = {
         vae_groups=8,
     ),
 }
+
+
+def variant_config(variant: str, component: str) -> dict[str, Any] | None:
+    """The parts of a component's config that decide image sizes (VAE depth, patch), without building it."""
+    if variant not in _VARIANTS:
+        return None
+    if component == "vae":
+        return {"block_out_channels": list(_VARIANTS[variant].vae_channels)}
+    return {"patch_size": 2} if component == "transformer" else None
 
 
 def _transformer(spec: _VariantSpec) -> SD3Transformer2DModel:

@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from ralu_core.errors import RecipeError
+from ralu_core.errors import RecipeError, did_you_mean
 from ralu_core.plugins import KIND_LABELS, Registry
 from ralu_core.recipes.loader import load_recipe_file, structure_strategy_ref, structure_strict
 from ralu_core.recipes.model import Recipe, Stage, StrategyRef
@@ -77,7 +77,8 @@ def find_recipe(source: str | Path | Recipe, registry: Registry) -> Recipe:
     if path.is_file():
         return _load_reporting_everything(path, registry)
     known = ", ".join(sorted(registry.recipes)) or "none installed"
-    raise RecipeError(text, [f"no built-in recipe of that name and no such file; built-in recipes: {known}"])
+    hint = did_you_mean(text, registry.recipes)
+    raise RecipeError(text, [f"no built-in recipe of that name and no such file{hint}; built-in recipes: {known}"])
 
 
 def _load_reporting_everything(path: Path, registry: Registry) -> Recipe:

@@ -1,0 +1,138 @@
+"""What ``--model`` names, found out before anything is loaded.
+
+A model is a plugin's named model, an adapter's embedded random-weight pipeline, a local diffusers
+folder or a hub id. Knowing which, and reading a stored pipeline's component configs (small JSON files,
+no weights), lets the CLI refuse a misspelled model, a recipe for another model family, an unknown call
+argument or an image size the model cannot take, before it spends seconds to minutes loading.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ralu_core.adapter import ModelAdapter
+from ralu_core.errors import RaluError, did_you_mean
+from ralu_core.plugins import Registry
+
+
+@attrs.frozen(kw_only=True)
+class ModelSource:
+    """A ``--model`` value, resolved without loading: what it is and what is known of it."""
+
+    name: str
+    kind: str
+    """``named``, ``embedded``, ``folder`` or ``hub``."""
+    adapter: ModelAdapter | None
+    """The adapter that will drive it, where known before loading."""
+    pipeline_class: str | None
+    """The diffusers pipeline class name, where known before loading."""
+    folder: Path | None = None
+    """Where its component configs can be read (a local folder, or the hub cache)."""
+
+    def read_config(self, component: str) -> Mapping[str, Any] | None:
+        """A component's ``config.json`` (e.g. ``vae``), or None where not available offline."""
+        if self.folder is not None:
+            path = self.folder / component / "config.json"
+            if path.is_file():
+                return dict(json.loads(path.read_text(encoding="utf-8")))
+            return None
+        if self.kind == "embedded" and self.adapter is not None:
+            return self.adapter.embedded_config(self.name, component)
+        if self.kind == "hub":
+            cached = _hub_cached(self.name, f"{component}/config.json")
+            return None if cached is None else dict(json.loads(Path(cached).read_text(encoding="utf-8")))
+        return None
+
+    def size_rule(self, coarsest_level: int) -> tuple[int, str] | None:
+        """(multiple, why) every image side must satisfy, from the stored configs; None if unknown."""
+        if self.adapter is None:
+            return None
+        return self.adapter.size_rule_from_configs(self.read_config, coarsest_level)
+
+
+def _hub_cached(repo: str, filename: str) -> str | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - diffusers depends on it
+        return None
+    try:
+        found = try_to_load_from_cache(repo, filename)
+    except Exception:  # an id the hub library rejects is simply not cached
+        return None
+    return found if isinstance(found, str) else None
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def _adapter_for_class(registry: Registry, class_name: str | None) -> ModelAdapter | None:
+    for entry in registry.adapters.values():
+        if class_name in entry.obj.pipeline_classes:
+            return entry.obj  # type: ignore[no-any-return]
+    return None
+
+
+def known_model_names(registry: Registry) -> list[str]:
+    """Named models and embedded pipelines ``--model`` accepts by name."""
+    embedded = [n for e in registry.adapters.values() for n in e.obj.embedded_models]
+    return sorted({*registry.models, *embedded})
+
+
+def resolve_model_source(registry: Registry, model: str) -> ModelSource:
+    """Classify `model` and gather what can be known without loading it; a RaluError says what is
+    wrong and lists the names it could have meant."""
+    named = registry.models.get(model)
+    if named is not None:
+        adapter_entry = registry.adapters.get(named.obj.adapter)
+        adapter = None if adapter_entry is None else adapter_entry.obj
+        pipeline_class = adapter.pipeline_classes[0] if adapter is not None and adapter.pipeline_classes else None
+        return ModelSource(
+            name=model, kind="named", adapter=adapter, pipeline_class=pipeline_class, folder=named.obj.folder
+        )
+    for entry in registry.adapters.values():
+        if model in entry.obj.embedded_models:
+            adapter = entry.obj
+            return ModelSource(name=model, kind="embedded", adapter=adapter, pipeline_class=adapter.pipeline_classes[0])
+    path = Path(model).expanduser()
+    if path.exists():
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise RaluError(f"--model {model}: the folder has no model_index.json, so it is not a diffusers pipeline")
+        try:
+            class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+        except (OSError, ValueError) as exc:
+            raise RaluError(f"--model {model}: cannot read {index}: {exc}") from None
+        return ModelSource(
+            name=model,
+            kind="folder",
+            adapter=_adapter_for_class(registry, class_name),
+            pipeline_class=class_name,
+            folder=path,
+        )
+    known = known_model_names(registry)
+    if _looks_like_hub_id(model):
+        cached_index = _hub_cached(model, "model_index.json")
+        class_name = None
+        if cached_index is not None:
+            class_name = json.loads(Path(cached_index).read_text(encoding="utf-8")).get("_class_name")
+        elif os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+            raise RaluError(
+                f"--model {model}: not a named model or a folder, and this hub id is not in the local cache while "
+                f"HF_HUB_OFFLINE is set (`./dev` sets it); unset it to download, or use a named model: "
+                f"{', '.join(known)}{did_you_mean(model, known)}"
+            )
+        return ModelSource(
+            name=model, kind="hub", adapter=_adapter_for_class(registry, class_name), pipeline_class=class_name
+        )
+    raise RaluError(
+        f"--model {model!r} is neither a named model, a folder, nor a hub id (owner/name){did_you_mean(model, known)}; "
+        f"named models: {', '.join(known)}"
+    )

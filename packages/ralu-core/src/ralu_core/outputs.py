@@ -1,0 +1,68 @@
+"""Writing result files so that an interruption never leaves a half-written one.
+
+Every file is written to a temporary name in its own folder, flushed to disk, and then renamed over
+the target in one step (``os.replace`` is atomic on POSIX and Windows). A Ctrl-C or crash therefore
+leaves either the complete new file or whatever was there before, never a truncated image.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from ralu_core.errors import RaluError
+
+
+def write_atomically(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Call `write(file)` on a temporary file next to `path`, then move it into place."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def save_image_atomically(image: Any, path: Path) -> None:
+    """Save a PIL image in the format its suffix names (``.png``, ``.jpg``, ``.webp`` ...)."""
+    write_atomically(path, lambda handle: image.save(handle, format=image_format(path)))
+
+
+def image_format(path: Path) -> str:
+    """The PIL format for `path`'s suffix; a RaluError for a suffix PIL cannot write."""
+    from PIL import Image
+
+    extensions = Image.registered_extensions()
+    fmt = extensions.get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        writable = sorted(
+            e for e, f in extensions.items() if f in Image.SAVE and e in (".png", ".jpg", ".jpeg", ".webp")
+        )
+        raise RaluError(
+            f"--out {path}: cannot write {path.suffix or 'files without a suffix'}; use {', '.join(writable)}"
+        )
+    return fmt
+
+
+def check_writable(path: Path) -> None:
+    """Refuse, before any work, an output path that cannot be written: a missing folder that cannot be
+    made, a file used as a folder, a folder given as the file, or a folder without write permission."""
+    if path.is_dir():
+        raise RaluError(f"--out {path}: is a folder; give a file name such as {path / 'image.png'}")
+    folder = path.parent if str(path.parent) else Path(".")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RaluError(f"--out {path}: {existing} is a file, not a folder")
+    try:  # the one reliable test (permissions, read-only and virtual file systems, root): try it
+        with tempfile.TemporaryFile(dir=existing, prefix=".ralu-probe-"):
+            pass
+    except OSError as exc:
+        raise RaluError(f"--out {path}: cannot write in {existing} ({exc.strerror or exc})") from None
