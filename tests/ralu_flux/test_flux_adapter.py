@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import ralu_core
+from ralu_core.plugins import Registry, create_plugin_manager
 from ralu_core.testing import seeded_generators
 
 CALL = {"max_sequence_length": 16, "output_type": "np"}
@@ -95,6 +96,45 @@ def test_a_batch_equals_single_calls(pipe, recipe: str) -> None:  # type: ignore
     assert np.abs(batch - np.concatenate([first, second])).max() < 1e-5
 
 
+@pytest.mark.parametrize("recipe", ["flux-baseline", "ralu-flux-7x"])
+def test_one_negative_prompt_serves_a_batch_of_prompts_as_in_the_pipeline(pipe, recipe: str) -> None:  # type: ignore[no-untyped-def]
+    fast = ralu_core.accelerate(pipe, recipe)
+    kwargs = {**CALL, "height": 64, "width": 64, "negative_prompt": "", "true_cfg_scale": 4.0}
+    steps = {"num_inference_steps": 4} if recipe == "flux-baseline" else {}
+    batch = fast(["a red circle", "a blue square"], generator=seeded_generators(3, 4), **kwargs, **steps).images
+    second = fast("a blue square", generator=seeded_generators(4), **kwargs, **steps).images
+    assert batch.shape == (2, 64, 64, 3) and np.abs(batch[1:] - second).max() < 1e-5
+    if recipe == "flux-baseline":
+        plain = pipe(["a red circle", "a blue square"], generator=seeded_generators(3, 4), **kwargs, **steps).images
+        assert np.abs(batch - plain).max() < 1e-5
+    with pytest.raises(ValueError, match="got 3 negative prompts for 2 prompts"):
+        fast(["a", "b"], **{**kwargs, "negative_prompt": ["x", "y", "z"]}, **steps)
+
+
+def _registry() -> Registry:
+    return Registry.collect(create_plugin_manager())
+
+
+@pytest.mark.parametrize("recipe", ["ralu-flux-7x", "ralu-flux-7x-with-random-tokens"])
+def test_the_same_latents_give_the_same_image_without_a_generator(pipe, recipe: str) -> None:  # type: ignore[no-untyped-def]
+    """Transition noise (and random selection) is seeded from each image's latents when no generator is
+    given; the global RNG's state does not matter."""
+    text = ralu_core.recipes.dump_recipe(ralu_core.recipes.find_recipe("ralu-flux-7x", _registry()))
+    if recipe.endswith("random-tokens"):
+        text = text.replace("name: canny-edge", "name: random")
+    fast = ralu_core.accelerate(pipe, ralu_core.load_recipe_text(text))
+    latents = torch.randn(2, 16, 64, generator=torch.Generator().manual_seed(0))
+    kwargs = {"height": 64, "width": 64, "max_sequence_length": 16, "output_type": "latent"}
+    torch.manual_seed(1)
+    first = fast(["a", "b"], latents=latents, **kwargs).images
+    torch.manual_seed(2)
+    again = fast(["a", "b"], latents=latents, **kwargs).images
+    alone = fast("b", latents=latents[1:], **kwargs).images
+    assert torch.equal(first, again) and (first[1] - alone[0]).abs().max() < 1e-5
+    other = fast(["a", "b"], latents=latents.flip(0), **kwargs).images
+    assert not torch.equal(other, first)
+
+
 def test_num_images_per_prompt_with_one_generator_per_image(pipe) -> None:  # type: ignore[no-untyped-def]
     fast = ralu_core.accelerate(pipe, "ralu-flux-5x")
     images = fast(
@@ -147,6 +187,9 @@ def test_rope_positions_in_each_stage(pipe) -> None:  # type: ignore[no-untyped-
     [
         ("ralu-flux-7x", 80, r"multiple of 32 .*height=80 \(nearest valid: 64 or 96\)"),
         ("flux-baseline", 72, r"multiple of 16 .*height=72 \(nearest valid: 64 or 80\)"),
+        ("ralu-flux-7x", 64.5, r"height must be a whole number of pixels, got 64.5"),
+        ("ralu-flux-7x", 2**20, r"height must be between 1 and 16384 pixels, got 1048576"),
+        ("ralu-flux-7x", "64", r"height must be a whole number of pixels, got '64'"),
     ],
 )
 def test_a_size_that_does_not_fit_is_refused(pipe, recipe: str, height: int, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -158,6 +201,14 @@ def test_a_size_that_does_not_fit_is_refused(pipe, recipe: str, height: int, mes
     finally:
         handle.remove()
     assert calls == []  # refused before encoding the prompt
+
+
+@pytest.mark.parametrize("recipe", ["flux-baseline", "ralu-flux-7x"])
+def test_an_integral_float_size_works_as_in_the_pipeline(pipe, recipe: str) -> None:  # type: ignore[no-untyped-def]
+    fast = ralu_core.accelerate(pipe, recipe)
+    as_float = fast("a", height=64.0, width=96.0, generator=seeded_generators(0), **CALL).images
+    as_int = fast("a", height=64, width=96, generator=seeded_generators(0), **CALL).images
+    assert as_float.shape == (1, 64, 96, 3) and np.array_equal(as_float, as_int)
 
 
 def test_multi_stage_recipe_says_its_steps_are_fixed(pipe) -> None:  # type: ignore[no-untyped-def]

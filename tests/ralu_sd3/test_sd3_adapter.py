@@ -213,6 +213,8 @@ def test_sd35_style_model_end_to_end(sd35) -> None:  # type: ignore[no-untyped-d
         ("ralu-sd3-3x", 80, r"multiple of 32 .*height=80 \(nearest valid: 64 or 96\)"),
         ("sd3-baseline", 72, r"multiple of 16 .*height=72 \(nearest valid: 64 or 80\)"),
         ("sd3-baseline", 512, r"exceeds this model's position embedding"),
+        ("ralu-sd3-3x", 64.5, r"height must be a whole number of pixels, got 64.5"),
+        ("ralu-sd3-3x", 2**20, r"height must be between 1 and 16384 pixels"),
     ],
 )
 def test_sizes_that_do_not_fit_are_refused_before_encoding(sd3, recipe, height, message) -> None:  # type: ignore[no-untyped-def]
@@ -238,3 +240,10 @@ def test_flux_recipes_are_refused_for_sd3(sd3) -> None:  # type: ignore[no-untyp
     recipe = ralu_core.load_recipe_text("name: for-flux\nmodel: flux\nschedule: uniform\nstages:\n  - {level: 0}\n")
     with pytest.raises(ralu_core.RecipeError, match="this recipe is for 'flux' pipelines"):
         ralu_core.accelerate(sd3, recipe)
+
+
+def test_an_integral_float_size_works_as_in_the_pipeline(sd3) -> None:  # type: ignore[no-untyped-def]
+    fast = ralu_core.accelerate(sd3, "ralu-sd3-3x")
+    as_float = fast("a", height=64.0, width=64.0, generator=seeded_generators(0), **CALL).images
+    as_int = fast("a", height=64, width=64, generator=seeded_generators(0), **CALL).images
+    assert np.array_equal(as_float, as_int)

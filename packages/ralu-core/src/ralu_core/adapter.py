@@ -134,8 +134,25 @@ class ModelAdapter(abc.ABC):
         return f"<{type(self).__name__} {self.name!r}>"
 
 
-def check_image_size(height: int, width: int, multiple: int, why: str) -> None:
-    """Refuse a size that does not divide, naming the nearest valid sizes for each side."""
+MAX_IMAGE_SIDE = 16384
+"""Larger sides are refused: no DiT runs there, and position arithmetic overflows long before."""
+
+
+def image_side(label: str, value: Any) -> int:
+    """A side as the pipelines take it: an int, or a float with an integral value (``64.0``)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{label} must be a whole number of pixels, got {value!r}")
+    if not 0 < value <= MAX_IMAGE_SIDE:
+        raise ValueError(f"{label} must be between 1 and {MAX_IMAGE_SIDE} pixels, got {value}")
+    return value
+
+
+def check_image_size(height: Any, width: Any, multiple: int, why: str) -> tuple[int, int]:
+    """The size as ints; refuses a size that is not a whole number of pixels, is out of range, or does not
+    divide, naming the nearest valid sizes for each side."""
+    height, width = image_side("height", height), image_side("width", width)
     problems = []
     for label, value in (("height", height), ("width", width)):
         if value <= 0 or value % multiple:
@@ -145,6 +162,7 @@ def check_image_size(height: int, width: int, multiple: int, why: str) -> None:
             problems.append(f"{label}={value} (nearest valid: {' or '.join(str(v) for v in options)})")
     if problems:
         raise ValueError(f"image size must be a multiple of {multiple} pixels {why}; got {', '.join(problems)}")
+    return height, width
 
 
 def iter_chunks(indices: torch.Tensor) -> Iterator[torch.Tensor]:

@@ -15,6 +15,7 @@ import attrs
 import torch
 
 from ralu_core.adapter import ModelCall
+from ralu_core.randomness import GeneratorArg, generators_from_noise
 from ralu_core.recipes.resolve import RecipeRuntime, RuntimeStage
 from ralu_core.strategies.base import (
     ScheduleContext,
@@ -94,7 +95,11 @@ class SamplingEngine:
         """Sample; returns the final full-resolution state in raster order."""
         self.runtime.reset()
         plan = self.plan(call)
-        state = TokenState.full_resolution(call.initial_noise(), call.grid)
+        noise = call.initial_noise()
+        # ralu's own randomness (transition noise, random selections) follows the call's generators; with
+        # none, it is seeded from each image's initial noise, so the same `latents` give the same image.
+        generator = call.generator if call.generator is not None else generators_from_noise(noise)
+        state = TokenState.full_resolution(noise, call.grid)
         if self.runtime.start_level == HALF:
             state = downsample_nearest(state)
         velocity: torch.Tensor | None = None
@@ -104,11 +109,11 @@ class SamplingEngine:
                 sigmas = sigmas.to(state.values.device)
                 if index > 0:
                     assert velocity is not None and sigma_end is not None
-                    state = self._transition(call, stage, state, velocity, sigma_end, sigmas[0])
+                    state = self._transition(call, generator, stage, state, velocity, sigma_end, sigmas[0])
                 self.runtime.cache.begin_stage(
                     StageInfo(index=index, num_tokens=state.num_tokens, steps=len(sigmas) - 1)
                 )
-                state, velocity = self._run_stage(call, index, stage, state, sigmas, bar)
+                state, velocity = self._run_stage(call, generator, index, stage, state, sigmas, bar)
                 sigma_end = sigmas[-1]
                 if self.hooks is not None:
                     levels = {lvl: state.count_at_level(lvl) for lvl in (FULL, HALF)}
@@ -124,14 +129,21 @@ class SamplingEngine:
         return to_raster(state)
 
     def _run_stage(
-        self, call: ModelCall, index: int, stage: RuntimeStage, state: TokenState, sigmas: torch.Tensor, bar: Any
+        self,
+        call: ModelCall,
+        generator: GeneratorArg,
+        index: int,
+        stage: RuntimeStage,
+        state: TokenState,
+        sigmas: torch.Tensor,
+        bar: Any,
     ) -> tuple[TokenState, torch.Tensor]:
         velocity: torch.Tensor | None = None
         for step in range(len(sigmas) - 1):
             sigma, sigma_next = sigmas[step], sigmas[step + 1]
             active = None
             if stage.step_tokens is not None and velocity is not None:
-                active = self._active_tokens(call, stage.step_tokens, state, velocity, float(sigma))
+                active = self._active_tokens(call, generator, stage.step_tokens, state, velocity, float(sigma))
             info = StepInfo(stage=index, step=step, sigma=float(sigma), sigma_next=float(sigma_next), active=active)
             current = state
 
@@ -167,6 +179,7 @@ class SamplingEngine:
     def _request(
         self,
         call: ModelCall,
+        generator: GeneratorArg,
         state: TokenState,
         candidates: torch.Tensor,
         clean: torch.Tensor | None,
@@ -179,23 +192,30 @@ class SamplingEngine:
             clean_estimate=clean,
             velocity=velocity,
             sigma=sigma,
-            generator=call.generator,
+            generator=generator,
             render=lambda values, level: render_latent(state, values, level),
             decode=call.decode,
         )
 
     def _active_tokens(
-        self, call: ModelCall, selector: TokenSelector, state: TokenState, velocity: torch.Tensor, sigma: float
+        self,
+        call: ModelCall,
+        generator: GeneratorArg,
+        selector: TokenSelector,
+        state: TokenState,
+        velocity: torch.Tensor,
+        sigma: float,
     ) -> torch.Tensor:
         everything = torch.arange(state.num_tokens, device=state.values.device).expand(state.batch_size, -1)
         clean = state.values.float() - sigma * velocity.float()
-        picks = selector.select(self._request(call, state, everything, clean, velocity, sigma))
+        picks = selector.select(self._request(call, generator, state, everything, clean, velocity, sigma))
         check_selection(selector, picks, state.batch_size, state.num_tokens)
         return gather_tokens(everything, picks)
 
     def _transition(
         self,
         call: ModelCall,
+        generator: GeneratorArg,
         stage: RuntimeStage,
         state: TokenState,
         velocity: torch.Tensor,
@@ -205,7 +225,7 @@ class SamplingEngine:
         assert stage.selector is not None and stage.transition is not None
         clean = state.values.float() - sigma_from.float() * velocity.float()
         candidates = state.indices_at_level(HALF)
-        request = self._request(call, state, candidates, clean, velocity, float(sigma_from))
+        request = self._request(call, generator, state, candidates, clean, velocity, float(sigma_from))
         picks = stage.selector.select(request)
         check_selection(stage.selector, picks, state.batch_size, candidates.shape[1])
         selected = gather_tokens(candidates, picks)
@@ -215,7 +235,7 @@ class SamplingEngine:
                 selected=selected,
                 sigma_from=float(sigma_from),
                 sigma_to=float(sigma_to),
-                generator=call.generator,
+                generator=generator,
             )
         )
         # Once every token is at full resolution, keep them in raster order: adapters can then use the

@@ -14,12 +14,9 @@ from typing import Any
 import torch
 import yaml
 
-from ralu_core.adapter import check_image_size
+from ralu_core.adapter import check_image_size, image_side
 from ralu_core.errors import RaluError, did_you_mean
 from ralu_core.model_sources import ModelSource
-
-MAX_SIDE = 16384
-"""Image sides above this are refused: no DiT runs there, and the arithmetic overflows long before."""
 
 SET_BY_THE_CLI = {
     "prompt": "the positional PROMPT",
@@ -92,23 +89,14 @@ def check_counts(steps: int | None, num_images: int, guidance: float | None) -> 
 def check_sizes(sides: Iterable[tuple[str, Any]], source: ModelSource, coarsest_level: int) -> None:
     """Each given side is a whole number of pixels in a sane range and fits the model's multiple when the
     stored configs tell it."""
-    values = {}
-    for label, value in sides:
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RaluError(f"{label} must be a whole number of pixels, got {value!r}")
-        if not 0 < value <= MAX_SIDE:
-            raise RaluError(f"{label} must be between 1 and {MAX_SIDE} pixels, got {value}")
-        values[label] = value
-    rule = source.size_rule(coarsest_level)
-    if rule is not None and values:
-        multiple, why = rule
-        height, width = values.get("--height", multiple), values.get("--width", multiple)
-        try:
-            check_image_size(height, width, multiple, why)
-        except ValueError as exc:
-            raise RaluError(str(exc)) from None
+    try:
+        values = {label: image_side(label, value) for label, value in sides if value is not None}
+        rule = source.size_rule(coarsest_level)
+        if rule is not None and values:
+            multiple, why = rule
+            check_image_size(values.get("--height", multiple), values.get("--width", multiple), multiple, why)
+    except ValueError as exc:
+        raise RaluError(str(exc)) from None
 
 
 def check_device(device: str, dtype: str) -> list[str]:

@@ -8,6 +8,7 @@ here, from the call's generators, never the global RNG, so a seed reproduces an 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import torch
@@ -61,3 +62,18 @@ def rand(
         for g in generators
     ]
     return torch.cat(parts, dim=0)
+
+
+def generators_from_noise(noise: torch.Tensor) -> list[torch.Generator]:
+    """One CPU generator per image, seeded from a hash of that image's initial noise.
+
+    For calls without a generator: the noise is then either the caller's `latents` (so the same
+    latents give the same image, and a batch equals its single calls) or a draw from the global RNG
+    (so ``torch.manual_seed`` still reproduces the whole call, as in diffusers).
+    """
+    generators = []
+    for image in noise.detach():
+        data = image.to(device="cpu", dtype=torch.float32).contiguous().numpy().tobytes()
+        seed = int.from_bytes(hashlib.sha256(data).digest()[:8], "little") & (2**63 - 1)
+        generators.append(torch.Generator().manual_seed(seed))
+    return generators

@@ -124,6 +124,10 @@ class FluxCall(DiffusersCall):
                 args.negative_prompt_embeds,
                 args.negative_pooled_prompt_embeds,
             )
+            self.neg_embeds, self.neg_pooled = (
+                _one_negative_for_every_prompt(t, self.prompt_embeds.shape[0], args.num_images_per_prompt)
+                for t in (self.neg_embeds, self.neg_pooled)
+            )
         self.dtype = self.prompt_embeds.dtype
         config = pipe.transformer.config
         self.guidance = (
@@ -245,6 +249,19 @@ class FluxCall(DiffusersCall):
         return self.pipeline_output(unpacked, latents, FluxPipelineOutput)
 
 
+def _one_negative_for_every_prompt(negative: torch.Tensor, batch: int, per_prompt: int) -> torch.Tensor:
+    """A single negative prompt (a string for a list of prompts, as the pipeline accepts) serves every
+    prompt; any other count must match the prompts."""
+    if negative.shape[0] == batch:
+        return negative
+    if negative.shape[0] == per_prompt:
+        return negative.repeat(batch // per_prompt, *([1] * (negative.dim() - 1)))
+    raise ValueError(
+        f"got {negative.shape[0] // per_prompt} negative prompts for {batch // per_prompt} prompts; "
+        "give one negative prompt, or one per prompt"
+    )
+
+
 class FluxAdapter(ModelAdapter):
     """diffusers FluxPipeline (FLUX.1-dev, FLUX.1-schnell and models of the same architecture)."""
 
@@ -274,7 +291,7 @@ class FluxAdapter(ModelAdapter):
         bound = FluxArguments.bind(args, kwargs)
         default = pipeline.default_sample_size * pipeline.vae_scale_factor
         height, width = bound.height or default, bound.width or default
-        check_image_size(height, width, *self.size_rule(int(pipeline.vae_scale_factor), coarsest_level))
+        height, width = check_image_size(height, width, *self.size_rule(int(pipeline.vae_scale_factor), coarsest_level))
         if bound.num_inference_steps is not None and bound.num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be at least 1, got {bound.num_inference_steps}")
         pipeline.check_inputs(

@@ -244,7 +244,9 @@ class SD3Adapter(ModelAdapter):
         default = pipeline.default_sample_size * pipeline.vae_scale_factor
         height, width = bound.height or default, bound.width or default
         patch = int(pipeline.transformer.config.patch_size)
-        check_image_size(height, width, *self.size_rule(int(pipeline.vae_scale_factor), patch, coarsest_level))
+        height, width = check_image_size(
+            height, width, *self.size_rule(int(pipeline.vae_scale_factor), patch, coarsest_level)
+        )
         unit = int(pipeline.vae_scale_factor) * patch
         SinCosGrid.of(pipeline.transformer.pos_embed).check_fits(height // unit, width // unit)
         if bound.num_inference_steps is not None and bound.num_inference_steps < 1:
