@@ -95,3 +95,40 @@ def test_euler_step_matches_the_scheduler_arithmetic() -> None:
     out = euler_step(x, v, s, s_next)
     assert out.dtype == torch.bfloat16
     assert torch.equal(out, (x.to(torch.float32) + (s_next - s) * v).to(torch.bfloat16))
+
+
+def test_the_feature_cache_hears_of_every_new_token_set_before_it_is_used() -> None:
+    """A cache must never reuse features across token sets: the engine calls `begin_stage` before each
+    stage's first step, with that stage's token count."""
+    from collections.abc import Callable
+    from typing import ClassVar
+
+    from ralu_core import hookimpl
+    from ralu_core.plugins import create_plugin_manager
+    from ralu_core.strategies.base import FeatureCache, StageInfo, StepInfo
+    from ralu_core.testing import ToyPlugin
+
+    events: list[tuple[str, int, int]] = []
+
+    class Recording(FeatureCache):
+        name: ClassVar[str] = "recording"
+
+        def begin_stage(self, stage: StageInfo) -> None:
+            events.append(("stage", stage.index, stage.num_tokens))
+
+        def predict(self, step: StepInfo, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+            value = compute()
+            events.append(("step", step.stage, value.shape[1]))
+            return value
+
+    class Plugin:
+        @hookimpl
+        def ralu_register_feature_caches(self, register) -> None:  # type: ignore[no-untyped-def]
+            register(Recording)
+
+    pm = create_plugin_manager(plugins=[ToyPlugin(), Plugin()])
+    recipe = load_recipe_text(RALU + "cache: recording\n")
+    accelerate(ToyPipeline(), recipe, plugin_manager=pm)("x", height=64, width=64, generator=seeded_generators(0))
+    # 8 x 8 tokens: 16 at half resolution; 4 of them upsampled into 16 children; then all 64.
+    expected = [("stage", 0, 16), *[("step", 0, 16)] * 2, ("stage", 1, 28), *[("step", 1, 28)] * 3]
+    assert events == [*expected, ("stage", 2, 64), *[("step", 2, 64)] * 2]

@@ -16,7 +16,7 @@ import attrs
 from ralu_core.adapter import FlopsProfile
 from ralu_core.flops import FlopCount
 from ralu_core.recipes.resolve import RecipeRuntime
-from ralu_core.tokens import HALF
+from ralu_core.token_plan import plan_tokens
 
 
 @attrs.frozen(kw_only=True)
@@ -111,19 +111,15 @@ def recipe_cost(
     latent_h, latent_w = grid.latent_size
     base_steps = baseline_steps or profile.baseline_steps
     planned = runtime.schedule.planned_steps([s.spec for s in runtime.stages], steps or base_steps)
-    low_res = full // 4 if runtime.start_level == HALF else 0  # half-res tokens at the start
-    half = low_res  # half-res tokens still at half resolution
     stages = []
-    for index, (stage, stage_steps) in enumerate(zip(runtime.stages, planned, strict=True)):
+    for index, (stage, counts, stage_steps) in enumerate(
+        zip(runtime.stages, plan_tokens(runtime, full), planned, strict=True)
+    ):
         decode = FlopCount()
-        if index > 0 and stage.selector is not None:
-            if stage.selector.decodes:
-                decode = profile.decode(latent_h // 2, latent_w // 2)
-            half -= stage.selector.planned_count(half)
-        tokens = half + 4 * (low_res - half) if low_res else full
-        sparse = None
-        if stage.step_tokens is not None and stage_steps > 1:
-            sparse = stage.step_tokens.planned_count(tokens)
+        if index > 0 and stage.selector is not None and stage.selector.decodes:
+            decode = profile.decode(latent_h // 2, latent_w // 2)
+        tokens = counts.tokens
+        sparse = counts.active if stage_steps > 1 else None
         stages.append(
             StageCost(
                 image_tokens=tokens,

@@ -15,6 +15,7 @@ import attrs
 import torch
 
 from ralu_core.adapter import ModelCall
+from ralu_core.errors import PluginError
 from ralu_core.randomness import GeneratorArg, generators_from_noise
 from ralu_core.recipes.resolve import RecipeRuntime, RuntimeStage
 from ralu_core.strategies.base import (
@@ -26,6 +27,7 @@ from ralu_core.strategies.base import (
     TokenSelector,
     TransitionRequest,
 )
+from ralu_core.token_plan import check_selection, plan_tokens
 from ralu_core.tokens import FULL, HALF, TokenState, downsample_nearest, gather_tokens, render_latent, to_raster
 
 
@@ -62,14 +64,13 @@ def euler_step(
     return updated.to(velocity.dtype)
 
 
-def check_selection(selector: TokenSelector, picks: torch.Tensor, batch: int, candidates: int) -> None:
-    expected = selector.planned_count(candidates)
-    if picks.shape != (batch, expected):
-        raise RuntimeError(
-            f"token selector {selector.name!r} returned shape {tuple(picks.shape)}, expected ({batch}, {expected})"
-        )
-    if expected and (int(picks.min()) < 0 or int(picks.max()) >= candidates):
-        raise RuntimeError(f"token selector {selector.name!r} returned positions outside 0..{candidates - 1}")
+def select_with(selector: TokenSelector, request: SelectionRequest) -> torch.Tensor:
+    """Ask a selector; its failures and malformed answers are reported as its plugin's error."""
+    try:
+        picks = selector.select(request)
+    except Exception as exc:
+        raise PluginError(f"{selector.describe()} failed: {type(exc).__name__}: {exc}") from exc
+    return check_selection(selector, picks, request.state.batch_size, request.candidates.shape[1])
 
 
 @attrs.define
@@ -94,6 +95,7 @@ class SamplingEngine:
     def run(self, call: ModelCall) -> TokenState:
         """Sample; returns the final full-resolution state in raster order."""
         self.runtime.reset()
+        plan_tokens(self.runtime, call.grid.num_tokens)  # impossible selector plans fail before any model call
         plan = self.plan(call)
         noise = call.initial_noise()
         # ralu's own randomness (transition noise, random selections) follows the call's generators; with
@@ -208,8 +210,7 @@ class SamplingEngine:
     ) -> torch.Tensor:
         everything = torch.arange(state.num_tokens, device=state.values.device).expand(state.batch_size, -1)
         clean = state.values.float() - sigma * velocity.float()
-        picks = selector.select(self._request(call, generator, state, everything, clean, velocity, sigma))
-        check_selection(selector, picks, state.batch_size, state.num_tokens)
+        picks = select_with(selector, self._request(call, generator, state, everything, clean, velocity, sigma))
         return gather_tokens(everything, picks)
 
     def _transition(
@@ -226,8 +227,7 @@ class SamplingEngine:
         clean = state.values.float() - sigma_from.float() * velocity.float()
         candidates = state.indices_at_level(HALF)
         request = self._request(call, generator, state, candidates, clean, velocity, float(sigma_from))
-        picks = stage.selector.select(request)
-        check_selection(stage.selector, picks, state.batch_size, candidates.shape[1])
+        picks = select_with(stage.selector, request)
         selected = gather_tokens(candidates, picks)
         state = stage.transition.apply(
             TransitionRequest(

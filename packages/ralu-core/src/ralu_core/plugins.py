@@ -221,7 +221,26 @@ class Registry:
         return adapter
 
     def resolve_adapter(self, pipeline: Any) -> ModelAdapter:
-        adapter: ModelAdapter | None = self.pm.hook.ralu_resolve_model_adapter(pipeline=pipeline)
+        """The first plugin answer (in pluggy's call order) that is not None; a resolver that raises or
+        answers something other than a ModelAdapter is reported by its plugin's name."""
+        adapter: ModelAdapter | None = None
+        for impl in reversed(self.pm.hook.ralu_resolve_model_adapter.get_hookimpls()):
+            try:
+                answer = impl.function(pipeline=pipeline)
+            except Exception as exc:
+                raise PluginError(
+                    f"ralu plugin {impl.plugin_name!r} failed in ralu_resolve_model_adapter: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            if answer is None:
+                continue
+            if not isinstance(answer, ModelAdapter):
+                raise PluginError(
+                    f"ralu plugin {impl.plugin_name!r} answered ralu_resolve_model_adapter with "
+                    f"{type(answer).__name__} {answer!r:.60}; it must return a ModelAdapter or None"
+                )
+            adapter = answer
+            break
         if adapter is None:
             known = (
                 ", ".join(f"{a.obj.name} ({', '.join(a.obj.pipeline_classes)})" for a in self.adapters.values())

@@ -72,6 +72,11 @@ def find_recipe(source: str | Path | Recipe, registry: Registry) -> Recipe:
     text = str(source)
     entry = registry.recipes.get(text)
     if entry is not None:
+        if not Path(entry.obj).is_file():
+            raise RecipeError(
+                text,
+                [f"plugin {entry.plugin!r} registered this recipe as {entry.obj}, which does not exist; reinstall it"],
+            )
         return _load_reporting_everything(entry.obj, registry)
     path = Path(text)
     if path.is_file():
@@ -138,7 +143,9 @@ class _Builder:
         except RecipeError as exc:
             self.problems += exc.problems
             return None
-        return cls(config)
+        strategy = cls(config)
+        strategy.plugin = self.registry.strategies[kind][ref.name].plugin
+        return strategy
 
 
 def resolve_recipe(recipe: Recipe, registry: Registry) -> RecipeRuntime:

@@ -31,8 +31,16 @@ class Strategy(abc.ABC):
     name: ClassVar[str]
     Config: ClassVar[type[Any]] = NoConfig
 
+    plugin: str | None = None
+    """The plugin that registered this strategy (set when a recipe builds it), for error messages."""
+
     def __init__(self, config: Any = None) -> None:
         self.config = self.Config() if config is None else config
+
+    def describe(self) -> str:
+        """``token selector 'canny-edge' (plugin core)``: how errors name this strategy."""
+        label = self.kind.replace("_", " ")
+        return f"{label} {self.name!r}" + (f" (plugin {self.plugin!r})" if self.plugin else "")
 
     @classmethod
     def summary(cls) -> str:
