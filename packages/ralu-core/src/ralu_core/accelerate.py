@@ -8,6 +8,8 @@ pipeline can coexist.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +49,32 @@ class AcceleratedPipeline:
                 f"{self.runtime.schedule.name!r}); drop num_inference_steps, or edit the stages' `steps` in a copy "
                 "of the recipe (`ralu recipes show NAME > my.yaml`)"
             )
-        with torch.no_grad():
+        with pipeline_lock(self.pipeline), torch.no_grad():
             call = self.adapter.prepare(self.pipeline, self.runtime.start_level, args, kwargs)
             final = self.engine.run(call)
             return call.finish(final)
+
+
+_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def pipeline_lock(pipeline: Any) -> threading.RLock:
+    """One lock per pipeline object, shared by every accelerated view of it.
+
+    A diffusers pipeline is not thread-safe (its tokenizers, text encoders and VAE keep per-call state),
+    so calls from several threads through ralu take turns on the same pipeline instead of corrupting
+    each other; for parallel generation, use one pipeline per thread, process or GPU. The table holds
+    the pipelines weakly: it never keeps one alive, and holds no sampling state.
+    """
+    with _LOCKS_GUARD:
+        try:
+            lock = _LOCKS.get(pipeline)
+        except TypeError:  # an object that cannot be weakly referenced: lock per accelerated call site
+            return threading.RLock()
+        if lock is None:
+            lock = _LOCKS[pipeline] = threading.RLock()
+        return lock
 
 
 def accelerate(
