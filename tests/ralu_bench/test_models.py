@@ -20,6 +20,7 @@ from ralu_bench.plugin import shapes_prompts
 from ralu_bench.shapeeval import ShapeEval
 from ralu_core import accelerate
 from ralu_core.accounting import recipe_cost
+from ralu_core.bench import LABEL_WIDTH
 from ralu_core.cli import main
 from ralu_core.plugins import Registry, create_plugin_manager
 
@@ -98,7 +99,7 @@ def test_ralu_bench_on_a_reference_model_writes_every_output(tmp_path, offline) 
         assert math.isfinite(ralu[metric]), metric
     width, height = Image.open(out / "grid.png").size
     assert ralu["speedup_flops_all"] == pytest.approx(1.0, abs=0.04)  # the 7-step control costs what RALU does
-    assert width == 2 * 132 and 10 <= height - 2 * 132 <= 30  # two prompts under a header row of recipe names
+    assert width == LABEL_WIDTH + 2 * 132 and 10 <= height - 2 * 132 <= 30  # prompt labels, two recipes, a header
     assert "LPIPS skipped" in (out / "report.md").read_text()  # its weights cannot be had offline: said, not hidden
 
 

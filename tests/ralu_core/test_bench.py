@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from ralu_core import accelerate, hookimpl
-from ralu_core.bench import BenchPlan, Image, ImageMetric, run_bench, write_outputs
+from ralu_core.bench import LABEL_WIDTH, BenchPlan, Image, ImageMetric, run_bench, write_outputs
 from ralu_core.paired import compare
 from ralu_core.plugins import Registry, create_plugin_manager
 from ralu_core.recipes import load_recipe_text
@@ -69,8 +69,11 @@ def test_bench_scores_pairs_and_writes_every_output(tmp_path) -> None:  # type: 
         recipes=recipes, prompts=prompts, seeds=[0, 1], call_kwargs={"height": 64, "width": 64}, steps=6, warmup=0
     )
     metrics = [registry.metrics[name].obj for name in ("mad", "words")]
-    result = run_bench(plan, metrics, ToyFlopsProfile(pipe))
+    progress = RecordingProgress()
+    result = run_bench(plan, metrics, ToyFlopsProfile(pipe), progress=progress)
     assert len(result.samples) == 2 * 3 * 2
+    # Warm-up and timed samples are reported apart, the warm-up first (plan.warmup = 0 here: none).
+    assert progress.events == [("sample", n, 12) for n in range(1, 13)]
     # Interleaving rotates which recipe runs first for each (prompt, seed).
     firsts = [result.samples[i].recipe for i in range(0, len(result.samples), 2)]
     assert set(firsts) == {"toy-baseline", "toy-ralu"}
@@ -85,9 +88,11 @@ def test_bench_scores_pairs_and_writes_every_output(tmp_path) -> None:  # type: 
     grid = np.asarray(PILImage.open(tmp_path / "grid.png").convert("RGB"))
     tile = result.samples[0].image.shape  # type: ignore[union-attr]
     header = grid.shape[0] - 3 * (tile[0] + 4)  # three prompts below a strip of recipe names
-    assert grid.shape[1] == 2 * (tile[1] + 4) and 10 <= header <= 30
-    for column in np.split(grid[:header], 2, axis=1):
+    assert grid.shape[1] == LABEL_WIDTH + 2 * (tile[1] + 4) and 10 <= header <= 30
+    for column in np.split(grid[:header, LABEL_WIDTH:], 2, axis=1):
         assert (column < 100).any()  # each recipe's column is labelled
+    for row in np.split(grid[header:, :LABEL_WIDTH], 3, axis=0):
+        assert (row < 100).any()  # and each prompt's row
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["device"] == "toy device" and len(report["samples"]) == 12
     assert "| toy-ralu |" in (tmp_path / "report.md").read_text()
@@ -108,3 +113,24 @@ def test_a_recipe_that_fixes_its_steps_keeps_them_under_bench_steps(tmp_path) ->
     assert not np.array_equal(images["toy-baseline"], images["toy-baseline-2"])  # 6 steps vs 2
     summary = {row["recipe"]: row for row in result.summary()}
     assert 2.0 < summary["toy-baseline-2"]["speedup_flops_linear"] <= 3.0  # 6 / 2 steps, plus one shared decode
+
+
+class RecordingProgress:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int, int]] = []
+
+    def warmup(self, done: int, total: int) -> None:
+        self.events.append(("warmup", done, total))
+
+    def sample(self, done: int, total: int) -> None:
+        self.events.append(("sample", done, total))
+
+
+def test_bench_reports_the_warm_up_apart_from_the_timed_samples() -> None:
+    registry = Registry.collect(create_plugin_manager(plugins=[ToyPlugin()]))
+    pipe = ToyPipeline()
+    recipes = [accelerate(pipe, load_recipe_text(t), plugin_manager=registry.pm) for t in (BASELINE, RALU)]
+    plan = BenchPlan(recipes=recipes, prompts=["p", "q"], seeds=[0], call_kwargs={"height": 64, "width": 64}, steps=4)
+    progress = RecordingProgress()
+    run_bench(plan, [], ToyFlopsProfile(pipe), progress=progress)
+    assert progress.events == [("warmup", 1, 2), ("warmup", 2, 2), *[("sample", n, 4) for n in range(1, 5)]]

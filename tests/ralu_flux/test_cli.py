@@ -7,6 +7,7 @@ import json
 import pytest
 from PIL import Image
 
+from ralu_core.bench import LABEL_WIDTH
 from ralu_core.cli import main
 
 
@@ -132,8 +133,8 @@ def test_bench_reports_side_by_side_ratios(capsys, tmp_path) -> None:  # type: i
     assert fast["tflops_all"] < base["tflops_all"] and fast["speedup_flops_all"] > 1
     assert fast["efficiency"] == fast["speedup_wall"] / fast["speedup_flops_all"]
     assert (out / "report.md").read_text().startswith("CPU") and (out / "grid.png").is_file()
-    width, height = Image.open(out / "grid.png").size  # prompts x recipes, 2-px borders, a header of names
-    assert width == 2 * 68 and 10 <= height - 2 * 68 <= 30
+    width, height = Image.open(out / "grid.png").size  # prompt labels, prompts x recipes, a header of names
+    assert width == LABEL_WIDTH + 2 * 68 and 10 <= height - 2 * 68 <= 30
 
 
 def test_bench_needs_a_size_for_a_loaded_model(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -13,9 +13,9 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import attrs
 import numpy as np
@@ -129,11 +129,19 @@ class BenchPlan:
     decode: bool = True
 
 
+class BenchProgress(Protocol):
+    """Told about the two phases of a bench run, so that a progress display can keep them apart."""
+
+    def warmup(self, done: int, total: int) -> Any: ...
+
+    def sample(self, done: int, total: int) -> Any: ...
+
+
 def run_bench(
     plan: BenchPlan,
     metrics: Sequence[ImageMetric],
     profile: FlopsProfile,
-    progress: Callable[[int], Any] | None = None,
+    progress: BenchProgress | None = None,
 ) -> BenchResult:
     """Run `plan`, score the images with `metrics`, count FLOPs on `profile`."""
     height, width = plan.call_kwargs["height"], plan.call_kwargs["width"]
@@ -153,9 +161,15 @@ def run_bench(
         seconds = time.perf_counter() - start
         return seconds, to_uint8(out[0]) if plan.decode else None
 
+    warmups = len(plan.recipes) * plan.warmup
+    total = len(plan.recipes) * len(plan.prompts) * len(plan.seeds)
+    done = 0
     for fast in plan.recipes:
         for _ in range(plan.warmup):
             call(fast, plan.prompts[0], plan.seeds[0])
+            done += 1
+            if progress is not None:
+                progress.warmup(done, warmups)
     samples: list[Sample] = []
     count = 0
     for p_index, prompt in enumerate(plan.prompts):
@@ -168,7 +182,7 @@ def run_bench(
                 samples.append(Sample(recipe=fast.recipe.name, prompt=prompt, seed=seed, seconds=seconds, image=image))
                 count += 1
                 if progress is not None:
-                    progress(count)
+                    progress.sample(count, total)
     names = [fast.recipe.name for fast in plan.recipes]
     if plan.decode:
         samples = score_samples(samples, names[0], metrics)
@@ -251,7 +265,8 @@ def markdown_table(result: BenchResult, device: str) -> str:
 
 
 def image_grid(result: BenchResult, path: Path, max_prompts: int = 8) -> None:
-    """PNG grid: one row per (prompt, first seed), one column per recipe, each column headed by its name."""
+    """PNG grid: one row per (prompt, first seed), labelled with its prompt, one column per recipe, each
+    column headed by its name."""
     from PIL import Image as PILImage
 
     seed = result.settings["seeds"][0]
@@ -263,10 +278,38 @@ def image_grid(result: BenchResult, path: Path, max_prompts: int = 8) -> None:
         present = [t for t in tiles if t is not None]
         if len(present) != len(tiles):
             return
-        rows.append(np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255) for t in present], 1))
-    widths = [tile.shape[1] + 4 for tile in present]
-    header = column_header(result.recipes, widths)
+        row = np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255) for t in present], 1)
+        rows.append(np.concatenate([row_label(prompt, LABEL_WIDTH, row.shape[0]), row], 1))
+    widths = [LABEL_WIDTH] + [tile.shape[1] + 4 for tile in present]
+    header = column_header(["", *result.recipes], widths)
     PILImage.fromarray(np.concatenate([header, *rows], 0)).save(path)
+
+
+LABEL_WIDTH = 160
+"""Pixels of the grid's left column, where each row's prompt is written."""
+
+
+def row_label(text: str, width: int, height: int) -> Image:
+    """A white cell with `text` wrapped to its width (cut with an ellipsis if it does not fit)."""
+    from PIL import Image as PILImage
+    from PIL import ImageDraw, ImageFont
+
+    cell = PILImage.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(cell)
+    font = ImageFont.load_default()
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width - 8:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    line_height = 12
+    fitting = max(1, (height - 8) // line_height)
+    if len(lines) > fitting:
+        lines = [*lines[: fitting - 1], lines[fitting - 1] + " \u2026"]
+    for index, line in enumerate(lines):
+        draw.text((4, 4 + index * line_height), line, fill=(0, 0, 0), font=font)
+    return np.asarray(cell)
 
 
 def column_header(names: Sequence[str], widths: Sequence[int], height: int = 18) -> Image:

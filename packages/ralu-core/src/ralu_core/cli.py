@@ -325,9 +325,37 @@ def _bench_prompts(registry: Registry, ns: argparse.Namespace) -> list[str]:
     return list(ns.prompt or ["a red circle and a blue square on a white background"])
 
 
-def cmd_bench(ns: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
+class TqdmBenchProgress:
+    """Two progress bars: the warm-up calls, then the timed samples (so neither hides in the other)."""
 
+    def __init__(self) -> None:
+        self.bars: dict[str, Any] = {}
+
+    def _update(self, phase: str, label: str, done: int, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        if phase not in self.bars:
+            for bar in self.bars.values():
+                bar.close()
+            self.bars[phase] = tqdm(total=total, desc=label)
+        bar = self.bars[phase]
+        bar.update(done - bar.n)
+
+    def warmup(self, done: int, total: int) -> None:
+        self._update("warmup", "bench warm-up (untimed)", done, total)
+
+    def sample(self, done: int, total: int) -> None:
+        self._update("sample", "bench (interleaved, timed)", done, total)
+
+    def __enter__(self) -> TqdmBenchProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def cmd_bench(ns: argparse.Namespace) -> int:
     from ralu_core.bench import BenchPlan, run_bench, write_outputs
 
     registry = _registry()
@@ -359,9 +387,8 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     )
     metrics = [entry.obj for entry in registry.metrics.values()]
     profile = adapter.pipeline_flops_profile(pipe, kwargs)
-    total = len(fast) * len(prompts) * len(ns.seeds)
-    with tqdm(total=total, desc="bench (interleaved)") as bar:
-        result = run_bench(plan, metrics, profile, progress=lambda n: bar.update(n - bar.n))
+    with TqdmBenchProgress() as progress:
+        result = run_bench(plan, metrics, profile, progress=progress)
     result.settings["model"] = model if ns.model else f"{model} (default)"
     device = _device_name(ns.device)
     plot_metric = next((m for m in ("shapeeval", "psnr") if m in registry.metrics), None)
