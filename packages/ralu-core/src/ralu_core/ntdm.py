@@ -413,16 +413,7 @@ def fixed_ntdm(
     st, en, h0 = _validate_schedule(steps, ends, base_shift)
     sh = _validate_shifts(shifts, len(st))
     cc = _validate_c_for(c, len(st))
-    starts = _starts_for(en, cc)
-    return NTDMSolution(
-        steps=st,
-        ends=en,
-        base_shift=h0,
-        shifts=sh,
-        c=cc,
-        starts=starts,
-        js_distance=_js(20_000, st, en, sh, starts, h0),
-    )
+    return _measured(st, en, h0, sh, cc, _starts_for(en, cc))
 
 
 def unrewound_schedule(
@@ -436,15 +427,26 @@ def unrewound_schedule(
     With no rewind nothing is visited twice, so the target is the base density alone."""
     st, en, h0 = _validate_schedule(steps, ends, base_shift)
     sh = _validate_shifts((h0,) * len(st) if shifts is None else shifts, len(st))
-    starts = (0.0, *en[:-1])
+    return _measured(st, en, h0, sh, None, (0.0, *en[:-1]))
+
+
+def _measured(
+    steps: tuple[int, ...],
+    ends: tuple[float, ...],
+    base_shift: float,
+    shifts: tuple[float, ...],
+    c: float | None,
+    starts: tuple[float, ...],
+) -> NTDMSolution:
+    """A given (not solved) schedule with its JS distance to the target."""
     return NTDMSolution(
-        steps=st,
-        ends=en,
-        base_shift=h0,
-        shifts=sh,
-        c=None,
+        steps=steps,
+        ends=ends,
+        base_shift=base_shift,
+        shifts=shifts,
+        c=c,
         starts=starts,
-        js_distance=_js(20_000, st, en, sh, starts, h0),
+        js_distance=_js(20_000, steps, ends, shifts, starts, base_shift),
     )
 
 
