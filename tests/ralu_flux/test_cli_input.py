@@ -169,3 +169,38 @@ def test_the_size_rule_read_before_loading_is_the_one_the_call_applies(model: st
     pipe = source.adapter.embedded_pipeline(model)  # type: ignore[union-attr]
     for level in (0, 1):
         assert source.size_rule(level) == FluxAdapter.size_rule(int(pipe.vae_scale_factor), level)
+
+
+def test_a_hub_model_is_checked_from_its_config_files_before_its_weights_load(capsys, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Online, a hub id's model_index.json and component configs (kilobytes) are fetched to check the
+    call; a repository the hub does not know is refused at once."""
+    import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    import ralu_core.model_sources as sources
+    from ralu_flux.testing import make_flux_pipeline
+
+    folder = tmp_path / "hub-copy"
+    make_flux_pipeline("tiny", seed=0).save_pretrained(folder)
+    fetched: list[str] = []
+
+    def download(repo: str, filename: str, **kwargs):  # type: ignore[no-untyped-def]
+        if repo != "someone/tiny-flux":
+            missing = RepositoryNotFoundError.__new__(RepositoryNotFoundError)
+            Exception.__init__(missing, "404")
+            raise missing
+        fetched.append(filename)
+        return str(folder / filename)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(sources, "_hub_cached", lambda repo, filename: None)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(ralu_core.cli, "load_source", lambda *a, **k: pytest.fail("loaded a model"))
+    code = main(
+        ["generate", PROMPT, "--model", "someone/tiny-flux", "--height", "100", "--out", str(tmp_path / "x.png")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "multiple of 32 pixels" in err and "nearest valid: 96 or 128" in err
+    assert fetched == ["model_index.json", "vae/config.json"]  # never a weights file
+    code = main(["generate", PROMPT, "--model", "someone/no-such-model", "--out", str(tmp_path / "x.png")])
+    assert code == 2 and "the hub has no such model" in capsys.readouterr().err

@@ -285,3 +285,41 @@ def test_schnell_style_pipeline_baseline_and_ralu(pipe) -> None:  # type: ignore
     kwargs.pop("num_inference_steps")
     image = ralu_core.accelerate(schnell, "ralu-flux-7x")("a red circle", generator=gen(0), **kwargs).images
     assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
+
+
+def test_an_impossible_selector_plan_fails_before_the_text_encoders_run(pipe) -> None:  # type: ignore[no-untyped-def]
+    from typing import ClassVar
+
+    from ralu_core import hookimpl
+    from ralu_core.errors import PluginError
+    from ralu_core.plugins import create_plugin_manager
+    from ralu_core.strategies.selectors import RatioSelector
+
+    class Greedy(RatioSelector):
+        """Plans more tokens than there are."""
+
+        name: ClassVar[str] = "greedy"
+
+        def planned_count(self, num_candidates: int) -> int:
+            return num_candidates + 1
+
+    class Plugin:
+        __name__ = "greedy-plugin"
+
+        @hookimpl
+        def ralu_register_token_selectors(self, register) -> None:  # type: ignore[no-untyped-def]
+            register(Greedy)
+
+    text = ralu_core.recipes.dump_recipe(ralu_core.recipes.find_recipe("ralu-flux-7x", _registry()))
+    recipe = ralu_core.load_recipe_text(text.replace("name: canny-edge", "name: greedy"))
+    fast = ralu_core.accelerate(pipe, recipe, plugin_manager=create_plugin_manager(plugins=[Plugin()]))
+    calls: list[object] = []
+    handle = pipe.text_encoder_2.register_forward_pre_hook(lambda *a: calls.append(a))
+    try:
+        with pytest.raises(
+            PluginError, match=r"token selector 'greedy' \(plugin 'greedy-plugin'\) plans to pick 5 of 4"
+        ):
+            fast("a", height=64, width=64, **CALL)
+    finally:
+        handle.remove()
+    assert calls == []

@@ -21,6 +21,7 @@ from ralu_core.engine import SamplingEngine
 from ralu_core.errors import RecipeError
 from ralu_core.plugins import Registry, create_plugin_manager
 from ralu_core.recipes import Recipe, RecipeRuntime, find_recipe, resolve_recipe
+from ralu_core.token_plan import plan_tokens
 
 
 class AcceleratedPipeline:
@@ -50,6 +51,9 @@ class AcceleratedPipeline:
                 "of the recipe (`ralu recipes show NAME > my.yaml`)"
             )
         with pipeline_lock(self.pipeline), torch.no_grad():
+            grid = self.adapter.plan_grid(self.pipeline, self.runtime.start_level, args, kwargs)
+            if grid is not None:
+                plan_tokens(self.runtime, grid.num_tokens)  # a selector's impossible plan fails before any model
             call = self.adapter.prepare(self.pipeline, self.runtime.start_level, args, kwargs)
             final = self.engine.run(call)
             return call.finish(final)

@@ -99,6 +99,14 @@ class ModelAdapter(abc.ABC):
         """Validate the call's arguments (sizes against `coarsest_level`, generators, unknown names)
         before any expensive work, then encode prompts and return the prepared call."""
 
+    def plan_grid(
+        self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> TokenGrid | None:
+        """The token grid a call with these arguments will use, found without running any model, so the
+        engine can check the recipe's token plan before the text encoders run. None if unknown (the plan
+        is then checked after `prepare`, still before the first transformer call)."""
+        return None
+
     @abc.abstractmethod
     def flops_profile(self, source: str | Path) -> FlopsProfile:
         """Counting profile for a known architecture name or a local pipeline directory."""

@@ -45,8 +45,8 @@ class ModelSource:
         if self.kind == "embedded" and self.adapter is not None:
             return self.adapter.embedded_config(self.name, component)
         if self.kind == "hub":
-            cached = _hub_cached(self.name, f"{component}/config.json")
-            return None if cached is None else dict(json.loads(Path(cached).read_text(encoding="utf-8")))
+            found = _hub_file(self.name, f"{component}/config.json")
+            return None if found is None else dict(json.loads(Path(found).read_text(encoding="utf-8")))
         return None
 
     def size_rule(self, coarsest_level: int) -> tuple[int, str] | None:
@@ -66,6 +66,34 @@ def _hub_cached(repo: str, filename: str) -> str | None:
     except Exception:  # an id the hub library rejects is simply not cached
         return None
     return found if isinstance(found, str) else None
+
+
+class HubRepoMissing(Exception):
+    """The hub answered that no such repository exists (or it is private)."""
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _hub_file(repo: str, filename: str) -> str | None:
+    """A small file of a hub repository: from the local cache, else downloaded unless offline (a few
+    kilobytes of JSON, never weights). None where it cannot be had; `HubRepoMissing` when the hub says
+    the repository does not exist."""
+    cached = _hub_cached(repo, filename)
+    if cached is not None or _offline():
+        return cached
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import RepositoryNotFoundError
+    except ImportError:  # pragma: no cover - diffusers depends on it
+        return None
+    try:
+        return str(hf_hub_download(repo, filename))
+    except RepositoryNotFoundError:
+        raise HubRepoMissing(repo) from None
+    except Exception:  # no network, a gated repo, a missing file: the load reports it in full
+        return None
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -119,11 +147,17 @@ def resolve_model_source(registry: Registry, model: str) -> ModelSource:
         )
     known = known_model_names(registry)
     if _looks_like_hub_id(model):
-        cached_index = _hub_cached(model, "model_index.json")
+        try:
+            hub_index = _hub_file(model, "model_index.json")
+        except HubRepoMissing:
+            raise RaluError(
+                f"--model {model}: the hub has no such model (or it is private; log in with `hf auth login`)"
+                f"{did_you_mean(model, known)}; named models: {', '.join(known)}"
+            ) from None
         class_name = None
-        if cached_index is not None:
-            class_name = json.loads(Path(cached_index).read_text(encoding="utf-8")).get("_class_name")
-        elif os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        if hub_index is not None:
+            class_name = json.loads(Path(hub_index).read_text(encoding="utf-8")).get("_class_name")
+        elif _offline():
             raise RaluError(
                 f"--model {model}: not a named model or a folder, and this hub id is not in the local cache while "
                 f"HF_HUB_OFFLINE is set (`./dev` sets it); unset it to download, or use a named model: "

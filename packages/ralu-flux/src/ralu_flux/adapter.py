@@ -85,14 +85,7 @@ class FluxCall(DiffusersCall):
         self.requested_steps = args.num_inference_steps
         self.default_steps = default_num_inference_steps(pipe)
         self.output_type, self.return_dict = args.output_type, args.return_dict
-        latent_h = 2 * (height // (pipe.vae_scale_factor * 2))
-        latent_w = 2 * (width // (pipe.vae_scale_factor * 2))
-        self.grid = TokenGrid(
-            rows=latent_h // PATCH,
-            cols=latent_w // PATCH,
-            channels=pipe.transformer.config.in_channels // (PATCH * PATCH),
-            patch=PATCH,
-        )
+        self.grid = flux_grid(pipe, height, width)
         self.joint_attention_kwargs = dict(args.joint_attention_kwargs or {})
         lora_scale = self.joint_attention_kwargs.get("scale")
 
@@ -249,6 +242,18 @@ class FluxCall(DiffusersCall):
         return self.pipeline_output(unpacked, latents, FluxPipelineOutput)
 
 
+def flux_grid(pipe: Any, height: int, width: int) -> TokenGrid:
+    """The packed-latent token grid FluxPipeline uses for an image size."""
+    latent_h = 2 * (height // (pipe.vae_scale_factor * 2))
+    latent_w = 2 * (width // (pipe.vae_scale_factor * 2))
+    return TokenGrid(
+        rows=latent_h // PATCH,
+        cols=latent_w // PATCH,
+        channels=pipe.transformer.config.in_channels // (PATCH * PATCH),
+        patch=PATCH,
+    )
+
+
 def _one_negative_for_every_prompt(negative: torch.Tensor, batch: int, per_prompt: int) -> torch.Tensor:
     """A single negative prompt (a string for a list of prompts, as the pipeline accepts) serves every
     prompt; any other count must match the prompts."""
@@ -287,11 +292,18 @@ class FluxAdapter(ModelAdapter):
             return None
         return self.size_rule(2 ** (len(vae["block_out_channels"]) - 1), coarsest_level)
 
-    def prepare(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> FluxCall:
-        bound = FluxArguments.bind(args, kwargs)
+    def _size(self, pipeline: Any, coarsest_level: int, bound: FluxArguments) -> tuple[int, int]:
         default = pipeline.default_sample_size * pipeline.vae_scale_factor
         height, width = bound.height or default, bound.width or default
-        height, width = check_image_size(height, width, *self.size_rule(int(pipeline.vae_scale_factor), coarsest_level))
+        return check_image_size(height, width, *self.size_rule(int(pipeline.vae_scale_factor), coarsest_level))
+
+    def plan_grid(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TokenGrid:
+        bound = FluxArguments.bind(args, kwargs)
+        return flux_grid(pipeline, *self._size(pipeline, coarsest_level, bound))
+
+    def prepare(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> FluxCall:
+        bound = FluxArguments.bind(args, kwargs)
+        height, width = self._size(pipeline, coarsest_level, bound)
         if bound.num_inference_steps is not None and bound.num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be at least 1, got {bound.num_inference_steps}")
         pipeline.check_inputs(

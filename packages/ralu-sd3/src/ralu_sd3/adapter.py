@@ -74,6 +74,14 @@ class SD3Arguments(PipelineArguments):
     mu: float | None = None
 
 
+def sd3_grid(pipe: Any, height: int, width: int) -> TokenGrid:
+    """The patch token grid StableDiffusion3Pipeline's transformer uses for an image size."""
+    config = pipe.transformer.config
+    patch = int(config.patch_size)
+    latent_h, latent_w = height // pipe.vae_scale_factor, width // pipe.vae_scale_factor
+    return TokenGrid(rows=latent_h // patch, cols=latent_w // patch, channels=int(config.in_channels), patch=patch)
+
+
 class SD3Call(DiffusersCall):
     """One prepared StableDiffusion3Pipeline call."""
 
@@ -87,12 +95,8 @@ class SD3Call(DiffusersCall):
         self.requested_steps = args.num_inference_steps
         self.default_steps = default_num_inference_steps(pipe)
         self.output_type, self.return_dict = args.output_type, args.return_dict
-        config = pipe.transformer.config
-        self.patch = int(config.patch_size)
-        latent_h, latent_w = height // pipe.vae_scale_factor, width // pipe.vae_scale_factor
-        self.grid = TokenGrid(
-            rows=latent_h // self.patch, cols=latent_w // self.patch, channels=int(config.in_channels), patch=self.patch
-        )
+        self.patch = int(pipe.transformer.config.patch_size)
+        self.grid = sd3_grid(pipe, height, width)
         self.sincos = SinCosGrid.of(pipe.transformer.pos_embed)
         self.cfg = args.guidance_scale > 1
         self.joint_attention_kwargs = dict(args.joint_attention_kwargs or {})
@@ -239,14 +243,20 @@ class SD3Adapter(ModelAdapter):
         factor = 2 ** (len(vae["block_out_channels"]) - 1)
         return self.size_rule(factor, int(transformer.get("patch_size", 2)), coarsest_level)
 
-    def prepare(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SD3Call:
-        bound = SD3Arguments.bind(args, kwargs)
+    def _size(self, pipeline: Any, coarsest_level: int, bound: SD3Arguments) -> tuple[int, int]:
         default = pipeline.default_sample_size * pipeline.vae_scale_factor
         height, width = bound.height or default, bound.width or default
         patch = int(pipeline.transformer.config.patch_size)
-        height, width = check_image_size(
-            height, width, *self.size_rule(int(pipeline.vae_scale_factor), patch, coarsest_level)
-        )
+        return check_image_size(height, width, *self.size_rule(int(pipeline.vae_scale_factor), patch, coarsest_level))
+
+    def plan_grid(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TokenGrid:
+        bound = SD3Arguments.bind(args, kwargs)
+        return sd3_grid(pipeline, *self._size(pipeline, coarsest_level, bound))
+
+    def prepare(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SD3Call:
+        bound = SD3Arguments.bind(args, kwargs)
+        height, width = self._size(pipeline, coarsest_level, bound)
+        patch = int(pipeline.transformer.config.patch_size)
         unit = int(pipeline.vae_scale_factor) * patch
         SinCosGrid.of(pipeline.transformer.pos_embed).check_fits(height // unit, width // unit)
         if bound.num_inference_steps is not None and bound.num_inference_steps < 1:
