@@ -187,3 +187,22 @@ def test_a_flood_of_problems_is_cut_short() -> None:
     stages = "".join(f"  - {{steps: 1, end: 0.5, bogus{i}: {'x' * 1000}}}\n" for i in range(40))
     error = refuse("name: x\nschedule: uniform\nstages:\n" + stages)
     assert error.problems[-1].startswith("... and ") and all(len(p) <= 400 for p in error.problems)
+
+
+def test_a_structural_problem_does_not_hide_the_rules_between_stages(registry, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "mixed.yaml"
+    path.write_text(
+        GOOD.replace("name: fuzz", "name: fuzz\ncolour: blue").replace(
+            "{steps: 5, end: 1.0, transition: nt-dm-upsample, selector: all}",
+            "{steps: 5, end: 0.25, transition: nt-dm-upsample, selector: {name: random, ratio: 0.5}}",
+        )
+    )
+    with pytest.raises(RecipeError) as info:
+        find_recipe(str(path), registry)
+    found = "\n".join(info.value.problems)
+    for expected in (
+        "unknown field(s) colour",
+        "the last transition must upsample every remaining token",
+        "stage ends must increase strictly",
+    ):
+        assert expected in found

@@ -16,7 +16,7 @@ import attrs
 
 from ralu_core.errors import RecipeError, did_you_mean
 from ralu_core.plugins import KIND_LABELS, Registry
-from ralu_core.recipes.loader import load_recipe_file, structure_strategy_ref, structure_strict
+from ralu_core.recipes.loader import load_recipe_file, make_converter, structure_strategy_ref, structure_strict
 from ralu_core.recipes.model import Recipe, Stage, StrategyRef
 from ralu_core.recipes.yaml_source import YamlProblem, parse_recipe_yaml
 from ralu_core.strategies.base import (
@@ -102,27 +102,40 @@ _STAGE_STRATEGIES = (("transition", "transition"), ("selector", "token_selector"
 
 
 def _named_strategy_problems(path: Path, registry: Registry) -> list[str]:
-    """Unknown names and bad parameters of every strategy a (possibly malformed) recipe file names."""
+    """The problems a malformed recipe file has beyond its structure: unknown names and bad parameters of
+    every strategy it names and, when its stages themselves parse, the rules that relate them."""
     try:
         data = parse_recipe_yaml(path.read_bytes())
     except (OSError, YamlProblem):
         return []  # already reported by the loader
     if not isinstance(data, Mapping):
         return []
-    places = [(data.get("schedule"), "schedule", "$.schedule"), (data.get("cache"), "feature_cache", "$.cache")]
-    stages = data.get("stages")
-    for index, stage in enumerate(stages if isinstance(stages, list) else []):
-        if isinstance(stage, Mapping):
-            places += [(stage.get(key), kind, f"$.stages[{index}].{key}") for key, kind in _STAGE_STRATEGIES]
     builder = _Builder(str(path), registry)
-    for raw, kind, where in places:
+
+    def build(raw: Any, kind: str, where: str) -> Any:
         if raw is None:
-            continue
+            return None
         try:
             ref = structure_strategy_ref(raw)
         except ValueError:
-            continue  # a malformed reference is a structural problem, reported by the loader
-        builder.build(ref, kind, where)
+            return None  # a malformed reference is a structural problem, reported by the loader
+        return builder.build(ref, kind, where)
+
+    schedule = build(data.get("schedule"), "schedule", "$.schedule")
+    build(data.get("cache"), "feature_cache", "$.cache")
+    raw_stages = data.get("stages")
+    try:
+        stages: tuple[Stage, ...] = make_converter().structure(raw_stages, tuple[Stage, ...])
+    except Exception:  # the stages are malformed: check what each names, the loader reports the rest
+        for index, stage in enumerate(raw_stages if isinstance(raw_stages, list) else []):
+            if isinstance(stage, Mapping):
+                for key, kind in _STAGE_STRATEGIES:
+                    build(stage.get(key), kind, f"$.stages[{index}].{key}")
+        return builder.problems
+    if stages:
+        runtime_stages = [_resolve_stage(builder, stage, index) for index, stage in enumerate(stages)]
+        partial = Recipe(name=str(path), schedule=StrategyRef(name="none"), stages=stages)
+        _check_structure(builder, partial, runtime_stages, schedule)
     return builder.problems
 
 
