@@ -51,10 +51,14 @@ class AcceleratedPipeline:
                 "of the recipe (`ralu recipes show NAME > my.yaml`)"
             )
         with pipeline_lock(self.pipeline), torch.no_grad():
+            # A selector's impossible token plan fails before any model runs: before the text encoders where
+            # the adapter can tell the grid from the arguments, else before the first transformer call.
             grid = self.adapter.plan_grid(self.pipeline, self.runtime.start_level, args, kwargs)
             if grid is not None:
-                plan_tokens(self.runtime, grid.num_tokens)  # a selector's impossible plan fails before any model
+                plan_tokens(self.runtime, grid.num_tokens)
             call = self.adapter.prepare(self.pipeline, self.runtime.start_level, args, kwargs)
+            if grid is None:
+                plan_tokens(self.runtime, call.grid.num_tokens)
             final = self.engine.run(call)
             return call.finish(final)
 
@@ -74,7 +78,7 @@ def pipeline_lock(pipeline: Any) -> threading.RLock:
     with _LOCKS_GUARD:
         try:
             lock = _LOCKS.get(pipeline)
-        except TypeError:  # an object that cannot be weakly referenced: lock per accelerated call site
+        except TypeError:  # an object that cannot be weakly referenced cannot share a lock: it gets none
             return threading.RLock()
         if lock is None:
             lock = _LOCKS[pipeline] = threading.RLock()

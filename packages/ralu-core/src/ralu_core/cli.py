@@ -18,7 +18,7 @@ from ralu_core.accelerate import accelerate
 from ralu_core.accounting import recipe_cost
 from ralu_core.adapter import FlopsProfile, ModelAdapter
 from ralu_core.errors import RaluError, did_you_mean
-from ralu_core.model_sources import ModelSource, resolve_model_source
+from ralu_core.model_sources import ModelSource, known_model_names, resolve_model_source
 from ralu_core.ntdm import solve_ntdm
 from ralu_core.outputs import check_writable, image_format, save_image_atomically
 from ralu_core.paired import compare
@@ -366,12 +366,12 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     model = default_model(registry, recipes[0]) if ns.model is None else ns.model
     named = registry.models.get(model)
     known_defaults = dict(named.obj.call_defaults) if named is not None else {}
-    if any(model in e.obj.embedded_models for e in registry.adapters.values()):
+    if model in known_model_names(registry) and named is None:  # an adapter's embedded model
         known_defaults = {"height": EMBEDDED_SIZE, "width": EMBEDDED_SIZE}
     height, width = ns.height or known_defaults.get("height"), ns.width or known_defaults.get("width")
     if height is None or width is None:
         raise RaluError("ralu bench needs --height and --width for a loaded model (the FLOPs depend on them)")
-    pipe, defaults = load_model(registry, model, recipes[0], ns.device, ns.dtype)
+    pipe, defaults = load_source(registry, resolve_model_source(registry, model), ns.device, ns.dtype)
     pipe.set_progress_bar_config(disable=True)
     adapter = registry.resolve_adapter(pipe)
     fast = [accelerate(pipe, r, plugin_manager=registry.pm) for r in recipes]

@@ -27,7 +27,7 @@ from ralu_core.strategies.base import (
     TokenSelector,
     TransitionRequest,
 )
-from ralu_core.token_plan import check_selection, plan_tokens
+from ralu_core.token_plan import check_selection
 from ralu_core.tokens import FULL, HALF, TokenState, downsample_nearest, gather_tokens, render_latent, to_raster
 
 
@@ -95,7 +95,6 @@ class SamplingEngine:
     def run(self, call: ModelCall) -> TokenState:
         """Sample; returns the final full-resolution state in raster order."""
         self.runtime.reset()
-        plan_tokens(self.runtime, call.grid.num_tokens)  # impossible selector plans fail before any model call
         plan = self.plan(call)
         noise = call.initial_noise()
         # ralu's own randomness (transition noise, random selections) follows the call's generators; with
