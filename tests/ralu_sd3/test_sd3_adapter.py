@@ -12,7 +12,7 @@ import ralu_core
 from ralu_core.testing import seeded_generators
 from ralu_core.tokens import image_to_tokens
 from ralu_sd3 import adapter as sd3_adapter
-from ralu_sd3.forward import embed_tokens, token_forward
+from ralu_sd3.forward import embed_tokens, strip_positions, tokens_to_strip
 from ralu_sd3.positions import SinCosGrid, sincos_1d
 
 CALL = {"max_sequence_length": 16, "output_type": "np"}
@@ -56,7 +56,7 @@ def test_position_embedding_equals_patch_embed_on_a_grid(sd3, rows: int, cols: i
     latent = torch.randn(2, 16, rows * 2, cols * 2, generator=gen(1))
     expected = patch_embed(latent)
     embedding = SinCosGrid.of(patch_embed).embed(grid_positions(rows, cols), rows, cols)
-    actual = embed_tokens(sd3.transformer, image_to_tokens(latent, 2), embedding[None])
+    actual = embed_tokens(patch_embed, image_to_tokens(latent, 2), embedding[None])
     assert (actual - expected).abs().max() < 1e-6
 
 
@@ -73,7 +73,7 @@ def test_half_offsets_use_the_same_formula_between_grid_points(sd3) -> None:  # 
     assert torch.allclose(emb, expected, atol=1e-6)
 
 
-def test_token_path_equals_the_models_dense_forward(sd3) -> None:  # type: ignore[no-untyped-def]
+def test_token_strip_through_the_models_forward_equals_its_dense_forward(sd3) -> None:  # type: ignore[no-untyped-def]
     transformer = sd3.transformer
     latent = torch.randn(2, 16, 8, 12, generator=gen(2))
     embeds = torch.randn(2, 10, transformer.config.joint_attention_dim, generator=gen(3))
@@ -87,8 +87,17 @@ def test_token_path_equals_the_models_dense_forward(sd3) -> None:  # type: ignor
         return_dict=False,
     )[0]
     embedding = SinCosGrid.of(transformer.pos_embed).embed(grid_positions(4, 6), 4, 6)[None]
-    actual = token_forward(transformer, image_to_tokens(latent, 2), embedding, timestep, embeds, pooled)
-    assert (actual - image_to_tokens(expected, 2)).abs().max() < 1e-5
+    original = transformer.pos_embed
+    with strip_positions(transformer, embedding):
+        strip = transformer(
+            hidden_states=tokens_to_strip(image_to_tokens(latent, 2), 16, 2),
+            timestep=timestep,
+            encoder_hidden_states=embeds,
+            pooled_projections=pooled,
+            return_dict=False,
+        )[0]
+    assert transformer.pos_embed is original
+    assert (image_to_tokens(strip, 2) - image_to_tokens(expected, 2)).abs().max() < 1e-5
 
 
 def record_embeddings(monkeypatch):  # type: ignore[no-untyped-def]
@@ -114,13 +123,16 @@ def test_positions_in_each_stage(sd3, monkeypatch) -> None:  # type: ignore[no-u
     finally:
         handle.remove()
     rows, cols = 128 // 16, 96 // 16
-    # Stage 1 (3 steps) and stage 3 (6 steps) are dense grids: the model's own forward, CFG batch of 2.
-    assert dense == [(2, 16, rows, cols)] * 3 + [(2, 16, rows * 2, cols * 2)] * 6
-    # Stage 2 (3 steps) runs mixed tokens with embeddings on the half-resolution grid's crop.
-    assert len(seen) == 3 and all((r, c) == (rows // 2, cols // 2) for _, r, c in seen)
-    positions = seen[0][0][0]
     low = (rows // 2) * (cols // 2)
     upsampled = int(low * 0.2)
+    mixed = low - upsampled + 4 * upsampled
+    # Every stage runs the model's own forward (CFG batch of 2): stages 1 (3 steps) and 3 (6 steps) on
+    # dense grids, stage 2 (3 steps) on a strip of its mixed tokens (one row of 2 x 2 latent patches).
+    strip = (2, 16, 2, 2 * mixed)
+    assert dense == [(2, 16, rows, cols)] * 3 + [strip] * 3 + [(2, 16, rows * 2, cols * 2)] * 6
+    # Stage 2's tokens get embeddings on the half-resolution grid's crop.
+    assert len(seen) == 3 and all((r, c) == (rows // 2, cols // 2) for _, r, c in seen)
+    positions = seen[0][0][0]
     assert positions.shape == (low - upsampled + 4 * upsampled, 2)
     fractional = (positions != positions.round()).any(dim=1)
     assert int(fractional.sum()) == 3 * upsampled

@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from ralu_core.accelerate import AcceleratedPipeline, accelerate
 from ralu_core.errors import PluginError, RaluError, RecipeError, UnsupportedPipelineError
 from ralu_core.hookspecs import hookimpl
+from ralu_core.pipeline_call import current_timestep
 from ralu_core.plugins import Registry, create_plugin_manager
 from ralu_core.recipes import Recipe, Stage, StrategyRef, load_recipe_file, load_recipe_text
 from ralu_core.tokens import TokenGrid, TokenState
@@ -33,6 +34,7 @@ __all__ = [
     "UnsupportedPipelineError",
     "accelerate",
     "create_plugin_manager",
+    "current_timestep",
     "hookimpl",
     "load_recipe_file",
     "load_recipe_text",

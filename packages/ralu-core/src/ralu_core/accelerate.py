@@ -1,8 +1,9 @@
 """`accelerate(pipe, recipe)`: the one-line public entry point.
 
 The returned object is called like the pipeline and returns the pipeline's own output type. It
-holds its own plugin manager, strategies and state; the pipeline itself is never modified (no
-attributes set, no scheduler stepped), so `pipe` stays usable and two accelerated views of one
+holds its own plugin manager, strategies and state; the pipeline itself is not modified (no
+scheduler stepped; what a call needs on it, such as a block-level cache's hooks, is in place for
+that call only and removed afterwards), so `pipe` stays usable and two accelerated views of one
 pipeline can coexist.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,10 @@ import torch
 
 from ralu_core.adapter import ModelAdapter
 from ralu_core.engine import SamplingEngine
-from ralu_core.errors import RecipeError
+from ralu_core.errors import PluginError, RaluError, RecipeError
 from ralu_core.plugins import Registry, create_plugin_manager
 from ralu_core.recipes import Recipe, RecipeRuntime, find_recipe, resolve_recipe
+from ralu_core.strategies.base import FeatureCache
 from ralu_core.token_plan import plan_tokens
 
 
@@ -50,17 +53,31 @@ class AcceleratedPipeline:
                 f"{self.runtime.schedule.name!r}); drop num_inference_steps, or edit the stages' `steps` in a copy "
                 "of the recipe (`ralu recipes show NAME > my.yaml`)"
             )
-        with pipeline_lock(self.pipeline), torch.no_grad():
+        with pipeline_lock(self.pipeline), torch.no_grad(), ExitStack() as attached:
             # A selector's impossible token plan fails before any model runs: before the text encoders where
             # the adapter can tell the grid from the arguments, else before the first transformer call.
             grid = self.adapter.plan_grid(self.pipeline, self.runtime.start_level, args, kwargs)
             if grid is not None:
                 plan_tokens(self.runtime, grid.num_tokens)
+            # Block-level caches hook into the denoiser for this call only (and refuse an unsuitable one now).
+            denoiser = self.adapter.denoiser(self.pipeline)
+            for slot in self.runtime.caches:
+                attach_cache(attached, slot.cache, denoiser)
             call = self.adapter.prepare(self.pipeline, self.runtime.start_level, args, kwargs)
             if grid is None:
                 plan_tokens(self.runtime, call.grid.num_tokens)
             final = self.engine.run(call)
             return call.finish(final)
+
+
+def attach_cache(stack: ExitStack, cache: FeatureCache, denoiser: Any) -> None:
+    """Enter `cache.attach(denoiser)` on `stack`; a failure is reported as the cache plugin's error."""
+    try:
+        stack.enter_context(cache.attach(denoiser))
+    except RaluError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"{cache.describe()} cannot attach to {type(denoiser).__name__}: {exc}") from exc
 
 
 _LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()

@@ -15,7 +15,7 @@ import attrs
 
 from ralu_core.adapter import FlopsProfile
 from ralu_core.flops import FlopCount
-from ralu_core.recipes.resolve import RecipeRuntime
+from ralu_core.runtime import RecipeRuntime
 from ralu_core.token_plan import plan_tokens
 
 

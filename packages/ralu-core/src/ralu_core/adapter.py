@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -18,6 +18,7 @@ import torch
 
 from ralu_core.flops import FlopCount
 from ralu_core.randomness import GeneratorArg
+from ralu_core.strategies.base import StageInfo, StepInfo
 from ralu_core.tokens import TokenGrid, TokenState
 
 ConfigReader = Callable[[str], Mapping[str, Any] | None]
@@ -47,8 +48,19 @@ class ModelCall(abc.ABC):
         """The pipeline's own sigma schedule (steps + 1 values, float32) at full resolution."""
 
     @abc.abstractmethod
-    def predict(self, state: TokenState, sigma: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
-        """Velocity (guided, if the model uses CFG) for the active tokens (B, A) or all tokens."""
+    def predict(
+        self, state: TokenState, sigma: torch.Tensor, active: torch.Tensor | None, *, step: StepInfo | None = None
+    ) -> torch.Tensor:
+        """Velocity (guided, if the model uses CFG) for the active tokens (B, A) or all tokens. `step` says
+        where the run is (for the model's cache hooks, which diffusers keys by step)."""
+
+    def begin_stage(self, stage: StageInfo) -> None:  # noqa: B027 - optional override, not abstract
+        """The token set changes: state that hooks on the model keep per token must be dropped."""
+
+    def running(self) -> AbstractContextManager[None]:
+        """Entered around the whole sampling loop: what the call changes on the pipeline while it runs
+        (e.g. the pipeline's current timestep, the state of its cache hooks) is restored on exit."""
+        return nullcontext()
 
     @abc.abstractmethod
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
@@ -98,6 +110,10 @@ class ModelAdapter(abc.ABC):
     def prepare(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ModelCall:
         """Validate the call's arguments (sizes against `coarsest_level`, generators, unknown names)
         before any expensive work, then encode prompts and return the prepared call."""
+
+    def denoiser(self, pipeline: Any) -> Any:
+        """The module block-level caches hook into (a DiT pipeline's ``transformer``); None if none."""
+        return None
 
     def plan_grid(
         self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]

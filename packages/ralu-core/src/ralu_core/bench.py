@@ -8,42 +8,22 @@ baseline: speed-ups and paired metrics are relative to it. Quality metrics come 
 
 from __future__ import annotations
 
-import abc
 import json
 import math
 import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 import attrs
 import numpy as np
-import numpy.typing as npt
 import torch
 
 from ralu_core.accelerate import AcceleratedPipeline
 from ralu_core.accounting import recipe_cost
 from ralu_core.adapter import FlopsProfile
-
-Image = npt.NDArray[np.uint8]
-
-
-class ImageMetric(abc.ABC):
-    """A quality score of one generated image. Paired metrics compare with the baseline's image of the
-    same prompt and seed; unpaired ones read the prompt. Return None to decline (e.g. a prompt the
-    metric cannot parse)."""
-
-    name: ClassVar[str]
-    paired: ClassVar[bool]
-    higher_is_better: ClassVar[bool] = True
-
-    @abc.abstractmethod
-    def score(self, image: Image, reference: Image | None, prompt: str) -> float | None: ...
-
-    def note(self) -> str:
-        """A line for the report (e.g. why the metric was skipped)."""
-        return ""
+from ralu_core.image_metric import Image, ImageMetric
 
 
 @attrs.frozen(kw_only=True)

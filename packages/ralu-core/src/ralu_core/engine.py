@@ -1,14 +1,17 @@
 """The sampling engine: stages of Euler steps over a token state.
 
-Per stage: a fixed token set and sigma grid. Each step asks the feature cache for the velocity
-(the cache decides whether the model runs), optionally for an active subset of tokens only (the
+Per stage: a fixed token set and sigma grid. Each step asks the stage's feature caches for the
+velocity (they decide whether the model runs), optionally for an active subset of tokens only (the
 others reuse their last velocity, as in RAS), and advances every token with the scheduler's Euler
 rule. Between stages the clean estimate of the last step feeds the selector, and the transition
-upsamples and re-noises. Observer hooks fire at the end of each step and stage.
+upsamples and re-noises. The engine owns the caches' lifecycle: whenever the token set changes it
+tells every cache and the model call (whose stateful hooks must not see the old tokens), with the
+map from old tokens to new. Observer hooks fire at the end of each step and stage.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import attrs
@@ -16,8 +19,9 @@ import torch
 
 from ralu_core.adapter import ModelCall
 from ralu_core.errors import PluginError
+from ralu_core.events import StageEvent, StepEvent
 from ralu_core.randomness import GeneratorArg, generators_from_noise
-from ralu_core.recipes.resolve import RecipeRuntime, RuntimeStage
+from ralu_core.runtime import RecipeRuntime, RuntimeStage
 from ralu_core.strategies.base import (
     ScheduleContext,
     SchedulePlan,
@@ -27,32 +31,9 @@ from ralu_core.strategies.base import (
     TokenSelector,
     TransitionRequest,
 )
+from ralu_core.token_map import TokenMap
 from ralu_core.token_plan import check_selection
 from ralu_core.tokens import FULL, HALF, TokenState, downsample_nearest, gather_tokens, render_latent, to_raster
-
-
-@attrs.frozen(kw_only=True)
-class StepEvent:
-    """Broadcast to ``ralu_on_step_end`` after each Euler update."""
-
-    stage: int
-    step: int
-    sigma: float
-    sigma_next: float
-    num_tokens: int
-    active_tokens: int
-    state: TokenState
-
-
-@attrs.frozen(kw_only=True)
-class StageEvent:
-    """Broadcast to ``ralu_on_stage_end`` when a stage's last step is done."""
-
-    stage: int
-    steps: int
-    num_tokens: int
-    tokens_per_level: dict[int, int]
-    state: TokenState
 
 
 def euler_step(
@@ -105,14 +86,18 @@ class SamplingEngine:
             state = downsample_nearest(state)
         velocity: torch.Tensor | None = None
         sigma_end: torch.Tensor | None = None
-        with call.progress_bar(sum(plan.steps)) as bar:
+        with call.running(), call.progress_bar(sum(plan.steps)) as bar:
             for index, (stage, sigmas) in enumerate(zip(self.runtime.stages, plan.sigmas, strict=True)):
                 sigmas = sigmas.to(state.values.device)
+                token_map = None
                 if index > 0:
                     assert velocity is not None and sigma_end is not None
+                    previous = state
                     state = self._transition(call, generator, stage, state, velocity, sigma_end, sigmas[0])
-                self.runtime.cache.begin_stage(
-                    StageInfo(index=index, num_tokens=state.num_tokens, steps=len(sigmas) - 1)
+                    token_map = TokenMap.between(previous, state)
+                self._begin_stage(
+                    call,
+                    StageInfo(index=index, num_tokens=state.num_tokens, steps=len(sigmas) - 1, token_map=token_map),
                 )
                 state, velocity = self._run_stage(call, generator, index, stage, state, sigmas, bar)
                 sigma_end = sigmas[-1]
@@ -129,6 +114,14 @@ class SamplingEngine:
                     )
         return to_raster(state)
 
+    def _begin_stage(self, call: ModelCall, info: StageInfo) -> None:
+        """A new token set: the model call drops its hooks' state; each cache carries its per-token state
+        over through the token map, or, if it did not run in the previous stage, starts afresh."""
+        call.begin_stage(info)
+        for slot in self.runtime.caches:
+            ran_before = info.index > 0 and slot.active_in(info.index - 1)
+            slot.cache.begin_stage(info if ran_before else attrs.evolve(info, token_map=None))
+
     def _run_stage(
         self,
         call: ModelCall,
@@ -140,20 +133,36 @@ class SamplingEngine:
         bar: Any,
     ) -> tuple[TokenState, torch.Tensor]:
         velocity: torch.Tensor | None = None
+        caches = self.runtime.caches_in(index)
         for step in range(len(sigmas) - 1):
             sigma, sigma_next = sigmas[step], sigmas[step + 1]
             active = None
             if stage.step_tokens is not None and velocity is not None:
                 active = self._active_tokens(call, generator, stage.step_tokens, state, velocity, float(sigma))
-            info = StepInfo(stage=index, step=step, sigma=float(sigma), sigma_next=float(sigma_next), active=active)
-            current = state
+            info = StepInfo(
+                stage=index,
+                step=step,
+                sigma=float(sigma),
+                sigma_next=float(sigma_next),
+                active=active,
+                steps=len(sigmas) - 1,
+            )
+            computed: list[bool] = []
 
             def compute(
-                s: TokenState = current, sg: torch.Tensor = sigma, a: torch.Tensor | None = active
+                c: list[bool] = computed,
+                s: TokenState = state,
+                sg: torch.Tensor = sigma,
+                a: torch.Tensor | None = active,
+                i: StepInfo = info,
             ) -> torch.Tensor:
-                return call.predict(s, sg, a)
+                c.append(True)
+                return call.predict(s, sg, a, step=i)
 
-            predicted = self.runtime.cache.predict(info, compute)
+            predict: Any = compute
+            for cache in reversed(caches):  # the first cache listed wraps the others
+                predict = partial(cache.predict, info, predict)
+            predicted = predict()
             if active is None:
                 velocity = predicted
             else:
@@ -172,6 +181,7 @@ class SamplingEngine:
                         num_tokens=state.num_tokens,
                         active_tokens=state.num_tokens if active is None else int(active.shape[1]),
                         state=state,
+                        computed=bool(computed),
                     )
                 )
         assert velocity is not None

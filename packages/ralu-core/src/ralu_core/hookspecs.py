@@ -16,8 +16,8 @@ import pluggy
 
 if TYPE_CHECKING:
     from ralu_core.adapter import ModelAdapter
-    from ralu_core.bench import ImageMetric
-    from ralu_core.engine import StageEvent, StepEvent
+    from ralu_core.events import StageEvent, StepEvent
+    from ralu_core.image_metric import ImageMetric
     from ralu_core.models import NamedModel
     from ralu_core.strategies.base import FeatureCache, ResolutionTransition, TimestepSchedule, TokenSelector
 
@@ -96,7 +96,7 @@ def ralu_register_recipes(register: RegisterRecipe) -> None:
 def ralu_register_image_metrics(register: RegisterMetric) -> None:
     """Register image quality metrics for ``ralu bench``: ``register(metric)``.
 
-    A metric (:class:`ralu_core.bench.ImageMetric`) scores one generated image, either against the
+    A metric (:class:`ralu_core.image_metric.ImageMetric`) scores one generated image, either against the
     baseline recipe's image of the same prompt and seed (paired: PSNR, SSIM...) or against its
     prompt (unpaired: text alignment). It may decline an image by returning None.
     """

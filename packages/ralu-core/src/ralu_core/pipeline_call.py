@@ -1,23 +1,33 @@
-"""What every adapter of a diffusers pipeline shares: VAE decoding, output handling, progress bars.
+"""What every adapter of a diffusers pipeline shares: VAE decoding, output handling, progress bars,
+and the lifecycle of the cache hooks a user enabled on the transformer.
 
 Both FluxPipeline and StableDiffusion3Pipeline undo the latent normalisation
 (``latent / scaling_factor + shift_factor``), decode with an ``AutoencoderKL``, post-process with the
 pipeline's image processor, free offloaded models and wrap the images in their own output class.
 `DiffusersCall` does exactly that, generically, so an adapter's call only adds what is particular to
 its model: prompt encoding, token layout and the transformer evaluation.
+
+diffusers' cache hooks (first-block, TaylorSeer, MagCache, FasterCache, pyramid attention broadcast)
+keep state per named cache context and assume one token set per call. Here every transformer
+evaluation runs in a named context (one per CFG branch and per group of images evaluated together),
+told the step it serves, and the hooks' state is dropped whenever the token set changes and when
+the call ends, so a hook never compares tensors of two token sets, branches or image groups.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-from contextlib import AbstractContextManager
+import weakref
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ralu_core.adapter import ModelCall, ProgressBar
+from ralu_core.strategies.base import StageInfo, StepInfo
 
 
 def default_num_inference_steps(pipeline: Any) -> int:
@@ -34,6 +44,54 @@ class DiffusersCall(ModelCall):
     pipe: Any
     output_type: str | None
     return_dict: bool
+
+    _hooked: bool = False
+    _tells_timestep: bool = False
+
+    def begin_stage(self, stage: StageInfo) -> None:
+        if self._hooked:
+            reset_stateful_hooks(self.pipe.transformer)
+
+    @contextmanager
+    def _running(self) -> Iterator[None]:
+        transformer = self.pipe.transformer
+        had_registry = stateful_hook_registry(transformer) is not None
+        self._hooked = has_diffusers_hooks(transformer)
+        self._tells_timestep = isinstance(getattr(type(self.pipe), "current_timestep", None), property)
+        had_timestep = "_current_timestep" in vars(self.pipe)
+        saved = getattr(self.pipe, "_current_timestep", None)
+        if self._hooked:
+            refresh_hook_registries(transformer)
+            reset_stateful_hooks(transformer)
+        try:
+            yield
+        finally:
+            _CURRENT_TIMESTEPS.pop(self.pipe, None)
+            if had_timestep:
+                self.pipe._current_timestep = saved
+            elif "_current_timestep" in vars(self.pipe):
+                del self.pipe._current_timestep
+            if self._hooked:
+                reset_stateful_hooks(transformer)
+                if not had_registry and stateful_hook_registry(transformer) is not None:
+                    del transformer._diffusers_hook  # diffusers added it for the contexts; leave the model as it was
+
+    def running(self) -> AbstractContextManager[None]:
+        return self._running()
+
+    def denoiser_context(
+        self, name: str, step: StepInfo | None, timestep: torch.Tensor
+    ) -> AbstractContextManager[None]:
+        """Around one transformer evaluation: the current timestep (what diffusers' timestep callbacks read:
+        ``pipe.current_timestep`` where the pipeline has it, `current_timestep(pipe)` everywhere) and, where
+        the transformer has hooks, the named cache context with the step it serves (index and count within
+        the current stage)."""
+        _CURRENT_TIMESTEPS[self.pipe] = timestep
+        if self._tells_timestep:
+            self.pipe._current_timestep = timestep
+        if not self._hooked:
+            return nullcontext()
+        return cache_context(self.pipe.transformer, name, step, timestep)
 
     def vae_latent(self, latent: torch.Tensor) -> torch.Tensor:
         """Model latent -> VAE latent (undo the pipeline's normalisation), on the VAE's device and dtype."""
@@ -59,6 +117,61 @@ class DiffusersCall(ModelCall):
 
     def progress_bar(self, total: int) -> AbstractContextManager[ProgressBar]:
         return self.pipe.progress_bar(total=total)  # type: ignore[no-any-return]
+
+
+_CURRENT_TIMESTEPS: weakref.WeakKeyDictionary[Any, torch.Tensor] = weakref.WeakKeyDictionary()
+
+
+def current_timestep(pipeline: Any) -> torch.Tensor | None:
+    """The timestep (0..1000 scale) of the transformer evaluation an accelerated call of `pipeline` is
+    running, None outside one. For diffusers' timestep callbacks on pipelines that lack
+    ``current_timestep`` (StableDiffusion3Pipeline):
+    ``PyramidAttentionBroadcastConfig(current_timestep_callback=lambda: ralu_core.current_timestep(pipe))``."""
+    return _CURRENT_TIMESTEPS.get(pipeline)
+
+
+def stateful_hook_registry(module: Any) -> Any:
+    """The diffusers hook registry of `module` itself, or None (we never create one up front: that would
+    add an attribute to the user's model)."""
+    return getattr(module, "_diffusers_hook", None)
+
+
+def has_diffusers_hooks(module: Any) -> bool:
+    """Whether any module under `module` carries diffusers hooks (a cache enabled or applied by the user)."""
+    return any(getattr(m, "_diffusers_hook", None) is not None for m in module.modules())
+
+
+def refresh_hook_registries(module: Any) -> None:
+    """diffusers caches the list of hooked submodules; hooks applied with ``apply_*`` after it was built
+    would not get their cache context, so it is rebuilt once per call."""
+    registry = stateful_hook_registry(module)
+    if registry is not None and hasattr(registry, "invalidate_child_registries_cache"):
+        registry.invalidate_child_registries_cache()
+
+
+def reset_stateful_hooks(module: Any) -> None:
+    """Drop the state of every stateful diffusers hook under `module` (what the pipeline does after a call)."""
+    for sub in module.modules():
+        registry = stateful_hook_registry(sub)
+        if registry is not None:
+            registry.reset_stateful_hooks(recurse=False)
+
+
+def cache_context(
+    module: Any, name: str, step: StepInfo | None, timestep: torch.Tensor
+) -> AbstractContextManager[None]:
+    """diffusers' named cache context around one evaluation of `module` (which has hooks), with the step
+    fields the installed diffusers accepts. Models without diffusers' CacheMixin (SD3's transformer, whose
+    hooks come from the ``apply_*`` functions) get the same context."""
+    from diffusers.models.cache_utils import CacheMixin
+
+    enter = CacheMixin.cache_context
+    parameters = inspect.signature(enter).parameters
+    if step is None or not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return enter(module, name)  # type: ignore[no-any-return]
+    return enter(  # type: ignore[no-any-return]
+        module, name, step_index=step.step, num_inference_steps=step.steps, sigma=step.sigma, timestep=timestep
+    )
 
 
 def read_component_configs(

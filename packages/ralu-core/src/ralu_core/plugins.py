@@ -20,6 +20,8 @@ import pluggy
 from ralu_core import hookspecs
 from ralu_core.adapter import ModelAdapter
 from ralu_core.errors import PluginError, UnsupportedPipelineError
+from ralu_core.image_metric import ImageMetric
+from ralu_core.models import NamedModel
 from ralu_core.strategies.base import STRATEGY_KINDS, Strategy
 
 ENTRY_POINT_GROUP = "ralu"
@@ -179,8 +181,6 @@ class Registry:
         return register
 
     def _metric_register(self, plugin: str) -> Callable[[Any], None]:
-        from ralu_core.bench import ImageMetric
-
         def register(metric: Any) -> None:
             if not isinstance(metric, ImageMetric):
                 raise PluginError(f"ralu plugin {plugin!r} registered {metric!r}, which is not an ImageMetric")
@@ -195,8 +195,6 @@ class Registry:
         return register
 
     def _model_register(self, plugin: str) -> Callable[[Any], None]:
-        from ralu_core.models import NamedModel
-
         def register(model: Any) -> None:
             if not isinstance(model, NamedModel):
                 raise PluginError(f"ralu plugin {plugin!r} registered {model!r}, which is not a NamedModel")

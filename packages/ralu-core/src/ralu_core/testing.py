@@ -21,7 +21,7 @@ from ralu_core.adapter import FlopsProfile, ModelAdapter, ModelCall, ProgressBar
 from ralu_core.flops import FlopCount
 from ralu_core.hookspecs import RegisterAdapter, hookimpl
 from ralu_core.randomness import GeneratorArg, per_image_generators, randn
-from ralu_core.strategies.base import SelectionRequest, TokenSelector
+from ralu_core.strategies.base import SelectionRequest, StageInfo, StepInfo, TokenSelector
 from ralu_core.tokens import TokenGrid, TokenState, downsample_nearest, render_latent
 
 
@@ -69,6 +69,11 @@ class ToyCall(ModelCall):
         self.default_steps = pipe.default_steps
         self.default_shift = pipe.shift
         self.seen_positions: list[torch.Tensor] = []
+        self.stages_begun: list[StageInfo] = []
+        self.steps_seen: list[StepInfo | None] = []
+
+    def begin_stage(self, stage: StageInfo) -> None:
+        self.stages_begun.append(stage)
 
     def initial_noise(self) -> torch.Tensor:
         shape = (self.batch_size, self.grid.num_tokens, self.grid.token_dim)
@@ -79,7 +84,9 @@ class ToyCall(ModelCall):
         h = self.pipe.shift
         return (h * u / (1 + (h - 1) * u)).to(torch.float32)
 
-    def predict(self, state: TokenState, sigma: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
+    def predict(
+        self, state: TokenState, sigma: torch.Tensor, active: torch.Tensor | None, *, step: StepInfo | None = None
+    ) -> torch.Tensor:
         positions = state.positions().float()
         values = state.values
         if active is not None:
@@ -87,6 +94,7 @@ class ToyCall(ModelCall):
             values = torch.gather(values, 1, index.expand(-1, -1, values.shape[-1]))
             positions = torch.gather(positions, 1, index.expand(-1, -1, 2))
         self.seen_positions.append(positions.clone())
+        self.steps_seen.append(step)
         # A smooth "data" pattern that depends on where a token is, so positions matter.
         freq = torch.arange(1, values.shape[-1] + 1, dtype=torch.float32)
         data = torch.sin(positions[..., :1] * 0.7 * freq + positions[..., 1:] * 0.3 * freq)

@@ -14,7 +14,7 @@ import attrs
 import torch
 
 from ralu_core.errors import PluginError
-from ralu_core.recipes.resolve import RecipeRuntime
+from ralu_core.runtime import RecipeRuntime
 from ralu_core.strategies.base import TokenSelector
 from ralu_core.tokens import HALF
 

@@ -11,7 +11,6 @@ reproduces `pipe(...)` exactly.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,6 +22,7 @@ from ralu_core.adapter import ConfigReader, FlopsProfile, ModelAdapter, check_im
 from ralu_core.arguments import PipelineArguments
 from ralu_core.pipeline_call import DiffusersCall, default_num_inference_steps
 from ralu_core.randomness import GeneratorArg, per_image_generators
+from ralu_core.strategies.base import StepInfo
 from ralu_core.tokens import TokenGrid, TokenState, gather_tokens
 
 PATCH = 2  # FLUX packs 2 x 2 latent pixels per token
@@ -187,7 +187,14 @@ class FluxCall(DiffusersCall):
         return ids.to(torch.float32)
 
     def _transformer(
-        self, x: torch.Tensor, timestep: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor, negative: bool
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor,
+        rows: torch.Tensor,
+        ids: torch.Tensor,
+        negative: bool,
+        group: str,
+        step: StepInfo | None,
     ) -> torch.Tensor:
         embeds, pooled, text_ids = (
             (self.neg_embeds, self.neg_pooled, self.neg_text_ids)
@@ -195,12 +202,9 @@ class FluxCall(DiffusersCall):
             else (self.prompt_embeds, self.pooled, self.text_ids)
         )
         transformer = self.pipe.transformer
-        context = (
-            transformer.cache_context("uncond" if negative else "cond")
-            if hasattr(transformer, "cache_context")
-            else nullcontext()
-        )
-        with context:
+        # The pipeline's context names, one per CFG branch; images evaluated apart get their own.
+        name = ("uncond" if negative else "cond") + group
+        with self.denoiser_context(name, step, timestep[0]):
             return transformer(
                 hidden_states=x,
                 timestep=timestep / 1000,
@@ -213,21 +217,25 @@ class FluxCall(DiffusersCall):
                 return_dict=False,
             )[0]
 
-    def predict(self, state: TokenState, sigma: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
+    def predict(
+        self, state: TokenState, sigma: torch.Tensor, active: torch.Tensor | None, *, step: StepInfo | None = None
+    ) -> torch.Tensor:
         values, positions = state.values, state.positions()
         if active is not None:
             values, positions = gather_tokens(values, active), gather_tokens(positions, active)
         out = torch.empty_like(values)
         t = sigma.to(self.device) * self.num_train_timesteps
         # Images whose tokens sit at the same positions share one call; RoPE ids are per call.
-        for rows in iter_chunks(positions):
+        groups = list(iter_chunks(positions))
+        for rows in groups:
             rows = rows.to(values.device)
             x = values[rows]
             timestep = t.expand(x.shape[0]).to(x.dtype)
             ids = self._ids(positions[int(rows[0])])
-            noise_pred = self._transformer(x, timestep, rows, ids, negative=False)
+            group = "" if len(groups) == 1 else f"/images {','.join(str(int(r)) for r in rows)}"
+            noise_pred = self._transformer(x, timestep, rows, ids, negative=False, group=group, step=step)
             if self.true_cfg:
-                negative = self._transformer(x, timestep, rows, ids, negative=True)
+                negative = self._transformer(x, timestep, rows, ids, negative=True, group=group, step=step)
                 noise_pred = negative + self.args.true_cfg_scale * (noise_pred - negative)
             out[rows] = noise_pred.to(out.dtype)
         return out
@@ -296,6 +304,9 @@ class FluxAdapter(ModelAdapter):
         default = pipeline.default_sample_size * pipeline.vae_scale_factor
         height, width = bound.height or default, bound.width or default
         return check_image_size(height, width, *self.size_rule(int(pipeline.vae_scale_factor), coarsest_level))
+
+    def denoiser(self, pipeline: Any) -> Any:
+        return pipeline.transformer
 
     def plan_grid(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TokenGrid:
         bound = FluxArguments.bind(args, kwargs)

@@ -3,8 +3,8 @@
 SD3 patchifies the latent with a p x p convolution and adds absolute sine-cosine position
 embeddings cropped from a centred grid. A token here is one p x p latent patch, in ralu's
 (channel, row, col) layout. Dense states (the baseline, RALU's half-resolution stage 1 and
-full-resolution stage 3) go through the model's own forward unchanged; mixed states go through
-the same modules token by token with per-token embeddings (see forward.py and positions.py).
+full-resolution stage 3) go through the model's own forward unchanged; mixed states go through the
+same forward as a strip of tokens with per-token position embeddings (see forward.py and positions.py).
 Classifier-free guidance runs the pipeline's way: [uncond; cond] in one batch, both halves of an
 image sharing its tokens, so selection and injected noise are per image and shared by its pair.
 """
@@ -22,8 +22,9 @@ from ralu_core.adapter import ConfigReader, FlopsProfile, ModelAdapter, check_im
 from ralu_core.arguments import PipelineArguments
 from ralu_core.pipeline_call import DiffusersCall, default_num_inference_steps
 from ralu_core.randomness import GeneratorArg, per_image_generators
+from ralu_core.strategies.base import StepInfo
 from ralu_core.tokens import TokenGrid, TokenState, dense_level, gather_tokens, image_to_tokens, tokens_to_image
-from ralu_sd3.forward import token_forward
+from ralu_sd3.forward import strip_positions, tokens_to_strip
 from ralu_sd3.positions import SinCosGrid
 
 
@@ -167,47 +168,44 @@ class SD3Call(DiffusersCall):
             )
         return image_to_tokens(latents, self.patch)
 
-    def _guided(self, run: Any, values: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        """Run the model on [values; values] with [uncond; cond] prompts and combine, as the pipeline does."""
-        batch = torch.cat([values, values]) if self.cfg else values
-        out = run(batch, timestep.expand(batch.shape[0]))
+    def _evaluate(self, latent: torch.Tensor, t: torch.Tensor, step: StepInfo | None) -> torch.Tensor:
+        """The model on a (B, C, h, w) latent (a dense grid or a token strip), guided as the pipeline does:
+        one batch of [uncond; cond], in one cache context ("cond_uncond", diffusers' name for it)."""
+        batch = torch.cat([latent, latent]) if self.cfg else latent
+        with self.denoiser_context("cond_uncond" if self.cfg else "cond", step, t):
+            out = self.pipe.transformer(
+                hidden_states=batch,
+                timestep=t.expand(batch.shape[0]),
+                encoder_hidden_states=self.embeds,
+                pooled_projections=self.pooled,
+                joint_attention_kwargs=self.joint_attention_kwargs,
+                return_dict=False,
+            )[0]
         if not self.cfg:
             return out  # type: ignore[no-any-return]
         uncond, text = out.chunk(2)
         return uncond + self.args.guidance_scale * (text - uncond)  # type: ignore[no-any-return]
 
-    def predict(self, state: TokenState, sigma: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
+    def predict(
+        self, state: TokenState, sigma: torch.Tensor, active: torch.Tensor | None, *, step: StepInfo | None = None
+    ) -> torch.Tensor:
         t = sigma.to(self.device) * self.pipe.scheduler.config.num_train_timesteps
-        transformer = self.pipe.transformer
         level = dense_level(state) if active is None else None
         if level is not None:
             rows, cols = self.grid.rows >> level, self.grid.cols >> level
             latent = tokens_to_image(state.values, rows, cols, self.grid.channels, self.patch)
-
-            def dense(x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-                out = transformer(
-                    hidden_states=x,
-                    timestep=timestep,
-                    encoder_hidden_states=self.embeds,
-                    pooled_projections=self.pooled,
-                    joint_attention_kwargs=self.joint_attention_kwargs,
-                    return_dict=False,
-                )[0]
-                return out  # type: ignore[no-any-return]
-
-            return image_to_tokens(self._guided(dense, latent, t), self.patch)
+            return image_to_tokens(self._evaluate(latent, t, step), self.patch)
         values, positions = state.values, state.positions()
         if active is not None:
             values, positions = gather_tokens(values, active), gather_tokens(positions, active)
         coarsest = state.coarsest_level
         embedding = self.sincos.embed(positions, self.grid.rows >> coarsest, self.grid.cols >> coarsest)
         embedding = embedding.to(self.device)
-
-        def tokens(x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-            pos = torch.cat([embedding, embedding]) if self.cfg else embedding
-            return token_forward(transformer, x, pos, timestep, self.embeds, self.pooled, self.joint_attention_kwargs)
-
-        return self._guided(tokens, values, t)
+        if self.cfg:
+            embedding = torch.cat([embedding, embedding])
+        with strip_positions(self.pipe.transformer, embedding):
+            strip = self._evaluate(tokens_to_strip(values, self.grid.channels, self.patch), t, step)
+        return image_to_tokens(strip, self.patch)
 
     def finish(self, state: TokenState) -> Any:
         from diffusers.pipelines.stable_diffusion_3.pipeline_output import StableDiffusion3PipelineOutput
@@ -248,6 +246,9 @@ class SD3Adapter(ModelAdapter):
         height, width = bound.height or default, bound.width or default
         patch = int(pipeline.transformer.config.patch_size)
         return check_image_size(height, width, *self.size_rule(int(pipeline.vae_scale_factor), patch, coarsest_level))
+
+    def denoiser(self, pipeline: Any) -> Any:
+        return pipeline.transformer
 
     def plan_grid(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TokenGrid:
         bound = SD3Arguments.bind(args, kwargs)

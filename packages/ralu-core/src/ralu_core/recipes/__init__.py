@@ -2,7 +2,8 @@
 
 from ralu_core.recipes.loader import dump_recipe, load_recipe_file, load_recipe_text
 from ralu_core.recipes.model import Recipe, Stage, StrategyRef
-from ralu_core.recipes.resolve import RecipeRuntime, RuntimeStage, find_recipe, resolve_recipe
+from ralu_core.recipes.resolve import find_recipe, resolve_recipe
+from ralu_core.runtime import RecipeRuntime, RuntimeStage
 
 __all__ = [
     "Recipe",

@@ -18,7 +18,7 @@ import yaml
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from ralu_core.errors import ConfigFieldError, RecipeError
-from ralu_core.recipes.model import Recipe, StrategyRef
+from ralu_core.recipes.model import CacheRef, Recipe, StrategyRef
 from ralu_core.recipes.yaml_source import MAX_RECIPE_BYTES, YamlProblem, parse_recipe_yaml
 
 MAX_STAGES = 16
@@ -54,6 +54,9 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(bool, _strict_scalar(bool, "true or false"))
     converter.register_structure_hook(str, _strict_scalar(str, "a string"))
     converter.register_structure_hook(StrategyRef, _structure_ref)
+    converter.register_structure_hook_func(
+        lambda t: t == tuple[CacheRef, ...], lambda value, _: structure_cache_list(value)
+    )
     return converter
 
 
@@ -73,6 +76,42 @@ def structure_strategy_ref(value: Any) -> StrategyRef:
     if not isinstance(name, str):
         raise ValueError(f"a strategy `name` must be a string, got {name!r}")
     return StrategyRef(name=name, params={k: v for k, v in value.items() if k != "name"})
+
+
+def structure_cache_list(value: Any) -> tuple[CacheRef, ...]:
+    """``none``, one cache (a name or a mapping) or a list of them -> CacheRefs; ValueError otherwise."""
+    if value == "none" or value is None:
+        return ()
+    items = value if isinstance(value, list) else [value]
+    caches, problems = [], []
+    for index, item in enumerate(items):
+        where = isinstance(value, list)
+        try:
+            caches.append(_structure_cache(item))
+        except ValueError as exc:
+            problems.append(f"item {index}: {exc}" if where else str(exc))
+    if problems:
+        raise ValueError("; ".join(problems))
+    return tuple(c for c in caches if c.name != "none")
+
+
+def _structure_cache(item: Any) -> CacheRef:
+    ref = structure_strategy_ref(item)
+    params = dict(ref.params)
+    stages = params.pop("stages", None)
+    if stages is not None:
+        if not isinstance(stages, list) or not stages:
+            raise ValueError(
+                f"`stages` of cache {ref.name!r} must be a non-empty list of stage indices, got {_short(stages)}"
+            )
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in stages):
+            raise ValueError(
+                f"`stages` of cache {ref.name!r} must list stage indices (0, 1, ...), got {_short(stages)}"
+            )
+        if len(set(stages)) != len(stages):
+            raise ValueError(f"`stages` of cache {ref.name!r} lists a stage twice: {_short(stages)}")
+        stages = tuple(stages)
+    return CacheRef(name=ref.name, params=params, stages=stages)
 
 
 _FIELD = "\x00"

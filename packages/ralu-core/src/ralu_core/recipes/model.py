@@ -1,8 +1,8 @@
 """The recipe data model: frozen attrs classes, data only (no code, no tensors).
 
 A recipe names a schedule, lists stages (steps, where the stage ends in t, and for every stage
-after the first the transition into it and the selector of tokens to upsample), and a feature
-cache. Strategy parameters stay raw here; they are structured against each strategy's own
+after the first the transition into it and the selector of tokens to upsample), and a list of
+feature caches. Strategy parameters stay raw here; they are structured against each strategy's own
 config class once plugins are loaded (see `resolve.py`).
 """
 
@@ -24,6 +24,24 @@ class StrategyRef:
 
     def to_yaml(self) -> dict[str, Any] | str:
         return {"name": self.name, **self.params} if self.params else self.name
+
+
+@attrs.frozen(kw_only=True)
+class CacheRef:
+    """A feature cache in a recipe's ``cache:`` list: a strategy plus, optionally, the stages (by index)
+    it works in: ``{name: taylorseer, interval: 2, stages: [2]}``. None: every stage."""
+
+    name: str
+    params: Mapping[str, Any] = attrs.field(factory=dict)
+    stages: tuple[int, ...] | None = None
+
+    @property
+    def strategy(self) -> StrategyRef:
+        return StrategyRef(name=self.name, params=self.params)
+
+    def to_yaml(self) -> dict[str, Any] | str:
+        extra = {} if self.stages is None else {"stages": list(self.stages)}
+        return {"name": self.name, **self.params, **extra} if self.params or extra else self.name
 
 
 @attrs.frozen(kw_only=True)
@@ -54,7 +72,8 @@ class Recipe:
     """Adapter name this recipe is tuned for (e.g. ``flux``); None: any model."""
     schedule: StrategyRef
     stages: tuple[Stage, ...]
-    cache: StrategyRef = attrs.field(factory=lambda: StrategyRef(name="none"))
+    cache: tuple[CacheRef, ...] = ()
+    """Feature caches, applied in order (the first wraps the others); ``cache: none`` is the empty list."""
 
     @property
     def start_level(self) -> int:
@@ -79,5 +98,5 @@ class Recipe:
             data["model"] = self.model
         data["schedule"] = self.schedule.to_yaml()
         data["stages"] = [stage(s) for s in self.stages]
-        data["cache"] = self.cache.to_yaml()
+        data["cache"] = [c.to_yaml() for c in self.cache] if self.cache else "none"
         return data

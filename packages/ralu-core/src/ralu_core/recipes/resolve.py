@@ -12,57 +12,26 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from ralu_core.errors import RecipeError, did_you_mean
 from ralu_core.plugins import KIND_LABELS, Registry
-from ralu_core.recipes.loader import load_recipe_file, make_converter, structure_strategy_ref, structure_strict
+from ralu_core.recipes.loader import (
+    load_recipe_file,
+    make_converter,
+    structure_cache_list,
+    structure_strategy_ref,
+    structure_strict,
+)
 from ralu_core.recipes.model import Recipe, Stage, StrategyRef
 from ralu_core.recipes.yaml_source import YamlProblem, parse_recipe_yaml
+from ralu_core.runtime import RecipeRuntime, RuntimeCache, RuntimeStage
 from ralu_core.strategies.base import (
-    FeatureCache,
-    ResolutionTransition,
     StagePlanSpec,
-    Strategy,
     TimestepSchedule,
-    TokenSelector,
 )
 from ralu_core.tokens import FULL, HALF
 
 MAX_STAGE_STEPS = 1000
 """Euler steps per stage; flow-matching schedulers are trained on 1000 timesteps, so more is a typo."""
-
-
-@attrs.frozen(kw_only=True)
-class RuntimeStage:
-    spec: StagePlanSpec
-    transition: ResolutionTransition | None
-    selector: TokenSelector | None
-    step_tokens: TokenSelector | None
-
-
-@attrs.frozen(kw_only=True)
-class RecipeRuntime:
-    """A recipe with its strategies built; owned by one accelerated pipeline."""
-
-    recipe: Recipe
-    schedule: TimestepSchedule
-    stages: tuple[RuntimeStage, ...]
-    cache: FeatureCache
-
-    @property
-    def start_level(self) -> int:
-        return self.recipe.start_level
-
-    def strategies(self) -> list[Strategy]:
-        found: list[Strategy] = [self.schedule, self.cache]
-        for stage in self.stages:
-            found += [s for s in (stage.transition, stage.selector, stage.step_tokens) if s is not None]
-        return found
-
-    def reset(self) -> None:
-        for strategy in self.strategies():
-            strategy.reset()
 
 
 def find_recipe(source: str | Path | Recipe, registry: Registry) -> Recipe:
@@ -122,7 +91,12 @@ def _named_strategy_problems(path: Path, registry: Registry) -> list[str]:
         return builder.build(ref, kind, where)
 
     schedule = build(data.get("schedule"), "schedule", "$.schedule")
-    build(data.get("cache"), "feature_cache", "$.cache")
+    try:
+        caches = structure_cache_list(data.get("cache"))
+    except ValueError:
+        caches = ()  # malformed: reported by the loader
+    for index, cache in enumerate(caches):
+        build(cache.strategy.to_yaml(), "feature_cache", f"$.cache[{index}]")
     raw_stages = data.get("stages")
     try:
         stages: tuple[Stage, ...] = make_converter().structure(raw_stages, tuple[Stage, ...])
@@ -165,14 +139,38 @@ def resolve_recipe(recipe: Recipe, registry: Registry) -> RecipeRuntime:
     """Build and cross-check all strategies of `recipe`; every problem is reported at once."""
     b = _Builder(recipe.name, registry)
     schedule = b.build(recipe.schedule, "schedule", "$.schedule")
-    cache = b.build(recipe.cache, "feature_cache", "$.cache")
     stages = []
     for index, stage in enumerate(recipe.stages):
         stages.append(_resolve_stage(b, stage, index))
+    caches = _resolve_caches(b, recipe, stages)
     _check_structure(b, recipe, stages, schedule)
     if b.problems:
         raise RecipeError(recipe.name, b.problems)
-    return RecipeRuntime(recipe=recipe, schedule=schedule, stages=tuple(stages), cache=cache)
+    return RecipeRuntime(recipe=recipe, schedule=schedule, stages=tuple(stages), caches=caches)
+
+
+def _resolve_caches(b: _Builder, recipe: Recipe, stages: list[RuntimeStage]) -> tuple[RuntimeCache, ...]:
+    built = []
+    for index, ref in enumerate(recipe.cache):
+        path = f"$.cache[{index}]"
+        cache = b.build(ref.strategy, "feature_cache", path)
+        outside = [s for s in ref.stages or () if s >= len(stages)]
+        if outside:
+            b.problems.append(
+                f"{path}.stages: the recipe has stages 0 to {len(stages) - 1}, got {', '.join(map(str, outside))}"
+            )
+        if cache is None:
+            continue
+        working = range(len(stages)) if ref.stages is None else ref.stages
+        sparse = [s for s in working if s < len(stages) and stages[s].step_tokens is not None]
+        if cache.forecasts and sparse:
+            b.problems.append(
+                f"{path}: {cache.name!r} forecasts every token's velocity, but stage(s) "
+                f"{', '.join(map(str, sparse))} compute a subset of tokens per step (step_tokens); "
+                "limit the cache with `stages:` to the other stages"
+            )
+        built.append(RuntimeCache(cache=cache, stages=None if ref.stages is None else frozenset(ref.stages)))
+    return tuple(built)
 
 
 def _resolve_stage(b: _Builder, stage: Stage, index: int) -> RuntimeStage:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar
 
 import attrs
 import torch
 
 from ralu_core.randomness import GeneratorArg
+from ralu_core.token_map import TokenMap
 from ralu_core.tokens import TokenState
 
 
@@ -176,9 +178,13 @@ class TimestepSchedule(Strategy):
 
 @attrs.frozen(kw_only=True)
 class StageInfo:
+    """A new token set: a stage starts. `token_map` relates its tokens to those the cache saw last
+    (None at the first stage, or when the cache did not run in the previous stage)."""
+
     index: int
     num_tokens: int
     steps: int
+    token_map: TokenMap | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -188,23 +194,43 @@ class StepInfo:
     sigma: float
     sigma_next: float
     active: torch.Tensor | None
+    steps: int = 0
+    """Steps in this stage (0: unknown)."""
 
 
 class FeatureCache(Strategy):
-    """Decides what is reused across steps instead of recomputed inside the model call.
+    """Reuses work across steps instead of recomputing it.
 
-    Stage-aware by contract: `begin_stage` is called whenever the token set changes, so a cache
-    never reuses features computed for another token count or order.
+    Three levels, one owner each: at step level the cache's `predict` decides whether the model runs
+    at all (and may forecast its output); at block level `attach` installs hooks on the denoiser's
+    modules for the duration of a call; token-level reuse (RAS) belongs to adapters. The engine owns
+    the lifecycle: `begin_stage` whenever the token set changes, with the map from the old tokens to
+    the new, so a cache carries per-token state over or starts again, never reusing features of
+    another token count or order.
     """
 
     kind: ClassVar[str] = "feature_cache"
+    forecasts: ClassVar[bool] = False
+    """Whether `predict` may answer without running the model (then it needs every token each step)."""
 
     def begin_stage(self, stage: StageInfo) -> None:
-        """A new stage starts; anything cached for the old token set is invalid."""
+        """A new token set starts; anything cached per token must be carried over or dropped."""
 
-    @abc.abstractmethod
     def predict(self, step: StepInfo, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """The velocity for this step: computed by `compute()` or derived from the cache."""
+        return compute()
+
+    def attach(self, denoiser: Any) -> AbstractContextManager[None]:
+        """Install block-level hooks on `denoiser` (the pipeline's transformer, None where the adapter
+        exposes none) for one call; everything is removed on exit, even after an error. Called before
+        any model runs, so an unsuitable model is refused before expensive work."""
+        return nullcontext()
+
+    def planned_computes(self, steps: int) -> tuple[float, ...] | None:
+        """Share of a full model evaluation done at each step of a stage with `steps` steps (1.0: the
+        model runs, 0.0: skipped), for exact FLOPs counting; None when it depends on the run (adaptive
+        caches: `ralu bench` measures them)."""
+        return (1.0,) * steps
 
 
 STRATEGY_KINDS: dict[str, type[Strategy]] = {

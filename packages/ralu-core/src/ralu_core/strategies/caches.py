@@ -6,21 +6,15 @@ also the reference they are measured against.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import ClassVar
 
-import torch
-
-from ralu_core.strategies.base import FeatureCache, StepInfo
+from ralu_core.strategies.base import FeatureCache
 
 
 class NoCache(FeatureCache):
     """No reuse: the model is evaluated at every step."""
 
     name: ClassVar[str] = "none"
-
-    def predict(self, step: StepInfo, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        return compute()
 
 
 BUILTIN_CACHES: tuple[type[FeatureCache], ...] = (NoCache,)

@@ -1,0 +1,33 @@
+"""What observer hooks receive at the end of each step and stage: plain data, no behaviour."""
+
+from __future__ import annotations
+
+import attrs
+
+from ralu_core.tokens import TokenState
+
+
+@attrs.frozen(kw_only=True)
+class StepEvent:
+    """Broadcast to ``ralu_on_step_end`` after each Euler update."""
+
+    stage: int
+    step: int
+    sigma: float
+    sigma_next: float
+    num_tokens: int
+    active_tokens: int
+    state: TokenState
+    computed: bool = True
+    """Whether the model ran for this step (False: a cache supplied the velocity)."""
+
+
+@attrs.frozen(kw_only=True)
+class StageEvent:
+    """Broadcast to ``ralu_on_stage_end`` when a stage's last step is done."""
+
+    stage: int
+    steps: int
+    num_tokens: int
+    tokens_per_level: dict[int, int]
+    state: TokenState

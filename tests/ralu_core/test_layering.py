@@ -1,0 +1,77 @@
+"""The core's modules import one way: plain data and protocols at the bottom, the engine above them,
+plugins and recipes above that, the CLI on top. A cycle (even one only type checkers follow) means a
+layer reaches up, and the package no longer reads bottom to top."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import ralu_core
+
+ROOT = Path(ralu_core.__file__).parent
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts).removesuffix(".__init__")
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the core modules it imports (anywhere in it, TYPE_CHECKING blocks included; importing a
+    submodule does not count as importing its package's __init__)."""
+    modules = {module_name(p): p for p in ROOT.rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "ralu_core":
+                submodules = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules]
+                graph[name].update(submodules)
+                if node.module in modules and len(submodules) < len(node.names):
+                    graph[name].add(node.module)
+            elif isinstance(node, ast.Import):
+                graph[name].update(a.name for a in node.names if a.name in modules)
+        graph[name].discard(name)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for target in sorted(graph[node]):
+            if state.get(target) == 1:
+                return [*stack[stack.index(target) :], target]
+            if target not in state and (found := visit(target)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_the_core_has_no_import_cycle() -> None:
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_engine_does_not_depend_on_plugins_recipes_or_the_cli() -> None:
+    graph = import_graph()
+    reachable, todo = set(), ["ralu_core.engine"]
+    while todo:
+        for target in graph[todo.pop()] - reachable:
+            reachable.add(target)
+            todo.append(target)
+    assert not reachable & {"ralu_core.plugins", "ralu_core.recipes.resolve", "ralu_core.bench", "ralu_core.cli"}
+
+
+def test_the_cycle_finder_finds_cycles() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
