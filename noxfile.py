@@ -13,10 +13,24 @@ PACKAGES = {
     "ralu-core": ["packages/ralu-core"],
     "ralu-flux": ["packages/ralu-core", "packages/ralu-flux"],
     "ralu-sd3": ["packages/ralu-core", "packages/ralu-sd3"],
-    "ralu-bench": ["packages/ralu-core", "packages/ralu-flux", "packages/ralu-sd3", "packages/ralu-bench"],
+    "ralu-bench": [
+        "packages/ralu-core",
+        "packages/ralu-flux",
+        "packages/ralu-sd3",
+        "packages/ralu-caching",
+        "packages/ralu-bench",
+    ],
+    # Its tests run the caches on FLUX and SD3 pipelines, so the adapters are test dependencies.
+    "ralu-caching": ["packages/ralu-core", "packages/ralu-caching", "packages/ralu-flux", "packages/ralu-sd3"],
 }
 TEST_DIRS = {package: f"tests/{package.replace('-', '_')}" for package in PACKAGES}
-EVERYTHING = ["packages/ralu-core", "packages/ralu-flux", "packages/ralu-sd3", "packages/ralu-bench"]
+EVERYTHING = [
+    "packages/ralu-core",
+    "packages/ralu-flux",
+    "packages/ralu-sd3",
+    "packages/ralu-bench",
+    "packages/ralu-caching",
+]
 
 
 @nox.session

@@ -1,14 +1,18 @@
 """FLOPs of a recipe on a full-size architecture, counted exactly on the meta device.
 
 Per stage: how many image tokens the transformer sees (known before running: selectors declare
-how many tokens they pick) times the steps, plus every VAE decode (the Canny selector's decode
-of the half-resolution clean estimate, and the final decode). Text encoders are excluded. Two
-conventions are reported: linear layers only (the RALU paper's, attention not counted) and
-linear plus attention.
+how many tokens they pick), what each step computes (deterministic caches declare their plan: a
+forecast step runs nothing, a step that reuses blocks is counted on the meta model with the cache's
+hooks in place), plus every VAE decode (the Canny selector's decode of the half-resolution clean
+estimate, and the final decode). Adaptive caches cannot be planned: they are counted as full and
+named, and ``ralu bench`` measures them. Text encoders are excluded. Two conventions are reported:
+linear layers only (the RALU paper's, attention not counted) and linear plus attention.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from contextlib import AbstractContextManager, ExitStack
 from typing import Any
 
 import attrs
@@ -16,6 +20,7 @@ import attrs
 from ralu_core.adapter import FlopsProfile
 from ralu_core.flops import FlopCount
 from ralu_core.runtime import RecipeRuntime
+from ralu_core.strategies.base import FULL_STEP, FeatureCache, PlannedStep
 from ralu_core.token_plan import plan_tokens
 
 
@@ -27,12 +32,17 @@ class StageCost:
     sparse_tokens: int | None = None
     sparse_forward: FlopCount | None = None
     decode: FlopCount = attrs.field(factory=FlopCount)
+    step_costs: tuple[FlopCount, ...] = ()
+    """What each step costs, caches included."""
+    step_kinds: tuple[str, ...] = ()
+    """Per step: ``full``, or what the caches skip (``forecast``, ``middle blocks reused``)."""
 
     @property
     def total(self) -> FlopCount:
-        if self.sparse_forward is None:
-            return self.forward * self.steps + self.decode
-        return self.forward + self.sparse_forward * (self.steps - 1) + self.decode
+        cost = self.decode
+        for step in self.step_costs:
+            cost = cost + step
+        return cost
 
 
 @attrs.frozen(kw_only=True)
@@ -45,6 +55,8 @@ class RecipeCost:
     final_decode: FlopCount
     baseline_steps: int
     baseline: FlopCount
+    adaptive_caches: tuple[str, ...] = ()
+    """Caches whose savings depend on the run: counted as full here (``ralu bench`` measures them)."""
 
     @property
     def total_without_final_decode(self) -> FlopCount:
@@ -86,12 +98,14 @@ class RecipeCost:
                     "forward_tflops": s.forward.tflops(include_attention),
                     "decode_tflops": s.decode.tflops(include_attention),
                     **({"sparse_tokens": s.sparse_tokens} if s.sparse_tokens is not None else {}),
+                    "step_kinds": dict(Counter(s.step_kinds)),
                 }
                 for s in self.stages
             ],
             "final_decode_tflops": self.final_decode.tflops(include_attention),
             "conventions": {"linear_only": convention(False), "with_attention": convention(True)},
             "text_encoders": "excluded",
+            "adaptive_caches_counted_as_full": list(self.adaptive_caches),
         }
 
 
@@ -112,6 +126,7 @@ def recipe_cost(
     base_steps = baseline_steps or profile.baseline_steps
     planned = runtime.schedule.planned_steps([s.spec for s in runtime.stages], steps or base_steps)
     stages = []
+    adaptive: list[str] = []
     for index, (stage, counts, stage_steps) in enumerate(
         zip(runtime.stages, plan_tokens(runtime, full), planned, strict=True)
     ):
@@ -120,6 +135,18 @@ def recipe_cost(
             decode = profile.decode(latent_h // 2, latent_w // 2)
         tokens = counts.tokens
         sparse = counts.active if stage_steps > 1 else None
+        plan = cache_plan(runtime.caches_in(index), stage_steps, adaptive)
+        costs: dict[tuple[int, str], FlopCount] = {}
+        step_costs = []
+        for step, planned_step in enumerate(plan):
+            seen = sparse if sparse is not None and step > 0 else tokens
+            if not planned_step.runs:
+                step_costs.append(FlopCount())
+                continue
+            key = (seen, planned_step.kind)
+            if key not in costs:
+                costs[key] = profile.forward(seen, planned_step.reuse)
+            step_costs.append(costs[key])
         stages.append(
             StageCost(
                 image_tokens=tokens,
@@ -128,6 +155,8 @@ def recipe_cost(
                 sparse_tokens=sparse,
                 sparse_forward=None if sparse is None else profile.forward(sparse),
                 decode=decode,
+                step_costs=tuple(step_costs),
+                step_kinds=tuple(s.kind for s in plan),
             )
         )
     final_decode = profile.decode(latent_h, latent_w)
@@ -141,4 +170,42 @@ def recipe_cost(
         final_decode=final_decode,
         baseline_steps=base_steps,
         baseline=baseline,
+        adaptive_caches=tuple(dict.fromkeys(adaptive)),
     )
+
+
+def cache_plan(caches: tuple[FeatureCache, ...], steps: int, adaptive: list[str]) -> tuple[PlannedStep, ...]:
+    """The stacked caches' plan for a stage: a step runs if every cache lets it, and skips what any of them
+    skips. Adaptive caches (no plan) are counted as full and appended to `adaptive`."""
+    plans = []
+    for cache in caches:
+        plan = cache.planned_steps(steps)
+        if plan is None:
+            adaptive.append(cache.name)
+        elif len(plan) != steps:
+            raise ValueError(f"{cache.describe()} planned {len(plan)} steps for a stage of {steps}")
+        else:
+            plans.append(plan)
+    combined = []
+    for step in range(steps):
+        parts = [plan[step] for plan in plans]
+        reuses = [p.reuse for p in parts if p.reuse is not None]
+        kinds = sorted({p.kind for p in parts if p.kind != FULL_STEP.kind})
+        combined.append(
+            PlannedStep(
+                runs=all(p.runs for p in parts),
+                reuse=None if not reuses else _stacked(reuses),
+                kind=" + ".join(kinds) or FULL_STEP.kind,
+            )
+        )
+    return tuple(combined)
+
+
+def _stacked(reuses: list[Any]) -> Any:
+    def enter(model: Any) -> AbstractContextManager[Any]:
+        stack = ExitStack()
+        for reuse in reuses:
+            stack.enter_context(reuse(model))
+        return stack
+
+    return enter

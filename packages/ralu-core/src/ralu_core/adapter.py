@@ -87,8 +87,12 @@ class FlopsProfile(abc.ABC):
         """The full-resolution token grid for an image size (validated like a call)."""
 
     @abc.abstractmethod
-    def forward(self, image_tokens: int) -> FlopCount:
-        """One transformer evaluation on `image_tokens` image tokens (batch 1, text tokens included)."""
+    def forward(
+        self, image_tokens: int, reuse: Callable[[Any], AbstractContextManager[None]] | None = None
+    ) -> FlopCount:
+        """One transformer evaluation on `image_tokens` image tokens (batch 1, text tokens included). `reuse`,
+        given the meta-device model, installs a cache's hooks for a step that reuses part of the work; the
+        count is then of what that step really runs."""
 
     @abc.abstractmethod
     def decode(self, latent_height: int, latent_width: int) -> FlopCount:

@@ -46,6 +46,12 @@ class BenchResult:
     samples: list[Sample]
     flops: dict[str, dict[str, float]]
     notes: list[str]
+    reuse: dict[str, tuple[int, int]] = attrs.field(factory=dict)
+    """Recipe -> (reused, total) evaluations measured by its adaptive caches over the timed samples."""
+
+    def reused_share(self, recipe: str) -> float | None:
+        reused, total = self.reuse.get(recipe, (0, 0))
+        return reused / total if total else None
 
     @property
     def scores(self) -> dict[str, dict[str, list[float]]]:
@@ -73,6 +79,7 @@ class BenchResult:
                 "speedup_flops_linear": self.flops[base]["tflops_linear"] / self.flops[recipe]["tflops_linear"],
             }
             row["efficiency"] = row["speedup_wall"] / row["speedup_flops_all"]
+            row["reused_share"] = self.reused_share(recipe)
             for metric, values in self.scores.get(recipe, {}).items():
                 finite = [v for v in values if math.isfinite(v)]
                 row[metric] = statistics.fmean(finite) if finite else (math.inf if values else None)
@@ -88,6 +95,7 @@ class BenchResult:
                 for s in self.samples
             ],
             "scores": self.scores,
+            "reuse": {recipe: {"reused": r, "evaluations": t} for recipe, (r, t) in self.reuse.items()},
             "notes": self.notes,
         }
 
@@ -151,6 +159,7 @@ def run_bench(
             if progress is not None:
                 progress.warmup(done, warmups)
     samples: list[Sample] = []
+    reuse: dict[str, tuple[int, int]] = {}
     count = 0
     for p_index, prompt in enumerate(plan.prompts):
         for s_index, seed in enumerate(plan.seeds):
@@ -159,6 +168,13 @@ def run_bench(
             for index in order[offset:] + order[:offset]:  # rotate who runs first
                 fast = plan.recipes[index]
                 seconds, image = call(fast, prompt, seed)
+                measured = [m for m in (c.cache.measured_reuse() for c in fast.runtime.caches) if m is not None]
+                if measured:
+                    reused, evaluated = reuse.get(fast.recipe.name, (0, 0))
+                    reuse[fast.recipe.name] = (
+                        reused + sum(m[0] for m in measured),
+                        evaluated + sum(m[1] for m in measured),
+                    )
                 samples.append(Sample(recipe=fast.recipe.name, prompt=prompt, seed=seed, seconds=seconds, image=image))
                 count += 1
                 if progress is not None:
@@ -174,6 +190,11 @@ def run_bench(
         cost = recipe_cost(fast.runtime, profile, height, width, steps=plan.steps, baseline_steps=plan.steps)
         timed = cost.total if plan.decode else cost.total_without_final_decode
         flops[fast.recipe.name] = {"tflops_all": timed.tflops(True), "tflops_linear": timed.tflops(False)}
+        if cost.adaptive_caches:
+            notes.append(
+                f"{fast.recipe.name}: adaptive cache(s) {', '.join(cost.adaptive_caches)} counted as full in FLOPs; "
+                "`reused` is the measured share of evaluations that reused cached work"
+            )
     settings = {
         "height": height,
         "width": width,
@@ -184,7 +205,7 @@ def run_bench(
         "final_decode_timed": plan.decode,
         "call_args": {k: v for k, v in plan.call_kwargs.items() if k not in ("height", "width")},
     }
-    return BenchResult(settings=settings, recipes=names, samples=samples, flops=flops, notes=notes)
+    return BenchResult(settings=settings, recipes=names, samples=samples, flops=flops, notes=notes, reuse=reuse)
 
 
 def score_samples(samples: Sequence[Sample], baseline: str, metrics: Sequence[ImageMetric]) -> list[Sample]:
@@ -212,7 +233,9 @@ def score_samples(samples: Sequence[Sample], baseline: str, metrics: Sequence[Im
 def markdown_table(result: BenchResult, device: str) -> str:
     rows = result.summary()
     metric_names = sorted({k for r in rows for k in result.scores.get(r["recipe"], {})})
-    header = ["recipe", "s / image", "wall x", "FLOPs x (all)", "FLOPs x (linear)", "wall / FLOPs", *metric_names]
+    reuse_column = ["reused"] if result.reuse else []
+    header = ["recipe", "s / image", "wall x", "FLOPs x (all)", "FLOPs x (linear)", "wall / FLOPs", *reuse_column]
+    header += metric_names
     settings = result.settings
     decode = "included" if settings["final_decode_timed"] else "excluded"
     lines = [
@@ -237,6 +260,7 @@ def markdown_table(result: BenchResult, device: str) -> str:
             f"{row['speedup_flops_all']:.2f}x",
             f"{row['speedup_flops_linear']:.2f}x",
             f"{row['efficiency']:.2f}",
+            *([fmt(row["reused_share"])] if reuse_column else []),
             *[fmt(row.get(m)) for m in metric_names],
         ]
         lines.append("| " + " | ".join(cells) + " |")

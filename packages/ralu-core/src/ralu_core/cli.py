@@ -301,11 +301,18 @@ def cmd_flops(ns: argparse.Namespace) -> int:
     label = "linear layers and attention" if include else "linear layers only, attention not counted"
     print(f"{recipe.name} on {profile.name} at {ns.height}x{ns.width} ({label}; text encoders excluded)")
     for k, stage in enumerate(report["stages"]):
+        cached = {kind: n for kind, n in stage["step_kinds"].items() if kind != "full"}
+        note = f"  ({', '.join(f'{n} {kind}' for kind, n in cached.items())})" if cached else ""
         print(
             f"  stage {k + 1}: {stage['image_tokens']:>6} image tokens x {stage['steps']:>2} steps "
-            f"= {stage['tflops']:9.2f} TFLOPs"
+            f"= {stage['tflops']:9.2f} TFLOPs{note}"
         )
     print(f"  final VAE decode        = {report['final_decode_tflops']:9.2f} TFLOPs")
+    if cost.adaptive_caches:
+        print(
+            f"  adaptive cache(s) {', '.join(cost.adaptive_caches)} counted as full: their savings depend on the run "
+            "(ralu bench measures them)"
+        )
     print(
         f"  total {report['tflops']:.2f} TFLOPs vs baseline ({cost.baseline_steps} steps) "
         f"{report['baseline_tflops']:.2f} TFLOPs: {report['speedup']:.2f}x"

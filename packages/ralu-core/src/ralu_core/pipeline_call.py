@@ -67,6 +67,7 @@ class DiffusersCall(ModelCall):
             yield
         finally:
             _CURRENT_TIMESTEPS.pop(self.pipe, None)
+            _CURRENT_TIMESTEPS.pop(transformer, None)
             if had_timestep:
                 self.pipe._current_timestep = saved
             elif "_current_timestep" in vars(self.pipe):
@@ -86,7 +87,7 @@ class DiffusersCall(ModelCall):
         ``pipe.current_timestep`` where the pipeline has it, `current_timestep(pipe)` everywhere) and, where
         the transformer has hooks, the named cache context with the step it serves (index and count within
         the current stage)."""
-        _CURRENT_TIMESTEPS[self.pipe] = timestep
+        _CURRENT_TIMESTEPS[self.pipe] = _CURRENT_TIMESTEPS[self.pipe.transformer] = timestep
         if self._tells_timestep:
             self.pipe._current_timestep = timestep
         if not self._hooked:
@@ -122,12 +123,12 @@ class DiffusersCall(ModelCall):
 _CURRENT_TIMESTEPS: weakref.WeakKeyDictionary[Any, torch.Tensor] = weakref.WeakKeyDictionary()
 
 
-def current_timestep(pipeline: Any) -> torch.Tensor | None:
-    """The timestep (0..1000 scale) of the transformer evaluation an accelerated call of `pipeline` is
-    running, None outside one. For diffusers' timestep callbacks on pipelines that lack
-    ``current_timestep`` (StableDiffusion3Pipeline):
+def current_timestep(pipeline_or_transformer: Any) -> torch.Tensor | None:
+    """The timestep (0..1000 scale) of the transformer evaluation an accelerated call is running on this
+    pipeline (or its transformer), None outside one. For diffusers' timestep callbacks on pipelines that
+    lack ``current_timestep`` (StableDiffusion3Pipeline):
     ``PyramidAttentionBroadcastConfig(current_timestep_callback=lambda: ralu_core.current_timestep(pipe))``."""
-    return _CURRENT_TIMESTEPS.get(pipeline)
+    return _CURRENT_TIMESTEPS.get(pipeline_or_transformer)
 
 
 def stateful_hook_registry(module: Any) -> Any:

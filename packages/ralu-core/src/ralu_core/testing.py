@@ -137,7 +137,8 @@ class ToyFlopsProfile(FlopsProfile):
         check_image_size(height, width, unit * 2, "for the toy model")
         return TokenGrid(rows=height // unit, cols=width // unit, channels=self.pipe.channels, patch=self.pipe.patch)
 
-    def forward(self, image_tokens: int) -> FlopCount:
+    def forward(self, image_tokens: int, reuse: Any = None) -> FlopCount:
+        """A made-up cost (the toy model has no modules, so `reuse` hooks have nothing to skip)."""
         dim = self.pipe.channels * self.pipe.patch**2
         return FlopCount(linear=2 * image_tokens * dim * dim, attention=4 * image_tokens**2 * dim, other=0)
 

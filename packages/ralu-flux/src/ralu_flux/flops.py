@@ -14,6 +14,7 @@ denoising step, and are identical for every acceleration strategy.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from importlib import resources
 from typing import Any, Literal
 
@@ -39,12 +40,13 @@ def load_flux_dev_config(part: Literal["transformer", "vae"]) -> dict[str, Any]:
 
 
 def transformer_forward_flops(
-    config: dict[str, Any], image_tokens: int, text_tokens: int = 512, batch: int = 1
+    config: dict[str, Any], image_tokens: int, text_tokens: int = 512, batch: int = 1, reuse: Any = None
 ) -> FlopCount:
     """FLOPs of one ``FluxTransformer2DModel`` forward (one denoising step, one CFG-free pass).
 
     ``image_tokens`` counts packed 2x2 latent patches, e.g. 4096 for a 1024x1024 image; ``text_tokens``
-    is the T5 sequence length (``max_sequence_length``). Text encoders are not included.
+    is the T5 sequence length (``max_sequence_length``). Text encoders are not included. ``reuse(model)``,
+    where given, installs a cache's hooks on the meta model for the count (a step that reuses blocks).
     """
     if image_tokens <= 0 or text_tokens < 0 or batch <= 0:
         raise ValueError("image_tokens and batch must be positive and text_tokens non-negative")
@@ -64,7 +66,7 @@ def transformer_forward_flops(
         "img_ids": empty(image_tokens, 3),
         "return_dict": False,
     }
-    with torch.no_grad():
+    with torch.no_grad(), nullcontext() if reuse is None else reuse(model):
         return count_flops(lambda: model(**inputs))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +50,10 @@ class FluxFlopsProfile(FlopsProfile):
             rows=height // unit, cols=width // unit, channels=self.transformer["in_channels"] // 4, patch=PATCH
         )
 
-    def forward(self, image_tokens: int) -> FlopCount:
-        return transformer_forward_flops(self.transformer, image_tokens, self.text_tokens)
+    def forward(
+        self, image_tokens: int, reuse: Callable[[Any], AbstractContextManager[None]] | None = None
+    ) -> FlopCount:
+        return transformer_forward_flops(self.transformer, image_tokens, self.text_tokens, reuse=reuse)
 
     def decode(self, latent_height: int, latent_width: int) -> FlopCount:
         return vae_decode_flops(self.vae, latent_height, latent_width)

@@ -29,6 +29,7 @@ per denoising step, and are identical for every acceleration strategy.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from importlib import resources
 from typing import Any, Literal
 
@@ -76,18 +77,23 @@ def _token_path_forward(model: Any, image_tokens: int, text_tokens: int, batch: 
 
 
 def transformer_forward_flops(
-    config: dict[str, Any], image_tokens: int, text_tokens: int = DEFAULT_TEXT_TOKENS, batch: int = 1
+    config: dict[str, Any],
+    image_tokens: int,
+    text_tokens: int = DEFAULT_TEXT_TOKENS,
+    batch: int = 1,
+    reuse: Any = None,
 ) -> FlopCount:
     """FLOPs of one ``SD3Transformer2DModel`` forward over ``image_tokens`` + ``text_tokens`` tokens.
 
     ``image_tokens`` counts 2x2 latent patches (4096 for 1024x1024 pixels); ``text_tokens`` defaults to
     the pipeline's 333 (77 CLIP + 256 T5). ``batch`` is the transformer batch: the pipeline runs CFG at
     batch 2 per image, so multiply a batch-1 count by 2 for a guided step. Text encoders are excluded.
+    ``reuse(model)``, where given, installs a cache's hooks on the meta model for the count.
     """
     if image_tokens <= 0 or text_tokens < 0 or batch <= 0:
         raise ValueError("image_tokens and batch must be positive and text_tokens non-negative")
     model = cached_meta_module(SD3Transformer2DModel, config)
-    with torch.no_grad():
+    with torch.no_grad(), nullcontext() if reuse is None else reuse(model):
         return count_flops(lambda: _token_path_forward(model, image_tokens, text_tokens, batch))
 
 

@@ -7,6 +7,8 @@ a batch of two ([uncond; cond]), so it is counted twice; the VAE decodes once. T
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -74,8 +76,12 @@ class SD3FlopsProfile(FlopsProfile):
             rows=height // unit, cols=width // unit, channels=int(self.transformer["in_channels"]), patch=self.patch
         )
 
-    def forward(self, image_tokens: int) -> FlopCount:
-        return transformer_forward_flops(self.transformer, image_tokens, self.text_tokens, batch=self.cfg_batch)
+    def forward(
+        self, image_tokens: int, reuse: Callable[[Any], AbstractContextManager[None]] | None = None
+    ) -> FlopCount:
+        return transformer_forward_flops(
+            self.transformer, image_tokens, self.text_tokens, batch=self.cfg_batch, reuse=reuse
+        )
 
     def decode(self, latent_height: int, latent_width: int) -> FlopCount:
         return vae_decode_flops(self.vae, latent_height, latent_width)

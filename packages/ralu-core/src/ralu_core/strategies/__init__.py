@@ -2,6 +2,7 @@
 
 from ralu_core.strategies.base import (
     FeatureCache,
+    PlannedStep,
     ResolutionTransition,
     SelectionRequest,
     Strategy,
@@ -12,6 +13,7 @@ from ralu_core.strategies.base import (
 
 __all__ = [
     "FeatureCache",
+    "PlannedStep",
     "ResolutionTransition",
     "SelectionRequest",
     "Strategy",

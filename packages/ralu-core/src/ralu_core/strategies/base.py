@@ -198,6 +198,21 @@ class StepInfo:
     """Steps in this stage (0: unknown)."""
 
 
+@attrs.frozen(kw_only=True)
+class PlannedStep:
+    """What one step of a stage computes, known before running (for exact FLOPs counting)."""
+
+    runs: bool = True
+    """Whether the model runs at all (False: a step-level cache supplies the velocity)."""
+    reuse: Callable[[Any], AbstractContextManager[None]] | None = None
+    """Hooks that make a model skip what this step reuses; entered on the meta-device model when counting."""
+    kind: str = "full"
+    """A name for this kind of step in reports (``forecast``, ``middle blocks reused``)."""
+
+
+FULL_STEP = PlannedStep()
+
+
 class FeatureCache(Strategy):
     """Reuses work across steps instead of recomputing it.
 
@@ -226,11 +241,16 @@ class FeatureCache(Strategy):
         any model runs, so an unsuitable model is refused before expensive work."""
         return nullcontext()
 
-    def planned_computes(self, steps: int) -> tuple[float, ...] | None:
-        """Share of a full model evaluation done at each step of a stage with `steps` steps (1.0: the
-        model runs, 0.0: skipped), for exact FLOPs counting; None when it depends on the run (adaptive
-        caches: `ralu bench` measures them)."""
-        return (1.0,) * steps
+    def planned_steps(self, steps: int) -> tuple[PlannedStep, ...] | None:
+        """What each step of a stage with `steps` steps computes, for exact FLOPs counting; None when it
+        depends on the run (adaptive caches: `ralu bench` measures them)."""
+        return (FULL_STEP,) * steps
+
+    def measured_reuse(self) -> tuple[int, int] | None:
+        """(reused, total) evaluations since the last reset, for adaptive caches that reuse inside the
+        model (``ralu bench`` reports the share); None where the engine sees it (step level) or nothing
+        adaptive happens."""
+        return None
 
 
 STRATEGY_KINDS: dict[str, type[Strategy]] = {

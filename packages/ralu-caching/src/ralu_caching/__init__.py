@@ -1,0 +1,1 @@
+"""ralu-caching: reuse work across denoising steps, alone or inside RALU's stages."""

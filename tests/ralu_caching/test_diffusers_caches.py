@@ -1,0 +1,84 @@
+"""`diffusers`: any of diffusers' caches by name and options in a recipe, applied for each call only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ralu_core
+from ralu_caching.diffusers_caches import available_methods
+from ralu_core import RecipeError
+from ralu_core.testing import seeded_generators
+from ralu_core.testing_hooks import hook_snapshot
+
+from .helpers import with_cache
+
+CALL = {"height": 128, "width": 128, "output_type": "latent"}
+
+PAB = (
+    "{name: diffusers, method: pyramid-attention-broadcast, options: "
+    "{spatial_attention_block_skip_range: 2, spatial_attention_timestep_skip_range: [-1, 1001]}}"
+)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "recipe", "cache"),
+    [
+        ("flux", "ralu-flux-7x", "{name: diffusers, method: first-block, options: {threshold: 0.2}}"),
+        ("flux", "ralu-flux-7x", "{name: diffusers, method: FirstBlockCacheConfig}"),
+        ("flux", "ralu-flux-7x", PAB),
+        ("sd3", "ralu-sd3-3x", "{name: diffusers, method: taylorseer, options: {cache_interval: 2}}"),
+        ("sd3", "ralu-sd3-3x", PAB),
+        (
+            "sd3",
+            "ralu-sd3-3x",
+            "{name: diffusers, method: mag, options: {mag_ratios: [1.0, 1.0, 1.0, 1.0], num_inference_steps: 4}}",
+        ),
+    ],
+)
+def test_a_diffusers_cache_from_a_recipe_runs_and_is_removed(request, fixture: str, recipe: str, cache: str) -> None:  # type: ignore[no-untyped-def]
+    pipe = request.getfixturevalue(fixture)
+    ralu_core.accelerate(pipe, recipe)("warm", generator=seeded_generators(0), **CALL)  # diffusers' own leftovers
+    before = hook_snapshot(pipe.transformer)
+    registries = [n for n, m in pipe.transformer.named_modules() if hasattr(m, "_diffusers_hook")]
+    out = ralu_core.accelerate(pipe, with_cache(recipe, cache))("a red circle", generator=seeded_generators(0), **CALL)
+    assert torch.isfinite(out.images).all()
+    assert hook_snapshot(pipe.transformer) == before
+    assert [n for n, m in pipe.transformer.named_modules() if hasattr(m, "_diffusers_hook")] == registries
+
+
+def test_the_users_own_cache_stays_while_a_recipe_adds_another(flux) -> None:  # type: ignore[no-untyped-def]
+    from diffusers.hooks import FirstBlockCacheConfig
+
+    flux.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.1))
+    try:
+        before = hook_snapshot(flux.transformer)
+        ralu_core.accelerate(flux, with_cache("ralu-flux-7x", PAB))("a", generator=seeded_generators(0), **CALL)
+        assert hook_snapshot(flux.transformer) == before
+    finally:
+        flux.transformer.disable_cache()
+
+
+@pytest.mark.parametrize(
+    ("cache", "message"),
+    [
+        ("{name: diffusers, method: first-blok}", "unknown diffusers cache 'first-blok' (did you mean 'first-block'?)"),
+        (
+            "{name: diffusers, method: first-block, options: {treshold: 0.1}}",
+            "FirstBlockCacheConfig has no option 'treshold'; it takes: threshold",
+        ),
+        (
+            "{name: diffusers, method: pyramid-attention-broadcast, options: {current_timestep_callback: 1}}",
+            "has no option 'current_timestep_callback'",
+        ),
+        ("{name: diffusers}", "$.cache[0].method: required field missing"),
+    ],
+)
+def test_bad_diffusers_entries_are_refused_before_any_work(flux, cache: str, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(RecipeError) as info:
+        ralu_core.accelerate(flux, with_cache("ralu-flux-7x", cache))
+    assert message in str(info.value)
+
+
+def test_the_installed_diffusers_offers_the_documented_methods() -> None:
+    assert {"first-block", "taylorseer", "mag", "pyramid-attention-broadcast", "faster"} <= set(available_methods())
