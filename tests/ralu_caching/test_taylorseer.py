@@ -66,7 +66,7 @@ def test_bad_parameters_name_their_field(params: dict[str, int], field: str) -> 
 
 
 def test_a_bad_recipe_entry_is_refused_with_its_path(flux) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(RecipeError, match=r"\$\.cache\[0\]\.order: must be 1 or 2"):
+    with pytest.raises(RecipeError, match=r"\$\.cache\[0\]\.order: must be 0, 1 or 2"):
         ralu_core.accelerate(flux, with_cache("ralu-flux-7x", "{name: taylorseer, order: 5}"))
 
 

@@ -168,7 +168,7 @@ def test_the_size_rule_read_before_loading_is_the_one_the_call_applies(model: st
     source = resolve_model_source(registry, model)
     pipe = source.adapter.embedded_pipeline(model)  # type: ignore[union-attr]
     for level in (0, 1):
-        assert source.size_rule(level) == FluxAdapter.size_rule(int(pipe.vae_scale_factor), level)
+        assert source.size_rule(level) == FluxAdapter().size_rule(int(pipe.vae_scale_factor), {}, level)
 
 
 def test_a_hub_model_is_checked_from_its_config_files_before_its_weights_load(capsys, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]

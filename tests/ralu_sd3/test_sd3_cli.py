@@ -104,4 +104,6 @@ def test_the_size_rule_read_before_loading_is_the_one_the_call_applies(model: st
     pipe = source.adapter.embedded_pipeline(model)  # type: ignore[union-attr]
     patch = int(pipe.transformer.config.patch_size)
     for level in (0, 1):
-        assert source.size_rule(level) == SD3Adapter.size_rule(int(pipe.vae_scale_factor), patch, level)
+        assert source.size_rule(level) == SD3Adapter().size_rule(
+            int(pipe.vae_scale_factor), {"patch_size": patch}, level
+        )

@@ -1,24 +1,38 @@
-"""ralu-caching's plugin: its caches and recipes, registered through the ``ralu`` entry point like any
-third-party plugin."""
+"""ralu-caching's plugin: its caches, its recipes and the U-Net adapter, registered through the ``ralu``
+entry point like any third-party plugin."""
 
 from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 from ralu_caching.deepcache import DeepCacheDiT
 from ralu_caching.diffusers_caches import DiffusersCache
 from ralu_caching.first_block import FirstBlockCache
 from ralu_caching.taylorseer import TaylorSeerCache
-from ralu_core.hookspecs import RegisterCache, RegisterRecipe, hookimpl
+from ralu_caching.unet import DeepCacheUNet, UNetAdapter
+from ralu_core.adapter import ModelAdapter
+from ralu_core.hookspecs import RegisterAdapter, RegisterCache, RegisterRecipe, hookimpl
 
-RECIPES = ("ralu-flux-7x-taylorseer", "ralu-sd3-3x-taylorseer")
+RECIPES = ("ralu-flux-7x-taylorseer", "ralu-sd3-3x-taylorseer", "sd-deepcache")
 
 
 @hookimpl
 def ralu_register_feature_caches(register: RegisterCache) -> None:
-    for cache in (TaylorSeerCache, FirstBlockCache, DeepCacheDiT, DiffusersCache):
+    for cache in (TaylorSeerCache, FirstBlockCache, DeepCacheDiT, DiffusersCache, DeepCacheUNet):
         register(cache)
+
+
+@hookimpl
+def ralu_register_model_adapters(register: RegisterAdapter) -> None:
+    register(UNetAdapter())
+
+
+@hookimpl
+def ralu_resolve_model_adapter(pipeline: Any) -> ModelAdapter | None:
+    adapter = UNetAdapter()
+    return adapter if adapter.supports(pipeline) else None
 
 
 @hookimpl

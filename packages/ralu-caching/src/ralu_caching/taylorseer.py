@@ -5,9 +5,10 @@ derivatives are finite differences of the last full computations. Here the forec
 velocity itself, per token and per element, with Newton's divided differences in sigma (the steps of
 a flow-matching schedule are not evenly spaced in sigma, and the velocity is a function of it):
 order 1 extrapolates the line through the last two computed velocities, order 2 the parabola through
-the last three. Each stage starts with `warmup` full computations (its token set and noise level are
-new), then computes once every `interval` steps and forecasts the rest. Everything is elementwise, so
-a forecast for one token depends on that token's history only: batches equal singles.
+the last three, and order 0 reuses the last one (the degenerate case: plain reuse, as in FORA). Each
+stage starts with `warmup` full computations (its token set and noise level are new), then computes
+once every `interval` steps and forecasts the rest. Everything is elementwise, so a forecast for one
+token depends on that token's history only: batches equal singles.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ FORECAST = PlannedStep(runs=False, kind="forecast")
 def _check(instance: TaylorSeerConfig) -> None:
     if not 1 <= instance.interval <= 100:
         raise ConfigFieldError("interval", f"must be from 1 (no forecasting) to 100, got {instance.interval}")
-    if instance.order not in (1, 2):
-        raise ConfigFieldError("order", f"must be 1 or 2, got {instance.order}")
+    if instance.order not in (0, 1, 2):
+        raise ConfigFieldError("order", f"must be 0, 1 or 2, got {instance.order}")
     if not instance.order + 1 <= instance.warmup <= 1000:
         raise ConfigFieldError(
             "warmup",
@@ -42,7 +43,7 @@ class TaylorSeerConfig:
     interval: int = 2
     """After the warm-up, one full computation every `interval` steps (the others are forecast)."""
     order: int = 1
-    """1: linear extrapolation in sigma; 2: quadratic."""
+    """0: reuse the last computed velocity; 1: linear extrapolation in sigma; 2: quadratic."""
     warmup: int = 2
     """Full computations at the start of every stage (at least order + 1)."""
 
@@ -69,7 +70,7 @@ def newton_forecast(sigmas: list[float], values: list[torch.Tensor], sigma: floa
 
 
 class TaylorSeerCache(FeatureCache):
-    """Forecast the velocity (orders 1-2, in sigma) between full computations every `interval` steps."""
+    """Forecast the velocity (orders 0-2, in sigma) between full computations every `interval` steps."""
 
     name: ClassVar[str] = "taylorseer"
     Config = TaylorSeerConfig
@@ -88,7 +89,7 @@ class TaylorSeerCache(FeatureCache):
 
     def predict(self, step: StepInfo, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         config: TaylorSeerConfig = self.config
-        if computes(step.step, config.warmup, config.interval) or len(self._values) < 2:
+        if computes(step.step, config.warmup, config.interval) or not self._values:
             velocity = compute()
             self._sigmas.insert(0, step.sigma)
             self._values.insert(0, velocity)

@@ -54,6 +54,11 @@ class AcceleratedPipeline:
                 "of the recipe (`ralu recipes show NAME > my.yaml`)"
             )
         with pipeline_lock(self.pipeline), torch.no_grad(), ExitStack() as attached:
+            if self.adapter.runs_own_sampler:  # e.g. U-Nets: the pipeline's loop, with the recipe's caches
+                self.runtime.reset()
+                for slot in self.runtime.caches:
+                    attach_cache(attached, slot.cache, self.adapter.denoiser(self.pipeline))
+                return self.adapter.call_pipeline(self.pipeline, args, kwargs)
             # A selector's impossible token plan fails before any model runs: before the text encoders where
             # the adapter can tell the grid from the arguments, else before the first transformer call.
             grid = self.adapter.plan_grid(self.pipeline, self.runtime.start_level, args, kwargs)
@@ -115,6 +120,9 @@ def accelerate(
     adapter = registry.resolve_adapter(pipeline)
     chosen = find_recipe(recipe, registry)
     runtime = resolve_recipe(chosen, registry)
+    problems = adapter.check_runtime(runtime)
+    if problems:
+        raise RecipeError(chosen.name, problems)
     if chosen.model is not None and chosen.model != adapter.name:
         raise RecipeError(
             chosen.name,

@@ -18,6 +18,7 @@ import torch
 
 from ralu_core.flops import FlopCount
 from ralu_core.randomness import GeneratorArg
+from ralu_core.runtime import RecipeRuntime
 from ralu_core.strategies.base import StageInfo, StepInfo
 from ralu_core.tokens import TokenGrid, TokenState
 
@@ -116,8 +117,20 @@ class ModelAdapter(abc.ABC):
         before any expensive work, then encode prompts and return the prepared call."""
 
     def denoiser(self, pipeline: Any) -> Any:
-        """The module block-level caches hook into (a DiT pipeline's ``transformer``); None if none."""
+        """What block-level caches hook into (a DiT pipeline's ``transformer``); None if nothing."""
         return None
+
+    runs_own_sampler: ClassVar[bool] = False
+    """True for pipelines ralu does not drive token by token (U-Nets): the pipeline's own loop runs with the
+    recipe's caches attached (`call_pipeline`), and `check_runtime` limits the recipes it accepts."""
+
+    def check_runtime(self, runtime: RecipeRuntime) -> list[str]:
+        """What keeps `runtime` from running on this adapter's pipelines, as recipe problems (empty: fine)."""
+        return []
+
+    def call_pipeline(self, pipeline: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run the pipeline's own sampler (adapters that set `runs_own_sampler`)."""
+        raise NotImplementedError(f"the {self.name!r} adapter drives its pipelines token by token")
 
     def plan_grid(
         self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -30,6 +30,9 @@ __all__ = [
     "make_t5_tokenizer",
     "seeded",
     "seeded_components",
+    "small_clip",
+    "small_t5",
+    "small_vae",
 ]
 
 
@@ -56,6 +59,96 @@ def seeded_components(
             torch.nn.Module.to(module, dtype=dtype)
         components[name] = module
     return components
+
+
+# --- small components of the real classes (test and demo pipelines) -----------------------------
+
+
+def small_vae(
+    channels: Sequence[int],
+    groups: int,
+    *,
+    scaling_factor: float,
+    shift_factor: float | None,
+    sample_size: int,
+    latent_channels: int = 16,
+) -> Any:
+    """A narrow ``AutoencoderKL`` (factor 8 with four levels): 16 latent channels as FLUX's and SD3's, 4 as
+    Stable Diffusion 1.x / XL's."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(  # type: ignore[no-untyped-call]
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(channels),
+        up_block_types=("UpDecoderBlock2D",) * len(channels),
+        block_out_channels=tuple(channels),
+        layers_per_block=1,
+        act_fn="silu",
+        latent_channels=latent_channels,
+        norm_num_groups=groups,
+        sample_size=sample_size,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+        force_upcast=True,
+        use_quant_conv=shift_factor is None,  # SD 1.x / XL VAEs have the quant convs, FLUX and SD3 dropped them
+        use_post_quant_conv=shift_factor is None,
+        mid_block_add_attention=True,
+    )
+
+
+def small_t5(tokenizer: T5Tokenizer, width: int, heads: int, head_dim: int) -> Any:
+    """A one-layer T5 v1.1 encoder (gated GELU, as FLUX's and SD3's T5-XXL) over `tokenizer`'s vocabulary."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=width,
+        d_kv=head_dim,
+        d_ff=2 * width,
+        num_layers=1,
+        num_heads=heads,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=32,
+        dropout_rate=0.0,
+        feed_forward_proj="gated-gelu",
+        is_encoder_decoder=False,
+        use_cache=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return T5EncoderModel(config)
+
+
+def small_clip(
+    model_cls: Any,
+    tokenizer: CLIPTokenizer,
+    *,
+    hidden: int,
+    projection: int,
+    heads: int,
+    layers: int,
+    ffn: int,
+    act: str,
+) -> Any:
+    """A CLIP text tower of class `model_cls` (``CLIPTextModel`` or ``CLIPTextModelWithProjection``) whose
+    pooled output is the hidden state at the first EOS, as in the real checkpoints."""
+    from transformers import CLIPTextConfig
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=ffn,
+        projection_dim=projection,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=CLIP_MAX_LENGTH,
+        hidden_act=act,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return model_cls(config)
 
 
 # A few hundred common English words (plus typical prompt words). Anything else is split into

@@ -10,7 +10,7 @@ reproduces `pipe(...)` exactly.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,10 +18,9 @@ import attrs
 import numpy as np
 import torch
 
-from ralu_core.adapter import ConfigReader, FlopsProfile, ModelAdapter, check_image_size, iter_chunks
+from ralu_core.adapter import FlopsProfile, iter_chunks
 from ralu_core.arguments import PipelineArguments
-from ralu_core.pipeline_call import DiffusersCall, default_num_inference_steps
-from ralu_core.randomness import GeneratorArg, per_image_generators
+from ralu_core.dit import DiTAdapter, DiTCall
 from ralu_core.strategies.base import StepInfo
 from ralu_core.tokens import TokenGrid, TokenState, gather_tokens
 
@@ -71,22 +70,12 @@ class FluxArguments(PipelineArguments):
     max_sequence_length: int = 512
 
 
-class FluxCall(DiffusersCall):
+class FluxCall(DiTCall):
     """One prepared FluxPipeline call."""
 
     def __init__(self, pipe: Any, args: FluxArguments, height: int, width: int) -> None:
-        self.pipe = pipe
-        self.args = args
-        self.height = height
-        self.width = width
-        self.device = pipe._execution_device
-        self.batch_size = args.image_batch_size()
-        self.generator: GeneratorArg = args.generator
-        self.requested_steps = args.num_inference_steps
-        self.default_steps = default_num_inference_steps(pipe)
-        self.output_type, self.return_dict = args.output_type, args.return_dict
+        super().__init__(pipe, args, height, width)
         self.grid = flux_grid(pipe, height, width)
-        self.joint_attention_kwargs = dict(args.joint_attention_kwargs or {})
         lora_scale = self.joint_attention_kwargs.get("scale")
 
         def encode(prompt: Any, prompt_2: Any, embeds: Any, pooled: Any) -> tuple[torch.Tensor, ...]:
@@ -129,38 +118,14 @@ class FluxCall(DiffusersCall):
             else None
         )
         self.num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
-        self.mu = self._mu(self.grid.num_tokens)
-        scheduler_config = pipe.scheduler.config
-        self.default_shift = (
-            math.exp(self.mu) if scheduler_config.get("use_dynamic_shifting", False) else float(scheduler_config.shift)
-        )
+        # FluxPipeline always computes mu (the scheduler ignores it unless it shifts with resolution).
+        self.mu = self.shift_mu(self.grid.num_tokens, max_shift=1.15)
+        self.default_shift = self.scheduler_shift
 
-    # --- schedule -------------------------------------------------------------------------------
-
-    def _mu(self, image_seq_len: int) -> float:
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-        config = self.pipe.scheduler.config
-        return float(
-            calculate_shift(
-                image_seq_len,
-                config.get("base_image_seq_len", 256),
-                config.get("max_image_seq_len", 4096),
-                config.get("base_shift", 0.5),
-                config.get("max_shift", 1.15),
-            )
-        )
-
-    def pipeline_sigmas(self, steps: int) -> torch.Tensor:
-        """The pipeline's own sigmas, from a fresh scheduler (the user's scheduler is not touched)."""
-        from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
-
-        scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
-        sigmas: list[float] | None = np.linspace(1.0, 1 / steps, steps).tolist()
-        if getattr(scheduler.config, "use_flow_sigmas", False):
-            sigmas = None
-        retrieve_timesteps(scheduler, steps, self.device, sigmas=sigmas, mu=self.mu)
-        return scheduler.sigmas.to(torch.float32)
+    def custom_sigmas(self, steps: int) -> list[float] | None:
+        if getattr(self.pipe.scheduler.config, "use_flow_sigmas", False):
+            return None
+        return list(np.linspace(1.0, 1 / steps, steps).tolist())
 
     # --- tokens in, velocity out ----------------------------------------------------------------
 
@@ -275,48 +240,26 @@ def _one_negative_for_every_prompt(negative: torch.Tensor, batch: int, per_promp
     )
 
 
-class FluxAdapter(ModelAdapter):
+class FluxAdapter(DiTAdapter):
     """diffusers FluxPipeline (FLUX.1-dev, FLUX.1-schnell and models of the same architecture)."""
 
     name: ClassVar[str] = "flux"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("FluxPipeline",)
     architectures: ClassVar[tuple[str, ...]] = ("flux-dev",)
+    Arguments = FluxArguments
+    architecture: ClassVar[str] = "FLUX"
+    size_rule_reads_transformer: ClassVar[bool] = False  # FLUX packs 2 x 2 latent pixels whatever its config
 
-    def supports(self, pipeline: Any) -> bool:
-        from diffusers import FluxPipeline
-
-        return isinstance(pipeline, FluxPipeline)
-
-    @staticmethod
-    def size_rule(vae_scale_factor: int, coarsest_level: int) -> tuple[int, str]:
-        why = f"for this recipe (VAE factor {vae_scale_factor} x 2 x 2 packing" + (
+    def size_rule(self, vae_factor: int, transformer: Mapping[str, Any], coarsest_level: int) -> tuple[int, str]:
+        why = f"for this recipe (VAE factor {vae_factor} x 2 x 2 packing" + (
             " x 2 for its half-resolution stage)" if coarsest_level else ")"
         )
-        return vae_scale_factor * PATCH * 2**coarsest_level, why
+        return vae_factor * PATCH * 2**coarsest_level, why
 
-    def size_rule_from_configs(self, read_config: ConfigReader, coarsest_level: int) -> tuple[int, str] | None:
-        vae = read_config("vae")
-        if vae is None or not vae.get("block_out_channels"):
-            return None
-        return self.size_rule(2 ** (len(vae["block_out_channels"]) - 1), coarsest_level)
+    def grid(self, pipeline: Any, height: int, width: int) -> TokenGrid:
+        return flux_grid(pipeline, height, width)
 
-    def _size(self, pipeline: Any, coarsest_level: int, bound: FluxArguments) -> tuple[int, int]:
-        default = pipeline.default_sample_size * pipeline.vae_scale_factor
-        height, width = bound.height or default, bound.width or default
-        return check_image_size(height, width, *self.size_rule(int(pipeline.vae_scale_factor), coarsest_level))
-
-    def denoiser(self, pipeline: Any) -> Any:
-        return pipeline.transformer
-
-    def plan_grid(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TokenGrid:
-        bound = FluxArguments.bind(args, kwargs)
-        return flux_grid(pipeline, *self._size(pipeline, coarsest_level, bound))
-
-    def prepare(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> FluxCall:
-        bound = FluxArguments.bind(args, kwargs)
-        height, width = self._size(pipeline, coarsest_level, bound)
-        if bound.num_inference_steps is not None and bound.num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be at least 1, got {bound.num_inference_steps}")
+    def check_call(self, pipeline: Any, bound: FluxArguments, height: int, width: int) -> None:
         pipeline.check_inputs(
             bound.prompt,
             bound.prompt_2,
@@ -330,7 +273,8 @@ class FluxAdapter(ModelAdapter):
             negative_pooled_prompt_embeds=bound.negative_pooled_prompt_embeds,
             max_sequence_length=bound.max_sequence_length,
         )
-        per_image_generators(bound.generator, bound.image_batch_size())
+
+    def make_call(self, pipeline: Any, bound: FluxArguments, height: int, width: int) -> FluxCall:
         return FluxCall(pipeline, bound, height, width)
 
     def flops_profile(self, source: str | Path) -> FlopsProfile:
@@ -351,21 +295,12 @@ class FluxAdapter(ModelAdapter):
 
     embedded_models: ClassVar[tuple[str, ...]] = ("flux-tiny", "flux-mid")
 
-    def embedded_pipeline(self, name: str) -> Any:
+    def build_embedded(self, name: str) -> Any:
         from ralu_flux.testing import make_flux_pipeline
 
-        sizes = {"flux-tiny": "tiny", "flux-mid": "mid"}
-        if name not in sizes:
-            return super().embedded_pipeline(name)
-        return make_flux_pipeline(sizes[name], seed=0)  # type: ignore[arg-type]
+        return make_flux_pipeline(name.removeprefix("flux-"), seed=0)  # type: ignore[arg-type]
 
-    def embedded_config(self, name: str, component: str) -> dict[str, Any] | None:
+    def embedded_component_config(self, name: str, component: str) -> dict[str, Any] | None:
         from ralu_flux.testing import size_config
 
-        return size_config(name.removeprefix("flux-"), component) if name in self.embedded_models else None
-
-    def embedded_note(self, name: str) -> str:
-        return (
-            f"{name} is an embedded FLUX-architecture pipeline with RANDOM weights (seed 0): its images are "
-            "noise-like and NOT meaningful. Pass --model PATH|HUB-ID for real weights."
-        )
+        return size_config(name.removeprefix("flux-"), component)

@@ -32,15 +32,21 @@ import attrs
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from transformers import (
-    CLIPTextConfig,
     CLIPTextModel,
     CLIPTokenizer,
-    T5Config,
     T5EncoderModel,
     T5Tokenizer,
 )
 
-from ralu_core.offline import CLIP_MAX_LENGTH, VOCABULARY, make_clip_tokenizer, make_t5_tokenizer, seeded_components
+from ralu_core.offline import (
+    VOCABULARY,
+    make_clip_tokenizer,
+    make_t5_tokenizer,
+    seeded_components,
+    small_clip,
+    small_t5,
+    small_vae,
+)
 
 __all__ = [
     "VOCABULARY",
@@ -118,24 +124,7 @@ def _transformer(spec: _SizeSpec) -> FluxTransformer2DModel:
 
 
 def _vae(spec: _SizeSpec) -> AutoencoderKL:
-    return AutoencoderKL(  # type: ignore[no-untyped-call]
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=spec.vae_channels,
-        layers_per_block=1,
-        act_fn="silu",
-        latent_channels=16,
-        norm_num_groups=spec.vae_groups,
-        sample_size=256,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-        force_upcast=True,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        mid_block_add_attention=True,
-    )
+    return small_vae(spec.vae_channels, spec.vae_groups, scaling_factor=0.3611, shift_factor=0.1159, sample_size=256)
 
 
 def _scheduler() -> FlowMatchEulerDiscreteScheduler:
@@ -152,40 +141,20 @@ def _scheduler() -> FlowMatchEulerDiscreteScheduler:
 
 
 def _clip_model(spec: _SizeSpec, tokenizer: CLIPTokenizer) -> CLIPTextModel:
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=spec.clip_dim,
-        intermediate_size=2 * spec.clip_dim,
-        projection_dim=spec.clip_dim,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=CLIP_MAX_LENGTH,
-        hidden_act="quick_gelu",
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,  # pooled output = hidden state at the first EOS
-        pad_token_id=tokenizer.pad_token_id,
+    return small_clip(
+        CLIPTextModel,
+        tokenizer,
+        hidden=spec.clip_dim,
+        projection=spec.clip_dim,
+        heads=2,
+        layers=1,
+        ffn=2 * spec.clip_dim,
+        act="quick_gelu",
     )
-    return CLIPTextModel(config)
 
 
 def _t5_model(spec: _SizeSpec, tokenizer: T5Tokenizer) -> T5EncoderModel:
-    config = T5Config(
-        vocab_size=len(tokenizer),
-        d_model=spec.text_dim,
-        d_kv=16,
-        d_ff=2 * spec.text_dim,
-        num_layers=1,
-        num_heads=2,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=32,
-        dropout_rate=0.0,
-        feed_forward_proj="gated-gelu",  # T5 v1.1, as FLUX's T5-XXL
-        is_encoder_decoder=False,
-        use_cache=False,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return T5EncoderModel(config)
+    return small_t5(tokenizer, spec.text_dim, heads=2, head_dim=16)
 
 
 def make_flux_pipeline(

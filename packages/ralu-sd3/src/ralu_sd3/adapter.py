@@ -11,17 +11,16 @@ image sharing its tokens, so selection and injected noise are per image and shar
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import attrs
 import torch
 
-from ralu_core.adapter import ConfigReader, FlopsProfile, ModelAdapter, check_image_size
+from ralu_core.adapter import FlopsProfile
 from ralu_core.arguments import PipelineArguments
-from ralu_core.pipeline_call import DiffusersCall, default_num_inference_steps
-from ralu_core.randomness import GeneratorArg, per_image_generators
+from ralu_core.dit import DiTAdapter, DiTCall
 from ralu_core.strategies.base import StepInfo
 from ralu_core.tokens import TokenGrid, TokenState, dense_level, gather_tokens, image_to_tokens, tokens_to_image
 from ralu_sd3.forward import strip_positions, tokens_to_strip
@@ -83,24 +82,15 @@ def sd3_grid(pipe: Any, height: int, width: int) -> TokenGrid:
     return TokenGrid(rows=latent_h // patch, cols=latent_w // patch, channels=int(config.in_channels), patch=patch)
 
 
-class SD3Call(DiffusersCall):
+class SD3Call(DiTCall):
     """One prepared StableDiffusion3Pipeline call."""
 
     def __init__(self, pipe: Any, args: SD3Arguments, height: int, width: int) -> None:
-        self.pipe = pipe
-        self.args = args
-        self.height, self.width = height, width
-        self.device = pipe._execution_device
-        self.batch_size = args.image_batch_size()
-        self.generator: GeneratorArg = args.generator
-        self.requested_steps = args.num_inference_steps
-        self.default_steps = default_num_inference_steps(pipe)
-        self.output_type, self.return_dict = args.output_type, args.return_dict
+        super().__init__(pipe, args, height, width)
         self.patch = int(pipe.transformer.config.patch_size)
         self.grid = sd3_grid(pipe, height, width)
         self.sincos = SinCosGrid.of(pipe.transformer.pos_embed)
         self.cfg = args.guidance_scale > 1
-        self.joint_attention_kwargs = dict(args.joint_attention_kwargs or {})
         embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
             prompt=args.prompt,
             prompt_2=args.prompt_2,
@@ -123,31 +113,8 @@ class SD3Call(DiffusersCall):
         # The pipeline's CFG layout: one batch of [uncond; cond].
         self.embeds = torch.cat([negative, embeds]) if self.cfg else embeds
         self.pooled = torch.cat([negative_pooled, pooled]) if self.cfg else pooled
-        self.mu = args.mu
-        scheduler_config = pipe.scheduler.config
-        if scheduler_config.get("use_dynamic_shifting", None) and self.mu is None:
-            from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
-
-            self.mu = calculate_shift(
-                self.grid.num_tokens,
-                scheduler_config.get("base_image_seq_len", 256),
-                scheduler_config.get("max_image_seq_len", 4096),
-                scheduler_config.get("base_shift", 0.5),
-                scheduler_config.get("max_shift", 1.16),
-            )
-        dynamic = scheduler_config.get("use_dynamic_shifting", False)
-        self.default_shift = math.exp(self.mu) if dynamic and self.mu is not None else float(scheduler_config.shift)
-
-    def pipeline_sigmas(self, steps: int) -> torch.Tensor:
-        """The pipeline's own sigmas, from a fresh scheduler (the user's scheduler is not touched)."""
-        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import retrieve_timesteps
-
-        scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
-        if self.mu is not None:
-            retrieve_timesteps(scheduler, steps, self.device, sigmas=None, mu=self.mu)
-        else:
-            retrieve_timesteps(scheduler, steps, self.device, sigmas=None)
-        return scheduler.sigmas.to(torch.float32)
+        self.mu = args.mu if args.mu is not None else self.resolution_shift(self.grid.num_tokens, max_shift=1.16)
+        self.default_shift = self.scheduler_shift
 
     def initial_noise(self) -> torch.Tensor:
         if self.args.latents is not None:
@@ -214,54 +181,29 @@ class SD3Call(DiffusersCall):
         return self.pipeline_output(latents, latents, StableDiffusion3PipelineOutput)
 
 
-class SD3Adapter(ModelAdapter):
+class SD3Adapter(DiTAdapter):
     """diffusers StableDiffusion3Pipeline (SD3-medium, SD3.5-large, SD3.5-medium)."""
 
     name: ClassVar[str] = "sd3"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusion3Pipeline",)
     architectures: ClassVar[tuple[str, ...]] = ("sd3-medium", "sd35-large")
     embedded_models: ClassVar[tuple[str, ...]] = ("sd3-tiny", "sd35-tiny", "sd3-mid")
+    Arguments = SD3Arguments
+    architecture: ClassVar[str] = "SD3"
 
-    def supports(self, pipeline: Any) -> bool:
-        from diffusers import StableDiffusion3Pipeline
-
-        return isinstance(pipeline, StableDiffusion3Pipeline)
-
-    @staticmethod
-    def size_rule(vae_scale_factor: int, patch: int, coarsest_level: int) -> tuple[int, str]:
-        why = f"for this recipe (VAE factor {vae_scale_factor} x patch {patch}" + (
+    def size_rule(self, vae_factor: int, transformer: Mapping[str, Any], coarsest_level: int) -> tuple[int, str]:
+        patch = int(transformer.get("patch_size", 2))
+        why = f"for this recipe (VAE factor {vae_factor} x patch {patch}" + (
             " x 2 for its half-resolution stage)" if coarsest_level else ")"
         )
-        return vae_scale_factor * patch * 2**coarsest_level, why
+        return vae_factor * patch * 2**coarsest_level, why
 
-    def size_rule_from_configs(self, read_config: ConfigReader, coarsest_level: int) -> tuple[int, str] | None:
-        vae, transformer = read_config("vae"), read_config("transformer")
-        if vae is None or transformer is None or not vae.get("block_out_channels"):
-            return None
-        factor = 2 ** (len(vae["block_out_channels"]) - 1)
-        return self.size_rule(factor, int(transformer.get("patch_size", 2)), coarsest_level)
+    def grid(self, pipeline: Any, height: int, width: int) -> TokenGrid:
+        return sd3_grid(pipeline, height, width)
 
-    def _size(self, pipeline: Any, coarsest_level: int, bound: SD3Arguments) -> tuple[int, int]:
-        default = pipeline.default_sample_size * pipeline.vae_scale_factor
-        height, width = bound.height or default, bound.width or default
-        patch = int(pipeline.transformer.config.patch_size)
-        return check_image_size(height, width, *self.size_rule(int(pipeline.vae_scale_factor), patch, coarsest_level))
-
-    def denoiser(self, pipeline: Any) -> Any:
-        return pipeline.transformer
-
-    def plan_grid(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TokenGrid:
-        bound = SD3Arguments.bind(args, kwargs)
-        return sd3_grid(pipeline, *self._size(pipeline, coarsest_level, bound))
-
-    def prepare(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SD3Call:
-        bound = SD3Arguments.bind(args, kwargs)
-        height, width = self._size(pipeline, coarsest_level, bound)
-        patch = int(pipeline.transformer.config.patch_size)
-        unit = int(pipeline.vae_scale_factor) * patch
+    def check_call(self, pipeline: Any, bound: SD3Arguments, height: int, width: int) -> None:
+        unit = int(pipeline.vae_scale_factor) * int(pipeline.transformer.config.patch_size)
         SinCosGrid.of(pipeline.transformer.pos_embed).check_fits(height // unit, width // unit)
-        if bound.num_inference_steps is not None and bound.num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be at least 1, got {bound.num_inference_steps}")
         pipeline.check_inputs(
             bound.prompt,
             bound.prompt_2,
@@ -277,7 +219,8 @@ class SD3Adapter(ModelAdapter):
             negative_pooled_prompt_embeds=bound.negative_pooled_prompt_embeds,
             max_sequence_length=bound.max_sequence_length,
         )
-        per_image_generators(bound.generator, bound.image_batch_size())
+
+    def make_call(self, pipeline: Any, bound: SD3Arguments, height: int, width: int) -> SD3Call:
         return SD3Call(pipeline, bound, height, width)
 
     def flops_profile(self, source: str | Path) -> FlopsProfile:
@@ -290,20 +233,12 @@ class SD3Adapter(ModelAdapter):
 
         return SD3FlopsProfile.from_pipeline(pipeline, call_kwargs)
 
-    def embedded_pipeline(self, name: str) -> Any:
+    def build_embedded(self, name: str) -> Any:
         from ralu_sd3.testing import make_sd3_pipeline
 
-        if name not in self.embedded_models:
-            return super().embedded_pipeline(name)
         return make_sd3_pipeline(name, seed=0)  # type: ignore[arg-type]
 
-    def embedded_config(self, name: str, component: str) -> dict[str, Any] | None:
+    def embedded_component_config(self, name: str, component: str) -> dict[str, Any] | None:
         from ralu_sd3.testing import variant_config
 
-        return variant_config(name, component) if name in self.embedded_models else None
-
-    def embedded_note(self, name: str) -> str:
-        return (
-            f"{name} is an embedded SD3-architecture pipeline with RANDOM weights (seed 0): its images are "
-            "noise-like and NOT meaningful. Pass --model PATH|HUB-ID for real weights."
-        )
+        return variant_config(name, component)

@@ -47,15 +47,13 @@ from diffusers import (
     StableDiffusion3Pipeline,
 )
 from transformers import (
-    CLIPTextConfig,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
-    T5Config,
     T5EncoderModel,
     T5Tokenizer,
 )
 
-from ralu_core.offline import CLIP_MAX_LENGTH, make_clip_tokenizer, make_t5_tokenizer, seeded_components
+from ralu_core.offline import make_clip_tokenizer, make_t5_tokenizer, seeded_components, small_clip, small_t5, small_vae
 
 __all__ = ["Variant", "make_sd3_pipeline", "variant_config"]
 
@@ -159,23 +157,8 @@ def _transformer(spec: _VariantSpec) -> SD3Transformer2DModel:
 
 
 def _vae(spec: _VariantSpec) -> AutoencoderKL:
-    return AutoencoderKL(  # type: ignore[no-untyped-call]
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=spec.vae_channels,
-        layers_per_block=1,
-        act_fn="silu",
-        latent_channels=16,
-        norm_num_groups=spec.vae_groups,
-        sample_size=spec.sample_size * 8,
-        scaling_factor=1.5305,
-        shift_factor=0.0609,
-        force_upcast=True,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        mid_block_add_attention=True,
+    return small_vae(
+        spec.vae_channels, spec.vae_groups, scaling_factor=1.5305, shift_factor=0.0609, sample_size=spec.sample_size * 8
     )
 
 
@@ -185,40 +168,21 @@ def _scheduler() -> FlowMatchEulerDiscreteScheduler:
 
 
 def _clip_model(clip: _ClipSpec, tokenizer: CLIPTokenizer) -> CLIPTextModelWithProjection:
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=clip.hidden,
-        intermediate_size=4 * clip.hidden,
-        projection_dim=clip.projection,
-        num_hidden_layers=2,  # SD3 reads the penultimate hidden state: keep it a real layer's output
-        num_attention_heads=clip.heads,
-        max_position_embeddings=CLIP_MAX_LENGTH,
-        hidden_act=clip.act,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,  # pooled output = hidden state at the first EOS
-        pad_token_id=tokenizer.pad_token_id,
+    # Two layers: SD3 reads the penultimate hidden state, which must be a real layer's output.
+    return small_clip(
+        CLIPTextModelWithProjection,
+        tokenizer,
+        hidden=clip.hidden,
+        projection=clip.projection,
+        heads=clip.heads,
+        layers=2,
+        ffn=4 * clip.hidden,
+        act=clip.act,
     )
-    return CLIPTextModelWithProjection(config)
 
 
 def _t5_model(spec: _VariantSpec, tokenizer: T5Tokenizer) -> T5EncoderModel:
-    config = T5Config(
-        vocab_size=len(tokenizer),
-        d_model=spec.text_dim,
-        d_kv=spec.text_dim // spec.t5_heads,
-        d_ff=2 * spec.text_dim,
-        num_layers=1,
-        num_heads=spec.t5_heads,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=32,
-        dropout_rate=0.0,
-        feed_forward_proj="gated-gelu",  # T5 v1.1, as SD3's T5-XXL
-        is_encoder_decoder=False,
-        use_cache=False,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return T5EncoderModel(config)
+    return small_t5(tokenizer, spec.text_dim, heads=spec.t5_heads, head_dim=spec.text_dim // spec.t5_heads)
 
 
 def make_sd3_pipeline(

@@ -1,0 +1,199 @@
+"""What adapters of diffusers DiT pipelines share, so that FLUX, SD3 and the next model differ only in
+tokens, positions and their transformer call.
+
+`DiTAdapter` binds a call's arguments like the pipeline, checks the image size against the recipe's
+coarsest level (from a loaded pipeline or, before loading, from the stored component configs), runs
+the pipeline's own input checks, exposes the transformer to block-level caches, builds embedded
+random-weight pipelines, and registers itself as a plugin (`AdapterPlugin`). `DiTCall` holds what
+every prepared call has: the pipeline's defaults, its scheduler's sigmas and shift, read with the
+pipeline module's own helpers (``retrieve_timesteps``, ``calculate_shift``).
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import math
+import sys
+from collections.abc import Callable, Mapping
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from ralu_core.adapter import ConfigReader, ModelAdapter, ModelCall, check_image_size
+from ralu_core.arguments import PipelineArguments
+from ralu_core.hookspecs import RegisterAdapter, RegisterRecipe, hookimpl
+from ralu_core.pipeline_call import DiffusersCall, default_num_inference_steps
+from ralu_core.randomness import GeneratorArg, per_image_generators
+from ralu_core.tokens import TokenGrid
+
+
+class DiTCall(DiffusersCall):
+    """A prepared call of a diffusers DiT pipeline: the parts every model shares."""
+
+    def __init__(self, pipe: Any, args: Any, height: int, width: int) -> None:
+        self.pipe = pipe
+        self.args = args
+        self.height, self.width = height, width
+        self.device = pipe._execution_device
+        self.batch_size = args.image_batch_size()
+        self.generator: GeneratorArg = args.generator
+        self.requested_steps = args.num_inference_steps
+        self.default_steps = default_num_inference_steps(pipe)
+        self.output_type, self.return_dict = args.output_type, args.return_dict
+        self.joint_attention_kwargs = dict(args.joint_attention_kwargs or {})
+        self.mu: float | None = None
+
+    def _pipeline_helper(self, name: str) -> Callable[..., Any]:
+        """A helper function of the pipeline's own module (each diffusers pipeline module carries copies)."""
+        return getattr(sys.modules[type(self.pipe).__module__], name)  # type: ignore[no-any-return]
+
+    def resolution_shift(self, image_tokens: int, max_shift: float) -> float | None:
+        """The scheduler's mu for `image_tokens` if it shifts with resolution, else None."""
+        if not self.pipe.scheduler.config.get("use_dynamic_shifting", False):
+            return None
+        return self.shift_mu(image_tokens, max_shift)
+
+    def shift_mu(self, image_tokens: int, max_shift: float) -> float:
+        """mu for `image_tokens`, by the pipeline's ``calculate_shift`` and its scheduler's config."""
+        config = self.pipe.scheduler.config
+        return float(
+            self._pipeline_helper("calculate_shift")(
+                image_tokens,
+                config.get("base_image_seq_len", 256),
+                config.get("max_image_seq_len", 4096),
+                config.get("base_shift", 0.5),
+                config.get("max_shift", max_shift),
+            )
+        )
+
+    @property
+    def scheduler_shift(self) -> float:
+        """The shift the pipeline's schedule uses: exp(mu) when it shifts with resolution, else its static shift."""
+        config = self.pipe.scheduler.config
+        if config.get("use_dynamic_shifting", False) and self.mu is not None:
+            return math.exp(self.mu)
+        return float(config.shift)
+
+    def custom_sigmas(self, steps: int) -> list[float] | None:
+        """The sigmas the pipeline passes to its scheduler (None: the scheduler's own)."""
+        return None
+
+    def pipeline_sigmas(self, steps: int) -> torch.Tensor:
+        """The pipeline's own sigmas, from a fresh scheduler (the user's scheduler is not touched)."""
+        scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
+        extra = {} if self.mu is None else {"mu": self.mu}
+        self._pipeline_helper("retrieve_timesteps")(
+            scheduler, steps, self.device, sigmas=self.custom_sigmas(steps), **extra
+        )
+        return scheduler.sigmas.to(torch.float32)  # type: ignore[no-any-return]
+
+
+class DiTAdapter(ModelAdapter):
+    """Base of the adapters for diffusers DiT pipelines."""
+
+    Arguments: ClassVar[type[PipelineArguments]]
+    architecture: ClassVar[str]
+    """What the model is, for messages (``FLUX``, ``SD3``)."""
+    size_rule_reads_transformer: ClassVar[bool] = True
+    """Whether `size_rule` needs the transformer's config (SD3's patch size); if not, it is not fetched."""
+
+    @abc.abstractmethod
+    def size_rule(self, vae_factor: int, transformer: Mapping[str, Any], coarsest_level: int) -> tuple[int, str]:
+        """(multiple, why): what each image side must be a multiple of for a recipe with this coarsest level."""
+
+    @abc.abstractmethod
+    def grid(self, pipeline: Any, height: int, width: int) -> TokenGrid:
+        """The full-resolution token grid the pipeline uses for an image size."""
+
+    @abc.abstractmethod
+    def check_call(self, pipeline: Any, bound: Any, height: int, width: int) -> None:
+        """The pipeline's own input checks (``check_inputs``) and any the model adds."""
+
+    @abc.abstractmethod
+    def make_call(self, pipeline: Any, bound: Any, height: int, width: int) -> ModelCall:
+        """Encode the prompts and return the prepared call."""
+
+    def supports(self, pipeline: Any) -> bool:
+        diffusers = importlib.import_module("diffusers")
+        return any(isinstance(pipeline, getattr(diffusers, name)) for name in self.pipeline_classes)
+
+    def denoiser(self, pipeline: Any) -> Any:
+        return pipeline.transformer
+
+    def size(self, pipeline: Any, coarsest_level: int, bound: Any) -> tuple[int, int]:
+        """The call's image size (the pipeline's default where not given), checked against the recipe."""
+        default = pipeline.default_sample_size * pipeline.vae_scale_factor
+        height, width = bound.height or default, bound.width or default
+        rule = self.size_rule(int(pipeline.vae_scale_factor), pipeline.transformer.config, coarsest_level)
+        return check_image_size(height, width, *rule)
+
+    def size_rule_from_configs(self, read_config: ConfigReader, coarsest_level: int) -> tuple[int, str] | None:
+        vae = read_config("vae")
+        transformer = read_config("transformer") if self.size_rule_reads_transformer else {}
+        if vae is None or transformer is None or not vae.get("block_out_channels"):
+            return None
+        return self.size_rule(2 ** (len(vae["block_out_channels"]) - 1), transformer, coarsest_level)
+
+    def plan_grid(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TokenGrid:
+        bound = self.Arguments.bind(args, kwargs)
+        return self.grid(pipeline, *self.size(pipeline, coarsest_level, bound))
+
+    def prepare(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ModelCall:
+        bound: Any = self.Arguments.bind(args, kwargs)
+        height, width = self.size(pipeline, coarsest_level, bound)
+        if bound.num_inference_steps is not None and bound.num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be at least 1, got {bound.num_inference_steps}")
+        self.check_call(pipeline, bound, height, width)
+        per_image_generators(bound.generator, bound.image_batch_size())
+        return self.make_call(pipeline, bound, height, width)
+
+    # --- embedded random-weight pipelines ---------------------------------------------------------
+
+    def build_embedded(self, name: str) -> Any:
+        """Build the embedded pipeline `name` (one of `embedded_models`)."""
+        raise KeyError(name)
+
+    def embedded_component_config(self, name: str, component: str) -> Mapping[str, Any] | None:
+        """The size-deciding config of an embedded pipeline's component, without building it."""
+        return None
+
+    def embedded_pipeline(self, name: str) -> Any:
+        if name not in self.embedded_models:
+            return super().embedded_pipeline(name)
+        return self.build_embedded(name)
+
+    def embedded_config(self, name: str, component: str) -> Mapping[str, Any] | None:
+        return self.embedded_component_config(name, component) if name in self.embedded_models else None
+
+    def embedded_note(self, name: str) -> str:
+        return (
+            f"{name} is an embedded {self.architecture}-architecture pipeline with RANDOM weights (seed 0): its images "
+            "are noise-like and NOT meaningful. Pass --model PATH|HUB-ID for real weights."
+        )
+
+
+class AdapterPlugin:
+    """The plugin of an adapter package: the adapter and the package's recipes (``recipes/NAME.yaml``).
+    Its entry point names an instance: ``flux = "ralu_flux.plugin:plugin"``."""
+
+    def __init__(self, adapter: ModelAdapter, package: str, recipes: tuple[str, ...]) -> None:
+        self.adapter = adapter
+        self.package = package
+        self.recipes = recipes
+
+    @hookimpl
+    def ralu_register_model_adapters(self, register: RegisterAdapter) -> None:
+        register(self.adapter)
+
+    @hookimpl
+    def ralu_register_recipes(self, register: RegisterRecipe) -> None:
+        folder = files(self.package) / "recipes"
+        for name in self.recipes:
+            register(name, Path(str(folder / f"{name}.yaml")))
+
+    @hookimpl
+    def ralu_resolve_model_adapter(self, pipeline: Any) -> ModelAdapter | None:
+        return self.adapter if self.adapter.supports(pipeline) else None
