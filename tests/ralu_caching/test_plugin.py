@@ -9,5 +9,5 @@ def test_caches_and_recipes_are_registered_through_the_entry_point() -> None:
     registry = Registry.collect(create_plugin_manager())
     for name in ("taylorseer", "first-block", "deepcache", "diffusers"):
         assert registry.strategies["feature_cache"][name].plugin == "caching"
-    for name in ("ralu-flux-7x-taylorseer", "ralu-sd3-3x-taylorseer"):
+    for name in ("ralu-flux-7x-taylorseer", "ralu-sd3-3x-taylorseer", "ralu-sd3-3x-deepcache", "sd-deepcache"):
         assert registry.recipes[name].plugin == "caching"

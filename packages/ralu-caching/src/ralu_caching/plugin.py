@@ -15,7 +15,7 @@ from ralu_caching.unet import DeepCacheUNet, UNetAdapter
 from ralu_core.adapter import ModelAdapter
 from ralu_core.hookspecs import RegisterAdapter, RegisterCache, RegisterRecipe, hookimpl
 
-RECIPES = ("ralu-flux-7x-taylorseer", "ralu-sd3-3x-taylorseer", "sd-deepcache")
+RECIPES = ("ralu-flux-7x-taylorseer", "ralu-sd3-3x-taylorseer", "ralu-sd3-3x-deepcache", "sd-deepcache")
 
 
 @hookimpl
