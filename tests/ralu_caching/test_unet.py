@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import ralu_core
-from ralu_caching.testing import make_sd_pipeline
+from ralu_caching.testing import make_sd_pipeline, make_sdxl_pipeline
 from ralu_core import PluginError, RecipeError
 from ralu_core.recipes import load_recipe_text
 
@@ -24,6 +24,13 @@ def sd():  # type: ignore[no-untyped-def]
     return pipe
 
 
+@pytest.fixture(scope="module")
+def sdxl():  # type: ignore[no-untyped-def]
+    pipe = make_sdxl_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def generate(runner: Any) -> np.ndarray:
     return runner("a red circle", generator=torch.Generator().manual_seed(0), **CALL).images  # type: ignore[no-any-return]
 
@@ -32,9 +39,11 @@ def forwards(pipe: Any) -> dict[str, Any]:
     return {name: vars(m)["forward"] for name, m in pipe.unet.named_modules() if "forward" in vars(m)}
 
 
-def test_the_output_is_the_deepcache_helpers_and_the_pipeline_is_restored(sd) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("fixture", ["sd", "sdxl"])
+def test_the_output_is_the_deepcache_helpers_and_the_pipeline_is_restored(request, fixture: str) -> None:  # type: ignore[no-untyped-def]
     from DeepCache import DeepCacheSDHelper
 
+    sd = request.getfixturevalue(fixture)
     plain = generate(sd)
     assert forwards(sd) == {}
     accelerated = generate(ralu_core.accelerate(sd, "sd-deepcache"))
