@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from ralu_core.hookspecs import RegisterCache, RegisterSchedule, RegisterSelector, RegisterTransition, hookimpl
+from ralu_core.strategies.base import TokenSelector
 from ralu_core.strategies.caches import BUILTIN_CACHES
+from ralu_core.strategies.ras_focus import RASFocusSelector
 from ralu_core.strategies.schedules import BUILTIN_SCHEDULES
 from ralu_core.strategies.selectors import BUILTIN_SELECTORS
 from ralu_core.strategies.transitions import BUILTIN_TRANSITIONS
@@ -11,7 +13,8 @@ from ralu_core.strategies.transitions import BUILTIN_TRANSITIONS
 
 @hookimpl
 def ralu_register_token_selectors(register: RegisterSelector) -> None:
-    for cls in BUILTIN_SELECTORS:
+    selectors: tuple[type[TokenSelector], ...] = (*BUILTIN_SELECTORS, RASFocusSelector)
+    for cls in selectors:
         register(cls)
 
 

@@ -1,0 +1,96 @@
+"""`ras-focus`: the token selector of RAS (region-adaptive sampling, Liu et al., arXiv 2502.10389).
+
+At each sparse step RAS computes only the tokens the model is focused on, chosen from the last step's
+output: per token, the standard deviation over channels of the update (sigma_next - sigma) * v,
+averaged over the latent pixels of the token. The paper observes that the subject in focus has the
+lower spread; those tokens are computed, the rest reuse their last output. The step size multiplies
+every token's spread alike, so the ranking uses the velocity's spread directly.
+
+Starvation prevention: a token dropped for D consecutive steps has its score multiplied by
+exp(-k D), so the longer it waits, the likelier it is computed again (the authors' code applies the
+factor with the opposite effect, and ignores k). Remaining ties go to the call's generator.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import attrs
+import torch
+
+from ralu_core.errors import ConfigFieldError
+from ralu_core.strategies.base import SelectionRequest, TokenSelector
+from ralu_core.strategies.selectors import rank_top
+
+
+def _check(instance: RASFocusConfig) -> None:
+    if not 0.0 < instance.ratio <= 1.0:
+        raise ConfigFieldError(
+            "ratio", f"must be in (0, 1] (the share of tokens computed per step), got {instance.ratio}"
+        )
+    if not 0.0 <= instance.starvation <= 10.0:
+        raise ConfigFieldError("starvation", f"must be from 0 (off) to 10, got {instance.starvation}")
+
+
+@attrs.frozen(kw_only=True)
+class RASFocusConfig:
+    ratio: float = 0.5
+    """Share of a stage's tokens computed at each sparse step (at least one token)."""
+    starvation: float = 0.1
+    """k in exp(-k D): how fast a token dropped for D steps in a row climbs back (0: no prevention)."""
+
+    def __attrs_post_init__(self) -> None:
+        _check(self)
+
+
+def output_spread(velocity: torch.Tensor, channels: int, patch: int) -> torch.Tensor:
+    """(B, N, C*p*p) -> (B, N): per token, the std over channels at each latent pixel, averaged over pixels."""
+    batch, count, _ = velocity.shape
+    per_pixel = velocity.float().reshape(batch, count, channels, patch * patch)
+    return per_pixel.std(dim=2, unbiased=False).mean(dim=2)
+
+
+class RASFocusSelector(TokenSelector):
+    """RAS: compute the tokens of lowest output spread (the model's focus); long-dropped tokens catch up."""
+
+    name: ClassVar[str] = "ras-focus"
+    Config = RASFocusConfig
+
+    def __init__(self, config: RASFocusConfig | None = None) -> None:
+        super().__init__(config)
+        self.reset()
+
+    def reset(self) -> None:
+        self._cells: torch.Tensor | None = None
+        self._dropped: torch.Tensor | None = None
+
+    def planned_count(self, num_candidates: int) -> int:
+        return min(num_candidates, max(1, int(num_candidates * self.config.ratio)))
+
+    def _waiting(self, request: SelectionRequest) -> torch.Tensor:
+        """Steps each candidate has been dropped in a row, for the current token set (new set: zeros)."""
+        cells = request.state.cells
+        same = self._cells is not None and (
+            self._cells is cells or (self._cells.shape == cells.shape and torch.equal(self._cells, cells))
+        )
+        if not same or self._dropped is None:
+            self._cells = cells
+            self._dropped = torch.zeros(cells.shape[:2], device=cells.device)
+        return torch.gather(self._dropped, 1, request.candidates)
+
+    def scores(self, request: SelectionRequest) -> torch.Tensor:
+        """(B, M) scores, lower is computed first: spread x exp(-k x steps dropped)."""
+        if request.velocity is None:
+            raise ValueError("ras-focus chooses from the last step's output: use it as a stage's step_tokens")
+        grid = request.state.grid
+        spread = torch.gather(output_spread(request.velocity, grid.channels, grid.patch), 1, request.candidates)
+        return spread * torch.exp(-self.config.starvation * self._waiting(request))
+
+    def select(self, request: SelectionRequest) -> torch.Tensor:
+        scores = self.scores(request)
+        picks = rank_top((-scores,), self.planned_count(request.candidates.shape[1]), request.generator)
+        assert self._dropped is not None
+        chosen = torch.gather(request.candidates, 1, picks)
+        self._dropped += 1
+        self._dropped.scatter_(1, chosen, 0.0)
+        return picks
