@@ -87,7 +87,7 @@ def test_unknown_strategy_lists_registered_ones(registry) -> None:  # type: igno
     found = problems(variant(**{"stage1.selector": {"name": "sobel-magic", "ratio": 0.2}}), registry)
     assert found == [
         "$.stages[1].selector.name: unknown token selector 'sobel-magic'; "
-        "registered: all, canny-edge, latent-gradient, random"
+        "registered: all, canny-edge, latent-gradient, random, ras-focus"
     ]
 
 
