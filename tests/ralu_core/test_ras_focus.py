@@ -114,3 +114,74 @@ def test_in_a_recipe_batches_equal_singles(toy_pm) -> None:  # type: ignore[no-u
     batch = fast(["a", "b"], height=64, width=96, generator=seeded_generators(1, 2)).images
     singles = [fast(p, height=64, width=96, generator=seeded_generators(s)).images[0] for p, s in (("a", 1), ("b", 2))]
     assert torch.allclose(batch, torch.stack(singles), atol=1e-6)
+
+
+def test_the_schedule_is_dense_at_warm_up_and_resets_and_sparse_elsewhere() -> None:
+    selector = RASFocusSelector(RASFocusConfig(ratio=0.5, dense_warmup=4, dense_steps=(12, 20)))
+    counts = selector.step_counts(28, 100)
+    assert [j for j, c in enumerate(counts) if c == 100] == [0, 1, 2, 3, 12, 20]
+    assert {c for c in counts if c != 100} == {50}
+    dynamic = RASFocusSelector(RASFocusConfig(ratio=0.5, ratio_end=0.125, dense_warmup=2)).step_counts(10, 80)
+    assert dynamic == (80, 80, 40, 35, 31, 27, 22, 18, 14, 10)  # 0.5 down to 0.125 over the 8 sparse steps
+    assert RASFocusSelector(RASFocusConfig(ratio=0.001, dense_warmup=1)).step_counts(3, 10) == (10, 1, 1)
+
+
+def test_dense_steps_beyond_a_fixed_stage_are_refused_when_the_recipe_loads(toy_pm) -> None:  # type: ignore[no-untyped-def]
+    from ralu_core import RecipeError
+
+    text = (
+        "name: bad\nschedule: uniform\nstages:\n"
+        "  - {level: 0, steps: 10, step_tokens: {name: ras-focus, dense_steps: [12]}}\n"
+    )
+    with pytest.raises(
+        RecipeError, match=r"\$\.stages\[0\]\.step_tokens: dense_steps \[12\] lie beyond this stage's 10 steps"
+    ):
+        accelerate(ToyPipeline(), load_recipe_text(text), plugin_manager=toy_pm)
+
+
+def test_a_call_whose_steps_do_not_fit_the_schedule_is_refused_before_the_model_runs(toy_pm, toy_plugin) -> None:  # type: ignore[no-untyped-def]
+    from ralu_core import RecipeError
+
+    text = (
+        "name: ras-open\nschedule: uniform\nstages:\n"
+        "  - {level: 0, step_tokens: {name: ras-focus, dense_steps: [12]}}\n"
+    )
+    fast = accelerate(ToyPipeline(), load_recipe_text(text), plugin_manager=toy_pm)
+    with pytest.raises(RecipeError, match=r"dense_steps \[12\] lie beyond this stage's 10 steps"):
+        fast("a", height=64, width=64, num_inference_steps=10)
+    assert toy_plugin.adapter.calls == []  # refused before the call was even prepared
+    # The toy adapter cannot tell its default step count (8) before preparing: the engine refuses it
+    # then, still before the first model evaluation.
+    with pytest.raises(RecipeError, match=r"dense_steps \[12\] lie beyond this stage's 8 steps"):
+        fast("a", height=64, width=64)
+    assert toy_plugin.adapter.calls[-1].seen_positions == []
+    fast("a", height=64, width=64, num_inference_steps=14)  # 14 steps leave room for the reset at 12
+
+
+def test_the_engine_computes_what_the_schedule_says_at_each_step(toy_pm, toy_plugin) -> None:  # type: ignore[no-untyped-def]
+    text = (
+        "name: ras-toy\nschedule: uniform\nstages:\n"
+        "  - {level: 0, steps: 8, step_tokens: {name: ras-focus, ratio: 0.25, dense_warmup: 2, dense_steps: [5]}}\n"
+    )
+    accelerate(ToyPipeline(), load_recipe_text(text), plugin_manager=toy_pm)("a", height=64, width=64)
+    seen = [int(p.shape[1]) for p in toy_plugin.adapter.calls[-1].seen_positions]
+    assert seen == [64, 64, 16, 16, 16, 64, 16, 16]
+
+
+def test_flops_count_each_step_at_its_token_count() -> None:
+    from ralu_core.accounting import recipe_cost
+    from ralu_core.plugins import Registry, create_plugin_manager
+    from ralu_core.recipes import resolve_recipe
+    from ralu_core.testing import ToyPlugin
+
+    plugin = ToyPlugin()
+    registry = Registry.collect(create_plugin_manager(plugins=[plugin]))
+    text = (
+        "name: ras-toy\nschedule: uniform\nstages:\n"
+        "  - {level: 0, steps: 6, step_tokens: {name: ras-focus, ratio: 0.5, dense_warmup: 2, dense_steps: [4]}}\n"
+    )
+    profile = plugin.adapter.flops_profile("toy")
+    cost = recipe_cost(resolve_recipe(load_recipe_text(text), registry), profile, 64, 64)
+    assert cost.stages[0].step_tokens == (64, 64, 32, 32, 64, 32)
+    expected = profile.forward(64) * 3 + profile.forward(32) * 3
+    assert cost.stages[0].total == expected

@@ -323,3 +323,23 @@ def test_an_impossible_selector_plan_fails_before_the_text_encoders_run(pipe) ->
     finally:
         handle.remove()
     assert calls == []
+
+
+def test_a_per_step_plan_that_does_not_fit_the_call_is_refused_before_the_text_encoders(pipe) -> None:  # type: ignore[no-untyped-def]
+    """FluxPipeline's default step count (28) is known before preparing: a dense reset step beyond it is refused
+    before any model runs."""
+    from ralu_core import RecipeError
+    from ralu_core.recipes import load_recipe_text
+
+    text = (
+        "name: ras-open\nmodel: flux\nschedule: uniform\n"
+        "stages:\n  - {level: 0, step_tokens: {name: ras-focus, dense_steps: [30]}}\n"
+    )
+    calls: list[int] = []
+    handle = pipe.text_encoder.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(RecipeError, match=r"dense_steps \[30\] lie beyond this stage's 28 steps"):
+            ralu_core.accelerate(pipe, load_recipe_text(text))("a", height=64, width=64)
+    finally:
+        handle.remove()
+    assert calls == []

@@ -24,7 +24,7 @@ from ralu_core.errors import PluginError, RaluError, RecipeError
 from ralu_core.plugins import Registry, create_plugin_manager
 from ralu_core.recipes import Recipe, RecipeRuntime, find_recipe, resolve_recipe
 from ralu_core.strategies.base import FeatureCache
-from ralu_core.token_plan import plan_tokens
+from ralu_core.token_plan import plan_tokens, step_plan_problems
 
 
 class AcceleratedPipeline:
@@ -64,6 +64,9 @@ class AcceleratedPipeline:
             grid = self.adapter.plan_grid(self.pipeline, self.runtime.start_level, args, kwargs)
             if grid is not None:
                 plan_tokens(self.runtime, grid.num_tokens)
+            requested = steps if steps is not None else self.adapter.default_steps(self.pipeline)
+            if requested is not None:
+                self.check_step_plan(requested)
             # Block-level caches hook into the denoiser for this call only (and refuse an unsuitable one now).
             denoiser = self.adapter.denoiser(self.pipeline)
             for slot in self.runtime.caches:
@@ -73,6 +76,14 @@ class AcceleratedPipeline:
                 plan_tokens(self.runtime, call.grid.num_tokens)
             final = self.engine.run(call)
             return call.finish(final)
+
+    def check_step_plan(self, requested_steps: int) -> None:
+        """Per-step selectors against the stages' step counts for a call of `requested_steps` (a dense reset
+        step beyond a stage's end is refused here, not at that step)."""
+        specs = [s.spec for s in self.runtime.stages]
+        problems = step_plan_problems(self.runtime, self.runtime.schedule.planned_steps(specs, requested_steps))
+        if problems:
+            raise RecipeError(self.recipe.name, [f"{p} (for a call of {requested_steps} steps)" for p in problems])
 
 
 def attach_cache(stack: ExitStack, cache: FeatureCache, denoiser: Any) -> None:

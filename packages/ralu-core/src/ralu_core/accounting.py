@@ -21,7 +21,7 @@ from ralu_core.adapter import FlopsProfile
 from ralu_core.flops import FlopCount
 from ralu_core.runtime import RecipeRuntime
 from ralu_core.strategies.base import FULL_STEP, FeatureCache, PlannedStep
-from ralu_core.token_plan import plan_tokens
+from ralu_core.token_plan import plan_tokens, step_counts
 
 
 @attrs.frozen(kw_only=True)
@@ -30,12 +30,15 @@ class StageCost:
     steps: int
     forward: FlopCount
     sparse_tokens: int | None = None
+    """The fewest tokens any step computes, where steps compute a subset (None: every step is dense)."""
     sparse_forward: FlopCount | None = None
     decode: FlopCount = attrs.field(factory=FlopCount)
     step_costs: tuple[FlopCount, ...] = ()
     """What each step costs, caches included."""
     step_kinds: tuple[str, ...] = ()
     """Per step: ``full``, or what the caches skip (``forecast``, ``middle blocks reused``)."""
+    step_tokens: tuple[int, ...] = ()
+    """Per step: the image tokens the model computes."""
 
     @property
     def total(self) -> FlopCount:
@@ -99,6 +102,7 @@ class RecipeCost:
                     "decode_tflops": s.decode.tflops(include_attention),
                     **({"sparse_tokens": s.sparse_tokens} if s.sparse_tokens is not None else {}),
                     "step_kinds": dict(Counter(s.step_kinds)),
+                    "step_tokens": list(s.step_tokens),
                 }
                 for s in self.stages
             ],
@@ -134,12 +138,15 @@ def recipe_cost(
         if index > 0 and stage.selector is not None and stage.selector.decodes:
             decode = profile.decode(latent_h // 2, latent_w // 2)
         tokens = counts.tokens
-        sparse = counts.active if stage_steps > 1 else None
+        per_step = (tokens,) * stage_steps
+        if stage.step_tokens is not None:
+            per_step = step_counts(stage.step_tokens, stage_steps, tokens)
+        sparse = min(per_step) if min(per_step, default=tokens) < tokens else None
         plan = cache_plan(runtime.caches_in(index), stage_steps, adaptive)
         costs: dict[tuple[int, str], FlopCount] = {}
         step_costs = []
         for step, planned_step in enumerate(plan):
-            seen = sparse if sparse is not None and step > 0 else tokens
+            seen = per_step[step]
             if not planned_step.runs:
                 step_costs.append(FlopCount())
                 continue
@@ -157,6 +164,7 @@ def recipe_cost(
                 decode=decode,
                 step_costs=tuple(step_costs),
                 step_kinds=tuple(s.kind for s in plan),
+                step_tokens=per_step,
             )
         )
     final_decode = profile.decode(latent_h, latent_w)

@@ -116,6 +116,11 @@ class ModelAdapter(abc.ABC):
         """Validate the call's arguments (sizes against `coarsest_level`, generators, unknown names)
         before any expensive work, then encode prompts and return the prepared call."""
 
+    def default_steps(self, pipeline: Any) -> int | None:
+        """The step count the pipeline uses when a call gives none, if known without preparing a call (so
+        per-step plans are checked before the text encoders run)."""
+        return None
+
     def denoiser(self, pipeline: Any) -> Any:
         """What block-level caches hook into (a DiT pipeline's ``transformer``); None if nothing."""
         return None

@@ -123,6 +123,9 @@ class DiTAdapter(ModelAdapter):
     def denoiser(self, pipeline: Any) -> Any:
         return pipeline.transformer
 
+    def default_steps(self, pipeline: Any) -> int | None:
+        return default_num_inference_steps(pipeline)
+
     def size(self, pipeline: Any, coarsest_level: int, bound: Any) -> tuple[int, int]:
         """The call's image size (the pipeline's default where not given), checked against the recipe."""
         default = pipeline.default_sample_size * pipeline.vae_scale_factor

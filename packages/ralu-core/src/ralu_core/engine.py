@@ -18,7 +18,7 @@ import attrs
 import torch
 
 from ralu_core.adapter import ModelCall
-from ralu_core.errors import PluginError
+from ralu_core.errors import PluginError, RecipeError
 from ralu_core.events import StageEvent, StepEvent
 from ralu_core.randomness import GeneratorArg, generators_from_noise
 from ralu_core.runtime import RecipeRuntime, RuntimeStage
@@ -32,7 +32,7 @@ from ralu_core.strategies.base import (
     TransitionRequest,
 )
 from ralu_core.token_map import TokenMap
-from ralu_core.token_plan import check_selection
+from ralu_core.token_plan import check_selection, step_counts, step_plan_problems
 from ralu_core.tokens import FULL, HALF, TokenState, downsample_nearest, gather_tokens, render_latent, to_raster
 
 
@@ -51,7 +51,7 @@ def select_with(selector: TokenSelector, request: SelectionRequest) -> torch.Ten
         picks = selector.select(request)
     except Exception as exc:
         raise PluginError(f"{selector.describe()} failed: {type(exc).__name__}: {exc}") from exc
-    return check_selection(selector, picks, request.state.batch_size, request.candidates.shape[1])
+    return check_selection(selector, picks, request.state.batch_size, request.candidates.shape[1], request.count)
 
 
 @attrs.define
@@ -77,6 +77,9 @@ class SamplingEngine:
         """Sample; returns the final full-resolution state in raster order."""
         self.runtime.reset()
         plan = self.plan(call)
+        problems = step_plan_problems(self.runtime, plan.steps)
+        if problems:  # adapters that cannot tell the step count before preparing: still before any model call
+            raise RecipeError(self.runtime.recipe.name, problems)
         noise = call.initial_noise()
         # ralu's own randomness (transition noise, random selections) follows the call's generators; with
         # none, it is seeded from each image's initial noise, so the same `latents` give the same image.
@@ -134,11 +137,18 @@ class SamplingEngine:
     ) -> tuple[TokenState, torch.Tensor]:
         velocity: torch.Tensor | None = None
         caches = self.runtime.caches_in(index)
-        for step in range(len(sigmas) - 1):
+        steps = len(sigmas) - 1
+        counts = None
+        if stage.step_tokens is not None:
+            counts = step_counts(stage.step_tokens, steps, state.num_tokens)
+        for step in range(steps):
             sigma, sigma_next = sigmas[step], sigmas[step + 1]
             active = None
-            if stage.step_tokens is not None and velocity is not None:
-                active = self._active_tokens(call, generator, stage.step_tokens, state, velocity, float(sigma))
+            if counts is not None and counts[step] < state.num_tokens and velocity is not None:
+                assert stage.step_tokens is not None
+                active = self._active_tokens(
+                    call, generator, stage.step_tokens, state, velocity, float(sigma), counts[step]
+                )
             info = StepInfo(
                 stage=index,
                 step=step,
@@ -216,10 +226,12 @@ class SamplingEngine:
         state: TokenState,
         velocity: torch.Tensor,
         sigma: float,
+        count: int,
     ) -> torch.Tensor:
         everything = torch.arange(state.num_tokens, device=state.values.device).expand(state.batch_size, -1)
         clean = state.values.float() - sigma * velocity.float()
-        picks = select_with(selector, self._request(call, generator, state, everything, clean, velocity, sigma))
+        request = self._request(call, generator, state, everything, clean, velocity, sigma)
+        picks = select_with(selector, attrs.evolve(request, count=count))
         return gather_tokens(everything, picks)
 
     def _transition(

@@ -43,6 +43,21 @@ def planned_count(selector: TokenSelector, candidates: int, *, at_least_one: boo
     return count
 
 
+def step_counts(selector: TokenSelector, steps: int, tokens: int) -> tuple[int, ...]:
+    """`selector.step_counts`, refused unless it gives, for each step, an integer from 1 to `tokens`."""
+    counts: Any = selector.step_counts(steps, tokens)
+    if (
+        not isinstance(counts, tuple)
+        or len(counts) != steps
+        or any(isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= tokens for c in counts)
+    ):
+        raise PluginError(
+            f"{selector.describe()} planned {counts!r} tokens for a stage of {steps} steps and {tokens} tokens; "
+            f"step_counts must return {steps} integers from 1 to {tokens}"
+        )
+    return counts
+
+
 def plan_tokens(runtime: RecipeRuntime, full_tokens: int) -> list[StageTokens]:
     """Token counts per stage for a grid of `full_tokens` full-resolution tokens."""
     low_res = full_tokens // 4 if runtime.start_level == HALF else 0
@@ -62,15 +77,17 @@ def plan_tokens(runtime: RecipeRuntime, full_tokens: int) -> list[StageTokens]:
     return plan
 
 
-def check_selection(selector: TokenSelector, picks: Any, batch: int, candidates: int) -> torch.Tensor:
-    """A selector's answer must be a (batch, planned_count) integer tensor of distinct positions within
-    the candidates; anything else is the plugin's error, named as such."""
+def check_selection(
+    selector: TokenSelector, picks: Any, batch: int, candidates: int, count: int | None = None
+) -> torch.Tensor:
+    """A selector's answer must be a (batch, count) integer tensor of distinct positions within the
+    candidates (count: what was asked, else planned_count); anything else is the plugin's error."""
     who = selector.describe()
     if not isinstance(picks, torch.Tensor):
         raise PluginError(f"{who} returned {type(picks).__name__}; select must return a tensor of positions")
     if picks.dtype.is_floating_point or picks.dtype.is_complex or picks.dtype == torch.bool:
         raise PluginError(f"{who} returned {picks.dtype} positions; select must return integer positions")
-    expected = (batch, selector.planned_count(candidates))
+    expected = (batch, selector.planned_count(candidates) if count is None else count)
     if tuple(picks.shape) != expected:
         raise PluginError(f"{who} returned shape {tuple(picks.shape)}, expected {expected}")
     if picks.numel():
@@ -80,3 +97,13 @@ def check_selection(selector: TokenSelector, picks: Any, batch: int, candidates:
         if bool((ordered[:, 1:] == ordered[:, :-1]).any()):
             raise PluginError(f"{who} returned the same position twice for one image; positions must be distinct")
     return picks.long()
+
+
+def step_plan_problems(runtime: RecipeRuntime, steps_per_stage: tuple[int, ...]) -> list[str]:
+    """What keeps each stage's per-step selector from running a stage of that many steps (e.g. a dense reset
+    step beyond the stage's end), as recipe problems with their paths."""
+    problems = []
+    for index, (stage, steps) in enumerate(zip(runtime.stages, steps_per_stage, strict=True)):
+        if stage.step_tokens is not None:
+            problems += [f"$.stages[{index}].step_tokens: {p}" for p in stage.step_tokens.check_steps(steps)]
+    return problems

@@ -192,6 +192,8 @@ def _resolve_stage(b: _Builder, stage: Stage, index: int) -> RuntimeStage:
     transition = b.build(stage.transition, "transition", f"{path}.transition") if stage.transition else None
     selector = b.build(stage.selector, "token_selector", f"{path}.selector") if stage.selector else None
     step_tokens = b.build(stage.step_tokens, "token_selector", f"{path}.step_tokens") if stage.step_tokens else None
+    if step_tokens is not None and stage.steps is not None and 1 <= stage.steps <= MAX_STAGE_STEPS:
+        b.problems += [f"{path}.step_tokens: {p}" for p in step_tokens.check_steps(stage.steps)]
     return RuntimeStage(
         spec=StagePlanSpec(steps=stage.steps, end=stage.end),
         transition=transition,

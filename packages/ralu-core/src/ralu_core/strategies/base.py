@@ -76,6 +76,8 @@ class SelectionRequest:
     generator: GeneratorArg
     render: Callable[[torch.Tensor, int], torch.Tensor]
     decode: Callable[[torch.Tensor], torch.Tensor]
+    count: int | None = None
+    """How many to pick, where the selector's plan varies by step (`step_counts`); None: `planned_count`."""
 
 
 class TokenSelector(Strategy):
@@ -92,7 +94,18 @@ class TokenSelector(Strategy):
 
     @abc.abstractmethod
     def select(self, request: SelectionRequest) -> torch.Tensor:
-        """(B, K) positions into `request.candidates`, K = planned_count(M), distinct per image."""
+        """(B, K) positions into `request.candidates`, distinct per image; K = `request.count`, or
+        planned_count(M) where that is None."""
+
+    def step_counts(self, steps: int, num_tokens: int) -> tuple[int, ...]:
+        """As a stage's `step_tokens`: how many of its `num_tokens` tokens each of its `steps` steps computes
+        (`num_tokens`: a dense step). Default: the first step dense (no output to choose from yet), the
+        others `planned_count`."""
+        return (num_tokens,) + (self.planned_count(num_tokens),) * (steps - 1)
+
+    def check_steps(self, steps: int) -> list[str]:
+        """Problems with using this selector in a stage of `steps` steps (checked before any model runs)."""
+        return []
 
 
 # --- resolution transitions ---------------------------------------------------------------------

@@ -9,6 +9,10 @@ every token's spread alike, so the ranking uses the velocity's spread directly.
 Starvation prevention: a token dropped for D consecutive steps has its score multiplied by
 exp(-k D), so the longer it waits, the likelier it is computed again (the authors' code applies the
 factor with the opposite effect, and ignores k). Remaining ties go to the call's generator.
+
+The schedule: the first `dense_warmup` steps of the stage and the `dense_steps` (error resets) compute
+every token; the sparse steps compute `ratio` of them, or a ratio going linearly from `ratio` to
+`ratio_end` over the sparse steps. It is checked against the stage's step count before any model runs.
 """
 
 from __future__ import annotations
@@ -38,6 +42,12 @@ class RASFocusConfig:
     """Share of a stage's tokens computed at each sparse step (at least one token)."""
     starvation: float = 0.1
     """k in exp(-k D): how fast a token dropped for D steps in a row climbs back (0: no prevention)."""
+    dense_warmup: int = 4
+    """The first steps of the stage, computed densely (at least 1: the first has no output to choose from)."""
+    dense_steps: tuple[int, ...] = ()
+    """Later steps computed densely to reset the accumulated error (indices within the stage, from 0)."""
+    ratio_end: float | None = None
+    """Where given, the ratio goes linearly from `ratio` to this over the sparse steps (RAS's dynamic schedule)."""
 
     def __attrs_post_init__(self) -> None:
         _check(self)
@@ -51,7 +61,8 @@ def output_spread(velocity: torch.Tensor, channels: int, patch: int) -> torch.Te
 
 
 class RASFocusSelector(TokenSelector):
-    """RAS: compute the tokens of lowest output spread (the model's focus); long-dropped tokens catch up."""
+    """RAS: compute the tokens of lowest output spread (the model's focus), long-dropped ones catching up, on a
+    schedule of dense warm-up and reset steps."""
 
     name: ClassVar[str] = "ras-focus"
     Config = RASFocusConfig
@@ -65,7 +76,39 @@ class RASFocusSelector(TokenSelector):
         self._dropped: torch.Tensor | None = None
 
     def planned_count(self, num_candidates: int) -> int:
-        return min(num_candidates, max(1, int(num_candidates * self.config.ratio)))
+        return self._count(num_candidates, self.config.ratio)
+
+    @staticmethod
+    def _count(tokens: int, ratio: float) -> int:
+        return min(tokens, max(1, int(tokens * ratio)))
+
+    def step_counts(self, steps: int, num_tokens: int) -> tuple[int, ...]:
+        config: RASFocusConfig = self.config
+        dense = {j for j in range(steps) if j < config.dense_warmup or j in config.dense_steps}
+        sparse = [j for j in range(steps) if j not in dense]
+        counts = dict.fromkeys(dense, num_tokens)
+        for position, step in enumerate(sparse):
+            ratio = config.ratio
+            if config.ratio_end is not None and len(sparse) > 1:
+                ratio += (config.ratio_end - config.ratio) * position / (len(sparse) - 1)
+            counts[step] = self._count(num_tokens, ratio)
+        return tuple(counts[j] for j in range(steps))
+
+    def check_steps(self, steps: int) -> list[str]:
+        config: RASFocusConfig = self.config
+        problems = []
+        beyond = [j for j in config.dense_steps if j >= steps]
+        if beyond:
+            problems.append(
+                f"dense_steps {beyond} lie beyond this stage's {steps} steps (0 to {steps - 1}); "
+                "give indices within the stage, or more steps"
+            )
+        if config.dense_warmup >= steps:
+            problems.append(
+                f"dense_warmup {config.dense_warmup} covers all of this stage's {steps} steps: nothing would be "
+                "sparse; lower it, or give more steps"
+            )
+        return problems
 
     def _waiting(self, request: SelectionRequest) -> torch.Tensor:
         """Steps each candidate has been dropped in a row, for the current token set (new set: zeros)."""
@@ -88,7 +131,8 @@ class RASFocusSelector(TokenSelector):
 
     def select(self, request: SelectionRequest) -> torch.Tensor:
         scores = self.scores(request)
-        picks = rank_top((-scores,), self.planned_count(request.candidates.shape[1]), request.generator)
+        count = self.planned_count(request.candidates.shape[1]) if request.count is None else request.count
+        picks = rank_top((-scores,), count, request.generator)
         assert self._dropped is not None
         chosen = torch.gather(request.candidates, 1, picks)
         self._dropped += 1

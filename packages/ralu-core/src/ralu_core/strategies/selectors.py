@@ -109,7 +109,7 @@ class RatioSelector(TokenSelector):
         return (self.scores(request),)
 
     def select(self, request: SelectionRequest) -> torch.Tensor:
-        count = self.planned_count(request.candidates.shape[1])
+        count = self.planned_count(request.candidates.shape[1]) if request.count is None else request.count
         return rank_top(self.ranking(request), count, request.generator)
 
 
