@@ -7,25 +7,32 @@ from typing import Any
 from ralu_core.offline import make_clip_tokenizer, seeded_components, small_clip, small_vae
 
 
+def _unet(**conditioning: Any) -> Any:
+    """A 2-level, 32-wide U-Net of the Stable Diffusion design; `conditioning` adds what a variant needs."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(  # type: ignore[no-untyped-call]
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=16,
+        **conditioning,
+    )
+
+
 def make_sd_pipeline(seed: int = 0) -> Any:
     """A Stable Diffusion 1.x-shaped pipeline (2-level U-Net, 32 wide, one CLIP layer), no safety checker."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextModel
 
     tokenizer = make_clip_tokenizer()
     modules = seeded_components(
         {
-            "unet": lambda: UNet2DConditionModel(  # type: ignore[no-untyped-call]
-                block_out_channels=(32, 64),
-                layers_per_block=2,
-                sample_size=8,
-                in_channels=4,
-                out_channels=4,
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                cross_attention_dim=32,
-                norm_num_groups=16,
-            ),
+            "unet": lambda: _unet(cross_attention_dim=32),
             "vae": lambda: small_vae(
                 (8, 8, 16, 16), 4, scaling_factor=0.18215, shift_factor=None, sample_size=64, latent_channels=4
             ),
@@ -51,20 +58,13 @@ def make_sd_pipeline(seed: int = 0) -> Any:
 def make_sdxl_pipeline(seed: int = 0) -> Any:
     """A Stable Diffusion XL-shaped pipeline: two CLIP towers (the second with a projection feeding the
     added time embedding), a 2-level U-Net with SDXL's ``text_time`` conditioning, no safety checker."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer, tokenizer_2 = make_clip_tokenizer(), make_clip_tokenizer()
     modules = seeded_components(
         {
-            "unet": lambda: UNet2DConditionModel(  # type: ignore[no-untyped-call]
-                block_out_channels=(32, 64),
-                layers_per_block=2,
-                sample_size=8,
-                in_channels=4,
-                out_channels=4,
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            "unet": lambda: _unet(
                 attention_head_dim=(2, 4),
                 use_linear_projection=True,
                 addition_embed_type="text_time",
@@ -72,7 +72,6 @@ def make_sdxl_pipeline(seed: int = 0) -> Any:
                 transformer_layers_per_block=(1, 2),
                 projection_class_embeddings_input_dim=32 + 6 * 8,  # pooled text + six time ids
                 cross_attention_dim=64,  # the two towers' hidden states, concatenated
-                norm_num_groups=16,
             ),
             "vae": lambda: small_vae(
                 (8, 8, 16, 16), 4, scaling_factor=0.13025, shift_factor=None, sample_size=64, latent_channels=4

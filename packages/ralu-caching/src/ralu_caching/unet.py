@@ -10,7 +10,6 @@ and removed afterwards, leaving the U-Net's modules exactly as they were.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from ralu_core.adapter import FlopsProfile, ModelAdapter, ModelCall
+from ralu_core.adapter import FlopsProfile, ModelAdapter, ModelCall, is_diffusers_pipeline
 from ralu_core.errors import ConfigFieldError
 from ralu_core.runtime import RecipeRuntime
 from ralu_core.strategies.base import FeatureCache
@@ -34,8 +33,7 @@ class UNetAdapter(ModelAdapter):
     runs_own_sampler: ClassVar[bool] = True
 
     def supports(self, pipeline: Any) -> bool:
-        diffusers = importlib.import_module("diffusers")
-        return any(isinstance(pipeline, getattr(diffusers, name)) for name in self.pipeline_classes)
+        return is_diffusers_pipeline(pipeline, self.pipeline_classes)
 
     def denoiser(self, pipeline: Any) -> Any:
         return pipeline  # U-Net caches need the pipeline's scheduler to know the step, not only the U-Net

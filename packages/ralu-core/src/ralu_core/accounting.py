@@ -131,6 +131,16 @@ def recipe_cost(
     planned = runtime.schedule.planned_steps([s.spec for s in runtime.stages], steps or base_steps)
     stages = []
     adaptive: list[str] = []
+    counted: dict[tuple[int, str, Any], FlopCount] = {}
+
+    def forward(tokens: int, step: PlannedStep = FULL_STEP) -> FlopCount:
+        """One forward at this token count with what this step skips, counted once per recipe (each count is a
+        run of the meta-device model)."""
+        key = (tokens, step.kind, step.reuse)
+        if key not in counted:
+            counted[key] = profile.forward(tokens, step.reuse)
+        return counted[key]
+
     for index, (stage, counts, stage_steps) in enumerate(
         zip(runtime.stages, plan_tokens(runtime, full), planned, strict=True)
     ):
@@ -143,32 +153,25 @@ def recipe_cost(
             per_step = step_counts(stage.step_tokens, stage_steps, tokens)
         sparse = min(per_step) if min(per_step, default=tokens) < tokens else None
         plan = cache_plan(runtime.caches_in(index), stage_steps, adaptive)
-        costs: dict[tuple[int, str], FlopCount] = {}
-        step_costs = []
-        for step, planned_step in enumerate(plan):
-            seen = per_step[step]
-            if not planned_step.runs:
-                step_costs.append(FlopCount())
-                continue
-            key = (seen, planned_step.kind)
-            if key not in costs:
-                costs[key] = profile.forward(seen, planned_step.reuse)
-            step_costs.append(costs[key])
+        step_costs = tuple(
+            forward(seen, planned_step) if planned_step.runs else FlopCount()
+            for seen, planned_step in zip(per_step, plan, strict=True)
+        )
         stages.append(
             StageCost(
                 image_tokens=tokens,
                 steps=stage_steps,
-                forward=profile.forward(tokens),
+                forward=forward(tokens),
                 sparse_tokens=sparse,
-                sparse_forward=None if sparse is None else profile.forward(sparse),
+                sparse_forward=None if sparse is None else forward(sparse),
                 decode=decode,
-                step_costs=tuple(step_costs),
+                step_costs=step_costs,
                 step_kinds=tuple(s.kind for s in plan),
                 step_tokens=per_step,
             )
         )
     final_decode = profile.decode(latent_h, latent_w)
-    baseline = profile.forward(full) * base_steps + final_decode
+    baseline = forward(full) * base_steps + final_decode
     return RecipeCost(
         recipe=runtime.recipe.name,
         model=profile.name,

@@ -180,6 +180,13 @@ class ModelAdapter(abc.ABC):
         return f"<{type(self).__name__} {self.name!r}>"
 
 
+def is_diffusers_pipeline(pipeline: Any, class_names: tuple[str, ...]) -> bool:
+    """Whether `pipeline` is an instance of one of diffusers' pipeline classes named here (or a subclass)."""
+    import diffusers
+
+    return any(isinstance(pipeline, getattr(diffusers, name)) for name in class_names)
+
+
 MAX_IMAGE_SIDE = 16384
 """Larger sides are refused: no DiT runs there, and position arithmetic overflows long before."""
 

@@ -12,7 +12,6 @@ pipeline module's own helpers (``retrieve_timesteps``, ``calculate_shift``).
 from __future__ import annotations
 
 import abc
-import importlib
 import math
 import sys
 from collections.abc import Callable, Mapping
@@ -22,7 +21,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ralu_core.adapter import ConfigReader, ModelAdapter, ModelCall, check_image_size
+from ralu_core.adapter import ConfigReader, ModelAdapter, ModelCall, check_image_size, is_diffusers_pipeline
 from ralu_core.arguments import PipelineArguments
 from ralu_core.hookspecs import RegisterAdapter, RegisterRecipe, hookimpl
 from ralu_core.pipeline_call import DiffusersCall, default_num_inference_steps
@@ -117,8 +116,7 @@ class DiTAdapter(ModelAdapter):
         """Encode the prompts and return the prepared call."""
 
     def supports(self, pipeline: Any) -> bool:
-        diffusers = importlib.import_module("diffusers")
-        return any(isinstance(pipeline, getattr(diffusers, name)) for name in self.pipeline_classes)
+        return is_diffusers_pipeline(pipeline, self.pipeline_classes)
 
     def denoiser(self, pipeline: Any) -> Any:
         return pipeline.transformer

@@ -97,7 +97,8 @@ class SamplingEngine:
                     assert velocity is not None and sigma_end is not None
                     previous = state
                     state = self._transition(call, generator, stage, state, velocity, sigma_end, sigmas[0])
-                    token_map = TokenMap.between(previous, state)
+                    if any(slot.active_in(index - 1) for slot in self.runtime.caches):  # someone carries state over
+                        token_map = TokenMap.between(previous, state)
                 self._begin_stage(
                     call,
                     StageInfo(index=index, num_tokens=state.num_tokens, steps=len(sigmas) - 1, token_map=token_map),
@@ -119,7 +120,8 @@ class SamplingEngine:
 
     def _begin_stage(self, call: ModelCall, info: StageInfo) -> None:
         """A new token set: the model call drops its hooks' state; each cache carries its per-token state
-        over through the token map, or, if it did not run in the previous stage, starts afresh."""
+        over through the token map, or, if it did not run in the previous stage, starts afresh (the map is
+        built only where a cache ran in the previous stage)."""
         call.begin_stage(info)
         for slot in self.runtime.caches:
             ran_before = info.index > 0 and slot.active_in(info.index - 1)

@@ -16,6 +16,7 @@ the call ends, so a hook never compares tensors of two token sets, branches or i
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import weakref
@@ -167,12 +168,20 @@ def cache_context(
     from diffusers.models.cache_utils import CacheMixin
 
     enter = CacheMixin.cache_context
-    parameters = inspect.signature(enter).parameters
-    if step is None or not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    if step is None or not _contexts_take_step_fields():
         return enter(module, name)  # type: ignore[no-any-return]
     return enter(  # type: ignore[no-any-return]
         module, name, step_index=step.step, num_inference_steps=step.steps, sigma=step.sigma, timestep=timestep
     )
+
+
+@functools.cache
+def _contexts_take_step_fields() -> bool:
+    """Whether the installed diffusers' ``cache_context`` takes step fields (it gained them in 0.36)."""
+    from diffusers.models.cache_utils import CacheMixin
+
+    parameters = inspect.signature(CacheMixin.cache_context).parameters
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def read_component_configs(
