@@ -177,7 +177,7 @@ def test_bad_cache_entries_are_refused_with_their_path(cache: str, message: str)
 
 
 def test_a_forecasting_cache_is_refused_where_steps_compute_a_subset() -> None:
-    sparse = RALU.replace("selector: all}", "selector: all, step_tokens: {name: random, ratio: 0.5}}")
+    sparse = RALU.replace("selector: all}", "selector: all, step_tokens: {name: random, ratio: 0.5}, inactive: drop}")
     pm = create_plugin_manager(plugins=[ToyPlugin(), CachePlugin()])
     with pytest.raises(RecipeError, match=r"stage\(s\) 2 compute a subset of tokens per step"):
         accelerate(ToyPipeline(), load_recipe_text(sparse + "cache: repeating\n"), plugin_manager=pm)

@@ -70,7 +70,8 @@ def test_size_that_does_not_divide_names_nearest_valid_sizes(fast) -> None:  # t
 
 def test_step_tokens_compute_a_subset_after_the_first_step(toy_pm, toy_plugin) -> None:  # type: ignore[no-untyped-def]
     recipe = load_recipe_text(
-        "name: sparse\nschedule: uniform\nstages:\n  - {steps: 4, step_tokens: {name: random, ratio: 0.5}}\n"
+        "name: sparse\nschedule: uniform\nstages:\n"
+        "  - {steps: 4, step_tokens: {name: random, ratio: 0.5}, inactive: drop}\n"
     )
     out = accelerate(ToyPipeline(), recipe, plugin_manager=toy_pm)(
         "x", height=64, width=64, generator=seeded_generators(0)

@@ -47,7 +47,7 @@ STAGES = {
     "  - {steps: 2, end: 1.0, transition: nt-dm-upsample, selector: all}\n",
     # the bad selector chooses the tokens each step computes in the full-resolution stage
     "step_tokens": "  - {steps: 2, end: 0.45, transition: nt-dm-upsample, selector: {name: random, ratio: 0.25}}\n"
-    "  - {steps: 2, end: 1.0, transition: nt-dm-upsample, selector: all, step_tokens: {name: bad}}\n",
+    "  - {steps: 2, end: 1.0, transition: nt-dm-upsample, selector: all, step_tokens: {name: bad}, inactive: drop}\n",
 }
 
 

@@ -105,7 +105,7 @@ RAS_TOY = """
 name: toy-ras
 schedule: uniform
 stages:
-  - {level: 0, steps: 6, step_tokens: {name: ras-focus, ratio: 0.5, starvation: 0.1}}
+  - {level: 0, steps: 6, step_tokens: {name: ras-focus, ratio: 0.5, starvation: 0.1}, inactive: drop}
 """
 
 
@@ -144,7 +144,7 @@ def test_a_call_whose_steps_do_not_fit_the_schedule_is_refused_before_the_model_
 
     text = (
         "name: ras-open\nschedule: uniform\nstages:\n"
-        "  - {level: 0, step_tokens: {name: ras-focus, dense_steps: [12]}}\n"
+        "  - {level: 0, step_tokens: {name: ras-focus, dense_steps: [12]}, inactive: drop}\n"
     )
     fast = accelerate(ToyPipeline(), load_recipe_text(text), plugin_manager=toy_pm)
     with pytest.raises(RecipeError, match=r"dense_steps \[12\] lie beyond this stage's 10 steps"):
@@ -161,7 +161,8 @@ def test_a_call_whose_steps_do_not_fit_the_schedule_is_refused_before_the_model_
 def test_the_engine_computes_what_the_schedule_says_at_each_step(toy_pm, toy_plugin) -> None:  # type: ignore[no-untyped-def]
     text = (
         "name: ras-toy\nschedule: uniform\nstages:\n"
-        "  - {level: 0, steps: 8, step_tokens: {name: ras-focus, ratio: 0.25, dense_warmup: 2, dense_steps: [5]}}\n"
+        "  - {level: 0, steps: 8, inactive: drop,\n"
+        "     step_tokens: {name: ras-focus, ratio: 0.25, dense_warmup: 2, dense_steps: [5]}}\n"
     )
     accelerate(ToyPipeline(), load_recipe_text(text), plugin_manager=toy_pm)("a", height=64, width=64)
     seen = [int(p.shape[1]) for p in toy_plugin.adapter.calls[-1].seen_positions]
@@ -183,5 +184,11 @@ def test_flops_count_each_step_at_its_token_count() -> None:
     profile = plugin.adapter.flops_profile("toy")
     cost = recipe_cost(resolve_recipe(load_recipe_text(text), registry), profile, 64, 64)
     assert cost.stages[0].step_tokens == (64, 64, 32, 32, 64, 32)
-    expected = profile.forward(64) * 3 + profile.forward(32) * 3
+    # Sparse steps attend to all 64 tokens (cached keys and values): linear on 32, attention 32 x 64.
+    expected = profile.forward(64) * 3 + profile.forward(32, attended_tokens=64) * 3
     assert cost.stages[0].total == expected
+    assert profile.forward(32, attended_tokens=64).attention == 2 * profile.forward(32).attention
+    dropped = recipe_cost(
+        resolve_recipe(load_recipe_text(text.replace("}}\n", "}, inactive: drop}\n")), registry), profile, 64, 64
+    )
+    assert dropped.stages[0].total == profile.forward(64) * 3 + profile.forward(32) * 3

@@ -100,3 +100,17 @@ def test_vae_decode_is_plausible() -> None:
     # Mid-block self-attention: one head of 512 channels over all h*w latent positions.
     assert big.attention == 4 * (128 * 128) ** 2 * 512
     assert big.other == 0
+
+
+def test_a_ras_sparse_step_attends_active_queries_to_every_key() -> None:
+    """FLUX.1-dev at 1024 x 1024, half the tokens computed: linear layers on the active tokens only, every
+    attention layer (19 double + 38 single) active x all, counted from the stand-in processors that run."""
+    from ralu_flux.flops_profile import FluxFlopsProfile
+
+    profile = FluxFlopsProfile.from_source("flux-dev")
+    tokens, active, text, width = 4096, 2048, 512, 24 * 128
+    cached = profile.forward(active, attended_tokens=tokens)
+    dropped = profile.forward(active)
+    assert cached.linear == dropped.linear < profile.forward(tokens).linear
+    assert cached.attention == 57 * 4 * width * (active + text) * (tokens + text)
+    assert dropped.attention == 57 * 4 * width * (active + text) ** 2

@@ -149,3 +149,21 @@ def test_vae_decode_counts() -> None:
     assert vae_decode_flops(cfg, 64, 64, batch=2) == 2 * small
     with pytest.raises(ValueError):
         vae_decode_flops(cfg, 0, 64)
+
+
+def test_a_ras_sparse_step_attends_active_queries_to_every_key() -> None:
+    """SD3.5 with a second, image-only attention (sd35-tiny): each joint attention is active x (all + text),
+    the second active x all, counted from the stand-in processors that run (CFG: batch 2)."""
+    from ralu_sd3.flops_profile import SD3FlopsProfile
+    from ralu_sd3.testing import make_sd3_pipeline
+
+    pipe = make_sd3_pipeline("sd35-tiny")
+    profile = SD3FlopsProfile.from_pipeline(pipe, {"max_sequence_length": 8})
+    config = pipe.transformer.config
+    width = config.num_attention_heads * config.attention_head_dim
+    tokens, active, text = 24, 12, profile.text_tokens
+    cached = profile.forward(active, attended_tokens=tokens)
+    assert cached.linear == profile.forward(active).linear
+    joint = config.num_layers * (active + text) * (tokens + text)
+    second = len(config.dual_attention_layers) * active * tokens
+    assert cached.attention == profile.cfg_batch * 4 * width * (joint + second)

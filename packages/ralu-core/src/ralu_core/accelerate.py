@@ -20,7 +20,7 @@ import torch
 
 from ralu_core.adapter import ModelAdapter
 from ralu_core.engine import SamplingEngine
-from ralu_core.errors import PluginError, RaluError, RecipeError
+from ralu_core.errors import PluginError, RaluError, RecipeError, UnsupportedPipelineError
 from ralu_core.plugins import Registry, create_plugin_manager
 from ralu_core.recipes import Recipe, RecipeRuntime, find_recipe, resolve_recipe
 from ralu_core.strategies.base import FeatureCache
@@ -64,6 +64,15 @@ class AcceleratedPipeline:
             grid = self.adapter.plan_grid(self.pipeline, self.runtime.start_level, args, kwargs)
             if grid is not None:
                 plan_tokens(self.runtime, grid.num_tokens)
+            if self.runtime.cached_attention:
+                problems = self.adapter.cached_attention_problems(self.pipeline)
+                if problems:
+                    raise UnsupportedPipelineError(
+                        f"recipe {self.recipe.name!r} keeps keys and values of skipped tokens (RAS attention), but "
+                        + "; ".join(problems)
+                        + ". Restore diffusers' default attention processors, or set `inactive: drop` on the stages "
+                        "with step_tokens"
+                    )
             requested = steps if steps is not None else self.adapter.default_steps(self.pipeline)
             if requested is not None:
                 self.check_step_plan(requested)
@@ -131,7 +140,13 @@ def accelerate(
     adapter = registry.resolve_adapter(pipeline)
     chosen = find_recipe(recipe, registry)
     runtime = resolve_recipe(chosen, registry)
-    problems = adapter.check_runtime(runtime)
+    problems = list(adapter.check_runtime(runtime))
+    if runtime.cached_attention and not adapter.cached_attention:
+        stages = [str(i) for i, stage in enumerate(runtime.stages) if stage.cached_attention]
+        problems.append(
+            f"$.stages[{', '.join(stages)}].inactive: the {adapter.name!r} adapter cannot keep the keys and values of "
+            "skipped tokens (RAS attention, the default for a stage with step_tokens); set `inactive: drop`"
+        )
     if problems:
         raise RecipeError(chosen.name, problems)
     if chosen.model is not None and chosen.model != adapter.name:

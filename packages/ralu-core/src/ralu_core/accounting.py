@@ -19,7 +19,7 @@ import attrs
 
 from ralu_core.adapter import FlopsProfile
 from ralu_core.flops import FlopCount
-from ralu_core.runtime import RecipeRuntime
+from ralu_core.runtime import RecipeRuntime, RuntimeStage
 from ralu_core.strategies.base import FULL_STEP, FeatureCache, PlannedStep
 from ralu_core.token_plan import plan_tokens, step_counts
 
@@ -39,6 +39,8 @@ class StageCost:
     """Per step: ``full``, or what the caches skip (``forecast``, ``middle blocks reused``)."""
     step_tokens: tuple[int, ...] = ()
     """Per step: the image tokens the model computes."""
+    cached_attention: bool = False
+    """Whether its sparse steps attend to every token (RAS's cached keys and values) or only to those computed."""
 
     @property
     def total(self) -> FlopCount:
@@ -103,6 +105,7 @@ class RecipeCost:
                     **({"sparse_tokens": s.sparse_tokens} if s.sparse_tokens is not None else {}),
                     "step_kinds": dict(Counter(s.step_kinds)),
                     "step_tokens": list(s.step_tokens),
+                    **({"inactive": "kv-cache" if s.cached_attention else "drop"} if s.sparse_tokens else {}),
                 }
                 for s in self.stages
             ],
@@ -131,14 +134,15 @@ def recipe_cost(
     planned = runtime.schedule.planned_steps([s.spec for s in runtime.stages], steps or base_steps)
     stages = []
     adaptive: list[str] = []
-    counted: dict[tuple[int, str, Any], FlopCount] = {}
+    counted: dict[tuple[int, int | None, str, Any], FlopCount] = {}
 
-    def forward(tokens: int, step: PlannedStep = FULL_STEP) -> FlopCount:
-        """One forward at this token count with what this step skips, counted once per recipe (each count is a
-        run of the meta-device model)."""
-        key = (tokens, step.kind, step.reuse)
+    def forward(tokens: int, step: PlannedStep = FULL_STEP, attended: int | None = None) -> FlopCount:
+        """One forward at this token count (its attention seeing `attended` tokens, where RAS caches the keys
+        and values of the others) with what this step skips, counted once per recipe (each count is a run of
+        the meta-device model)."""
+        key = (tokens, attended, step.kind, step.reuse)
         if key not in counted:
-            counted[key] = profile.forward(tokens, step.reuse)
+            counted[key] = profile.forward(tokens, step.reuse, attended)
         return counted[key]
 
     for index, (stage, counts, stage_steps) in enumerate(
@@ -153,8 +157,12 @@ def recipe_cost(
             per_step = step_counts(stage.step_tokens, stage_steps, tokens)
         sparse = min(per_step) if min(per_step, default=tokens) < tokens else None
         plan = cache_plan(runtime.caches_in(index), stage_steps, adaptive)
+
+        def attended(seen: int, stage: RuntimeStage = stage, tokens: int = tokens) -> int | None:
+            return tokens if stage.cached_attention and seen < tokens else None
+
         step_costs = tuple(
-            forward(seen, planned_step) if planned_step.runs else FlopCount()
+            forward(seen, planned_step, attended(seen)) if planned_step.runs else FlopCount()
             for seen, planned_step in zip(per_step, plan, strict=True)
         )
         stages.append(
@@ -163,11 +171,12 @@ def recipe_cost(
                 steps=stage_steps,
                 forward=forward(tokens),
                 sparse_tokens=sparse,
-                sparse_forward=None if sparse is None else forward(sparse),
+                sparse_forward=None if sparse is None else forward(sparse, attended=attended(sparse)),
                 decode=decode,
                 step_costs=step_costs,
                 step_kinds=tuple(s.kind for s in plan),
                 step_tokens=per_step,
+                cached_attention=stage.cached_attention,
             )
         )
     final_decode = profile.decode(latent_h, latent_w)

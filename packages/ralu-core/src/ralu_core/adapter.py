@@ -63,6 +63,10 @@ class ModelCall(abc.ABC):
         (e.g. the pipeline's current timestep, the state of its cache hooks) is restored on exit."""
         return nullcontext()
 
+    def token_cache_nbytes(self) -> int:
+        """Memory of the token-level caches the call holds now (RAS's keys and values); 0 where none."""
+        return 0
+
     @abc.abstractmethod
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) latent image (any size) -> (B, 3, H, W) RGB in [0, 1], with the pipeline's VAE."""
@@ -89,11 +93,15 @@ class FlopsProfile(abc.ABC):
 
     @abc.abstractmethod
     def forward(
-        self, image_tokens: int, reuse: Callable[[Any], AbstractContextManager[None]] | None = None
+        self,
+        image_tokens: int,
+        reuse: Callable[[Any], AbstractContextManager[None]] | None = None,
+        attended_tokens: int | None = None,
     ) -> FlopCount:
         """One transformer evaluation on `image_tokens` image tokens (batch 1, text tokens included). `reuse`,
         given the meta-device model, installs a cache's hooks for a step that reuses part of the work; the
-        count is then of what that step really runs."""
+        count is then of what that step really runs. `attended_tokens`: how many image tokens its attention
+        sees (a RAS sparse step: the inactive ones through cached keys and values); None: `image_tokens`."""
 
     @abc.abstractmethod
     def decode(self, latent_height: int, latent_width: int) -> FlopCount:
@@ -124,6 +132,15 @@ class ModelAdapter(abc.ABC):
     def denoiser(self, pipeline: Any) -> Any:
         """What block-level caches hook into (a DiT pipeline's ``transformer``); None if nothing."""
         return None
+
+    cached_attention: ClassVar[bool] = False
+    """Whether its calls keep the keys and values of the tokens a sparse step skips (RAS attention, a
+    stage's ``inactive: kv-cache``)."""
+
+    def cached_attention_problems(self, pipeline: Any) -> list[str]:
+        """What keeps this pipeline from RAS attention now (e.g. attention processors the adapter does not
+        know), checked before the text encoders run; empty: fine."""
+        return []
 
     runs_own_sampler: ClassVar[bool] = False
     """True for pipelines ralu does not drive token by token (U-Nets): the pipeline's own loop runs with the

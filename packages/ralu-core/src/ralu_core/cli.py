@@ -302,7 +302,13 @@ def cmd_flops(ns: argparse.Namespace) -> int:
     print(f"{recipe.name} on {profile.name} at {ns.height}x{ns.width} ({label}; text encoders excluded)")
     for k, stage in enumerate(report["stages"]):
         cached = {kind: n for kind, n in stage["step_kinds"].items() if kind != "full"}
-        note = f"  ({', '.join(f'{n} {kind}' for kind, n in cached.items())})" if cached else ""
+        notes = [f"{n} {kind}" for kind, n in cached.items()]
+        sparse = [n for n in stage["step_tokens"] if n < stage["image_tokens"]]
+        if sparse:
+            seen = "attending to all via cached keys/values" if stage["inactive"] == "kv-cache" else "others dropped"
+            span = f"{min(sparse)}" if min(sparse) == max(sparse) else f"{min(sparse)} to {max(sparse)}"
+            notes.append(f"{len(sparse)} sparse steps computing {span} tokens, {seen}")
+        note = f"  ({'; '.join(notes)})" if notes else ""
         print(
             f"  stage {k + 1}: {stage['image_tokens']:>6} image tokens x {stage['steps']:>2} steps "
             f"= {stage['tflops']:9.2f} TFLOPs{note}"

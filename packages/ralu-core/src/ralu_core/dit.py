@@ -14,7 +14,8 @@ from __future__ import annotations
 import abc
 import math
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,8 +25,10 @@ import torch
 from ralu_core.adapter import ConfigReader, ModelAdapter, ModelCall, check_image_size, is_diffusers_pipeline
 from ralu_core.arguments import PipelineArguments
 from ralu_core.hookspecs import RegisterAdapter, RegisterRecipe, hookimpl
+from ralu_core.kv_store import KVStore, swapped_processors
 from ralu_core.pipeline_call import DiffusersCall, default_num_inference_steps
 from ralu_core.randomness import GeneratorArg, per_image_generators
+from ralu_core.strategies.base import StageInfo
 from ralu_core.tokens import TokenGrid
 
 
@@ -88,6 +91,56 @@ class DiTCall(DiffusersCall):
             scheduler, steps, self.device, sigmas=self.custom_sigmas(steps), **extra
         )
         return scheduler.sigmas.to(torch.float32)  # type: ignore[no-any-return]
+
+    # --- RAS attention: the skipped tokens' keys and values ------------------------------------------
+
+    kv_store: KVStore | None = None
+    """The current stage's keys and values, where it keeps them (a stage with ``inactive: kv-cache``)."""
+    _attention: ExitStack | None = None
+    _processors_swapped: bool = False
+
+    @property
+    def kv_slots(self) -> int:
+        """Store slots: one per row of the batches the call evaluates (images x CFG branches)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no keys and values")
+
+    def attention_modules(self) -> Mapping[str, Any]:
+        """The transformer's attention modules, by name (each gets a stand-in processor)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no keys and values")
+
+    def cached_processor(self, original: Any, layer: str) -> Any:
+        """The stand-in for `original` that routes the image tokens' keys and values through `kv_store`."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no keys and values")
+
+    def begin_stage(self, stage: StageInfo) -> None:
+        super().begin_stage(stage)
+        self.kv_store = None
+        if stage.cached_attention:
+            if not self._processors_swapped:
+                assert self._attention is not None, "begin_stage outside running()"
+                self._attention.enter_context(swapped_processors(self.attention_modules(), self.cached_processor))
+                self._processors_swapped = True
+            self.kv_store = KVStore(stage.num_tokens, self.kv_slots)
+
+    def running(self) -> AbstractContextManager[None]:
+        return self._running_with_attention()
+
+    @contextmanager
+    def _running_with_attention(self) -> Iterator[None]:
+        """The call's run; stand-in attention processors, once installed, are removed on exit (first)."""
+        with super().running(), ExitStack() as attention:
+            self._attention = attention
+            try:
+                yield
+            finally:
+                self._attention, self.kv_store, self._processors_swapped = None, None, False
+
+    def kv_routing(self, slots: Sequence[int], active: torch.Tensor | None) -> AbstractContextManager[None]:
+        """Around one transformer evaluation: which store slots its rows are and which tokens they carry."""
+        return nullcontext() if self.kv_store is None else self.kv_store.routing(slots, active)
+
+    def token_cache_nbytes(self) -> int:
+        return 0 if self.kv_store is None else self.kv_store.nbytes
 
 
 class DiTAdapter(ModelAdapter):

@@ -101,7 +101,13 @@ class SamplingEngine:
                         token_map = TokenMap.between(previous, state)
                 self._begin_stage(
                     call,
-                    StageInfo(index=index, num_tokens=state.num_tokens, steps=len(sigmas) - 1, token_map=token_map),
+                    StageInfo(
+                        index=index,
+                        num_tokens=state.num_tokens,
+                        steps=len(sigmas) - 1,
+                        token_map=token_map,
+                        cached_attention=stage.cached_attention,
+                    ),
                 )
                 state, velocity = self._run_stage(call, generator, index, stage, state, sigmas, bar)
                 sigma_end = sigmas[-1]
@@ -114,9 +120,18 @@ class SamplingEngine:
                             num_tokens=state.num_tokens,
                             tokens_per_level=levels,
                             state=state,
+                            token_cache_bytes=self._token_cache_bytes(call, stage, velocity),
                         )
                     )
         return to_raster(state)
+
+    @staticmethod
+    def _token_cache_bytes(call: ModelCall, stage: RuntimeStage, velocity: torch.Tensor) -> int:
+        """What a stage with per-step token subsets keeps for the tokens it skips: the model call's keys and
+        values, and the output reused for them."""
+        if stage.step_tokens is None:
+            return 0
+        return call.token_cache_nbytes() + velocity.numel() * velocity.element_size()
 
     def _begin_stage(self, call: ModelCall, info: StageInfo) -> None:
         """A new token set: the model call drops its hooks' state; each cache carries its per-token state

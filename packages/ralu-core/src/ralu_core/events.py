@@ -31,3 +31,6 @@ class StageEvent:
     num_tokens: int
     tokens_per_level: dict[int, int]
     state: TokenState
+    token_cache_bytes: int = 0
+    """Memory of the stage's token-level caches (RAS: every token's keys and values per layer, and the last
+    output of every token, which sparse steps reuse); 0 for a stage that computes every token."""

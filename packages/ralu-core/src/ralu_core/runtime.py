@@ -29,6 +29,8 @@ class RuntimeStage:
     transition: ResolutionTransition | None
     selector: TokenSelector | None
     step_tokens: TokenSelector | None
+    cached_attention: bool = False
+    """Whether the sparse steps attend to the inactive tokens through cached keys and values (RAS)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -54,6 +56,11 @@ class RecipeRuntime:
     @property
     def start_level(self) -> int:
         return self.recipe.start_level
+
+    @property
+    def cached_attention(self) -> bool:
+        """Whether some stage needs the model call's key/value store (RAS attention)."""
+        return any(stage.cached_attention for stage in self.stages)
 
     def caches_in(self, stage: int) -> tuple[FeatureCache, ...]:
         """The caches working in `stage`, outermost first."""

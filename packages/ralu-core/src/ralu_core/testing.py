@@ -137,10 +137,11 @@ class ToyFlopsProfile(FlopsProfile):
         check_image_size(height, width, unit * 2, "for the toy model")
         return TokenGrid(rows=height // unit, cols=width // unit, channels=self.pipe.channels, patch=self.pipe.patch)
 
-    def forward(self, image_tokens: int, reuse: Any = None) -> FlopCount:
+    def forward(self, image_tokens: int, reuse: Any = None, attended_tokens: int | None = None) -> FlopCount:
         """A made-up cost (the toy model has no modules, so `reuse` hooks have nothing to skip)."""
         dim = self.pipe.channels * self.pipe.patch**2
-        return FlopCount(linear=2 * image_tokens * dim * dim, attention=4 * image_tokens**2 * dim, other=0)
+        keys = image_tokens if attended_tokens is None else attended_tokens
+        return FlopCount(linear=2 * image_tokens * dim * dim, attention=4 * image_tokens * keys * dim, other=0)
 
     def decode(self, latent_height: int, latent_width: int) -> FlopCount:
         return FlopCount(linear=latent_height * latent_width * 100, attention=0, other=0)

@@ -23,6 +23,7 @@ from ralu_core.arguments import PipelineArguments
 from ralu_core.dit import DiTAdapter, DiTCall
 from ralu_core.strategies.base import StepInfo
 from ralu_core.tokens import TokenGrid, TokenState, gather_tokens
+from ralu_flux.attention import CachedKVFluxProcessor, attention_modules, attention_problems
 
 PATCH = 2  # FLUX packs 2 x 2 latent pixels per token
 
@@ -160,6 +161,7 @@ class FluxCall(DiTCall):
         negative: bool,
         group: str,
         step: StepInfo | None,
+        active: torch.Tensor | None,
     ) -> torch.Tensor:
         embeds, pooled, text_ids = (
             (self.neg_embeds, self.neg_pooled, self.neg_text_ids)
@@ -169,7 +171,9 @@ class FluxCall(DiTCall):
         transformer = self.pipe.transformer
         # The pipeline's context names, one per CFG branch; images evaluated apart get their own.
         name = ("uncond" if negative else "cond") + group
-        with self.denoiser_context(name, step, timestep[0]):
+        # Key/value store slots: the conditional branch's images first, then the unconditional branch's.
+        slots = [int(r) + (self.batch_size if negative else 0) for r in rows.tolist()]
+        with self.denoiser_context(name, step, timestep[0]), self.kv_routing(slots, active):
             return transformer(
                 hidden_states=x,
                 timestep=timestep / 1000,
@@ -189,6 +193,7 @@ class FluxCall(DiTCall):
         if active is not None:
             values, positions = gather_tokens(values, active), gather_tokens(positions, active)
         out = torch.empty_like(values)
+        routed = None if active is None or self.kv_store is None else active
         t = sigma.to(self.device) * self.num_train_timesteps
         # Images whose tokens sit at the same positions share one call; RoPE ids are per call.
         groups = list(iter_chunks(positions))
@@ -198,12 +203,25 @@ class FluxCall(DiTCall):
             timestep = t.expand(x.shape[0]).to(x.dtype)
             ids = self._ids(positions[int(rows[0])])
             group = "" if len(groups) == 1 else f"/images {','.join(str(int(r)) for r in rows)}"
-            noise_pred = self._transformer(x, timestep, rows, ids, negative=False, group=group, step=step)
+            tokens = None if routed is None else routed[rows.to(routed.device)]
+            noise_pred = self._transformer(x, timestep, rows, ids, False, group, step, tokens)
             if self.true_cfg:
-                negative = self._transformer(x, timestep, rows, ids, negative=True, group=group, step=step)
+                negative = self._transformer(x, timestep, rows, ids, True, group, step, tokens)
                 noise_pred = negative + self.args.true_cfg_scale * (noise_pred - negative)
             out[rows] = noise_pred.to(out.dtype)
         return out
+
+    # --- RAS attention ------------------------------------------------------------------------------
+
+    @property
+    def kv_slots(self) -> int:
+        return self.batch_size * (2 if self.true_cfg else 1)
+
+    def attention_modules(self) -> dict[str, Any]:
+        return attention_modules(self.pipe.transformer)
+
+    def cached_processor(self, original: Any, layer: str) -> CachedKVFluxProcessor:
+        return CachedKVFluxProcessor(original, layer, lambda: self.kv_store)
 
     # --- pixels ---------------------------------------------------------------------------------
 
@@ -249,6 +267,10 @@ class FluxAdapter(DiTAdapter):
     Arguments = FluxArguments
     architecture: ClassVar[str] = "FLUX"
     size_rule_reads_transformer: ClassVar[bool] = False  # FLUX packs 2 x 2 latent pixels whatever its config
+    cached_attention: ClassVar[bool] = True
+
+    def cached_attention_problems(self, pipeline: Any) -> list[str]:
+        return attention_problems(pipeline.transformer)
 
     def size_rule(self, vae_factor: int, transformer: Mapping[str, Any], coarsest_level: int) -> tuple[int, str]:
         why = f"for this recipe (VAE factor {vae_factor} x 2 x 2 packing" + (

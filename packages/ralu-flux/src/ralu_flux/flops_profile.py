@@ -9,8 +9,10 @@ from typing import Any
 
 from ralu_core.adapter import FlopsProfile, check_image_size
 from ralu_core.flops import FlopCount
+from ralu_core.kv_store import counting_cached_attention
 from ralu_core.pipeline_call import read_component_configs
 from ralu_core.tokens import TokenGrid
+from ralu_flux.attention import CachedKVFluxProcessor, attention_modules
 from ralu_flux.flops import load_flux_dev_config, transformer_forward_flops, vae_decode_flops
 
 PATCH = 2
@@ -51,8 +53,15 @@ class FluxFlopsProfile(FlopsProfile):
         )
 
     def forward(
-        self, image_tokens: int, reuse: Callable[[Any], AbstractContextManager[None]] | None = None
+        self,
+        image_tokens: int,
+        reuse: Callable[[Any], AbstractContextManager[None]] | None = None,
+        attended_tokens: int | None = None,
     ) -> FlopCount:
+        if attended_tokens is not None:
+            reuse = counting_cached_attention(
+                reuse, attention_modules, CachedKVFluxProcessor, attended_tokens, image_tokens
+            )
         return transformer_forward_flops(self.transformer, image_tokens, self.text_tokens, reuse=reuse)
 
     def decode(self, latent_height: int, latent_width: int) -> FlopCount:

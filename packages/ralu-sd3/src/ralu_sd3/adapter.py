@@ -23,6 +23,7 @@ from ralu_core.arguments import PipelineArguments
 from ralu_core.dit import DiTAdapter, DiTCall
 from ralu_core.strategies.base import StepInfo
 from ralu_core.tokens import TokenGrid, TokenState, dense_level, gather_tokens, image_to_tokens, tokens_to_image
+from ralu_sd3.attention import CachedKVJointProcessor, attention_modules, attention_problems
 from ralu_sd3.forward import strip_positions, tokens_to_strip
 from ralu_sd3.positions import SinCosGrid
 
@@ -135,11 +136,19 @@ class SD3Call(DiTCall):
             )
         return image_to_tokens(latents, self.patch)
 
-    def _evaluate(self, latent: torch.Tensor, t: torch.Tensor, step: StepInfo | None) -> torch.Tensor:
-        """The model on a (B, C, h, w) latent (a dense grid or a token strip), guided as the pipeline does:
-        one batch of [uncond; cond], in one cache context ("cond_uncond", diffusers' name for it)."""
+    def _evaluate(
+        self, latent: torch.Tensor, t: torch.Tensor, step: StepInfo | None, active: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The model on a (B, C, h, w) latent (a dense grid or a token strip of the `active` tokens), guided as
+        the pipeline does: one batch of [uncond; cond], in one cache context ("cond_uncond", diffusers' name for
+        it); key/value store slots follow the batch rows."""
         batch = torch.cat([latent, latent]) if self.cfg else latent
-        with self.denoiser_context("cond_uncond" if self.cfg else "cond", step, t):
+        if active is not None and self.cfg:
+            active = torch.cat([active, active])
+        with (
+            self.denoiser_context("cond_uncond" if self.cfg else "cond", step, t),
+            self.kv_routing(range(batch.shape[0]), active),
+        ):
             out = self.pipe.transformer(
                 hidden_states=batch,
                 timestep=t.expand(batch.shape[0]),
@@ -171,8 +180,20 @@ class SD3Call(DiTCall):
         if self.cfg:
             embedding = torch.cat([embedding, embedding])
         with strip_positions(self.pipe.transformer, embedding):
-            strip = self._evaluate(tokens_to_strip(values, self.grid.channels, self.patch), t, step)
+            strip = self._evaluate(tokens_to_strip(values, self.grid.channels, self.patch), t, step, active)
         return image_to_tokens(strip, self.patch)
+
+    # --- RAS attention ------------------------------------------------------------------------------
+
+    @property
+    def kv_slots(self) -> int:
+        return self.batch_size * (2 if self.cfg else 1)
+
+    def attention_modules(self) -> dict[str, Any]:
+        return attention_modules(self.pipe.transformer)
+
+    def cached_processor(self, original: Any, layer: str) -> CachedKVJointProcessor:
+        return CachedKVJointProcessor(original, layer, lambda: self.kv_store)
 
     def finish(self, state: TokenState) -> Any:
         from diffusers.pipelines.stable_diffusion_3.pipeline_output import StableDiffusion3PipelineOutput
@@ -190,6 +211,10 @@ class SD3Adapter(DiTAdapter):
     embedded_models: ClassVar[tuple[str, ...]] = ("sd3-tiny", "sd35-tiny", "sd3-mid")
     Arguments = SD3Arguments
     architecture: ClassVar[str] = "SD3"
+    cached_attention: ClassVar[bool] = True
+
+    def cached_attention_problems(self, pipeline: Any) -> list[str]:
+        return attention_problems(pipeline.transformer)
 
     def size_rule(self, vae_factor: int, transformer: Mapping[str, Any], coarsest_level: int) -> tuple[int, str]:
         patch = int(transformer.get("patch_size", 2))

@@ -14,8 +14,10 @@ from typing import Any, Literal, cast
 
 from ralu_core.adapter import FlopsProfile, check_image_size
 from ralu_core.flops import FlopCount
+from ralu_core.kv_store import counting_cached_attention
 from ralu_core.pipeline_call import read_component_configs
 from ralu_core.tokens import TokenGrid
+from ralu_sd3.attention import CachedKVJointProcessor, attention_modules
 from ralu_sd3.flops import load_sd3_config, transformer_forward_flops, vae_decode_flops
 
 CLIP_TOKENS = 77
@@ -77,8 +79,15 @@ class SD3FlopsProfile(FlopsProfile):
         )
 
     def forward(
-        self, image_tokens: int, reuse: Callable[[Any], AbstractContextManager[None]] | None = None
+        self,
+        image_tokens: int,
+        reuse: Callable[[Any], AbstractContextManager[None]] | None = None,
+        attended_tokens: int | None = None,
     ) -> FlopCount:
+        if attended_tokens is not None:
+            reuse = counting_cached_attention(
+                reuse, attention_modules, CachedKVJointProcessor, attended_tokens, image_tokens, self.cfg_batch
+            )
         return transformer_forward_flops(
             self.transformer, image_tokens, self.text_tokens, batch=self.cfg_batch, reuse=reuse
         )

@@ -60,6 +60,10 @@ class Stage:
     """Stages after the first: which half-resolution tokens to upsample on entering."""
     step_tokens: StrategyRef | None = None
     """Optional per-step selector of the tokens to compute (the rest reuse their last velocity)."""
+    inactive: str | None = None
+    """With `step_tokens`: how the tokens a step does not compute take part in its attention. ``kv-cache``
+    (RAS, the default): through their keys and values cached at their last computation; ``drop``: not at
+    all (cheaper attention, worse images)."""
 
 
 @attrs.frozen(kw_only=True)

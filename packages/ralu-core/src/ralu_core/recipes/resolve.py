@@ -67,6 +67,9 @@ def _load_reporting_everything(path: Path, registry: Registry) -> Recipe:
         raise RecipeError(exc.source, [*exc.problems, *extra]) from None
 
 
+INACTIVE_MODES = ("kv-cache", "drop")
+"""How a sparse step's inactive tokens take part in attention (a stage's `inactive`)."""
+
 _STAGE_STRATEGIES = (("transition", "transition"), ("selector", "token_selector"), ("step_tokens", "token_selector"))
 
 
@@ -194,11 +197,20 @@ def _resolve_stage(b: _Builder, stage: Stage, index: int) -> RuntimeStage:
     step_tokens = b.build(stage.step_tokens, "token_selector", f"{path}.step_tokens") if stage.step_tokens else None
     if step_tokens is not None and stage.steps is not None and 1 <= stage.steps <= MAX_STAGE_STEPS:
         b.problems += [f"{path}.step_tokens: {p}" for p in step_tokens.check_steps(stage.steps)]
+    if stage.inactive is not None and stage.inactive not in INACTIVE_MODES:
+        b.problems.append(
+            f"{path}.inactive: must be one of {', '.join(INACTIVE_MODES)}, got {stage.inactive!r} (kv-cache: the "
+            "tokens a step does not compute join its attention through cached keys and values, as RAS does; drop: "
+            "they do not)"
+        )
+    if stage.inactive is not None and stage.step_tokens is None:
+        b.problems.append(f"{path}.inactive: only for a stage with `step_tokens` (every token is computed otherwise)")
     return RuntimeStage(
         spec=StagePlanSpec(steps=stage.steps, end=stage.end),
         transition=transition,
         selector=selector,
         step_tokens=step_tokens,
+        cached_attention=stage.step_tokens is not None and stage.inactive != "drop",
     )
 
 

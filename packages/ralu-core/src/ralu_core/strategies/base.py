@@ -198,6 +198,9 @@ class StageInfo:
     num_tokens: int
     steps: int
     token_map: TokenMap | None = None
+    cached_attention: bool = False
+    """Whether this stage's sparse steps attend to the tokens they skip through cached keys and values
+    (RAS): the model call then keeps every token's keys and values, per layer, for the stage."""
 
 
 @attrs.frozen(kw_only=True)

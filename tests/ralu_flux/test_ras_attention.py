@@ -1,0 +1,123 @@
+"""RAS on FLUX: sparse steps attend to every token, the skipped ones through keys and values cached after RoPE."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ralu_core
+from ralu_core.conformance import cached_attention_outputs, dense_at
+from ralu_core.errors import RecipeError, UnsupportedPipelineError
+from ralu_core.recipes import load_recipe_text
+from ralu_flux.adapter import FluxAdapter
+
+CALL = {"max_sequence_length": 16, "output_type": "latent", "height": 64, "width": 96}
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def ras(steps: int = 6, extra: str = "ratio: 0.5, dense_warmup: 2", inactive: str = "") -> ralu_core.Recipe:
+    return load_recipe_text(
+        f"name: ras-test\nmodel: flux\nschedule: uniform\nstages:\n"
+        f"  - {{level: 0, steps: {steps}, step_tokens: {{name: ras-focus, {extra}}}{inactive}}}\n"
+    )
+
+
+@pytest.mark.parametrize("true_cfg", [False, True])
+def test_cached_attention_agrees_with_the_dense_forward(pipe, true_cfg: bool) -> None:  # type: ignore[no-untyped-def]
+    kwargs = {**CALL, "prompt": ["a red circle", "a blue square"], "generator": [gen(1), gen(2)]}
+    if true_cfg:
+        kwargs |= {"negative_prompt": "blurry", "true_cfg_scale": 3.0}
+    out = cached_attention_outputs(FluxAdapter(), pipe, kwargs)
+    assert torch.equal(out.recorded, out.plain)  # the stand-in processor computes what FluxAttnProcessor does
+    assert torch.equal(out.everything, out.plain)  # ratio 1.0 through the sparse path: exactly dense
+    assert not torch.equal(out.active[0], out.active[1])  # one token set per image, in one batch
+    torch.testing.assert_close(out.subset, dense_at(out), rtol=1e-5, atol=1e-5)
+    # Dropping the skipped tokens from attention instead changes the computed tokens' outputs.
+    assert (out.dropped - dense_at(out)).abs().max() > 1e-3
+    # Keys and values of every token, per attention layer (19 + 38 in FLUX.1-dev), per image and branch.
+    config = pipe.transformer.config
+    layers = config.num_layers + config.num_single_layers
+    slots = 2 * (2 if true_cfg else 1)
+    width = config.num_attention_heads * config.attention_head_dim
+    assert out.cache_bytes == layers * 2 * slots * 24 * width * 4  # 64 x 96 px -> 4 x 6 tokens, float32
+
+
+def test_ras_run_restores_processors_and_batch_equals_singles(pipe) -> None:  # type: ignore[no-untyped-def]
+    processors = dict(pipe.transformer.attn_processors)
+    accelerated = ralu_core.accelerate(pipe, ras())
+    batch = accelerated(["a red circle", "a blue square"], generator=[gen(1), gen(2)], **CALL).images
+    assert dict(pipe.transformer.attn_processors) == processors
+    for row, (prompt, seed) in enumerate([("a red circle", 1), ("a blue square", 2)]):
+        single = accelerated(prompt, generator=gen(seed), **CALL).images
+        torch.testing.assert_close(batch[row : row + 1], single, rtol=1e-4, atol=1e-4)
+
+
+def test_cached_keys_values_differ_from_dropping_them(pipe) -> None:  # type: ignore[no-untyped-def]
+    cached = ralu_core.accelerate(pipe, ras())("a red circle", generator=gen(3), **CALL).images
+    dropped = ralu_core.accelerate(pipe, ras(inactive=", inactive: drop"))("a red circle", generator=gen(3), **CALL)
+    dense = ralu_core.accelerate(pipe, "flux-baseline")("a red circle", generator=gen(3), num_inference_steps=6, **CALL)
+    assert (cached - dropped.images).abs().max() > 1e-3
+    # Keeping every token in attention stays closer to the dense run than dropping the skipped ones.
+    assert (cached - dense.images).abs().mean() < (dropped.images - dense.images).abs().mean()
+
+
+def test_two_ras_pipelines_alternate_without_sharing_state(pipe) -> None:  # type: ignore[no-untyped-def]
+    from ralu_flux.testing import make_flux_pipeline
+
+    other = make_flux_pipeline("tiny", seed=1)
+    other.set_progress_bar_config(disable=True)
+    first, second = ralu_core.accelerate(pipe, ras()), ralu_core.accelerate(other, ras(extra="ratio: 0.25"))
+    alone = [first("a cat", generator=gen(4), **CALL).images, second("a cat", generator=gen(4), **CALL).images]
+    again = [first("a cat", generator=gen(4), **CALL).images, second("a cat", generator=gen(4), **CALL).images]
+    assert all(torch.equal(a, b) for a, b in zip(alone, again, strict=True))
+
+
+def test_a_processor_it_does_not_know_is_refused_before_the_text_encoders(pipe) -> None:  # type: ignore[no-untyped-def]
+    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+
+    class Custom(FluxAttnProcessor):
+        pass
+
+    block = pipe.transformer.single_transformer_blocks[0].attn
+    original = block.processor
+    block.processor = Custom()
+    encoded = []
+    hook = pipe.text_encoder.register_forward_hook(lambda *a: encoded.append(1))
+    try:
+        with pytest.raises(UnsupportedPipelineError, match=r"single_transformer_blocks\.0\.attn uses Custom"):
+            ralu_core.accelerate(pipe, ras())("a cat", generator=gen(0), **CALL)
+        # Without cached keys and values the recipe runs on any processor.
+        ralu_core.accelerate(pipe, ras(inactive=", inactive: drop"))("a cat", generator=gen(0), **CALL)
+    finally:
+        hook.remove()
+        block.processor = original
+    assert len(encoded) == 1  # only the run that was accepted
+
+
+def test_processors_come_back_after_an_error_mid_run(pipe) -> None:  # type: ignore[no-untyped-def]
+    processors = dict(pipe.transformer.attn_processors)
+    calls = []
+
+    def fail(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("boom")
+
+    hook = pipe.transformer.register_forward_pre_hook(fail)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            ralu_core.accelerate(pipe, ras())("a cat", generator=gen(0), **CALL)
+    finally:
+        hook.remove()
+    assert dict(pipe.transformer.attn_processors) == processors
+
+
+def test_inactive_needs_step_tokens_and_a_known_mode(pipe) -> None:  # type: ignore[no-untyped-def]
+    bad = "name: bad\nschedule: uniform\nstages:\n  - {level: 0, steps: 4, inactive: kv-cache}\n"
+    with pytest.raises(RecipeError, match=r"\$\.stages\[0\]\.inactive: only for a stage with `step_tokens`"):
+        ralu_core.accelerate(pipe, load_recipe_text(bad))
+    with pytest.raises(RecipeError, match=r"\$\.stages\[0\]\.inactive: must be one of kv-cache, drop, got 'kv'"):
+        ralu_core.accelerate(pipe, ras(inactive=", inactive: kv"))
