@@ -121,3 +121,21 @@ def test_inactive_needs_step_tokens_and_a_known_mode(pipe) -> None:  # type: ign
         ralu_core.accelerate(pipe, load_recipe_text(bad))
     with pytest.raises(RecipeError, match=r"\$\.stages\[0\]\.inactive: must be one of kv-cache, drop, got 'kv'"):
         ralu_core.accelerate(pipe, ras(inactive=", inactive: kv"))
+
+
+def test_bench_reports_the_memory_of_the_token_caches(pipe) -> None:  # type: ignore[no-untyped-def]
+    from ralu_core.bench import BenchPlan, markdown_table, run_bench
+    from ralu_core.plugins import Registry, create_plugin_manager
+
+    registry = Registry.collect(create_plugin_manager())
+    baseline, fast = (ralu_core.accelerate(pipe, r, plugin_manager=registry.pm) for r in ("flux-baseline", ras()))
+    kwargs = {"height": 64, "width": 96, "max_sequence_length": 16}
+    plan = BenchPlan(recipes=[baseline, fast], prompts=["a cat"], seeds=[0], call_kwargs=kwargs, steps=6, decode=False)
+    result = run_bench(plan, [], baseline.adapter.pipeline_flops_profile(pipe, kwargs))
+    config = pipe.transformer.config
+    width = config.num_attention_heads * config.attention_head_dim
+    keys_values = (config.num_layers + config.num_single_layers) * 2 * 24 * width * 4  # one image, float32
+    outputs = 24 * 64 * 4  # the reused velocity: 24 tokens of 16 channels x 2 x 2
+    assert result.token_cache_bytes == {"flux-baseline": 0, "ras-test": keys_values + outputs}
+    assert "| token cache MiB |" in markdown_table(result, "test")
+    assert not [p for p in registry.pm.get_plugins() if type(p).__name__ == "TokenCacheMemory"]  # bench cleaned up

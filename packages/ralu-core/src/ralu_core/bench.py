@@ -12,7 +12,7 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +23,8 @@ import torch
 from ralu_core.accelerate import AcceleratedPipeline
 from ralu_core.accounting import recipe_cost
 from ralu_core.adapter import FlopsProfile
+from ralu_core.events import StageEvent
+from ralu_core.hookspecs import hookimpl
 from ralu_core.image_metric import Image, ImageMetric
 
 
@@ -48,6 +50,8 @@ class BenchResult:
     notes: list[str]
     reuse: dict[str, tuple[int, int]] = attrs.field(factory=dict)
     """Recipe -> (reused, total) evaluations measured by its adaptive caches over the timed samples."""
+    token_cache_bytes: dict[str, int] = attrs.field(factory=dict)
+    """Recipe -> the most memory its token-level caches held (RAS's keys, values and reused outputs)."""
 
     def reused_share(self, recipe: str) -> float | None:
         reused, total = self.reuse.get(recipe, (0, 0))
@@ -80,6 +84,7 @@ class BenchResult:
             }
             row["efficiency"] = row["speedup_wall"] / row["speedup_flops_all"]
             row["reused_share"] = self.reused_share(recipe)
+            row["token_cache_mib"] = self.token_cache_bytes.get(recipe, 0) / 2**20
             for metric, values in self.scores.get(recipe, {}).items():
                 finite = [v for v in values if math.isfinite(v)]
                 row[metric] = statistics.fmean(finite) if finite else (math.inf if values else None)
@@ -96,6 +101,7 @@ class BenchResult:
             ],
             "scores": self.scores,
             "reuse": {recipe: {"reused": r, "evaluations": t} for recipe, (r, t) in self.reuse.items()},
+            "token_cache_bytes": self.token_cache_bytes,
             "notes": self.notes,
         }
 
@@ -160,25 +166,27 @@ def run_bench(
                 progress.warmup(done, warmups)
     samples: list[Sample] = []
     reuse: dict[str, tuple[int, int]] = {}
-    count = 0
-    for p_index, prompt in enumerate(plan.prompts):
-        for s_index, seed in enumerate(plan.seeds):
-            offset = (p_index * len(plan.seeds) + s_index) % len(plan.recipes)
-            order = list(range(len(plan.recipes)))
-            for index in order[offset:] + order[:offset]:  # rotate who runs first
-                fast = plan.recipes[index]
-                seconds, image = call(fast, prompt, seed)
-                measured = [m for m in (c.cache.measured_reuse() for c in fast.runtime.caches) if m is not None]
-                if measured:
-                    reused, evaluated = reuse.get(fast.recipe.name, (0, 0))
-                    reuse[fast.recipe.name] = (
-                        reused + sum(m[0] for m in measured),
-                        evaluated + sum(m[1] for m in measured),
-                    )
-                samples.append(Sample(recipe=fast.recipe.name, prompt=prompt, seed=seed, seconds=seconds, image=image))
-                count += 1
-                if progress is not None:
-                    progress.sample(count, total)
+    memory = TokenCacheMemory()
+    managers = list({id(fast.plugin_manager): fast.plugin_manager for fast in plan.recipes}.values())
+    for manager in managers:
+        manager.register(memory)
+    try:
+        for count, (fast, prompt, seed) in enumerate(interleaved(plan), start=1):
+            memory.recipe = fast.recipe.name
+            seconds, image = call(fast, prompt, seed)
+            measured = [m for m in (c.cache.measured_reuse() for c in fast.runtime.caches) if m is not None]
+            if measured:
+                reused, evaluated = reuse.get(fast.recipe.name, (0, 0))
+                reuse[fast.recipe.name] = (
+                    reused + sum(m[0] for m in measured),
+                    evaluated + sum(m[1] for m in measured),
+                )
+            samples.append(Sample(recipe=fast.recipe.name, prompt=prompt, seed=seed, seconds=seconds, image=image))
+            if progress is not None:
+                progress.sample(count, total)
+    finally:
+        for manager in managers:
+            manager.unregister(memory)
     names = [fast.recipe.name for fast in plan.recipes]
     if plan.decode:
         samples = score_samples(samples, names[0], metrics)
@@ -205,7 +213,38 @@ def run_bench(
         "final_decode_timed": plan.decode,
         "call_args": {k: v for k, v in plan.call_kwargs.items() if k not in ("height", "width")},
     }
-    return BenchResult(settings=settings, recipes=names, samples=samples, flops=flops, notes=notes, reuse=reuse)
+    return BenchResult(
+        settings=settings,
+        recipes=names,
+        samples=samples,
+        flops=flops,
+        notes=notes,
+        reuse=reuse,
+        token_cache_bytes={name: memory.most.get(name, 0) for name in names},
+    )
+
+
+class TokenCacheMemory:
+    """Observer plugin: per recipe, the most memory token-level caches held at the end of any stage."""
+
+    def __init__(self) -> None:
+        self.recipe = ""
+        self.most: dict[str, int] = {}
+
+    @hookimpl
+    def ralu_on_stage_end(self, event: StageEvent) -> None:
+        self.most[self.recipe] = max(self.most.get(self.recipe, 0), event.token_cache_bytes)
+
+
+def interleaved(plan: BenchPlan) -> Iterator[tuple[AcceleratedPipeline, str, int]]:
+    """Every (recipe, prompt, seed), recipes taking turns and each sample rotating who runs first, so that
+    drifts of the machine spread over all recipes alike."""
+    for p_index, prompt in enumerate(plan.prompts):
+        for s_index, seed in enumerate(plan.seeds):
+            offset = (p_index * len(plan.seeds) + s_index) % len(plan.recipes)
+            order = list(range(len(plan.recipes)))
+            for index in order[offset:] + order[:offset]:
+                yield plan.recipes[index], prompt, seed
 
 
 def score_samples(samples: Sequence[Sample], baseline: str, metrics: Sequence[ImageMetric]) -> list[Sample]:
@@ -234,7 +273,9 @@ def markdown_table(result: BenchResult, device: str) -> str:
     rows = result.summary()
     metric_names = sorted({k for r in rows for k in result.scores.get(r["recipe"], {})})
     reuse_column = ["reused"] if result.reuse else []
+    memory_column = ["token cache MiB"] if any(result.token_cache_bytes.values()) else []
     header = ["recipe", "s / image", "wall x", "FLOPs x (all)", "FLOPs x (linear)", "wall / FLOPs", *reuse_column]
+    header += memory_column
     header += metric_names
     settings = result.settings
     decode = "included" if settings["final_decode_timed"] else "excluded"
@@ -261,6 +302,7 @@ def markdown_table(result: BenchResult, device: str) -> str:
             f"{row['speedup_flops_linear']:.2f}x",
             f"{row['efficiency']:.2f}",
             *([fmt(row["reused_share"])] if reuse_column else []),
+            *([f"{row['token_cache_mib']:.1f}"] if memory_column else []),
             *[fmt(row.get(m)) for m in metric_names],
         ]
         lines.append("| " + " | ".join(cells) + " |")
