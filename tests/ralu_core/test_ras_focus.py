@@ -77,10 +77,10 @@ def test_a_longer_wait_makes_a_token_more_likely_to_be_computed() -> None:
     v = velocity_with_spreads([1.0] * 8)
     state = TokenState.full_resolution(torch.zeros_like(v), GRID)
     first = selector.select(request(v, state, seed=0))[0].tolist()
-    scores = selector.scores(request(v, state))[0]
+    priority = selector.priority(request(v, state))[0]
     computed = torch.zeros(8, dtype=torch.bool)
     computed[first] = True
-    assert float(scores[~computed].max()) < float(scores[computed].min())  # the dropped ones now rank first
+    assert float(priority[~computed].min()) > float(priority[computed].max())  # the dropped ones now rank first
 
 
 def test_a_new_token_set_starts_with_no_waiting() -> None:
@@ -88,8 +88,8 @@ def test_a_new_token_set_starts_with_no_waiting() -> None:
     v = velocity_with_spreads([1.0] * 8)
     selector.select(request(v))
     other = TokenState.full_resolution(torch.zeros(1, 2, 16), TokenGrid(rows=1, cols=2, channels=4, patch=2))
-    scores = selector.scores(request(velocity_with_spreads([1.0, 1.0]), other))
-    assert torch.equal(scores, torch.ones(1, 2))
+    priority = selector.priority(request(velocity_with_spreads([1.0, 1.0]), other))
+    assert torch.equal(priority, -torch.ones(1, 2))
 
 
 @pytest.mark.parametrize(
@@ -192,3 +192,31 @@ def test_flops_count_each_step_at_its_token_count() -> None:
         resolve_recipe(load_recipe_text(text.replace("}}\n", "}, inactive: drop}\n")), registry), profile, 64, 64
     )
     assert dropped.stages[0].total == profile.forward(64) * 3 + profile.forward(32) * 3
+
+
+def test_the_random_metric_ignores_the_output_and_follows_the_generator() -> None:
+    """The ablation control: the same schedule and starvation, random scores from the call's generator."""
+    spreads = [3.0, 0.1, 2.0, 0.2, 5.0, 0.3, 4.0, 0.4]
+
+    def picks(seed: int) -> list[list[int]]:
+        selector = RASFocusSelector(RASFocusConfig(ratio=0.5, metric="random"))
+        return selector.select(request(velocity_with_spreads(spreads), seed=seed)).tolist()  # type: ignore[no-any-return]
+
+    assert picks(0) == picks(0)
+    assert {tuple(picks(s)[0]) for s in range(6)} != {(1, 3, 5, 7)}  # not the focus ranking
+    assert len({tuple(picks(s)[0]) for s in range(6)}) > 1
+    with pytest.raises(ConfigFieldError, match="must be one of output-spread, random, got 'spread'") as failure:
+        RASFocusConfig(metric="spread")
+    assert failure.value.field == "metric"
+
+
+def test_computing_the_highest_spread_turns_the_ranking_round_and_keeps_starvation() -> None:
+    spreads = [3.0, 0.1, 2.0, 0.2, 5.0, 0.3, 4.0, 0.4]
+    selector = RASFocusSelector(RASFocusConfig(ratio=0.5, starvation=1.0, computes="highest"))
+    v = velocity_with_spreads(spreads)
+    state = TokenState.full_resolution(torch.zeros_like(v), GRID)
+    assert selector.select(request(v, state)).tolist() == [[0, 2, 4, 6]]
+    # After 3 steps of waiting, exp(3) lifts 0.4 above 5 x exp(0) = 5: the low ones come back.
+    for _ in range(2):
+        selector.select(request(v, state))
+    assert set(selector.select(request(v, state))[0].tolist()) & {1, 3, 5, 7}

@@ -3,12 +3,14 @@
 At each sparse step RAS computes only the tokens the model is focused on, chosen from the last step's
 output: per token, the standard deviation over channels of the update (sigma_next - sigma) * v,
 averaged over the latent pixels of the token. The paper observes that the subject in focus has the
-lower spread; those tokens are computed, the rest reuse their last output. The step size multiplies
-every token's spread alike, so the ranking uses the velocity's spread directly.
+lower spread; those tokens are computed, the rest reuse their last output (``computes: highest``
+turns this round, for models where it does not hold). The step size multiplies every token's spread
+alike, so the ranking uses the velocity's spread directly.
 
-Starvation prevention: a token dropped for D consecutive steps has its score multiplied by
-exp(-k D), so the longer it waits, the likelier it is computed again (the authors' code applies the
-factor with the opposite effect, and ignores k). Remaining ties go to the call's generator.
+Starvation prevention: a token dropped for D consecutive steps has its spread multiplied by
+exp(-k D) (by exp(k D) when the highest are computed), so the longer it waits, the likelier it is
+computed again (the authors' code applies the factor with the opposite effect, and ignores k).
+Remaining ties go to the call's generator.
 
 The schedule: the first `dense_warmup` steps of the stage and the `dense_steps` (error resets) compute
 every token; the sparse steps compute `ratio` of them, or a ratio going linearly from `ratio` to
@@ -23,6 +25,7 @@ import attrs
 import torch
 
 from ralu_core.errors import ConfigFieldError
+from ralu_core.randomness import rand
 from ralu_core.strategies.base import SelectionRequest, TokenSelector
 from ralu_core.strategies.selectors import rank_top
 
@@ -34,6 +37,13 @@ def _check(instance: RASFocusConfig) -> None:
         )
     if not 0.0 <= instance.starvation <= 10.0:
         raise ConfigFieldError("starvation", f"must be from 0 (off) to 10, got {instance.starvation}")
+    if instance.metric not in METRICS:
+        raise ConfigFieldError("metric", f"must be one of {', '.join(METRICS)}, got {instance.metric!r}")
+    if instance.computes not in ("lowest", "highest"):
+        raise ConfigFieldError("computes", f"must be lowest or highest, got {instance.computes!r}")
+
+
+METRICS = ("output-spread", "random")
 
 
 @attrs.frozen(kw_only=True)
@@ -48,6 +58,12 @@ class RASFocusConfig:
     """Later steps computed densely to reset the accumulated error (indices within the stage, from 0)."""
     ratio_end: float | None = None
     """Where given, the ratio goes linearly from `ratio` to this over the sparse steps (RAS's dynamic schedule)."""
+    metric: str = "output-spread"
+    """What ranks the tokens: ``output-spread`` (RAS), or ``random``, the ablation: uniform random scores
+    under the same schedule and starvation prevention."""
+    computes: str = "lowest"
+    """Which end of the spread is computed: ``lowest`` (RAS: the paper finds the subject in focus has the lower
+    spread), or ``highest`` (for models where the subject has the higher spread; see docs/ras.md)."""
 
     def __attrs_post_init__(self) -> None:
         _check(self)
@@ -121,18 +137,26 @@ class RASFocusSelector(TokenSelector):
             self._dropped = torch.zeros(cells.shape[:2], device=cells.device)
         return torch.gather(self._dropped, 1, request.candidates)
 
-    def scores(self, request: SelectionRequest) -> torch.Tensor:
-        """(B, M) scores, lower is computed first: spread x exp(-k x steps dropped)."""
+    def priority(self, request: SelectionRequest) -> torch.Tensor:
+        """(B, M), higher is computed first. The focus (``computes: lowest``): low spread, and a token dropped D
+        steps in a row has its spread scaled by exp(-k D). ``highest`` and ``random`` scale theirs by exp(k D):
+        either way, the longer a token waits, the likelier it is computed."""
         if request.velocity is None:
             raise ValueError("ras-focus chooses from the last step's output: use it as a stage's step_tokens")
-        grid = request.state.grid
-        spread = torch.gather(output_spread(request.velocity, grid.channels, grid.patch), 1, request.candidates)
-        return spread * torch.exp(-self.config.starvation * self._waiting(request))
+        if self.config.metric == "random":
+            score = rand(tuple(request.candidates.shape), request.generator, device=request.candidates.device)
+        else:
+            grid = request.state.grid
+            score = torch.gather(output_spread(request.velocity, grid.channels, grid.patch), 1, request.candidates)
+        waiting = self.config.starvation * self._waiting(request)
+        if self.config.metric == "output-spread" and self.config.computes == "lowest":
+            return -score * torch.exp(-waiting)
+        return score * torch.exp(waiting)
 
     def select(self, request: SelectionRequest) -> torch.Tensor:
-        scores = self.scores(request)
+        priority = self.priority(request)
         count = self.planned_count(request.candidates.shape[1]) if request.count is None else request.count
-        picks = rank_top((-scores,), count, request.generator)
+        picks = rank_top((priority,), count, request.generator)
         assert self._dropped is not None
         chosen = torch.gather(request.candidates, 1, picks)
         self._dropped += 1
