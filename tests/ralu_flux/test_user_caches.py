@@ -74,7 +74,7 @@ def test_a_users_diffusers_cache_runs_under_every_ralu_stage(pipe, cached, audit
     assert {entry[0] for entry in audit.log} == {"cond"}
 
 
-def test_each_cfg_branch_and_each_image_group_has_its_own_context(pipe, cached, audit) -> None:  # type: ignore[no-untyped-def]
+def test_each_cfg_branch_has_its_own_context_and_a_batch_shares_each_step(pipe, cached, audit) -> None:  # type: ignore[no-untyped-def]
     cached("first-block")
     fast = ralu_core.accelerate(pipe, "ralu-flux-7x")
     fast(
@@ -84,11 +84,29 @@ def test_each_cfg_branch_and_each_image_group_has_its_own_context(pipe, cached, 
         generator=seeded_generators(0, 1),
         **CALL,
     )
+    # Stage 2: the two images picked different edge tokens, yet share one call per branch and step (RoPE
+    # per image): 10 steps x 2 branches, one context per branch.
+    assert {entry[0] for entry in audit.log} == {"cond", "uncond"}
+    assert len(audit.log) == 20
+
+
+def test_with_processors_it_does_not_know_images_at_different_positions_run_apart(pipe, cached, audit) -> None:  # type: ignore[no-untyped-def]
+    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+
+    class Custom(FluxAttnProcessor):
+        pass
+
+    cached("first-block")
+    block = pipe.transformer.transformer_blocks[0].attn
+    original, block.processor = block.processor, Custom()
+    try:
+        fast = ralu_core.accelerate(pipe, "ralu-flux-7x")
+        fast(["a red circle", "a blue square"], generator=seeded_generators(0, 1), **CALL)
+    finally:
+        block.processor = original
     names = {entry[0] for entry in audit.log}
-    # Stage 2: the two images picked different edge tokens, so they are evaluated apart, each in its
-    # own context per branch; the dense stages batch both images in one context per branch.
-    assert {"cond", "uncond"} <= names
-    assert {"cond/images 0", "cond/images 1", "uncond/images 0", "uncond/images 1"} <= names
+    assert {"cond", "cond/images 0", "cond/images 1"} == names  # each image group in its own context
+    assert isinstance(block.processor, FluxAttnProcessor) and block.processor is original
 
 
 def test_the_step_each_evaluation_serves_reaches_the_hooks(pipe, audit) -> None:  # type: ignore[no-untyped-def]

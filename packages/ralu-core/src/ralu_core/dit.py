@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
+import attrs
 import torch
 
 from ralu_core.adapter import ConfigReader, ModelAdapter, ModelCall, check_image_size, is_diffusers_pipeline
@@ -109,18 +110,23 @@ class DiTCall(DiffusersCall):
         raise NotImplementedError(f"{type(self).__name__} keeps no keys and values")
 
     def cached_processor(self, original: Any, layer: str) -> Any:
-        """The stand-in for `original` that routes the image tokens' keys and values through `kv_store`."""
+        """The stand-in for `original`: it routes the image tokens' keys and values through `kv_store` (and
+        does whatever else the model's calls need of it); `original` where nothing is asked."""
         raise NotImplementedError(f"{type(self).__name__} keeps no keys and values")
 
     def begin_stage(self, stage: StageInfo) -> None:
         super().begin_stage(stage)
         self.kv_store = None
         if stage.cached_attention:
-            if not self._processors_swapped:
-                assert self._attention is not None, "begin_stage outside running()"
-                self._attention.enter_context(swapped_processors(self.attention_modules(), self.cached_processor))
-                self._processors_swapped = True
+            self.ensure_stand_in_processors()
             self.kv_store = KVStore(stage.num_tokens, self.kv_slots)
+
+    def ensure_stand_in_processors(self) -> None:
+        """Put the stand-in processors on the transformer for the rest of the run (once)."""
+        if not self._processors_swapped:
+            assert self._attention is not None, "stand-in processors are for the duration of running()"
+            self._attention.enter_context(swapped_processors(self.attention_modules(), self.cached_processor))
+            self._processors_swapped = True
 
     def running(self) -> AbstractContextManager[None]:
         return self._running_with_attention()
@@ -151,6 +157,14 @@ class DiTAdapter(ModelAdapter):
     """What the model is, for messages (``FLUX``, ``SD3``)."""
     size_rule_reads_transformer: ClassVar[bool] = True
     """Whether `size_rule` needs the transformer's config (SD3's patch size); if not, it is not fetched."""
+    long_text_tokenizer: ClassVar[str | None] = None
+    """The tokenizer of the text encoder that reads up to ``max_sequence_length`` tokens (T5)."""
+
+    def prompt_token_limit(self, call_kwargs: Mapping[str, Any]) -> tuple[str, int] | None:
+        if self.long_text_tokenizer is None:
+            return None
+        default = attrs.fields(cast(Any, self.Arguments)).max_sequence_length.default
+        return self.long_text_tokenizer, int(call_kwargs.get("max_sequence_length", default))
 
     @abc.abstractmethod
     def size_rule(self, vae_factor: int, transformer: Mapping[str, Any], coarsest_level: int) -> tuple[int, str]:

@@ -23,7 +23,7 @@ from ralu_core.arguments import PipelineArguments
 from ralu_core.dit import DiTAdapter, DiTCall
 from ralu_core.strategies.base import StepInfo
 from ralu_core.tokens import TokenGrid, TokenState, gather_tokens
-from ralu_flux.attention import CachedKVFluxProcessor, attention_modules, attention_problems
+from ralu_flux.attention import FluxTokenProcessor, Rotary, attention_modules, attention_problems
 
 PATCH = 2  # FLUX packs 2 x 2 latent pixels per token
 
@@ -73,6 +73,10 @@ class FluxArguments(PipelineArguments):
 
 class FluxCall(DiTCall):
     """One prepared FluxPipeline call."""
+
+    row_rotary: Rotary | None = None
+    """During one transformer evaluation of images at different positions: each row's rotary embedding."""
+    _rows_ok: bool | None = None
 
     def __init__(self, pipe: Any, args: FluxArguments, height: int, width: int) -> None:
         super().__init__(pipe, args, height, width)
@@ -193,10 +197,14 @@ class FluxCall(DiTCall):
         if active is not None:
             values, positions = gather_tokens(values, active), gather_tokens(positions, active)
         out = torch.empty_like(values)
-        routed = None if active is None or self.kv_store is None else active
         t = sigma.to(self.device) * self.num_train_timesteps
-        # Images whose tokens sit at the same positions share one call; RoPE ids are per call.
+        routed = None if active is None or self.kv_store is None else active
         groups = list(iter_chunks(positions))
+        if len(groups) > 1 and self.positions_per_row():
+            # Images at different positions (each picked its own tokens) share one call: RoPE per row.
+            groups, rotary = [torch.arange(values.shape[0], device=values.device)], self._rotary_per_row(positions)
+        else:
+            rotary = None  # images at the same positions share a call; RoPE ids are per call
         for rows in groups:
             rows = rows.to(values.device)
             x = values[rows]
@@ -204,12 +212,33 @@ class FluxCall(DiTCall):
             ids = self._ids(positions[int(rows[0])])
             group = "" if len(groups) == 1 else f"/images {','.join(str(int(r)) for r in rows)}"
             tokens = None if routed is None else routed[rows.to(routed.device)]
-            noise_pred = self._transformer(x, timestep, rows, ids, False, group, step, tokens)
-            if self.true_cfg:
-                negative = self._transformer(x, timestep, rows, ids, True, group, step, tokens)
-                noise_pred = negative + self.args.true_cfg_scale * (noise_pred - negative)
+            self.row_rotary = rotary
+            try:
+                noise_pred = self._transformer(x, timestep, rows, ids, False, group, step, tokens)
+                if self.true_cfg:
+                    negative = self._transformer(x, timestep, rows, ids, True, group, step, tokens)
+                    noise_pred = negative + self.args.true_cfg_scale * (noise_pred - negative)
+            finally:
+                self.row_rotary = None
             out[rows] = noise_pred.to(out.dtype)
         return out
+
+    def _rotary_per_row(self, positions: torch.Tensor) -> Rotary:
+        """Each image's rotary embedding for the text and its own image ids, as the transformer computes it."""
+        embed = self.pipe.transformer.pos_embed
+        per_row = [embed(torch.cat([self.text_ids.to(torch.float32), self._ids(p)], dim=0)) for p in positions]
+        cos, sin = zip(*per_row, strict=True)
+        return torch.stack(cos), torch.stack(sin)
+
+    def positions_per_row(self) -> bool:
+        """Whether this call can give each batch row its own positions (the transformer's attention
+        processors are diffusers' defaults, which the stand-in replaces); if not, images at different
+        positions are evaluated apart."""
+        if self._rows_ok is None:
+            self._rows_ok = not attention_problems(self.pipe.transformer)
+        if self._rows_ok:
+            self.ensure_stand_in_processors()
+        return self._rows_ok
 
     # --- RAS attention ------------------------------------------------------------------------------
 
@@ -220,8 +249,8 @@ class FluxCall(DiTCall):
     def attention_modules(self) -> dict[str, Any]:
         return attention_modules(self.pipe.transformer)
 
-    def cached_processor(self, original: Any, layer: str) -> CachedKVFluxProcessor:
-        return CachedKVFluxProcessor(original, layer, lambda: self.kv_store)
+    def cached_processor(self, original: Any, layer: str) -> FluxTokenProcessor:
+        return FluxTokenProcessor(original, layer, lambda: self.kv_store, lambda: self.row_rotary)
 
     # --- pixels ---------------------------------------------------------------------------------
 
@@ -268,6 +297,7 @@ class FluxAdapter(DiTAdapter):
     architecture: ClassVar[str] = "FLUX"
     size_rule_reads_transformer: ClassVar[bool] = False  # FLUX packs 2 x 2 latent pixels whatever its config
     cached_attention: ClassVar[bool] = True
+    long_text_tokenizer: ClassVar[str | None] = "tokenizer_2"  # T5
 
     def cached_attention_problems(self, pipeline: Any) -> list[str]:
         return attention_problems(pipeline.transformer)

@@ -1,13 +1,19 @@
-"""RAS attention for FLUX: sparse steps attend to every token, the skipped ones through cached keys/values.
+"""FLUX attention with what a token-level accelerator needs: positions per image, and cached keys/values.
 
-`CachedKVFluxProcessor` stands in for diffusers' ``FluxAttnProcessor`` in every attention module (the
-19 double-stream and 38 single-stream blocks of FLUX.1-dev) while a stage keeps keys and values. It
-computes what that processor computes, in the same order: projections, per-head q/k RMSNorm, the text
-tokens placed first, RoPE on the whole sequence. Then the image part of the keys and values, after
-RoPE (a cached key keeps the rotation of its own position), goes through the call's store: recorded at
-a dense step, merged with the inactive tokens' cached entries at a sparse one. The queries stay those
-of the tokens being computed, so every output row is an active token's. Outside a routed evaluation it
-hands the call to the original processor untouched.
+`FluxTokenProcessor` stands in for diffusers' ``FluxAttnProcessor`` in every attention module (the 19
+double-stream and 38 single-stream blocks of FLUX.1-dev) while a call needs it. It computes what that
+processor computes, in the same order: projections, per-head q/k RMSNorm, the text tokens placed first,
+RoPE on the whole sequence. Two things are added:
+
+* RoPE per image: FLUX computes one rotary embedding per call, so images whose tokens sit at different
+  positions (RALU's mixed stage, where each image upsampled its own edges; RAS's sparse steps) could not
+  share a call. Given one embedding per batch row, each row is rotated by its own, with the same
+  arithmetic, so a batch gives what each image alone gives.
+* RAS: the image part of the keys and values, after RoPE (a cached key keeps the rotation of its own
+  position), goes through the call's key/value store: recorded at a dense step, merged with the inactive
+  tokens' cached entries at a sparse one. The queries stay those of the tokens computed.
+
+Where neither is asked for, it hands the call to the original processor untouched.
 """
 
 from __future__ import annotations
@@ -41,13 +47,32 @@ def attention_problems(transformer: Any) -> list[str]:
     return problems[:3] + ([f"and {len(problems) - 3} more"] if len(problems) > 3 else [])
 
 
-class CachedKVFluxProcessor:
-    """FluxAttnProcessor with the image tokens' keys and values routed through a `KVStore`."""
+Rotary = tuple[torch.Tensor, torch.Tensor]
+"""(cos, sin), each (rows, sequence, head_dim): one rotary embedding per batch row."""
 
-    def __init__(self, original: Any, layer: str, store: Callable[[], KVStore | None]) -> None:
+
+def rotate_rows(x: torch.Tensor, rotary: Rotary) -> torch.Tensor:
+    """diffusers' ``apply_rotary_emb`` (real form, FLUX's pairing) on (B, S, H, D) with a rotary per row."""
+    cos, sin = (t[:, :, None, :].to(x.device) for t in rotary)
+    x_real, x_imag = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
+    x_rotated = torch.stack([-x_imag, x_real], dim=-1).flatten(3)
+    return (x.float() * cos + x_rotated.float() * sin).to(x.dtype)
+
+
+class FluxTokenProcessor:
+    """FluxAttnProcessor with RoPE per batch row and the image tokens' keys and values through a `KVStore`."""
+
+    def __init__(
+        self,
+        original: Any,
+        layer: str,
+        store: Callable[[], KVStore | None],
+        rotary: Callable[[], Rotary | None] = lambda: None,
+    ) -> None:
         self.original = original
         self.layer = layer
         self.store = store
+        self.rotary = rotary
 
     def __call__(
         self,
@@ -57,11 +82,12 @@ class CachedKVFluxProcessor:
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb: Any = None,
     ) -> Any:
-        store = self.store()
-        if store is None or store.route is None:
+        store, rows_rotary = self.store(), self.rotary()
+        routed = store is not None and store.route is not None
+        if not routed and rows_rotary is None:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         if attention_mask is not None:
-            raise ValueError("RAS attention (cached keys and values) does not take an attention mask")
+            raise ValueError("ralu's FLUX attention (positions per image, cached keys/values) takes no attention mask")
         from diffusers.models.attention_dispatch import dispatch_attention_fn
         from diffusers.models.embeddings import apply_rotary_emb
 
@@ -78,18 +104,21 @@ class CachedKVFluxProcessor:
             query = torch.cat([text_query, query], dim=1)
             key = torch.cat([text_key, key], dim=1)
             value = torch.cat([text_value, value], dim=1)
-        if image_rotary_emb is not None:
+        if rows_rotary is not None:
+            query, key = rotate_rows(query, rows_rotary), rotate_rows(key, rows_rotary)
+        elif image_rotary_emb is not None:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
 
-        # The image tokens are the last ones: after the text in double blocks (concatenated above) and in
-        # single blocks (concatenated by the block).
-        image = store.route.image_tokens or store.num_tokens
-        text = key.shape[1] - image
-        image_key, image_value = store.merge(self.layer, key[:, text:], value[:, text:], seq_dim=1)
-        if store.route.active is not None:
-            key = torch.cat([key[:, :text], image_key], dim=1)
-            value = torch.cat([value[:, :text], image_value], dim=1)
+        if store is not None and store.route is not None:
+            # The image tokens are the last ones: after the text in double blocks (concatenated above) and in
+            # single blocks (concatenated by the block).
+            image = store.route.image_tokens or store.num_tokens
+            text = key.shape[1] - image
+            image_key, image_value = store.merge(self.layer, key[:, text:], value[:, text:], seq_dim=1)
+            if store.route.active is not None:
+                key = torch.cat([key[:, :text], image_key], dim=1)
+                value = torch.cat([value[:, :text], image_value], dim=1)
 
         hidden_states = dispatch_attention_fn(
             query,

@@ -12,7 +12,7 @@ from ralu_core.flops import FlopCount
 from ralu_core.kv_store import counting_cached_attention
 from ralu_core.pipeline_call import read_component_configs
 from ralu_core.tokens import TokenGrid
-from ralu_flux.attention import CachedKVFluxProcessor, attention_modules
+from ralu_flux.attention import FluxTokenProcessor, attention_modules
 from ralu_flux.flops import load_flux_dev_config, transformer_forward_flops, vae_decode_flops
 
 PATCH = 2
@@ -60,7 +60,7 @@ class FluxFlopsProfile(FlopsProfile):
     ) -> FlopCount:
         if attended_tokens is not None:
             reuse = counting_cached_attention(
-                reuse, attention_modules, CachedKVFluxProcessor, attended_tokens, image_tokens
+                reuse, attention_modules, FluxTokenProcessor, attended_tokens, image_tokens
             )
         return transformer_forward_flops(self.transformer, image_tokens, self.text_tokens, reuse=reuse)
 
