@@ -19,3 +19,11 @@ def test_shapes_quickstart_runs(tmp_path, monkeypatch, capsys) -> None:  # type:
         "sd3-baseline",
         "ralu-sd3-3x",
     }
+
+
+def test_the_ras_example_runs(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(EXAMPLES / "ras.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert out.count("image (256, 256)") == 3
+    assert "stage 0: key/value and output caches" in out
