@@ -133,6 +133,11 @@ class ModelAdapter(abc.ABC):
         """What block-level caches hook into (a DiT pipeline's ``transformer``); None if nothing."""
         return None
 
+    def prompt_token_limit(self, call_kwargs: Mapping[str, Any]) -> tuple[str, int] | None:
+        """(tokenizer component, most tokens) the main text encoder reads for a call with these arguments,
+        so that longer prompts are refused before loading; None where there is no such limit."""
+        return None
+
     cached_attention: ClassVar[bool] = False
     """Whether its calls keep the keys and values of the tokens a sparse step skips (RAS attention, a
     stage's ``inactive: kv-cache``)."""

@@ -17,13 +17,30 @@ import torch
 from ralu_core.accelerate import accelerate
 from ralu_core.accounting import recipe_cost
 from ralu_core.adapter import FlopsProfile, ModelAdapter
+from ralu_core.batch import (
+    MANIFEST,
+    OutputFolder,
+    WorkItem,
+    batches,
+    launched_processes,
+    plan_items,
+    read_prompts,
+    shard,
+)
 from ralu_core.errors import RaluError, did_you_mean
 from ralu_core.model_sources import ModelSource, known_model_names, resolve_model_source
 from ralu_core.ntdm import solve_ntdm
 from ralu_core.outputs import check_writable, image_format, save_image_atomically
 from ralu_core.paired import compare
 from ralu_core.plugins import KIND_LABELS, Registry, create_plugin_manager, plugin_info
-from ralu_core.preflight import check_call_args, check_counts, check_device, check_sizes, parse_call_args
+from ralu_core.preflight import (
+    check_call_args,
+    check_counts,
+    check_device,
+    check_prompt_lengths,
+    check_sizes,
+    parse_call_args,
+)
 from ralu_core.recipes import Recipe, find_recipe, resolve_recipe
 from ralu_core.schedule_report import published_for, recipe_schedule
 
@@ -117,6 +134,10 @@ def cmd_generate(ns: argparse.Namespace) -> int:
     check_sizes((("--height", ns.height), ("--width", ns.width)), source, recipe.start_level)
     for note in check_device(ns.device, ns.dtype):
         _say(f"note: {note}")
+    if ns.prompts is not None:
+        return _generate_many(ns, registry, recipe, source, call_args)
+    if ns.prompt is None:
+        raise RaluError("give a prompt, or --prompts FILE for many")
     out = Path(ns.out or f"ralu-{recipe.name}-seed{ns.seed}.png")
     paths = _output_paths(out, ns.num_images)
     for path in paths:
@@ -125,16 +146,11 @@ def cmd_generate(ns: argparse.Namespace) -> int:
 
     pipe, defaults = load_source(registry, source, ns.device, ns.dtype)
     fast = accelerate(pipe, recipe, plugin_manager=registry.pm)
-    kwargs: dict[str, Any] = {**defaults, **call_args}
-    kwargs.update(height=ns.height or kwargs.get("height"), width=ns.width or kwargs.get("width"))
+    kwargs = _call_kwargs(ns, defaults, call_args)
     kwargs.update(num_images_per_prompt=ns.num_images)
-    if ns.steps is not None:
-        kwargs["num_inference_steps"] = ns.steps
-    if ns.guidance is not None:
-        kwargs["guidance_scale"] = ns.guidance
     generators = [torch.Generator("cpu").manual_seed(ns.seed + i) for i in range(ns.num_images)]
     start = time.perf_counter()
-    images = fast(ns.prompt, generator=generators, **{k: v for k, v in kwargs.items() if v is not None}).images
+    images = fast(ns.prompt, generator=generators, **kwargs).images
     elapsed = time.perf_counter() - start
     out.parent.mkdir(parents=True, exist_ok=True)
     for image, path in zip(images, paths, strict=True):
@@ -143,6 +159,85 @@ def cmd_generate(ns: argparse.Namespace) -> int:
     for path in paths:
         print(path)
     return 0
+
+
+def _call_kwargs(ns: argparse.Namespace, defaults: dict[str, Any], call_args: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline arguments of a generate call: the model's defaults, --call-arg, then the named options."""
+    kwargs: dict[str, Any] = {**defaults, **call_args}
+    kwargs.update(height=ns.height or kwargs.get("height"), width=ns.width or kwargs.get("width"))
+    if ns.steps is not None:
+        kwargs["num_inference_steps"] = ns.steps
+    if ns.guidance is not None:
+        kwargs["guidance_scale"] = ns.guidance
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _generate_many(
+    ns: argparse.Namespace, registry: Registry, recipe: Recipe, source: ModelSource, call_args: dict[str, Any]
+) -> int:
+    """``--prompts FILE --out DIR``: every (prompt, seed) not done yet, this process's share of them."""
+    if ns.prompt is not None:
+        raise RaluError("give either a prompt or --prompts FILE, not both")
+    if ns.num_images != 1:
+        raise RaluError("--num-images is for one prompt; with --prompts, give --seeds (one image per prompt and seed)")
+    if ns.batch_size < 1:
+        raise RaluError(f"--batch-size must be at least 1, got {ns.batch_size}")
+    prompts = read_prompts(Path(ns.prompts))
+    folder = OutputFolder(Path(ns.out or "ralu-images"))
+    folder.prepare()
+    defaults = _named_defaults(registry, source)
+    check_prompt_lengths(source, prompts, {**defaults, **call_args})
+    processes = launched_processes()
+    items = plan_items(prompts, ns.seeds)
+    mine = [item for item in shard(items, processes.index, processes.count) if not folder.is_done(item)]
+    done_before = len(shard(items, processes.index, processes.count)) - len(mine)
+    device = processes.device if processes.count > 1 and processes.device else ns.device  # one device each
+    if mine:
+        pipe, defaults = load_source(registry, source, device, ns.dtype)
+        fast = accelerate(pipe, recipe, plugin_manager=registry.pm)
+        kwargs = _call_kwargs(ns, defaults, call_args)
+        _run_items(fast, mine, folder, kwargs, ns.batch_size, source.name, processes.index)
+    processes.wait_for_everyone()
+    if processes.is_main:
+        merged = folder.merge_manifest(items)
+        _say(
+            f"recipe {recipe.name}: {merged} of {len(items)} images in {folder.root} "
+            f"({len(mine)} made by {'this process' if processes.count == 1 else f'{processes.count} processes'}"
+            f"{'' if processes.count > 1 else f', {done_before} already there'}); manifest {folder.root / MANIFEST}"
+        )
+    return 0
+
+
+def _run_items(
+    fast: Any, items: list[WorkItem], folder: OutputFolder, kwargs: dict[str, Any], size: int, model: str, rank: int
+) -> None:
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(items), desc=f"images (process {rank})", unit="image", position=rank) as bar:
+        for chunk in batches(items, size):
+            generators = [torch.Generator("cpu").manual_seed(item.seed) for item in chunk]
+            start = time.perf_counter()
+            images = fast([item.prompt for item in chunk], generator=generators, **kwargs).images
+            seconds = (time.perf_counter() - start) / len(chunk)
+            for item, image in zip(chunk, images, strict=True):
+                record = {
+                    "prompt": item.prompt,
+                    "prompt_index": item.index,
+                    "seed": item.seed,
+                    "recipe": fast.recipe.name,
+                    "model": model,
+                    "seconds": round(seconds, 4),
+                    "process": rank,
+                }
+                folder.save(item, image, record)
+            bar.update(len(chunk))
+
+
+def _named_defaults(registry: Registry, source: ModelSource) -> dict[str, Any]:
+    """The call defaults a named model carries (known without loading it)."""
+    if source.kind == "named":
+        return dict(registry.models[source.name].obj.call_defaults)
+    return {}
 
 
 def cmd_recipes(ns: argparse.Namespace) -> int:
@@ -477,14 +572,19 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     gen = sub.add_parser("generate", help="generate images with a recipe")
-    gen.add_argument("prompt")
+    gen.add_argument("prompt", nargs="?", help="the prompt (or --prompts FILE for many)")
+    gen.add_argument(
+        "--prompts", help="a file of prompts (one per line, or .jsonl): one image per prompt and seed into --out DIR"
+    )
+    gen.add_argument("--seeds", type=int, nargs="+", default=[0], help="with --prompts: the seeds of every prompt")
+    gen.add_argument("--batch-size", type=int, default=1, help="with --prompts: images per pipeline call")
     gen.add_argument("--recipe", default="ralu-flux-7x", help="built-in name or YAML path (default ralu-flux-7x)")
     model_options(gen)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--num-images", type=int, default=1)
     gen.add_argument("--steps", type=int, help="num_inference_steps (single-stage recipes only)")
     gen.add_argument("--guidance", type=float, help="guidance_scale")
-    gen.add_argument("--out", help="output PNG path (several images get -0, -1 ... suffixes)")
+    gen.add_argument("--out", help="output PNG path (several images get -0, -1 ... suffixes); with --prompts, a folder")
     gen.set_defaults(func=cmd_generate)
 
     rec = sub.add_parser("recipes", help="list, show or validate recipes")

@@ -49,6 +49,21 @@ class ModelSource:
             return None if found is None else dict(json.loads(Path(found).read_text(encoding="utf-8")))
         return None
 
+    def tokenizer(self, component: str) -> Any | None:
+        """A stored tokenizer (e.g. ``tokenizer_2``), loaded alone; None where not available offline."""
+        folder = self.folder
+        if folder is None and self.kind == "hub":
+            found = _hub_file(self.name, f"{component}/tokenizer_config.json")
+            folder = None if found is None else Path(found).parent.parent
+        if folder is None or not (folder / component).is_dir():
+            return None
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(str(folder / component))
+        except (OSError, ValueError):
+            return None
+
     def size_rule(self, coarsest_level: int) -> tuple[int, str] | None:
         """(multiple, why) every image side must satisfy, from the stored configs; None if unknown."""
         if self.adapter is None:

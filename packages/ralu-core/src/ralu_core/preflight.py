@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -115,3 +115,25 @@ def check_device(device: str, dtype: str) -> list[str]:
     if parsed.type == "cpu" and dtype in ("float16", "bfloat16"):
         return [f"{dtype} on the CPU is slow and some operations lack it; float32 is the CPU's fast type"]
     return []
+
+
+def check_prompt_lengths(source: ModelSource, prompts: Sequence[str], call_kwargs: Mapping[str, Any]) -> None:
+    """Refuse prompts longer than the model's main text encoder reads for this call (the rest would be cut
+    off with only a warning), with its stored tokenizer alone, before any model loads. Skipped where the
+    adapter or the tokenizer is not known before loading."""
+    limit = None if source.adapter is None else source.adapter.prompt_token_limit(call_kwargs)
+    if limit is None:
+        return
+    component, most = limit
+    tokenizer = source.tokenizer(component)
+    if tokenizer is None:
+        return
+    too_long = [(i, n) for i, n in enumerate(len(ids) for ids in tokenizer(list(prompts)).input_ids) if n > most]
+    if too_long:
+        shown = ", ".join(f"prompt {i + 1} ({n} tokens)" for i, n in too_long[:3])
+        more = f" and {len(too_long) - 3} more" if len(too_long) > 3 else ""
+        raise RaluError(
+            f"--prompts: {len(too_long)} prompt(s) longer than the {most} tokens its text encoder reads "
+            f"({component}, max_sequence_length): {shown}{more}; shorten them, or raise the limit with "
+            "--call-arg max_sequence_length=N"
+        )

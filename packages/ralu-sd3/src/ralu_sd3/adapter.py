@@ -212,6 +212,7 @@ class SD3Adapter(DiTAdapter):
     Arguments = SD3Arguments
     architecture: ClassVar[str] = "SD3"
     cached_attention: ClassVar[bool] = True
+    long_text_tokenizer: ClassVar[str | None] = "tokenizer_3"  # T5
 
     def cached_attention_problems(self, pipeline: Any) -> list[str]:
         return attention_problems(pipeline.transformer)

@@ -1,0 +1,180 @@
+"""Many prompts into one folder: an image per (prompt, seed), a JSONL manifest, resumable, split across processes.
+
+The work is the list of (prompt, seed) items of a prompt file. Each item has a fixed file name, so a
+second run knows what is done. Every image is written atomically (temporary file, then rename) and so is
+its record (one small JSON file per item, in a hidden folder, written after the image): a run killed at
+any moment leaves complete images and records, or nothing, for each item, and the next run does what is
+missing. The manifest (``manifest.jsonl``, one line per item in prompt and seed order) is rebuilt from the
+records, also atomically, at the end of every run.
+
+Under ``accelerate launch`` or ``torchrun`` every process takes every n-th item (accelerate's process
+index and count, each process on its own device): no item is done twice or missed, whatever the number of
+processes of this run or of the runs before it; the main process merges the manifest once all are done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ralu_core.errors import RaluError
+from ralu_core.outputs import save_image_atomically, write_atomically
+
+RECORDS = ".ralu-records"
+MANIFEST = "manifest.jsonl"
+MAX_PROMPT_FILE_BYTES = 64 * 2**20
+
+
+@attrs.frozen
+class WorkItem:
+    """One image to make: the `index`-th prompt of the file with one seed."""
+
+    index: int
+    prompt: str
+    seed: int
+
+    @property
+    def stem(self) -> str:
+        return f"{self.index:06d}-seed{self.seed}"
+
+
+def read_prompts(path: Path) -> list[str]:
+    """The prompts of a text file (one per line; blank lines and lines starting with ``#`` skipped) or of a
+    ``.jsonl`` file (one JSON object with a ``prompt`` string per line)."""
+    try:
+        if path.stat().st_size > MAX_PROMPT_FILE_BYTES:
+            raise RaluError(f"--prompts {path}: {path.stat().st_size:,} bytes is too large for a prompt file")
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RaluError(f"--prompts {path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise RaluError(f"--prompts {path}: cannot read it ({exc.strerror or exc})") from None
+    prompts = _jsonl_prompts(path, text) if path.suffix.lower() == ".jsonl" else _text_prompts(text)
+    if not prompts:
+        raise RaluError(
+            f"--prompts {path}: no prompts in it (one per line; blank lines and lines starting with # are "
+            'skipped; a .jsonl file has one {"prompt": ...} object per line)'
+        )
+    return prompts
+
+
+def _text_prompts(text: str) -> list[str]:
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _jsonl_prompts(path: Path, text: str) -> list[str]:
+    prompts = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RaluError(f"--prompts {path}: line {number} is not JSON ({exc.msg})") from None
+        prompt = record.get("prompt") if isinstance(record, dict) else None
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise RaluError(f'--prompts {path}: line {number} needs a non-empty "prompt" string')
+        prompts.append(prompt)
+    return prompts
+
+
+def plan_items(prompts: Sequence[str], seeds: Sequence[int]) -> list[WorkItem]:
+    """Every (prompt, seed), prompt by prompt."""
+    return [WorkItem(index=i, prompt=p, seed=s) for i, p in enumerate(prompts) for s in seeds]
+
+
+def shard(items: Sequence[WorkItem], rank: int, world: int) -> list[WorkItem]:
+    """The items process `rank` of `world` makes: every `world`-th, from the `rank`-th."""
+    if not 0 <= rank < world:
+        raise ValueError(f"process {rank} of {world}")
+    return list(items[rank::world])
+
+
+def batches(items: Sequence[WorkItem], size: int) -> Iterator[list[WorkItem]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+class OutputFolder:
+    """The images, their records and the manifest of one batch generation."""
+
+    def __init__(self, root: Path, suffix: str = ".png") -> None:
+        self.root = root
+        self.suffix = suffix
+        self.records = root / RECORDS
+
+    def prepare(self) -> None:
+        """Make the folders; refuse a file where the folder should be, or a folder that cannot be written."""
+        if self.root.exists() and not self.root.is_dir():
+            raise RaluError(f"--out {self.root}: is a file; --out is a folder when --prompts is given")
+        try:
+            self.records.mkdir(parents=True, exist_ok=True)
+            probe = self.records / f".probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise RaluError(f"--out {self.root}: cannot write there ({exc.strerror or exc})") from None
+
+    def image_path(self, item: WorkItem) -> Path:
+        return self.root / f"{item.stem}{self.suffix}"
+
+    def is_done(self, item: WorkItem) -> bool:
+        return (self.records / f"{item.stem}.json").is_file() and self.image_path(item).is_file()
+
+    def save(self, item: WorkItem, image: Any, record: dict[str, Any]) -> None:
+        """The image, then its record: a record always means a complete image."""
+        save_image_atomically(image, self.image_path(item))
+        line = json.dumps({**record, "file": self.image_path(item).name}, ensure_ascii=False)
+        write_atomically(self.records / f"{item.stem}.json", lambda handle: handle.write(line.encode("utf-8")))
+
+    def merge_manifest(self, items: Sequence[WorkItem]) -> int:
+        """Rewrite ``manifest.jsonl`` from the records of `items` that are done; returns how many."""
+        lines = []
+        for item in items:
+            if self.is_done(item):
+                lines.append((self.records / f"{item.stem}.json").read_text(encoding="utf-8").strip())
+        text = "".join(f"{line}\n" for line in lines).encode("utf-8")
+        write_atomically(self.root / MANIFEST, lambda handle: handle.write(text))
+        return len(lines)
+
+
+@attrs.frozen
+class Processes:
+    """This process's place among the processes of a launch (one process: index 0 of 1)."""
+
+    index: int = 0
+    count: int = 1
+    device: str | None = None
+    state: Any = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.index == 0
+
+    def wait_for_everyone(self) -> None:
+        if self.state is not None:
+            self.state.wait_for_everyone()
+
+
+def launched_processes() -> Processes:
+    """accelerate's view of the launch (``accelerate launch``, ``torchrun``), or a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Processes()
+    try:
+        from accelerate import PartialState
+    except ImportError:
+        raise RaluError(
+            "this was started with several processes (WORLD_SIZE > 1), which needs the `accelerate` package: "
+            "pip install accelerate"
+        ) from None
+    import torch
+
+    # Without a GPU, accelerate runs several processes only when asked for the CPU (gloo backend).
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return Processes(index=state.process_index, count=state.num_processes, device=str(state.device), state=state)

@@ -1,0 +1,110 @@
+"""`ralu generate --prompts FILE --out DIR`: many images, resumable, split across processes (gloo on this CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ralu_core.cli import main
+
+PROMPTS = ["a red circle", "a blue square", "# skipped", "a green triangle"]
+ARGS = ["--model", "flux-tiny", "--height", "64", "--width", "64", "--call-arg", "max_sequence_length=16"]
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
+
+
+def manifest(folder: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (folder / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def prompt_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    path.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def single(prompt_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference: one process, every image."""
+    out = tmp_path_factory.mktemp("single")
+    assert main(["generate", "--prompts", str(prompt_file), "--out", str(out), "--seeds", "0", "1", *ARGS]) == 0
+    return out
+
+
+def launch(prompt_file: Path, out: Path, processes: int = 2) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    command += ["-m", "ralu_core.cli", "generate", "--prompts", str(prompt_file), "--out", str(out)]
+    command += ["--seeds", "0", "1", *ARGS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def test_one_process_writes_every_image_and_a_manifest_then_resumes(single: Path, prompt_file: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert sorted(files(single)) == [f"{i:06d}-seed{s}.png" for i in range(3) for s in (0, 1)]
+    lines = manifest(single)
+    assert [(line["prompt_index"], line["seed"]) for line in lines] == [(i, s) for i in range(3) for s in (0, 1)]
+    assert lines[2]["prompt"] == "a blue square" and lines[0]["recipe"] == "ralu-flux-7x"
+    assert lines[0]["model"] == "flux-tiny" and float(lines[0]["seconds"]) > 0  # type: ignore[arg-type]
+    before = {p.name: p.stat().st_mtime_ns for p in single.glob("*.png")}
+    capsys.readouterr()
+    assert main(["generate", "--prompts", str(prompt_file), "--out", str(single), "--seeds", "0", "1", *ARGS]) == 0
+    assert "0 made by this process, 6 already there" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in single.glob("*.png")} == before
+
+
+def test_two_processes_make_the_same_images_as_one(single: Path, prompt_file: Path, tmp_path: Path) -> None:
+    run = launch(prompt_file, tmp_path)
+    _, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err.decode()[-3000:]
+    assert files(tmp_path) == files(single)  # image for image, byte for byte
+    timeless = [
+        [{k: v for k, v in line.items() if k not in ("seconds", "process")} for line in manifest(f)]
+        for f in (tmp_path, single)
+    ]
+    assert timeless[0] == timeless[1]
+    # Every second item by each process: none made twice (the other's record would say so) or missed.
+    assert [line["process"] for line in manifest(tmp_path)] == [0, 1] * 3
+
+
+def test_a_killed_run_is_completed_exactly_by_the_next(single: Path, prompt_file: Path, tmp_path: Path) -> None:
+    run = launch(prompt_file, tmp_path)
+    records = tmp_path / ".ralu-records"
+    deadline = time.monotonic() + 300
+    while len(list(records.glob("*.json"))) < 2 and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)  # every process of the launch, mid-run
+    run.wait()
+    assert len(list(tmp_path.glob("*.png"))) < 6  # it was stopped before the end
+    again = launch(prompt_file, tmp_path)
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err.decode()[-3000:]
+    assert files(tmp_path) == files(single)
+    assert len(manifest(tmp_path)) == 6
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".partial")]
+
+
+def test_bad_input_is_refused_before_any_model_loads(prompt_file: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n", encoding="utf-8")
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    cases = [
+        (["--prompts", str(empty), "--out", str(tmp_path / "a")], "no prompts in it"),
+        (["--prompts", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "a")], "cannot read it"),
+        (["--prompts", str(prompt_file), "--out", str(taken)], "is a file; --out is a folder"),
+        (["a cat", "--prompts", str(prompt_file), "--out", str(tmp_path / "a")], "not both"),
+    ]
+    for argv, message in cases:
+        assert main(["generate", *argv, *ARGS]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "RANDOM weights" not in err  # the model was never loaded
