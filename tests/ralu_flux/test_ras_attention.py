@@ -139,3 +139,25 @@ def test_bench_reports_the_memory_of_the_token_caches(pipe) -> None:  # type: ig
     assert result.token_cache_bytes == {"flux-baseline": 0, "ras-test": keys_values + outputs}
     assert "| token cache MiB |" in markdown_table(result, "test")
     assert not [p for p in registry.pm.get_plugins() if type(p).__name__ == "TokenCacheMemory"]  # bench cleaned up
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.01])
+def test_every_ratio_in_range_runs(pipe, ratio: float) -> None:  # type: ignore[no-untyped-def]
+    """1.0 computes every token at every step (the baseline exactly); a ratio below one token computes one."""
+    counts: list[int] = []
+
+    class Count:
+        @ralu_core.hookimpl
+        def ralu_on_step_end(self, event) -> None:  # type: ignore[no-untyped-def]
+            counts.append(event.active_tokens)
+
+    from ralu_core.plugins import create_plugin_manager
+
+    manager = create_plugin_manager(plugins=[Count()])
+    fast = ralu_core.accelerate(pipe, ras(extra=f"ratio: {ratio}, dense_warmup: 2"), plugin_manager=manager)
+    out = fast("a red circle", generator=gen(5), **CALL).images
+    dense = ralu_core.accelerate(pipe, "flux-baseline")("a red circle", generator=gen(5), num_inference_steps=6, **CALL)
+    if ratio == 1.0:
+        assert counts == [24] * 6 and torch.equal(out, dense.images)
+    else:
+        assert counts == [24, 24, 1, 1, 1, 1] and torch.isfinite(out).all()
