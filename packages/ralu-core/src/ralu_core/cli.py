@@ -189,8 +189,9 @@ def _generate_many(
     check_prompt_lengths(source, prompts, {**defaults, **call_args})
     processes = launched_processes()
     items = plan_items(prompts, ns.seeds)
-    mine = [item for item in shard(items, processes.index, processes.count) if not folder.is_done(item)]
-    done_before = len(shard(items, processes.index, processes.count)) - len(mine)
+    share = shard(items, processes.index, processes.count)
+    mine = [item for item in share if not folder.is_done(item)]
+    done_before = len(share) - len(mine)
     device = processes.device if processes.count > 1 and processes.device else ns.device  # one device each
     if mine:
         pipe, defaults = load_source(registry, source, device, ns.dtype)

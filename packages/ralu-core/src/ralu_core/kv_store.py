@@ -184,3 +184,26 @@ def counting_cached_attention(
         return stack
 
     return enter
+
+
+def processor_problems(attention_modules: Mapping[str, Any], expected: str) -> list[str]:
+    """Modules whose processor is not diffusers' `expected` one (by class name) or whose q/k/v projections
+    are fused: a stand-in processor computes what `expected` computes, nothing else. At most three named."""
+    problems = []
+    for name, module in attention_modules.items():
+        kind = type(module.processor).__name__
+        if kind != expected:
+            problems.append(f"{name} uses {kind}, not diffusers' {expected}")
+        elif getattr(module, "fused_projections", False):
+            problems.append(f"{name} has fused q/k/v projections (unfuse them with `unfuse_qkv_projections()`)")
+    return problems[:3] + ([f"and {len(problems) - 3} more"] if len(problems) > 3 else [])
+
+
+class StandInProcessor:
+    """Base of an adapter's stand-in attention processor: the processor it replaces (which it calls where
+    nothing is asked of it), its layer's name in the store, and how to find the call's current store."""
+
+    def __init__(self, original: Any, layer: str, store: Callable[[], KVStore | None]) -> None:
+        self.original = original
+        self.layer = layer
+        self.store = store

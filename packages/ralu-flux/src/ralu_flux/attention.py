@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ralu_core.kv_store import KVStore
+from ralu_core.kv_store import KVStore, StandInProcessor, processor_problems
 
 DEFAULT_PROCESSOR = "FluxAttnProcessor"
 
@@ -37,14 +37,7 @@ def attention_modules(transformer: Any) -> dict[str, Any]:
 
 def attention_problems(transformer: Any) -> list[str]:
     """Why the processors on `transformer` cannot be stood in for (empty: they can)."""
-    problems = []
-    for name, module in attention_modules(transformer).items():
-        kind = type(module.processor).__name__
-        if kind != DEFAULT_PROCESSOR:
-            problems.append(f"{name} uses {kind}, not diffusers' {DEFAULT_PROCESSOR}")
-        elif getattr(module, "fused_projections", False):
-            problems.append(f"{name} has fused q/k/v projections (unfuse them with `unfuse_qkv_projections()`)")
-    return problems[:3] + ([f"and {len(problems) - 3} more"] if len(problems) > 3 else [])
+    return processor_problems(attention_modules(transformer), DEFAULT_PROCESSOR)
 
 
 Rotary = tuple[torch.Tensor, torch.Tensor]
@@ -59,7 +52,7 @@ def rotate_rows(x: torch.Tensor, rotary: Rotary) -> torch.Tensor:
     return (x.float() * cos + x_rotated.float() * sin).to(x.dtype)
 
 
-class FluxTokenProcessor:
+class FluxTokenProcessor(StandInProcessor):
     """FluxAttnProcessor with RoPE per batch row and the image tokens' keys and values through a `KVStore`."""
 
     def __init__(
@@ -69,9 +62,7 @@ class FluxTokenProcessor:
         store: Callable[[], KVStore | None],
         rotary: Callable[[], Rotary | None] = lambda: None,
     ) -> None:
-        self.original = original
-        self.layer = layer
-        self.store = store
+        super().__init__(original, layer, store)
         self.rotary = rotary
 
     def __call__(

@@ -12,13 +12,12 @@ computed tokens. Outside a routed evaluation it hands the call to the original p
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ralu_core.kv_store import KVStore
+from ralu_core.kv_store import StandInProcessor, processor_problems
 
 DEFAULT_PROCESSOR = "JointAttnProcessor2_0"
 
@@ -32,25 +31,15 @@ def attention_modules(transformer: Any) -> dict[str, Any]:
 
 def attention_problems(transformer: Any) -> list[str]:
     """Why the processors on `transformer` cannot be stood in for (empty: they can)."""
-    problems = [
-        f"{name} uses {type(module.processor).__name__}, not diffusers' {DEFAULT_PROCESSOR}"
-        for name, module in attention_modules(transformer).items()
-        if type(module.processor).__name__ != DEFAULT_PROCESSOR
-    ]
-    return problems[:3] + ([f"and {len(problems) - 3} more"] if len(problems) > 3 else [])
+    return processor_problems(attention_modules(transformer), DEFAULT_PROCESSOR)
 
 
 def _heads(tensor: torch.Tensor, batch: int, heads: int, head_dim: int) -> torch.Tensor:
     return tensor.view(batch, -1, heads, head_dim).transpose(1, 2)
 
 
-class CachedKVJointProcessor:
+class CachedKVJointProcessor(StandInProcessor):
     """JointAttnProcessor2_0 with the image tokens' keys and values routed through a `KVStore`."""
-
-    def __init__(self, original: Any, layer: str, store: Callable[[], KVStore | None]) -> None:
-        self.original = original
-        self.layer = layer
-        self.store = store
 
     def __call__(
         self,
