@@ -45,6 +45,24 @@ def euler_step(
     return updated.to(velocity.dtype)
 
 
+@attrs.frozen
+class SigmaGrid:
+    """A stage's sigmas on the device, for the Euler arithmetic, and as Python floats, for what the host reads
+    (step infos, events, selections, transitions): both made before the loop, so that no step reads a sigma
+    back from the device (a host-device synchronisation on a GPU)."""
+
+    values: torch.Tensor
+    floats: tuple[float, ...]
+
+    @classmethod
+    def of(cls, sigmas: torch.Tensor, device: torch.device) -> SigmaGrid:
+        return cls(values=sigmas.to(device), floats=tuple(float(s) for s in sigmas.tolist()))
+
+    @property
+    def steps(self) -> int:
+        return len(self.floats) - 1
+
+
 def select_with(selector: TokenSelector, request: SelectionRequest) -> torch.Tensor:
     """Ask a selector; its failures and malformed answers are reported as its plugin's error."""
     try:
@@ -87,43 +105,49 @@ class SamplingEngine:
         state = TokenState.full_resolution(noise, call.grid)
         if self.runtime.start_level == HALF:
             state = downsample_nearest(state)
-        velocity: torch.Tensor | None = None
-        sigma_end: torch.Tensor | None = None
+        grids = [SigmaGrid.of(sigmas, state.values.device) for sigmas in plan.sigmas]
         with call.running(), call.progress_bar(sum(plan.steps)) as bar:
-            for index, (stage, sigmas) in enumerate(zip(self.runtime.stages, plan.sigmas, strict=True)):
-                sigmas = sigmas.to(state.values.device)
-                token_map = None
-                if index > 0:
-                    assert velocity is not None and sigma_end is not None
-                    previous = state
-                    state = self._transition(call, generator, stage, state, velocity, sigma_end, sigmas[0])
-                    if any(slot.active_in(index - 1) for slot in self.runtime.caches):  # someone carries state over
-                        token_map = TokenMap.between(previous, state)
-                self._begin_stage(
-                    call,
-                    StageInfo(
-                        index=index,
-                        num_tokens=state.num_tokens,
-                        steps=len(sigmas) - 1,
-                        token_map=token_map,
-                        cached_attention=stage.cached_attention,
-                    ),
-                )
-                state, velocity = self._run_stage(call, generator, index, stage, state, sigmas, bar)
-                sigma_end = sigmas[-1]
-                if self.hooks is not None:
-                    levels = {lvl: state.count_at_level(lvl) for lvl in (FULL, HALF)}
-                    self.hooks.ralu_on_stage_end(
-                        event=StageEvent(
-                            stage=index,
-                            steps=len(sigmas) - 1,
-                            num_tokens=state.num_tokens,
-                            tokens_per_level=levels,
-                            state=state,
-                            token_cache_bytes=self._token_cache_bytes(call, stage, velocity),
-                        )
-                    )
+            state = self.run_stages(call, generator, grids, state, bar)
         return to_raster(state)
+
+    def run_stages(
+        self, call: ModelCall, generator: GeneratorArg, grids: list[SigmaGrid], state: TokenState, bar: Any
+    ) -> TokenState:
+        """The sampling loop: each stage's transition (after the first) and its steps. Its own method, so that
+        tools can scope to it (`HostSyncRecorder.step_loop`)."""
+        velocity: torch.Tensor | None = None
+        for index, (stage, sigmas) in enumerate(zip(self.runtime.stages, grids, strict=True)):
+            token_map = None
+            if index > 0:
+                assert velocity is not None
+                previous = state
+                state = self._transition(call, generator, stage, state, velocity, grids[index - 1], sigmas)
+                if any(slot.active_in(index - 1) for slot in self.runtime.caches):  # someone carries state over
+                    token_map = TokenMap.between(previous, state)
+            self._begin_stage(
+                call,
+                StageInfo(
+                    index=index,
+                    num_tokens=state.num_tokens,
+                    steps=sigmas.steps,
+                    token_map=token_map,
+                    cached_attention=stage.cached_attention,
+                ),
+            )
+            state, velocity = self._run_stage(call, generator, index, stage, state, sigmas, bar)
+            if self.hooks is not None:
+                levels = {lvl: state.count_at_level(lvl) for lvl in (FULL, HALF)}
+                self.hooks.ralu_on_stage_end(
+                    event=StageEvent(
+                        stage=index,
+                        steps=sigmas.steps,
+                        num_tokens=state.num_tokens,
+                        tokens_per_level=levels,
+                        state=state,
+                        token_cache_bytes=self._token_cache_bytes(call, stage, velocity),
+                    )
+                )
+        return state
 
     @staticmethod
     def _token_cache_bytes(call: ModelCall, stage: RuntimeStage, velocity: torch.Tensor) -> int:
@@ -149,30 +173,31 @@ class SamplingEngine:
         index: int,
         stage: RuntimeStage,
         state: TokenState,
-        sigmas: torch.Tensor,
+        sigmas: SigmaGrid,
         bar: Any,
     ) -> tuple[TokenState, torch.Tensor]:
         velocity: torch.Tensor | None = None
         caches = self.runtime.caches_in(index)
-        steps = len(sigmas) - 1
+        steps = sigmas.steps
         counts = None
         if stage.step_tokens is not None:
             counts = step_counts(stage.step_tokens, steps, state.num_tokens)
         for step in range(steps):
-            sigma, sigma_next = sigmas[step], sigmas[step + 1]
+            sigma, sigma_next = sigmas.values[step], sigmas.values[step + 1]
+            sigma_float, sigma_next_float = sigmas.floats[step], sigmas.floats[step + 1]
             active = None
             if counts is not None and counts[step] < state.num_tokens and velocity is not None:
                 assert stage.step_tokens is not None
                 active = self._active_tokens(
-                    call, generator, stage.step_tokens, state, velocity, float(sigma), counts[step]
+                    call, generator, stage.step_tokens, state, velocity, sigma_float, counts[step]
                 )
             info = StepInfo(
                 stage=index,
                 step=step,
-                sigma=float(sigma),
-                sigma_next=float(sigma_next),
+                sigma=sigma_float,
+                sigma_next=sigma_next_float,
                 active=active,
-                steps=len(sigmas) - 1,
+                steps=steps,
             )
             computed: list[bool] = []
 
@@ -203,8 +228,8 @@ class SamplingEngine:
                     event=StepEvent(
                         stage=index,
                         step=step,
-                        sigma=float(sigma),
-                        sigma_next=float(sigma_next),
+                        sigma=sigma_float,
+                        sigma_next=sigma_next_float,
                         num_tokens=state.num_tokens,
                         active_tokens=state.num_tokens if active is None else int(active.shape[1]),
                         state=state,
@@ -258,21 +283,22 @@ class SamplingEngine:
         stage: RuntimeStage,
         state: TokenState,
         velocity: torch.Tensor,
-        sigma_from: torch.Tensor,
-        sigma_to: torch.Tensor,
+        before: SigmaGrid,
+        after: SigmaGrid,
     ) -> TokenState:
+        """From the end of the stage on `before`'s sigmas to the start of the one on `after`'s."""
         assert stage.selector is not None and stage.transition is not None
-        clean = state.values.float() - sigma_from.float() * velocity.float()
+        clean = state.values.float() - before.values[-1].float() * velocity.float()
         candidates = state.indices_at_level(HALF)
-        request = self._request(call, generator, state, candidates, clean, velocity, float(sigma_from))
+        request = self._request(call, generator, state, candidates, clean, velocity, before.floats[-1])
         picks = select_with(stage.selector, request)
         selected = gather_tokens(candidates, picks)
         state = stage.transition.apply(
             TransitionRequest(
                 state=state,
                 selected=selected,
-                sigma_from=float(sigma_from),
-                sigma_to=float(sigma_to),
+                sigma_from=before.floats[-1],
+                sigma_to=after.floats[0],
                 generator=generator,
             )
         )

@@ -54,6 +54,31 @@ class TokenGrid:
         return torch.stack(torch.meshgrid(r, c, indexing="ij"), dim=-1).reshape(-1, 2)
 
 
+@attrs.frozen
+class Layout:
+    """What ralu's own token operations know about a state's levels and cells without reading the device, so
+    that the sampling loop never waits for it (see host_sync.py). It describes the `levels` and `cells` tensors
+    it names; a state whose tensors were replaced or changed in place does not trust it, and reads them instead."""
+
+    levels: torch.Tensor
+    cells: torch.Tensor
+    counts: tuple[int, ...]
+    """Tokens per image at level 0, 1, ... (identical across the batch)."""
+    tiles: bool
+    """The footprints cover the full-resolution grid exactly once."""
+    raster: bool
+    """Every token is at one level, on the complete grid of that level, in raster order."""
+    versions: tuple[int, int] = attrs.field(init=False)
+    """The tensors' version counters when described (an in-place change bumps them)."""
+
+    @versions.default
+    def _versions_now(self) -> tuple[int, int]:
+        return self.levels._version, self.cells._version
+
+    def describes(self, levels: torch.Tensor, cells: torch.Tensor) -> bool:
+        return levels is self.levels and cells is self.cells and (levels._version, cells._version) == self.versions
+
+
 @attrs.define
 class TokenState:
     """Tokens of a batch of images. All images hold the same number of tokens at each level,
@@ -67,6 +92,13 @@ class TokenState:
     cells: torch.Tensor
     levels: torch.Tensor
     grid: TokenGrid
+    layout: Layout | None = attrs.field(default=None, kw_only=True, eq=False, repr=False)
+    """Set by the operations that know it (see `Layout`); None: read from the tensors when needed."""
+
+    def known_layout(self) -> Layout | None:
+        """The layout, where it still describes this state's tensors."""
+        layout = self.layout
+        return layout if layout is not None and layout.describes(self.levels, self.cells) else None
 
     @property
     def batch_size(self) -> int:
@@ -78,10 +110,13 @@ class TokenState:
 
     @property
     def coarsest_level(self) -> int:
+        layout = self.known_layout()
+        if layout is not None:
+            return max((level for level, count in enumerate(layout.counts) if count), default=FULL)
         return int(self.levels.max().item()) if self.levels.numel() else FULL
 
     def with_values(self, values: torch.Tensor) -> TokenState:
-        return TokenState(values=values, cells=self.cells, levels=self.levels, grid=self.grid)
+        return TokenState(values=values, cells=self.cells, levels=self.levels, grid=self.grid, layout=self.layout)
 
     def positions(self) -> torch.Tensor:
         """(B, N, 2) float positions in units of the coarsest token present.
@@ -95,12 +130,15 @@ class TokenState:
 
     def count_at_level(self, level: int) -> int:
         """Tokens at `level` per image (identical across the batch by construction)."""
+        layout = self.known_layout()
+        if layout is not None:
+            return layout.counts[level] if 0 <= level < len(layout.counts) else 0
         return int((self.levels[0] == level).sum().item())
 
     def indices_at_level(self, level: int) -> torch.Tensor:
         """(B, M) indices of the tokens at `level`, in state order, per image."""
         mask = self.levels == level
-        count = int(mask[0].sum().item())
+        count = self.count_at_level(level)
         order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
         return order[:, :count]
 
@@ -114,7 +152,8 @@ class TokenState:
             )
         cells = grid.raster_cells(values.device).expand(batch, -1, -1).clone()
         levels = torch.zeros(batch, grid.num_tokens, dtype=torch.long, device=values.device)
-        return cls(values=values, cells=cells, levels=levels, grid=grid)
+        layout = Layout(levels=levels, cells=cells, counts=(grid.num_tokens,), tiles=True, raster=True)
+        return cls(values=values, cells=cells, levels=levels, grid=grid, layout=layout)
 
 
 # --- dense latent images <-> tokens -------------------------------------------------------------
@@ -156,7 +195,8 @@ def downsample_nearest(state: TokenState) -> TokenState:
     cells = torch.stack(torch.meshgrid(r, c, indexing="ij"), dim=-1).reshape(1, -1, 2)
     cells = cells.expand(state.batch_size, -1, -1).clone()
     levels = torch.full(cells.shape[:2], HALF, dtype=torch.long, device=values.device)
-    return TokenState(values=values, cells=cells, levels=levels, grid=grid)
+    layout = Layout(levels=levels, cells=cells, counts=(0, low_rows * low_cols), tiles=True, raster=True)
+    return TokenState(values=values, cells=cells, levels=levels, grid=grid, layout=layout)
 
 
 # --- pixel-nearest upsampling of half-resolution tokens ---------------------------------------
@@ -186,7 +226,9 @@ def sum_over_copies(children: torch.Tensor, channels: int, patch: int) -> torch.
 
 def child_cells(parent_cells: torch.Tensor) -> torch.Tensor:
     """(B, K, 2) parent cells -> (B, 4K, 2) children cells in the order of `nearest_children`."""
-    offsets = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]], device=parent_cells.device)
+    # [[0, 0], [0, 1], [1, 0], [1, 1]], made on the device: a tensor of Python data would be a host-to-device copy.
+    child = torch.arange(4, device=parent_cells.device)
+    offsets = torch.stack([child // 2, child % 2], dim=-1)
     return (parent_cells[:, :, None, :] + offsets).reshape(parent_cells.shape[0], -1, 2)
 
 
@@ -211,22 +253,26 @@ class Split:
     parents: torch.Tensor
 
 
-def upsample_selected(state: TokenState, selected: torch.Tensor, values: torch.Tensor | None = None) -> Split:
+def upsample_selected(
+    state: TokenState, selected: torch.Tensor, values: torch.Tensor | None = None, *, checked: bool = False
+) -> Split:
     """Replace the selected half-resolution tokens (B, K indices) by their four children.
 
     `values` (default: the state's values) is what gets upsampled; the transition decides what
-    noise to add afterwards.
+    noise to add afterwards. `checked`: the caller knows that `selected` are distinct half-resolution
+    tokens (the engine's `TransitionRequest.selected` are), so they are not checked again: the checks
+    read the device, which would make the host wait for it.
     """
     values = state.values if values is None else values
     batch, num = state.levels.shape
     if selected.dim() != 2 or selected.shape[0] != batch:
         raise ValueError(f"selected indices must have shape (B, K), got {tuple(selected.shape)}")
-    if selected.numel() and not bool((gather_tokens(state.levels, selected) == HALF).all()):
+    if not checked and selected.numel() and not bool((gather_tokens(state.levels, selected) == HALF).all()):
         raise ValueError("only half-resolution tokens can be upsampled")
     count = selected.shape[1]
     chosen = torch.zeros(batch, num, dtype=torch.bool, device=values.device)
     chosen.scatter_(1, selected, True)
-    if int(chosen[0].sum()) != count:
+    if not checked and int(chosen[0].sum()) != count:
         raise ValueError("selected token indices must be distinct")
     kept_source = torch.argsort(chosen.to(torch.int8), dim=1, stable=True)[:, : num - count]
     grid = state.grid
@@ -241,12 +287,31 @@ def upsample_selected(state: TokenState, selected: torch.Tensor, values: torch.T
     kept_count = num - count
     arange = torch.arange(kept_count + 4 * count, device=values.device).expand(batch, -1)
     return Split(
-        state=TokenState(values=new_values, cells=new_cells, levels=new_levels, grid=grid),
+        state=TokenState(
+            values=new_values,
+            cells=new_cells,
+            levels=new_levels,
+            grid=grid,
+            layout=_upsampled_layout(state.known_layout(), count, new_levels, new_cells),
+        ),
         kept=arange[:, :kept_count],
         children=arange[:, kept_count:],
         kept_source=kept_source,
         parents=selected,
     )
+
+
+def _upsampled_layout(before: Layout | None, count: int, levels: torch.Tensor, cells: torch.Tensor) -> Layout | None:
+    """The layout after `count` distinct half-resolution tokens became four full-resolution ones each: nothing is
+    left to read from the device where the layout before was known."""
+    if before is None:
+        return None
+    counts = [*before.counts, 0][: max(2, len(before.counts))]
+    counts[FULL] += 4 * count
+    counts[HALF] -= count
+    # Nothing upsampled: the kept tokens stay in their order (a stable sort of equal keys).
+    raster = before.raster and count == 0
+    return Layout(levels=levels, cells=cells, counts=tuple(counts), tiles=before.tiles, raster=raster)
 
 
 # --- orderings and renders ----------------------------------------------------------------------
@@ -258,6 +323,9 @@ def raster_order(state: TokenState) -> torch.Tensor:
         raise ValueError("raster order needs a state where every token is at full resolution")
     keys = state.cells[..., 0] * state.grid.cols + state.cells[..., 1]
     order = torch.argsort(keys, dim=1)
+    layout = state.known_layout()
+    if layout is not None and layout.tiles:  # made by ralu's own operations: no need to read the cells back
+        return order
     expected = torch.arange(state.grid.num_tokens, device=keys.device)
     if state.num_tokens != state.grid.num_tokens or not bool((torch.gather(keys, 1, order) == expected).all()):
         raise ValueError("the tokens do not cover the full-resolution grid exactly once")
@@ -267,11 +335,11 @@ def raster_order(state: TokenState) -> torch.Tensor:
 def to_raster(state: TokenState) -> TokenState:
     """The same tokens re-ordered into raster order (the layout pipelines expect)."""
     order = raster_order(state)
+    cells, levels = gather_tokens(state.cells, order), gather_tokens(state.levels, order)
+    # raster_order checked (or knew) that every token is at full resolution and the grid is covered once.
+    layout = Layout(levels=levels, cells=cells, counts=(state.grid.num_tokens,), tiles=True, raster=True)
     return TokenState(
-        values=gather_tokens(state.values, order),
-        cells=gather_tokens(state.cells, order),
-        levels=gather_tokens(state.levels, order),
-        grid=state.grid,
+        values=gather_tokens(state.values, order), cells=cells, levels=levels, grid=state.grid, layout=layout
     )
 
 
@@ -284,18 +352,19 @@ def render_latent(state: TokenState, values: torch.Tensor | None = None, level: 
     """
     values = state.values if values is None else values
     grid = state.grid
-    batch = values.shape[0]
-    dense = torch.zeros(batch, grid.num_tokens, grid.token_dim, dtype=values.dtype, device=values.device)
-    full = state.levels == FULL
-    for image in range(batch):
-        f_idx = full[image].nonzero().squeeze(1)
-        h_idx = (~full[image]).nonzero().squeeze(1)
-        f_cells = state.cells[image, f_idx]
-        dense[image, f_cells[:, 0] * grid.cols + f_cells[:, 1]] = values[image, f_idx]
-        if h_idx.numel():
-            kids = nearest_children(values[image, h_idx][None], grid.channels, grid.patch)[0]
-            k_cells = child_cells(state.cells[image, h_idx][None])[0]
-            dense[image, k_cells[:, 0] * grid.cols + k_cells[:, 1]] = kids
+    batch, count, dim = values.shape
+    # Every token painted as four copies on 2 x 2 cells (a full-resolution token: four times itself, on its own
+    # cell), so that no token count is read from the device; duplicate writes carry identical values.
+    full = (state.levels == FULL)[:, :, None, None]
+    own = values[:, :, None, :].expand(batch, count, 4, dim)
+    kids = nearest_children(values, grid.channels, grid.patch).reshape(batch, count, 4, dim)
+    painted = torch.where(full, own, kids).reshape(batch, 4 * count, dim)
+    own_cells = state.cells[:, :, None, :].expand(batch, count, 4, 2)
+    kid_cells = child_cells(state.cells).reshape(batch, count, 4, 2)
+    cells = torch.where(full, own_cells, kid_cells).reshape(batch, 4 * count, 2)
+    flat = cells[..., 0] * grid.cols + cells[..., 1]
+    dense = torch.zeros(batch, grid.num_tokens, dim, dtype=values.dtype, device=values.device)
+    dense.scatter_(1, flat[..., None].expand(-1, -1, dim), painted)
     image_full = tokens_to_image(dense, grid.rows, grid.cols, grid.channels, grid.patch)
     if level == FULL:
         return image_full
@@ -311,11 +380,17 @@ def dense_level(state: TokenState) -> int | None:
     half-resolution grid, stage 3 and baselines the dense full grid).
     """
     level = state.coarsest_level
-    if not bool((state.levels == level).all()):
+    layout = state.known_layout()
+    if layout is not None:  # known without reading the device
+        if sum(1 for count in layout.counts if count) > 1:
+            return None
+    elif not bool((state.levels == level).all()):
         return None
     rows, cols = state.grid.rows >> level, state.grid.cols >> level
     if state.num_tokens != rows * cols:
         return None
+    if layout is not None and layout.raster:
+        return level
     r = torch.arange(rows, device=state.cells.device) << level
     c = torch.arange(cols, device=state.cells.device) << level
     expected = torch.stack(torch.meshgrid(r, c, indexing="ij"), dim=-1).reshape(1, -1, 2)

@@ -160,7 +160,7 @@ class FluxCall(DiTCall):
         self,
         x: torch.Tensor,
         timestep: torch.Tensor,
-        rows: torch.Tensor,
+        rows: list[int],
         ids: torch.Tensor,
         negative: bool,
         group: str,
@@ -176,14 +176,15 @@ class FluxCall(DiTCall):
         # The pipeline's context names, one per CFG branch; images evaluated apart get their own.
         name = ("uncond" if negative else "cond") + group
         # Key/value store slots: the conditional branch's images first, then the unconditional branch's.
-        slots = [int(r) + (self.batch_size if negative else 0) for r in rows.tolist()]
+        slots = [r + (self.batch_size if negative else 0) for r in rows]
+        index = rows_index(rows, pooled.device)
         with self.denoiser_context(name, step, timestep[0]), self.kv_routing(slots, active):
             return transformer(
                 hidden_states=x,
                 timestep=timestep / 1000,
                 guidance=None if self.guidance is None else self.guidance.expand(x.shape[0]),
-                pooled_projections=pooled[rows],
-                encoder_hidden_states=embeds[rows],
+                pooled_projections=pooled[index],
+                encoder_hidden_states=embeds[index],
                 txt_ids=text_ids,
                 img_ids=ids,
                 joint_attention_kwargs=self.joint_attention_kwargs,
@@ -199,19 +200,14 @@ class FluxCall(DiTCall):
         out = torch.empty_like(values)
         t = sigma.to(self.device) * self.num_train_timesteps
         routed = None if active is None or self.kv_store is None else active
-        groups = list(iter_chunks(positions))
-        if len(groups) > 1 and self.positions_per_row():
-            # Images at different positions (each picked its own tokens) share one call: RoPE per row.
-            groups, rotary = [torch.arange(values.shape[0], device=values.device)], self._rotary_per_row(positions)
-        else:
-            rotary = None  # images at the same positions share a call; RoPE ids are per call
+        groups, rotary = self._row_groups(state, positions, active)
         for rows in groups:
-            rows = rows.to(values.device)
-            x = values[rows]
+            index = rows_index(rows, values.device)
+            x = values[index]
             timestep = t.expand(x.shape[0]).to(x.dtype)
-            ids = self._ids(positions[int(rows[0])])
-            group = "" if len(groups) == 1 else f"/images {','.join(str(int(r)) for r in rows)}"
-            tokens = None if routed is None else routed[rows.to(routed.device)]
+            ids = self._ids(positions[rows[0]])
+            group = "" if len(groups) == 1 else f"/images {','.join(str(r) for r in rows)}"
+            tokens = None if routed is None else routed[rows_index(rows, routed.device)]
             self.row_rotary = rotary
             try:
                 noise_pred = self._transformer(x, timestep, rows, ids, False, group, step, tokens)
@@ -220,8 +216,26 @@ class FluxCall(DiTCall):
                     noise_pred = negative + self.args.true_cfg_scale * (noise_pred - negative)
             finally:
                 self.row_rotary = None
-            out[rows] = noise_pred.to(out.dtype)
+            out[index] = noise_pred.to(out.dtype)
         return out
+
+    def _row_groups(
+        self, state: TokenState, positions: torch.Tensor, active: torch.Tensor | None
+    ) -> tuple[list[list[int]], Rotary | None]:
+        """The batch rows that share one transformer call, and each row's rotary embedding where rows at different
+        positions share it (None: RoPE ids are per call)."""
+        everyone = [list(range(positions.shape[0]))]
+        layout = state.known_layout()
+        if positions.shape[0] == 1 or (active is None and layout is not None and layout.raster):
+            return everyone, None  # one image, or every image on the same complete grid: nothing to compare
+        if self.positions_per_row():
+            # Images that may sit at different positions (each picked its own tokens) share one call: RoPE per row,
+            # which is what shared RoPE ids compute where they do sit at the same positions. Nothing is compared, so
+            # nothing is read from the device.
+            return everyone, self._rotary_per_row(positions)
+        # Processors that take one RoPE per call: images at different positions are evaluated apart. Grouping them
+        # compares their positions, which reads the device (a host-device synchronisation this case needs).
+        return [chunk.tolist() for chunk in iter_chunks(positions)], None
 
     def _rotary_per_row(self, positions: torch.Tensor) -> Rotary:
         """Each image's rotary embedding for the text and its own image ids, as the transformer computes it."""
@@ -260,6 +274,14 @@ class FluxCall(DiTCall):
         latents = state.values  # packed, what FluxPipeline returns for output_type="latent"
         unpacked = self.pipe._unpack_latents(latents, self.height, self.width, self.pipe.vae_scale_factor)
         return self.pipeline_output(unpacked, latents, FluxPipelineOutput)
+
+
+def rows_index(rows: list[int], device: torch.device) -> slice | torch.Tensor:
+    """Batch rows as an index: a slice where they are consecutive (always, but for images at different positions
+    evaluated apart), so that selecting them copies nothing from the host to the device."""
+    if rows == list(range(rows[0], rows[0] + len(rows))):
+        return slice(rows[0], rows[0] + len(rows))
+    return torch.tensor(rows, device=device)
 
 
 def flux_grid(pipe: Any, height: int, width: int) -> TokenGrid:

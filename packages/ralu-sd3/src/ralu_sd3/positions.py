@@ -60,18 +60,16 @@ class SinCosGrid:
         self.check_fits(rows, cols)
         if self.max_size is not None:
             extent_rows = extent_cols = self.max_size
-            offset = torch.tensor(
-                [(self.max_size - rows) // 2, (self.max_size - cols) // 2],
-                dtype=torch.float64,
-                device=positions.device,
-            )
+            top, left = (self.max_size - rows) // 2, (self.max_size - cols) // 2
         else:  # no cropping: the grid itself is rescaled to base_size
             extent_rows, extent_cols = rows, cols
-            offset = torch.zeros(2, dtype=torch.float64, device=positions.device)
-        index = positions.to(torch.float64) + offset
+            top = left = 0
+        # The crop offsets as Python numbers (exact in float64): a tensor of them would be a host-to-device copy.
+        index = positions.to(torch.float64)
+        row_index, col_index = index[..., 0] + top, index[..., 1] + left
         # Same arithmetic as diffusers: coordinates in float32, the sine-cosine in float64.
-        row_coord = index[..., 0].to(torch.float32) / (extent_rows / self.base_size) / self.interpolation_scale
-        col_coord = index[..., 1].to(torch.float32) / (extent_cols / self.base_size) / self.interpolation_scale
+        row_coord = row_index.to(torch.float32) / (extent_rows / self.base_size) / self.interpolation_scale
+        col_coord = col_index.to(torch.float32) / (extent_cols / self.base_size) / self.interpolation_scale
         half = self.embed_dim // 2
         flat = torch.cat([sincos_1d(col_coord, half), sincos_1d(row_coord, half)], dim=1)
         return flat.reshape(*positions.shape[:-1], self.embed_dim).to(torch.float32)

@@ -107,6 +107,12 @@ class TokenSelector(Strategy):
         """Problems with using this selector in a stage of `steps` steps (checked before any model runs)."""
         return []
 
+    def valid_by_construction(self) -> bool:
+        """Whether `select` returns distinct positions within the candidates whatever the scores (as `rank_top`
+        does). The engine then checks only the answer's shape and dtype: checking its values reads them from
+        the device, which makes the host wait for it at every selection. Default: False, every answer is checked."""
+        return False
+
 
 # --- resolution transitions ---------------------------------------------------------------------
 
@@ -114,7 +120,11 @@ class TokenSelector(Strategy):
 @attrs.frozen(kw_only=True)
 class TransitionRequest:
     """Upsample `selected` (B, K state indices of half-res tokens) and move the state from the
-    end of one stage (noise level `sigma_from`) to the start of the next (`sigma_to`)."""
+    end of one stage (noise level `sigma_from`) to the start of the next (`sigma_to`).
+
+    The engine guarantees that `selected` are distinct half-resolution tokens of `state`, so a transition
+    may hand them to `upsample_selected(..., checked=True)`, which then does not read them back from the device.
+    """
 
     state: TokenState
     selected: torch.Tensor

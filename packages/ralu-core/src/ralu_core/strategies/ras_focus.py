@@ -162,3 +162,6 @@ class RASFocusSelector(TokenSelector):
         self._dropped += 1
         self._dropped.scatter_(1, chosen, 0.0)
         return picks
+
+    def valid_by_construction(self) -> bool:
+        return type(self).select is RASFocusSelector.select  # rank_top's answer

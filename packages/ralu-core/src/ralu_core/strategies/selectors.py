@@ -65,15 +65,19 @@ def footprint_scores(cell_map: torch.Tensor, state: TokenState, candidates: torc
     cells = gather_tokens(state.cells, candidates)
     levels = gather_tokens(state.levels, candidates)
     scores = torch.zeros(candidates.shape, dtype=cell_map.dtype, device=cell_map.device)
-    for level in (FULL, HALF):
-        mask = levels == level
-        if not bool(mask.any()):
+    # A level is skipped only where the host knows it is absent: asking the tensors would wait for the device.
+    layout = state.known_layout()
+    present = (FULL, HALF) if layout is None else tuple(lvl for lvl in (FULL, HALF) if state.count_at_level(lvl))
+    for level in present:
+        if level == HALF and min(cell_map.shape[1:]) < 2:  # no half-resolution grid, so no such tokens
             continue
+        mask = levels == level
         pooled = cell_map if level == FULL else F.avg_pool2d(cell_map[:, None], 2)[:, 0] * 4
-        rows = cells[..., 0] >> level
-        cols = cells[..., 1] >> level
+        # Clamped: tokens of the other level index too (their entries are not kept).
+        rows = (cells[..., 0] >> level).clamp(max=pooled.shape[1] - 1)
+        cols = (cells[..., 1] >> level).clamp(max=pooled.shape[2] - 1)
         batch = torch.arange(cell_map.shape[0], device=cell_map.device)[:, None].expand_as(rows)
-        scores = torch.where(mask, pooled[batch, rows.clamp(max=pooled.shape[1] - 1), cols], scores)
+        scores = torch.where(mask, pooled[batch, rows, cols], scores)
     return scores
 
 
@@ -111,6 +115,9 @@ class RatioSelector(TokenSelector):
     def select(self, request: SelectionRequest) -> torch.Tensor:
         count = self.planned_count(request.candidates.shape[1]) if request.count is None else request.count
         return rank_top(self.ranking(request), count, request.generator)
+
+    def valid_by_construction(self) -> bool:
+        return type(self).select is RatioSelector.select  # rank_top's answer; a subclass's own select is checked
 
 
 def _require_clean_estimate(request: SelectionRequest, name: str) -> torch.Tensor:
@@ -196,6 +203,9 @@ class CannyEdgeSelector(RatioSelector):
         """(B, 3, H, W) RGB in [0, 1] -> (B, H, W) Sobel magnitude of the 8-bit image Canny sees."""
         return self._gradients(self.grey_images(images))
 
+    # Canny and Sobel run in OpenCV on the CPU: the decoded image is copied to the host (grey_levels) and the
+    # maps back to the device (ranking). These are the sampling loop's only host-device synchronisations that a
+    # strategy truly needs (see host_sync.py); a GPU edge detector would remove them but not give the same edges.
     def _edges(self, greys: list[npt.NDArray[np.uint8]]) -> torch.Tensor:
         low, high = self.config.low_threshold, self.config.high_threshold
         return torch.from_numpy(np.stack([cv2.Canny(g, low, high) > 0 for g in greys])).to(torch.float32)
@@ -266,6 +276,9 @@ class AllSelector(TokenSelector):
     def select(self, request: SelectionRequest) -> torch.Tensor:
         batch, count = request.candidates.shape
         return torch.arange(count, device=request.candidates.device).expand(batch, -1)
+
+    def valid_by_construction(self) -> bool:
+        return type(self).select is AllSelector.select
 
 
 BUILTIN_SELECTORS: tuple[type[TokenSelector], ...] = (

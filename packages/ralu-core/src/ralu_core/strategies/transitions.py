@@ -40,7 +40,7 @@ class NTDMUpsample(ResolutionTransition):
         a, b, c = injection_coefficients(end, start)
         state = request.state
         grid = state.grid
-        split = upsample_selected(state, request.selected)
+        split = upsample_selected(state, request.selected, checked=True)
         x = split.state.values.float()
         eps = randn(tuple(x.shape), request.generator, device=x.device, dtype=torch.float32)
         kept_noise = math.sqrt(1.0 - c) * gather_tokens(eps, split.kept)
@@ -63,7 +63,7 @@ class NaiveUpsample(ResolutionTransition):
                 f"(got sigma {request.sigma_from:.4f} -> {request.sigma_to:.4f}); "
                 "use the nt-dm schedule with `rewind: false`, or the nt-dm-upsample transition"
             )
-        return upsample_selected(request.state, request.selected).state
+        return upsample_selected(request.state, request.selected, checked=True).state
 
 
 BUILTIN_TRANSITIONS: tuple[type[ResolutionTransition], ...] = (NTDMUpsample, NaiveUpsample)
