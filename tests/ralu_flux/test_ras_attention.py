@@ -55,6 +55,24 @@ def test_ras_run_restores_processors_and_batch_equals_singles(pipe) -> None:  # 
         torch.testing.assert_close(batch[row : row + 1], single, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("true_cfg", [False, True])
+def test_a_batch_shares_one_transformer_call_per_step_and_branch(pipe, true_cfg: bool) -> None:  # type: ignore[no-untyped-def]
+    """The images of a batch pick different tokens, yet run in one call per step: our own stand-in processors,
+    in place for the stage, are no reason to evaluate them apart."""
+    batches: list[int] = []
+    hook = pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: batches.append(kwargs["hidden_states"].shape[0]), with_kwargs=True
+    )
+    extra = {"negative_prompt": "blurry", "true_cfg_scale": 3.0} if true_cfg else {}
+    try:
+        ralu_core.accelerate(pipe, ras())(
+            ["a red circle", "a blue square"], generator=[gen(1), gen(2)], **CALL, **extra
+        )
+    finally:
+        hook.remove()
+    assert batches == [2] * 6 * (2 if true_cfg else 1)
+
+
 def test_cached_keys_values_differ_from_dropping_them(pipe) -> None:  # type: ignore[no-untyped-def]
     cached = ralu_core.accelerate(pipe, ras())("a red circle", generator=gen(3), **CALL).images
     dropped = ralu_core.accelerate(pipe, ras(inactive=", inactive: drop"))("a red circle", generator=gen(3), **CALL)
