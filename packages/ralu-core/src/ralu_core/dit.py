@@ -25,8 +25,9 @@ import torch
 
 from ralu_core.adapter import ConfigReader, ModelAdapter, ModelCall, check_image_size, is_diffusers_pipeline
 from ralu_core.arguments import PipelineArguments
-from ralu_core.hookspecs import RegisterAdapter, RegisterRecipe, hookimpl
+from ralu_core.hookspecs import RegisterAdapter, RegisterModel, RegisterRecipe, hookimpl
 from ralu_core.kv_store import KVStore, swapped_processors
+from ralu_core.models import NamedModel
 from ralu_core.pipeline_call import DiffusersCall, default_num_inference_steps
 from ralu_core.randomness import GeneratorArg, per_image_generators
 from ralu_core.strategies.base import StageInfo
@@ -50,8 +51,13 @@ class DiTCall(DiffusersCall):
         self.mu: float | None = None
 
     def _pipeline_helper(self, name: str) -> Callable[..., Any]:
-        """A helper function of the pipeline's own module (each diffusers pipeline module carries copies)."""
-        return getattr(sys.modules[type(self.pipe).__module__], name)  # type: ignore[no-any-return]
+        """A helper function of the pipeline's own module (each diffusers pipeline module carries copies), or,
+        for a subclass defined elsewhere, of the nearest base class's module that has it."""
+        for cls in type(self.pipe).__mro__:
+            helper = getattr(sys.modules.get(cls.__module__), name, None)
+            if callable(helper):
+                return helper  # type: ignore[no-any-return]
+        raise AttributeError(f"no module of {type(self.pipe).__name__} or its bases defines {name}")
 
     def resolution_shift(self, image_tokens: int, max_shift: float) -> float | None:
         """The scheduler's mu for `image_tokens` if it shifts with resolution, else None."""
@@ -247,10 +253,22 @@ class AdapterPlugin:
     """The plugin of an adapter package: the adapter and the package's recipes (``recipes/NAME.yaml``).
     Its entry point names an instance: ``flux = "ralu_flux.plugin:plugin"``."""
 
-    def __init__(self, adapter: ModelAdapter, package: str, recipes: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        package: str,
+        recipes: tuple[str, ...],
+        models: Callable[[], Sequence[NamedModel]] = tuple,
+    ) -> None:
         self.adapter = adapter
         self.package = package
         self.recipes = recipes
+        self.models = models
+
+    @hookimpl
+    def ralu_register_models(self, register: RegisterModel) -> None:
+        for model in self.models():
+            register(model)
 
     @hookimpl
     def ralu_register_model_adapters(self, register: RegisterAdapter) -> None:

@@ -29,8 +29,12 @@ class NamedModel:
     """What ``--model`` takes (unique across plugins)."""
     adapter: str
     """Name of the model adapter that drives the pipeline (the recipes' ``model`` field)."""
-    load: Callable[[], Any]
-    """Builds the pipeline (float32, CPU); called only when the model is used."""
+    load: Callable[..., Any]
+    """Builds the pipeline, called only when the model is used: ``load()`` in float32 on the CPU (the CLI
+    then moves it), or ``load(device, dtype)`` where `loads_on_device` is set."""
+    loads_on_device: bool = False
+    """Whether `load` builds the pipeline straight on the device in the dtype of the call (a full-size model
+    that would take minutes and twice the memory as float32 on the CPU first)."""
     note: str = ""
     """What a user should know about its images, printed when it is loaded."""
     call_defaults: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)

@@ -29,10 +29,10 @@ __all__ = ["load_flux_dev_config", "transformer_forward_flops", "vae_decode_flop
 _META = torch.device("meta")
 
 
-def load_flux_dev_config(part: Literal["transformer", "vae"]) -> dict[str, Any]:
-    """The diffusers config of FLUX.1-dev's ``transformer`` or ``vae`` (a fresh, mutable copy)."""
-    if part not in ("transformer", "vae"):
-        raise ValueError(f"part must be 'transformer' or 'vae', got {part!r}")
+def load_flux_dev_config(part: Literal["transformer", "vae", "scheduler"]) -> dict[str, Any]:
+    """The diffusers config of FLUX.1-dev's ``transformer``, ``vae`` or ``scheduler`` (a fresh, mutable copy)."""
+    if part not in ("transformer", "vae", "scheduler"):
+        raise ValueError(f"part must be 'transformer', 'vae' or 'scheduler', got {part!r}")
     resource = resources.files("ralu_flux").joinpath("data").joinpath("flux-dev").joinpath(f"{part}.json")
     text = resource.read_text("utf-8")
     config: dict[str, Any] = json.loads(text)

@@ -46,11 +46,14 @@ DEFAULT_TEXT_TOKENS = 77 + 256
 
 _META = torch.device("meta")
 _ARCHS = ("sd3-medium", "sd35-large")
-_PARTS = ("transformer", "vae")
+_PARTS = ("transformer", "vae", "scheduler")
 
 
-def load_sd3_config(arch: Literal["sd3-medium", "sd35-large"], part: Literal["transformer", "vae"]) -> dict[str, Any]:
-    """The diffusers config of SD3-medium's or SD3.5-large's ``transformer`` or ``vae`` (a fresh copy)."""
+def load_sd3_config(
+    arch: Literal["sd3-medium", "sd35-large"], part: Literal["transformer", "vae", "scheduler"]
+) -> dict[str, Any]:
+    """The diffusers config of SD3-medium's or SD3.5-large's ``transformer``, ``vae`` or ``scheduler``
+    (a fresh copy)."""
     if arch not in _ARCHS:
         raise ValueError(f"arch must be one of {_ARCHS}, got {arch!r}")
     if part not in _PARTS:
