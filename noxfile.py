@@ -36,8 +36,8 @@ EVERYTHING = [
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "packages", "tests", "docs/examples", "noxfile.py")
-    session.run("ruff", "format", "--check", "packages", "tests", "docs/examples", "noxfile.py")
+    session.run("ruff", "check", "packages", "tests", "docs/examples", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "packages", "tests", "docs/examples", "benchmarks", "noxfile.py")
 
 
 @nox.session

@@ -23,6 +23,7 @@ import torch
 from ralu_core.accelerate import AcceleratedPipeline
 from ralu_core.accounting import recipe_cost
 from ralu_core.adapter import FlopsProfile
+from ralu_core.compiling import graphs_compiled
 from ralu_core.events import StageEvent
 from ralu_core.hookspecs import hookimpl
 from ralu_core.image_metric import Image, ImageMetric
@@ -52,6 +53,10 @@ class BenchResult:
     """Recipe -> (reused, total) evaluations measured by its adaptive caches over the timed samples."""
     token_cache_bytes: dict[str, int] = attrs.field(factory=dict)
     """Recipe -> the most memory its token-level caches held (RAS's keys, values and reused outputs)."""
+    graphs: dict[str, tuple[int, int]] = attrs.field(factory=dict)
+    """With ``torch.compile``: recipe -> (graphs compiled during its warm-up, during its timed samples)."""
+    peak_memory_bytes: dict[str, int] = attrs.field(factory=dict)
+    """On a GPU: recipe -> the most device memory any of its calls allocated (weights included)."""
 
     def reused_share(self, recipe: str) -> float | None:
         reused, total = self.reuse.get(recipe, (0, 0))
@@ -85,6 +90,10 @@ class BenchResult:
             row["efficiency"] = row["speedup_wall"] / row["speedup_flops_all"]
             row["reused_share"] = self.reused_share(recipe)
             row["token_cache_mib"] = self.token_cache_bytes.get(recipe, 0) / 2**20
+            peak = self.peak_memory_bytes.get(recipe)
+            row["peak_memory_gib"] = None if peak is None else peak / 2**30
+            warmup_graphs, timed_graphs = self.graphs.get(recipe, (None, None))
+            row["graphs_compiled_warmup"], row["graphs_compiled_timed"] = warmup_graphs, timed_graphs
             for metric, values in self.scores.get(recipe, {}).items():
                 finite = [v for v in values if math.isfinite(v)]
                 row[metric] = statistics.fmean(finite) if finite else (math.inf if values else None)
@@ -102,6 +111,8 @@ class BenchResult:
             "scores": self.scores,
             "reuse": {recipe: {"reused": r, "evaluations": t} for recipe, (r, t) in self.reuse.items()},
             "token_cache_bytes": self.token_cache_bytes,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "graphs_compiled": {recipe: {"warmup": w, "timed": t} for recipe, (w, t) in self.graphs.items()},
             "notes": self.notes,
         }
 
@@ -121,6 +132,8 @@ class BenchPlan:
     steps: int
     warmup: int = 1
     decode: bool = True
+    compiled: bool = False
+    """Whether the denoiser's blocks are compiled: graphs compiled are then counted per recipe."""
 
 
 class BenchProgress(Protocol):
@@ -141,18 +154,28 @@ def run_bench(
     height, width = plan.call_kwargs["height"], plan.call_kwargs["width"]
     output_type = "np" if plan.decode else "latent"
 
-    def call(fast: AcceleratedPipeline, prompt: str, seed: int) -> tuple[float, Image | None]:
+    cuda = torch.cuda.is_available()
+    peak: dict[str, int] = {}
+    graphs: dict[str, list[int]] = {}
+
+    def call(fast: AcceleratedPipeline, prompt: str, seed: int, phase: int) -> tuple[float, Image | None]:
         # --steps reaches single-stage recipes that leave their steps open, not one that fixes them.
         open_steps = fast.runtime.schedule.accepts_requested_steps and fast.runtime.stages[0].spec.steps is None
         extra = {"num_inference_steps": plan.steps} if open_steps else {}
         generator = torch.Generator("cpu").manual_seed(seed)
-        if torch.cuda.is_available():
+        compiled_before = graphs_compiled()
+        if cuda:
             torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         out = fast(prompt, generator=generator, output_type=output_type, **plan.call_kwargs, **extra).images
-        if torch.cuda.is_available():
+        if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
+        name = fast.recipe.name
+        if cuda:
+            peak[name] = max(peak.get(name, 0), torch.cuda.max_memory_allocated())
+        graphs.setdefault(name, [0, 0])[phase] += graphs_compiled() - compiled_before
         return seconds, to_uint8(out[0]) if plan.decode else None
 
     warmups = len(plan.recipes) * plan.warmup
@@ -160,7 +183,7 @@ def run_bench(
     done = 0
     for fast in plan.recipes:
         for _ in range(plan.warmup):
-            call(fast, plan.prompts[0], plan.seeds[0])
+            call(fast, plan.prompts[0], plan.seeds[0], WARMUP)
             done += 1
             if progress is not None:
                 progress.warmup(done, warmups)
@@ -173,7 +196,7 @@ def run_bench(
     try:
         for count, (fast, prompt, seed) in enumerate(interleaved(plan), start=1):
             memory.recipe = fast.recipe.name
-            seconds, image = call(fast, prompt, seed)
+            seconds, image = call(fast, prompt, seed, TIMED)
             measured = [m for m in (c.cache.measured_reuse() for c in fast.runtime.caches) if m is not None]
             if measured:
                 reused, evaluated = reuse.get(fast.recipe.name, (0, 0))
@@ -211,6 +234,7 @@ def run_bench(
         "seeds": list(plan.seeds),
         "warmup": plan.warmup,
         "final_decode_timed": plan.decode,
+        "compiled": plan.compiled,
         "call_args": {k: v for k, v in plan.call_kwargs.items() if k not in ("height", "width")},
     }
     return BenchResult(
@@ -221,7 +245,13 @@ def run_bench(
         notes=notes,
         reuse=reuse,
         token_cache_bytes={name: memory.most.get(name, 0) for name in names},
+        graphs={name: (graphs[name][WARMUP], graphs[name][TIMED]) for name in names} if plan.compiled else {},
+        peak_memory_bytes=peak,
     )
+
+
+WARMUP, TIMED = 0, 1
+"""The two phases of a bench run (indices of the per-recipe graph counts)."""
 
 
 class TokenCacheMemory:
@@ -274,15 +304,18 @@ def markdown_table(result: BenchResult, device: str) -> str:
     metric_names = sorted({k for r in rows for k in result.scores.get(r["recipe"], {})})
     reuse_column = ["reused"] if result.reuse else []
     memory_column = ["token cache MiB"] if any(result.token_cache_bytes.values()) else []
+    peak_column = ["peak GiB"] if result.peak_memory_bytes else []
+    graph_column = ["graphs compiled (warm-up / timed)"] if result.graphs else []
     header = ["recipe", "s / image", "wall x", "FLOPs x (all)", "FLOPs x (linear)", "wall / FLOPs", *reuse_column]
-    header += memory_column
+    header += memory_column + peak_column + graph_column
     header += metric_names
     settings = result.settings
     decode = "included" if settings["final_decode_timed"] else "excluded"
+    compiled = f"; torch.compile {settings['compile']}" if settings.get("compiled") else ""
     lines = [
         f"{device}; {settings['height']}x{settings['width']}, baseline steps {settings['steps']}, "
         f"{len(settings['prompts'])} prompts x {len(settings['seeds'])} seeds, median time per image "
-        f"(interleaved, after warm-up); final decode {decode}.",
+        f"(interleaved, after warm-up); final decode {decode}{compiled}.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -303,6 +336,8 @@ def markdown_table(result: BenchResult, device: str) -> str:
             f"{row['efficiency']:.2f}",
             *([fmt(row["reused_share"])] if reuse_column else []),
             *([f"{row['token_cache_mib']:.1f}"] if memory_column else []),
+            *([fmt(row["peak_memory_gib"])] if peak_column else []),
+            *([f"{row['graphs_compiled_warmup']} / {row['graphs_compiled_timed']}"] if graph_column else []),
             *[fmt(row.get(m)) for m in metric_names],
         ]
         lines.append("| " + " | ".join(cells) + " |")

@@ -9,6 +9,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from ralu_core.batch import (
     read_prompts,
     shard,
 )
+from ralu_core.compiling import COMPILE_MODES, compile_denoiser
 from ralu_core.errors import RaluError, did_you_mean
 from ralu_core.model_sources import ModelSource, known_model_names, resolve_model_source
 from ralu_core.ntdm import solve_ntdm
@@ -85,18 +87,7 @@ def load_model(
 
 def load_source(registry: Registry, source: ModelSource, device: str, dtype: str) -> tuple[Any, dict[str, Any]]:
     if source.kind in ("named", "embedded"):
-        if source.kind == "named":
-            named = registry.models[source.name].obj
-            note, pipe, defaults = named.note, named.load(), dict(named.call_defaults)
-        else:
-            assert source.adapter is not None
-            note, pipe = source.adapter.embedded_note(source.name), source.adapter.embedded_pipeline(source.name)
-            defaults = {"height": EMBEDDED_SIZE, "width": EMBEDDED_SIZE}
-        if note:
-            _say(f"note: {note}")
-        if hasattr(pipe, "to"):
-            pipe = pipe.to(device) if dtype == "float32" else pipe.to(device=device, dtype=DTYPES[dtype])
-        return pipe, defaults
+        return _build_offline(registry, source, device, dtype)
     from diffusers import DiffusionPipeline
 
     try:
@@ -105,6 +96,24 @@ def load_source(registry: Registry, source: ModelSource, device: str, dtype: str
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RaluError(f"--model {source.name}: cannot load it as a diffusers pipeline: {first}") from None
     return pipe.to(device), {}
+
+
+def _build_offline(registry: Registry, source: ModelSource, device: str, dtype: str) -> tuple[Any, dict[str, Any]]:
+    """A named or embedded model, its note said, on `device` in `dtype`, and the call arguments it expects."""
+    if source.kind == "named":
+        named = registry.models[source.name].obj
+        note, defaults = named.note, dict(named.call_defaults)
+        build = partial(named.load, device, DTYPES[dtype]) if named.loads_on_device else named.load
+    else:
+        assert source.adapter is not None
+        note, defaults = source.adapter.embedded_note(source.name), {"height": EMBEDDED_SIZE, "width": EMBEDDED_SIZE}
+        build = partial(source.adapter.embedded_pipeline, source.name)
+    if note:
+        _say(f"note: {note}")
+    pipe = build()
+    if hasattr(pipe, "to"):  # nothing moves for a model built in place
+        pipe = pipe.to(device) if dtype == "float32" else pipe.to(device=device, dtype=DTYPES[dtype])
+    return pipe, defaults
 
 
 # --- commands -----------------------------------------------------------------------------------
@@ -472,6 +481,8 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     for recipe in recipes:
         resolve_recipe(recipe, registry)
     prompts = _bench_prompts(registry, ns)
+    if ns.compile != "off" and ns.warmup < 1:
+        raise RaluError("--compile needs --warmup 1 or more: the warm-up calls compile, the timed ones must not")
     model = default_model(registry, recipes[0]) if ns.model is None else ns.model
     named = registry.models.get(model)
     known_defaults = dict(named.obj.call_defaults) if named is not None else {}
@@ -484,6 +495,8 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     pipe.set_progress_bar_config(disable=True)
     adapter = registry.resolve_adapter(pipe)
     fast = [accelerate(pipe, r, plugin_manager=registry.pm) for r in recipes]
+    if ns.compile != "off":
+        compile_denoiser(adapter.denoiser(pipe), ns.compile, ns.compile_backend)
     kwargs: dict[str, Any] = {**defaults, **parse_call_args(ns.call_arg), "height": height, "width": width}
     plan = BenchPlan(
         recipes=fast,
@@ -493,12 +506,14 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         steps=ns.steps,
         warmup=ns.warmup,
         decode=ns.decode,
+        compiled=ns.compile != "off",
     )
     metrics = [entry.obj for entry in registry.metrics.values()]
     profile = adapter.pipeline_flops_profile(pipe, kwargs)
     with TqdmBenchProgress() as progress:
         result = run_bench(plan, metrics, profile, progress=progress)
     result.settings["model"] = model if ns.model else f"{model} (default)"
+    result.settings["compile"] = "off" if ns.compile == "off" else f"mode {ns.compile}, backend {ns.compile_backend}"
     device = _device_name(ns.device)
     plot_metric = next((m for m in ("shapeeval", "psnr") if m in registry.metrics), None)
     paths = write_outputs(result, Path(ns.out), device, plot_metric)
@@ -638,6 +653,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds per prompt")
     bench.add_argument("--steps", type=int, default=50, help="steps of single-stage recipes (default 50)")
     bench.add_argument("--warmup", type=int, default=1)
+    bench.add_argument(
+        "--compile",
+        choices=["off", *COMPILE_MODES],
+        default="off",
+        help="torch.compile the denoiser's repeated blocks (static shapes: one graph per stage shape), compiled "
+        "during the warm-up; the report counts the graphs compiled per recipe",
+    )
+    bench.add_argument(
+        "--compile-backend", default="inductor", help="torch.compile backend (default inductor; eager: no codegen)"
+    )
     bench.add_argument(
         "--no-decode",
         dest="decode",

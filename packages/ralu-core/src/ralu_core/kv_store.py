@@ -68,6 +68,9 @@ class KVStore:
         """Memory the cached keys and values take."""
         return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self._entries.values())
 
+    # Not traced by torch.compile: the store is keyed by layer name, and a traced lookup would specialise each
+    # block's graph on its layer (one graph per block instead of per block class: a recompilation storm).
+    @torch.compiler.disable  # type: ignore[untyped-decorator]
     def merge(
         self, layer: Hashable, key: torch.Tensor, value: torch.Tensor, seq_dim: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
