@@ -4,7 +4,8 @@
 # Full-size FLUX.1-dev and SD3-medium built in bfloat16 with random weights on the GPU (`flux-dev-random`,
 # `sd3-medium-random`: no download; a step costs what it costs with the real weights), each recipe set timed
 # side by side by `ralu bench` (interleaved, CUDA-synchronised, after a warm-up, peak memory per recipe),
-# first eager, then with the denoiser's blocks compiled (the graphs each recipe compiles are counted). Then
+# first eager, then with the denoiser's blocks compiled (the graphs each recipe compiles are counted); the eager
+# runs also record where each recipe's sampling loop makes the host wait for the GPU. Then
 # `summary.py` gathers the reports into one Markdown table and JSON, with the issue's goals checked.
 #
 # Needs ralu installed (`pip install -e packages/ralu-core -e packages/ralu-flux ...`). Every setting can be
@@ -39,8 +40,9 @@ for ((i = 0; i < PROMPTS; i++)); do
 done
 
 bench() {  # NAME MODEL STEPS COMPILE RECIPES...
-  local name=$1 model=$2 steps=$3 mode=$4
+  local name=$1 model=$2 steps=$3 mode=$4 syncs=()
   shift 4
+  [ "$mode" = off ] && syncs=(--host-syncs)  # where each recipe's loop waits for the GPU, found once, eager
   local left=$((BUDGET - ($(date +%s) - start)))
   if ((left < 30)); then
     echo "skipped $name: ${left}s of the budget left" | tee -a "$OUT/skipped.txt" >&2
@@ -50,7 +52,7 @@ bench() {  # NAME MODEL STEPS COMPILE RECIPES...
   # shellcheck disable=SC2086  # EXTRA is a list of options
   if ! timeout "$left" "$PYTHON" -m ralu_core.cli bench --model "$model" --height "$SIZE" --width "$SIZE" \
     --steps "$steps" --no-decode --warmup 1 --seeds 0 --compile "$mode" --compile-backend "$BACKEND" \
-    $EXTRA "${prompt_args[@]}" --recipes "$@" --out "$OUT/$name" >"$OUT/$name.log" 2>&1; then
+    "${syncs[@]}" $EXTRA "${prompt_args[@]}" --recipes "$@" --out "$OUT/$name" >"$OUT/$name.log" 2>&1; then
     echo "failed or timed out: $name (see $OUT/$name.log)" | tee -a "$OUT/skipped.txt" >&2
     tail -5 "$OUT/$name.log" >&2 || true
   fi

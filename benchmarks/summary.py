@@ -78,6 +78,12 @@ def summarize(out: Path) -> tuple[str, dict[str, Any]]:
         verdict = "met" if goal["met"] else "MISSED"
         note = f" ({goal['note']})" if goal.get("note") else ""
         lines.append(f"- {goal['run']}: {goal['goal']}: {_fmt(goal['value'])}, {verdict}{note}")
+    syncs = {run: report["host_syncs"] for run, report in runs.items() if report.get("host_syncs")}
+    if syncs:
+        lines += ["", "## Host-device synchronisations in the sampling loop (one eager call per recipe)", ""]
+        for run, per_recipe in syncs.items():
+            for recipe, found in per_recipe.items():
+                lines.append(f"- {run}, {recipe}: {'none' if not found else '; '.join(found)}")
     skipped = out / "skipped.txt"
     if skipped.is_file():
         lines += ["", "## Not run", "", *[f"- {line}" for line in skipped.read_text().splitlines() if line]]
@@ -87,6 +93,7 @@ def summarize(out: Path) -> tuple[str, dict[str, Any]]:
         "runs": {run: report["summary"] for run, report in runs.items()},
         "settings": settings,
         "goals": all_goals,
+        "host_syncs": syncs,
     }
     return "\n".join(lines) + "\n", data
 

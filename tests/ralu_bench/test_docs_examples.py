@@ -27,3 +27,18 @@ def test_the_ras_example_runs(tmp_path, monkeypatch, capsys) -> None:  # type: i
     out = capsys.readouterr().out
     assert out.count("image (256, 256)") == 3
     assert "stage 0: key/value and output caches" in out
+
+
+def test_the_compile_example_runs(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    torch._dynamo.reset()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["compile.py", "eager"])
+    runpy.run_path(str(EXAMPLES / "compile.py"), run_name="__main__")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "compiled 6 blocks (eager)"  # flux-shapes: two double and four single blocks
+    first, second, third = lines[1:4]
+    assert first.startswith("call 0: image (128, 128)") and not first.endswith(" 0 graphs compiled")
+    assert second.endswith(" 0 graphs compiled") and third.endswith(" 0 graphs compiled")
+    assert all("CannyEdgeSelector" in line for line in lines[4:]) and len(lines) == 6

@@ -51,6 +51,8 @@ def test_the_gpu_script_runs_every_recipe_and_summarizes(tmp_path: Path) -> None
     markdown = (tmp_path / "summary.md").read_text()
     assert "| flux-eager | ralu-flux-7x |" in markdown and "## Goals" in markdown
     assert "ralu-sd3-3x: wall / FLOPs >= 0.9" in markdown
+    assert "- flux-eager, flux-baseline: none" in markdown and "- sd3-eager, ras-sd3: none" in markdown
+    assert "CannyEdgeSelector" in data["host_syncs"]["flux-eager"]["ralu-flux-7x"][0]
 
 
 def test_every_recipe_the_script_names_by_default_resolves() -> None:

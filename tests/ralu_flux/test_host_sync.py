@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 import ralu_core
+from ralu_core.cli import main
 from ralu_core.host_sync import HostSyncRecorder, record_syncs
 from ralu_core.tokens import TokenGrid, TokenState, dense_level, downsample_nearest
 from ralu_flux.adapter import FluxCall
@@ -133,3 +135,19 @@ def test_a_state_with_replaced_tensors_reads_them_again() -> None:
     changed = TokenState.full_resolution(torch.zeros(1, 16, 4), grid)
     changed.levels[0, 3] = 1  # changed in place: its layout no longer holds either
     assert changed.coarsest_level == 1 and dense_level(changed) is None
+
+
+def test_bench_reports_each_recipes_host_syncs_also_when_compiled(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    torch._dynamo.reset()
+    argv = ["bench", "--model", "flux-tiny", "--height", "128", "--width", "128", "--steps", "4", "--no-decode"]
+    argv += ["--recipes", "flux-baseline", "ralu-flux-7x", "--host-syncs", "--call-arg", "max_sequence_length=16"]
+    argv += ["--compile", "default", "--compile-backend", "eager", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    assert "Host-device synchronisations in the sampling loop" in capsys.readouterr().out
+    syncs = json.loads((tmp_path / "report.json").read_text())["host_syncs"]
+    assert syncs["flux-baseline"] == []
+    assert [line.split("  ", 1)[1].split(":")[0] for line in syncs["ralu-flux-7x"]] == [
+        "ralu_core/strategies/selectors.py",
+        "ralu_core/strategies/selectors.py",
+    ]
+    assert all("CannyEdgeSelector" in line for line in syncs["ralu-flux-7x"])

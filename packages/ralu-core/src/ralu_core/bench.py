@@ -26,6 +26,7 @@ from ralu_core.adapter import FlopsProfile
 from ralu_core.compiling import graphs_compiled
 from ralu_core.events import StageEvent
 from ralu_core.hookspecs import hookimpl
+from ralu_core.host_sync import HostSyncRecorder
 from ralu_core.image_metric import Image, ImageMetric
 
 
@@ -57,6 +58,8 @@ class BenchResult:
     """With ``torch.compile``: recipe -> (graphs compiled during its warm-up, during its timed samples)."""
     peak_memory_bytes: dict[str, int] = attrs.field(factory=dict)
     """On a GPU: recipe -> the most device memory any of its calls allocated (weights included)."""
+    host_syncs: dict[str, list[str]] = attrs.field(factory=dict)
+    """Recipe -> where one call's sampling loop made the host wait for the device (``count  site: op``)."""
 
     def reused_share(self, recipe: str) -> float | None:
         reused, total = self.reuse.get(recipe, (0, 0))
@@ -113,6 +116,7 @@ class BenchResult:
             "token_cache_bytes": self.token_cache_bytes,
             "peak_memory_bytes": self.peak_memory_bytes,
             "graphs_compiled": {recipe: {"warmup": w, "timed": t} for recipe, (w, t) in self.graphs.items()},
+            "host_syncs": self.host_syncs,
             "notes": self.notes,
         }
 
@@ -134,6 +138,13 @@ class BenchPlan:
     decode: bool = True
     compiled: bool = False
     """Whether the denoiser's blocks are compiled: graphs compiled are then counted per recipe."""
+    host_syncs: bool = False
+    """After the timed samples, run one more call per recipe, eager, recording its host-device syncs."""
+
+    def step_kwargs(self, fast: AcceleratedPipeline) -> dict[str, Any]:
+        """--steps reaches single-stage recipes that leave their steps open, not one that fixes them."""
+        open_steps = fast.runtime.schedule.accepts_requested_steps and fast.runtime.stages[0].spec.steps is None
+        return {"num_inference_steps": self.steps} if open_steps else {}
 
 
 class BenchProgress(Protocol):
@@ -159,9 +170,7 @@ def run_bench(
     graphs: dict[str, list[int]] = {}
 
     def call(fast: AcceleratedPipeline, prompt: str, seed: int, phase: int) -> tuple[float, Image | None]:
-        # --steps reaches single-stage recipes that leave their steps open, not one that fixes them.
-        open_steps = fast.runtime.schedule.accepts_requested_steps and fast.runtime.stages[0].spec.steps is None
-        extra = {"num_inference_steps": plan.steps} if open_steps else {}
+        extra = plan.step_kwargs(fast)
         generator = torch.Generator("cpu").manual_seed(seed)
         compiled_before = graphs_compiled()
         if cuda:
@@ -211,6 +220,7 @@ def run_bench(
         for manager in managers:
             manager.unregister(memory)
     names = [fast.recipe.name for fast in plan.recipes]
+    host_syncs = {fast.recipe.name: loop_syncs(plan, fast) for fast in plan.recipes} if plan.host_syncs else {}
     if plan.decode:
         samples = score_samples(samples, names[0], metrics)
     notes = [m.note() for m in metrics if m.note()]
@@ -247,7 +257,19 @@ def run_bench(
         token_cache_bytes={name: memory.most.get(name, 0) for name in names},
         graphs={name: (graphs[name][WARMUP], graphs[name][TIMED]) for name in names} if plan.compiled else {},
         peak_memory_bytes=peak,
+        host_syncs=host_syncs,
     )
+
+
+def loop_syncs(plan: BenchPlan, fast: AcceleratedPipeline) -> list[str]:
+    """Where one call of `fast` (eager, untimed) made the host wait for the device inside its sampling loop."""
+    generator = torch.Generator("cpu").manual_seed(plan.seeds[0])
+    output_type = "np" if plan.decode else "latent"
+    with torch.compiler.set_stance("force_eager"), HostSyncRecorder.step_loop() as recorder:
+        fast(
+            plan.prompts[0], generator=generator, output_type=output_type, **plan.call_kwargs, **plan.step_kwargs(fast)
+        )
+    return [f"{count}  {record}" for record, count in recorder.summary().items()]
 
 
 WARMUP, TIMED = 0, 1
@@ -342,6 +364,11 @@ def markdown_table(result: BenchResult, device: str) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *[f"- {note}" for note in result.notes]]
+    if result.host_syncs:
+        lines += ["", "Host-device synchronisations in the sampling loop (one eager call each; count, site, op):", ""]
+        for recipe, syncs in result.host_syncs.items():
+            lines.append(f"- {recipe}: {'none' if not syncs else ''}")
+            lines += [f"    - {sync}" for sync in syncs]
     return "\n".join(lines) + "\n"
 
 

@@ -507,6 +507,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         warmup=ns.warmup,
         decode=ns.decode,
         compiled=ns.compile != "off",
+        host_syncs=ns.host_syncs,
     )
     metrics = [entry.obj for entry in registry.metrics.values()]
     profile = adapter.pipeline_flops_profile(pipe, kwargs)
@@ -662,6 +663,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--compile-backend", default="inductor", help="torch.compile backend (default inductor; eager: no codegen)"
+    )
+    bench.add_argument(
+        "--host-syncs",
+        action="store_true",
+        help="after timing, record where one call per recipe makes the host wait for the device in its sampling "
+        "loop (docs/gpu.md)",
     )
     bench.add_argument(
         "--no-decode",

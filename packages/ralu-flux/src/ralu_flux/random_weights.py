@@ -92,7 +92,7 @@ def random_weight_models() -> list[NamedModel]:
             loads_on_device=True,
             note=(
                 "flux-dev-random is FLUX.1-dev's architecture at full size with RANDOM weights and random text "
-                "embeddings (no text encoders): for timing and memory on a GPU (about 24 GB in bfloat16), not "
+                "embeddings (no text encoders): for timing and memory on a GPU (22 GiB of weights in bfloat16), not "
                 "for images."
             ),
             call_defaults={"height": 1024, "width": 1024, "guidance_scale": 3.5, "max_sequence_length": 512},

@@ -128,7 +128,7 @@ def _published(arch: Arch, device: str, dtype: torch.dtype) -> RandomTextSD3Pipe
 
 _NOTE = (
     "{name} is {arch}'s architecture at full size with RANDOM weights and random text embeddings (no text "
-    "encoders): for timing and memory on a GPU (about {gib} GB in bfloat16), not for images."
+    "encoders): for timing and memory on a GPU ({gib} GiB of weights in bfloat16), not for images."
 )
 
 
@@ -137,7 +137,7 @@ def random_weight_models() -> list[NamedModel]:
     models = []
     published: tuple[tuple[str, Arch, str, int, float], ...] = (
         ("sd3-medium-random", "sd3-medium", "SD3-medium", 4, 7.0),
-        ("sd35-large-random", "sd35-large", "SD3.5-large", 16, 3.5),
+        ("sd35-large-random", "sd35-large", "SD3.5-large", 15, 3.5),
     )
     for name, arch, label, gib, guidance in published:
         models.append(
