@@ -57,8 +57,8 @@ def test_the_gpu_script_runs_every_recipe_and_summarizes(tmp_path: Path) -> None
 
 def test_every_recipe_the_script_names_by_default_resolves() -> None:
     script = (ROOT / "benchmarks" / "gpu.sh").read_text()
-    defaults = re.findall(r'RALU_BENCH_(?:FLUX|SD3)_(?:RECIPES|COMPILED):-"([^"]+)"', script)
-    assert len(defaults) == 4
+    defaults = re.findall(r'RALU_BENCH_(?:FLUX|SD3|SD35)_(?:RECIPES|COMPILED):-"([^"]+)"', script)
+    assert len(defaults) == 5
     registry = Registry.collect(create_plugin_manager())
     for name in {name for names in defaults for name in names.split()}:
         resolve_recipe(find_recipe(name, registry), registry)  # raises for a misspelled or broken recipe
