@@ -7,6 +7,12 @@ stage to stage, and a static graph per count gets the fastest kernels; it is reu
 later call of the same size. A run of several recipes meets a few counts each, so the recompile limit is
 raised to keep any of them from falling back to eager. `graphs_compiled` lets a benchmark show that calls
 after the first compile nothing.
+
+Why each block's ``forward`` and not ``Module.compile``: block-level caches (ralu's and diffusers') are hooks
+installed around a block's ``forward`` for one call and removed after it. Compiling the module's whole call
+would trace those hooks too, guarding on the objects and Python state of the call that compiled them, so the
+next call, with fresh hooks, would compile again. Compiling the block's own ``forward`` keeps the caches'
+decisions in Python around the compiled computation.
 """
 
 from __future__ import annotations
@@ -36,9 +42,9 @@ def repeated_blocks(denoiser: Any) -> list[torch.nn.Module]:
 
 
 def compile_denoiser(denoiser: Any, mode: str = "default", backend: str = "inductor") -> int:
-    """Compile the repeated blocks of a pipeline's denoiser (``pipe.transformer``) in place (``Module.compile``,
-    static shapes); returns how many. The pipeline keeps working as before, compiled on its first calls, and
-    every accelerated view of it shares the compiled blocks."""
+    """Compile the repeated blocks of a pipeline's denoiser (``pipe.transformer``) in place (each block's
+    ``forward``, static shapes); returns how many. The pipeline keeps working as before, compiled on its first
+    calls, and every accelerated view of it shares the compiled blocks."""
     if mode not in COMPILE_MODES:
         raise RaluError(f"unknown compile mode {mode!r}; use one of {', '.join(COMPILE_MODES)}")
     blocks = repeated_blocks(denoiser)
@@ -49,7 +55,8 @@ def compile_denoiser(denoiser: Any, mode: str = "default", backend: str = "induc
     if backend == "inductor":
         options["mode"] = None if mode == "default" else mode
     for block in blocks:
-        block.compile(**options)
+        if not hasattr(block.forward, "_torchdynamo_orig_callable"):  # compiling twice changes nothing
+            block.forward = torch.compile(block.forward, **options)
     return len(blocks)
 
 
