@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -41,8 +42,16 @@ def single(prompt_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def launch(prompt_file: Path, out: Path, processes: int = 2) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+LAUNCHERS = {
+    "torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
+    # Without a GPU, accelerate starts several processes only with --multi_gpu (its torchrun-based launcher).
+    "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2", "--num_machines=1"],
+}
+
+
+def launch(prompt_file: Path, out: Path, launcher: str = "torchrun") -> subprocess.Popen[bytes]:
+    """Two processes of `ralu generate --prompts`, started the way users start them."""
+    command = [sys.executable, *LAUNCHERS[launcher]]
     command += ["-m", "ralu_core.cli", "generate", "--prompts", str(prompt_file), "--out", str(out)]
     command += ["--seeds", "0", "1", *ARGS]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -62,10 +71,20 @@ def test_one_process_writes_every_image_and_a_manifest_then_resumes(single: Path
     assert {p.name: p.stat().st_mtime_ns for p in single.glob("*.png")} == before
 
 
-def test_two_processes_make_the_same_images_as_one(single: Path, prompt_file: Path, tmp_path: Path) -> None:
-    run = launch(prompt_file, tmp_path)
-    _, err = run.communicate(timeout=600)
-    assert run.returncode == 0, err.decode()[-3000:]
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_processes_make_the_same_images_as_one(
+    single: Path, prompt_file: Path, tmp_path: Path, launcher: str
+) -> None:
+    run = launch(prompt_file, tmp_path, launcher)
+    _, raw = run.communicate(timeout=600)
+    err = raw.decode()
+    assert run.returncode == 0, err[-3000:]
+    summary = [line for line in err.splitlines() if line.startswith("recipe ")]
+    assert summary == [
+        f"recipe ralu-flux-7x: 6 of 6 images in {tmp_path} (6 made by 2 processes, 0 already there); "
+        f"manifest {tmp_path / 'manifest.jsonl'}"
+    ]  # said once, with the work of both processes
+    assert err.count("note: flux-tiny is an embedded") == 1  # the model's note once, by the main process
     assert files(tmp_path) == files(single)  # image for image, byte for byte
     timeless = [
         [{k: v for k, v in line.items() if k not in ("seconds", "process")} for line in manifest(f)]
@@ -86,9 +105,12 @@ def test_a_killed_run_is_completed_exactly_by_the_next(single: Path, prompt_file
     run.wait()
     assert len(list(tmp_path.glob("*.png"))) < 6  # it was stopped before the end
     again = launch(prompt_file, tmp_path)
-    _, err = again.communicate(timeout=600)
-    assert again.returncode == 0, err.decode()[-3000:]
+    _, raw = again.communicate(timeout=600)
+    err = raw.decode()
+    assert again.returncode == 0, err[-3000:]
     assert files(tmp_path) == files(single)
+    made, before = map(int, re.findall(r"\((\d+) made by 2 processes, (\d+) already there\)", err)[0])
+    assert made + before == 6 and before >= 2  # it made only what the killed run left undone
     assert len(manifest(tmp_path)) == 6
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".partial")]
 

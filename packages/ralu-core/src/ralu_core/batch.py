@@ -161,6 +161,15 @@ class Processes:
         if self.state is not None:
             self.state.wait_for_everyone()
 
+    def sum_over_processes(self, counts: tuple[int, ...]) -> tuple[int, ...]:
+        """Each count added up over every process of the launch (a collective: every process must call it)."""
+        if self.state is None:
+            return counts
+        from accelerate.utils import gather_object
+
+        gathered = gather_object([counts])
+        return tuple(sum(column) for column in zip(*gathered, strict=True))
+
 
 def launched_processes() -> Processes:
     """accelerate's view of the launch (``accelerate launch``, ``torchrun``), or a single process."""

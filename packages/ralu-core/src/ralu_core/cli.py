@@ -85,9 +85,13 @@ def load_model(
     return load_source(registry, source, device, dtype)
 
 
-def load_source(registry: Registry, source: ModelSource, device: str, dtype: str) -> tuple[Any, dict[str, Any]]:
+def load_source(
+    registry: Registry, source: ModelSource, device: str, dtype: str, *, announce: bool = True
+) -> tuple[Any, dict[str, Any]]:
+    """The pipeline of a resolved --model; `announce=False` keeps a named model's note to itself (every
+    process but the main one of a launch, so that the note is said once)."""
     if source.kind in ("named", "embedded"):
-        return _build_offline(registry, source, device, dtype)
+        return _build_offline(registry, source, device, dtype, announce=announce)
     from diffusers import DiffusionPipeline
 
     try:
@@ -98,7 +102,9 @@ def load_source(registry: Registry, source: ModelSource, device: str, dtype: str
     return pipe.to(device), {}
 
 
-def _build_offline(registry: Registry, source: ModelSource, device: str, dtype: str) -> tuple[Any, dict[str, Any]]:
+def _build_offline(
+    registry: Registry, source: ModelSource, device: str, dtype: str, *, announce: bool
+) -> tuple[Any, dict[str, Any]]:
     """A named or embedded model, its note said, on `device` in `dtype`, and the call arguments it expects."""
     if source.kind == "named":
         named = registry.models[source.name].obj
@@ -108,7 +114,7 @@ def _build_offline(registry: Registry, source: ModelSource, device: str, dtype: 
         assert source.adapter is not None
         note, defaults = source.adapter.embedded_note(source.name), {"height": EMBEDDED_SIZE, "width": EMBEDDED_SIZE}
         build = partial(source.adapter.embedded_pipeline, source.name)
-    if note:
+    if note and announce:
         _say(f"note: {note}")
     pipe = build()
     if hasattr(pipe, "to"):  # nothing moves for a model built in place
@@ -203,17 +209,18 @@ def _generate_many(
     done_before = len(share) - len(mine)
     device = processes.device if processes.count > 1 and processes.device else ns.device  # one device each
     if mine:
-        pipe, defaults = load_source(registry, source, device, ns.dtype)
+        pipe, defaults = load_source(registry, source, device, ns.dtype, announce=processes.is_main)
         fast = accelerate(pipe, recipe, plugin_manager=registry.pm)
         kwargs = _call_kwargs(ns, defaults, call_args)
         _run_items(fast, mine, folder, kwargs, ns.batch_size, source.name, processes.index)
     processes.wait_for_everyone()
+    made, before = processes.sum_over_processes((len(mine), done_before))
     if processes.is_main:
         merged = folder.merge_manifest(items)
+        by = "this process" if processes.count == 1 else f"{processes.count} processes"
         _say(
             f"recipe {recipe.name}: {merged} of {len(items)} images in {folder.root} "
-            f"({len(mine)} made by {'this process' if processes.count == 1 else f'{processes.count} processes'}"
-            f"{'' if processes.count > 1 else f', {done_before} already there'}); manifest {folder.root / MANIFEST}"
+            f"({made} made by {by}, {before} already there); manifest {folder.root / MANIFEST}"
         )
     return 0
 
