@@ -130,3 +130,11 @@ def test_bad_input_is_refused_before_any_model_loads(prompt_file: Path, tmp_path
         assert main(["generate", *argv, *ARGS]) == 2
         err = capsys.readouterr().err
         assert message in err and "RANDOM weights" not in err  # the model was never loaded
+
+
+def test_one_prompt_under_a_launch_is_refused_before_any_model_loads(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what accelerate launch and torchrun set in every process
+    assert main(["generate", "a cat", "--out", str(tmp_path / "cat.png"), *ARGS]) == 2
+    err = capsys.readouterr().err
+    assert "one prompt was given to 2 launched processes" in err and "--prompts FILE" in err
+    assert "RANDOM weights" not in err and not list(tmp_path.iterdir())

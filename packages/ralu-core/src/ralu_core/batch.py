@@ -171,9 +171,15 @@ class Processes:
         return tuple(sum(column) for column in zip(*gathered, strict=True))
 
 
+def launched_world_size() -> int:
+    """How many processes ``accelerate launch`` or ``torchrun`` started (1 outside a launch), known before
+    any process group exists."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def launched_processes() -> Processes:
     """accelerate's view of the launch (``accelerate launch``, ``torchrun``), or a single process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if launched_world_size() <= 1:
         return Processes()
     try:
         from accelerate import PartialState

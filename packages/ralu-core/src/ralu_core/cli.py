@@ -24,6 +24,7 @@ from ralu_core.batch import (
     WorkItem,
     batches,
     launched_processes,
+    launched_world_size,
     plan_items,
     read_prompts,
     shard,
@@ -153,6 +154,11 @@ def cmd_generate(ns: argparse.Namespace) -> int:
         return _generate_many(ns, registry, recipe, source, call_args)
     if ns.prompt is None:
         raise RaluError("give a prompt, or --prompts FILE for many")
+    if (world := launched_world_size()) > 1:
+        raise RaluError(
+            f"one prompt was given to {world} launched processes (WORLD_SIZE={world}), which would all make the "
+            "same image; run it as one process, or give --prompts FILE to split many images between them"
+        )
     out = Path(ns.out or f"ralu-{recipe.name}-seed{ns.seed}.png")
     paths = _output_paths(out, ns.num_images)
     for path in paths:
