@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ralu_core.batch import MANIFEST, OutputFolder, WorkItem, batches, plan_items, read_prompts, shard
+from ralu_core.batch import MANIFEST, OutputFolder, WorkItem, as_json, batches, plan_items, read_prompts, shard
 from ralu_core.errors import RaluError
+from ralu_core.preflight import check_seeds
 
 
 def test_text_and_jsonl_prompt_files(tmp_path: Path) -> None:
@@ -72,3 +73,53 @@ def test_an_output_folder_that_is_a_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RaluError, match="is a file; --out is a folder"):
         OutputFolder(tmp_path / "taken").prepare()
     assert WorkItem(index=12, prompt="p", seed=5).stem == "000012-seed5"
+
+
+MADE_WITH = {"recipe": "ralu-flux-7x", "model": "flux-tiny", "settings": as_json({"height": 64, "width": 64})}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda items, made: (items, {**made, "recipe": "ralu-flux-4x"}), "recipe ralu-flux-7x, now ralu-flux-4x"),
+        (lambda items, made: (items, {**made, "settings": {"height": 64, "width": 128}}), "width 64, now 128"),
+        (
+            lambda items, made: (items, {**made, "settings": {**made["settings"], "num_inference_steps": 8}}),
+            "num_inference_steps not given, now 8",
+        ),
+        (lambda items, made: (plan_items(["a red circle", "a dog"], [3]), made), "prompt 'a cat', now 'a dog'"),
+    ],
+    ids=["recipe", "size", "a setting given only now", "an edited prompt file"],
+)
+def test_resuming_into_a_folder_made_otherwise_is_refused_with_what_differs(tmp_path: Path, change, message) -> None:  # type: ignore[no-untyped-def]
+    folder = OutputFolder(tmp_path / "out")
+    folder.prepare()
+    items = plan_items(["a red circle", "a cat"], [3])
+    for item in items:
+        folder.save(item, Image.new("RGB", (8, 8)), {"prompt": item.prompt, "seed": item.seed, **MADE_WITH})
+    folder.check_made_alike(items, MADE_WITH)  # the same run again: resumes
+    folder.check_made_alike(plan_items(["a red circle", "a cat", "a new prompt"], [3, 4]), MADE_WITH)  # grown
+    asked, made_with = change(items, MADE_WITH)
+    with pytest.raises(RaluError, match="made otherwise than this run asks") as caught:
+        folder.check_made_alike(asked, made_with)
+    assert message in str(caught.value) and "Give another --out" in str(caught.value)
+
+
+def test_a_record_that_cannot_be_read_is_not_taken_for_this_run(tmp_path: Path) -> None:
+    folder = OutputFolder(tmp_path / "out")
+    folder.prepare()
+    item = plan_items(["a cat"], [0])[0]
+    folder.save(item, Image.new("RGB", (8, 8)), {"prompt": "a cat", "seed": 0, **MADE_WITH})
+    (folder.records / f"{item.stem}.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(RaluError, match=r"1 of its images .* its record cannot be read"):
+        folder.check_made_alike([item], MADE_WITH)
+
+
+@pytest.mark.parametrize(
+    ("seeds", "message"),
+    [([0, 1, 0], "--seeds: 0 given more than once"), ([-1], "-1 is not a seed"), ([2**64], "is not a seed")],
+)
+def test_seeds_that_repeat_or_no_generator_takes_are_refused(seeds: list[int], message: str) -> None:
+    check_seeds("--seeds", [0, 1, 2**64 - 1])
+    with pytest.raises(RaluError, match=message):
+        check_seeds("--seeds", seeds)

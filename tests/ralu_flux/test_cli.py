@@ -138,8 +138,16 @@ def test_bench_reports_side_by_side_ratios(capsys, tmp_path) -> None:  # type: i
 
 
 def test_bench_needs_a_size_for_a_loaded_model(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    code, _, err = run(capsys, "bench", "--model", str(tmp_path / "some-local-model"))
+    folder = tmp_path / "some-local-model"
+    folder.mkdir()
+    (folder / "model_index.json").write_text('{"_class_name": "FluxPipeline"}', encoding="utf-8")
+    code, _, err = run(capsys, "bench", "--model", str(folder))
     assert code == 2 and "needs --height and --width" in err
+
+
+def test_bench_refuses_repeated_seeds_before_loading(capsys) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = run(capsys, "bench", "--model", "flux-tiny", "--seeds", "0", "1", "1")
+    assert code == 2 and "--seeds: 1 given more than once" in err and "RANDOM weights" not in err
 
 
 def test_flops_of_a_local_pipeline_folder(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]

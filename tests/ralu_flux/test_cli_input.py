@@ -38,6 +38,8 @@ def no_loading(monkeypatch):  # type: ignore[no-untyped-def]
         (["--steps", "0"], "--steps must be at least 1"),
         (["--steps", "4"], "fixes its steps per stage [2, 3, 5]"),
         (["--num-images", "0"], "--num-images must be at least 1"),
+        (["--seed", "-1"], "--seed: -1 is not a seed"),
+        (["--seed", str(2**64 - 1), "--num-images", "2"], "18446744073709551616 is not a seed"),
         (["--call-arg", "max_seqence_length=32"], "(did you mean 'max_sequence_length'?)"),
         (["--call-arg", "output_type=latent"], "needs output_type=pil"),
         (["--call-arg", "generator=1"], "set it with --seed"),

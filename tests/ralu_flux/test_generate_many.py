@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,6 +65,7 @@ def test_one_process_writes_every_image_and_a_manifest_then_resumes(single: Path
     assert [(line["prompt_index"], line["seed"]) for line in lines] == [(i, s) for i in range(3) for s in (0, 1)]
     assert lines[2]["prompt"] == "a blue square" and lines[0]["recipe"] == "ralu-flux-7x"
     assert lines[0]["model"] == "flux-tiny" and float(lines[0]["seconds"]) > 0  # type: ignore[arg-type]
+    assert lines[0]["settings"] == {"height": 64, "width": 64, "max_sequence_length": 16, "dtype": "float32"}
     before = {p.name: p.stat().st_mtime_ns for p in single.glob("*.png")}
     capsys.readouterr()
     assert main(["generate", "--prompts", str(prompt_file), "--out", str(single), "--seeds", "0", "1", *ARGS]) == 0
@@ -125,11 +127,35 @@ def test_bad_input_is_refused_before_any_model_loads(prompt_file: Path, tmp_path
         (["--prompts", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "a")], "cannot read it"),
         (["--prompts", str(prompt_file), "--out", str(taken)], "is a file; --out is a folder"),
         (["a cat", "--prompts", str(prompt_file), "--out", str(tmp_path / "a")], "not both"),
+        (["--prompts", str(prompt_file), "--out", str(tmp_path / "a"), "--seeds", "0", "1", "0"], "0 given more"),
     ]
     for argv, message in cases:
         assert main(["generate", *argv, *ARGS]) == 2
         err = capsys.readouterr().err
         assert message in err and "RANDOM weights" not in err  # the model was never loaded
+
+
+def test_resuming_with_another_recipe_or_an_edited_prompt_file_is_refused_before_any_model_loads(
+    single: Path,
+    prompt_file: Path,
+    tmp_path: Path,
+    capsys,  # type: ignore[no-untyped-def]
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(single, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    edited = tmp_path / "edited.txt"
+    edited.write_text(prompt_file.read_text(encoding="utf-8").replace("a blue square", "a blue star"), "utf-8")
+    cases = [
+        (["--prompts", str(prompt_file), "--recipe", "ralu-flux-4x"], "recipe ralu-flux-7x, now ralu-flux-4x"),
+        (["--prompts", str(edited)], "000001-seed0.png: prompt 'a blue square', now 'a blue star'"),
+        (["--prompts", str(prompt_file), "--guidance", "2.5"], "guidance_scale not given, now 2.5"),
+    ]
+    for argv, message in cases:
+        assert main(["generate", *argv, "--out", str(out), "--seeds", "0", "1", *ARGS]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "RANDOM weights" not in err, err
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # untouched
 
 
 def test_one_prompt_under_a_launch_is_refused_before_any_model_loads(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -5,7 +5,8 @@ second run knows what is done. Every image is written atomically (temporary file
 its record (one small JSON file per item, in a hidden folder, written after the image): a run killed at
 any moment leaves complete images and records, or nothing, for each item, and the next run does what is
 missing. The manifest (``manifest.jsonl``, one line per item in prompt and seed order) is rebuilt from the
-records, also atomically, at the end of every run.
+records, also atomically, at the end of every run. A record says how its image was made (prompt, recipe,
+model, settings), and a run that asks for something else is refused rather than counting it as done.
 
 Under ``accelerate launch`` or ``torchrun`` every process takes every n-th item (accelerate's process
 index and count, each process on its own device): no item is done twice or missed, whatever the number of
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,23 +126,80 @@ class OutputFolder:
         return self.root / f"{item.stem}{self.suffix}"
 
     def is_done(self, item: WorkItem) -> bool:
-        return (self.records / f"{item.stem}.json").is_file() and self.image_path(item).is_file()
+        return self._record_path(item).is_file() and self.image_path(item).is_file()
+
+    def _record_path(self, item: WorkItem) -> Path:
+        return self.records / f"{item.stem}.json"
+
+    def check_made_alike(self, items: Sequence[WorkItem], made_with: Mapping[str, Any]) -> None:
+        """Refuse to resume into a folder whose finished images came from other prompts or settings.
+
+        File names number the prompts and seeds, so an edited prompt file, another recipe or another size
+        would otherwise count old images as done and mix two runs in one manifest. `made_with` is what
+        every record of this run holds besides its prompt and seed (recipe, model, settings)."""
+        conflicts = []
+        for item in items:
+            if self.is_done(item):
+                wanted = {"prompt": item.prompt, "seed": item.seed, **made_with}
+                differences = _differences(self._read_record(item), wanted)
+                if differences:
+                    conflicts.append((item, differences))
+        if conflicts:
+            item, differences = conflicts[0]
+            raise RaluError(
+                f"--out {self.root}: {len(conflicts)} of its images were made otherwise than this run asks, e.g. "
+                f"{self.image_path(item).name}: {'; '.join(differences)}. Give another --out, or run with the "
+                f"prompt file and options that made them (delete those images to remake them)"
+            )
+
+    def _read_record(self, item: WorkItem) -> dict[str, Any]:
+        try:
+            record = json.loads(self._record_path(item).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
 
     def save(self, item: WorkItem, image: Any, record: dict[str, Any]) -> None:
         """The image, then its record: a record always means a complete image."""
         save_image_atomically(image, self.image_path(item))
         line = json.dumps({**record, "file": self.image_path(item).name}, ensure_ascii=False)
-        write_atomically(self.records / f"{item.stem}.json", lambda handle: handle.write(line.encode("utf-8")))
+        write_atomically(self._record_path(item), lambda handle: handle.write(line.encode("utf-8")))
 
     def merge_manifest(self, items: Sequence[WorkItem]) -> int:
         """Rewrite ``manifest.jsonl`` from the records of `items` that are done; returns how many."""
         lines = []
         for item in items:
             if self.is_done(item):
-                lines.append((self.records / f"{item.stem}.json").read_text(encoding="utf-8").strip())
+                lines.append(self._record_path(item).read_text(encoding="utf-8").strip())
         text = "".join(f"{line}\n" for line in lines).encode("utf-8")
         write_atomically(self.root / MANIFEST, lambda handle: handle.write(text))
         return len(lines)
+
+
+def as_json(value: Any) -> Any:
+    """`value` as it reads back from JSON (tuples become lists), so that it compares with a stored record."""
+    return json.loads(json.dumps(value, sort_keys=True, default=repr))
+
+
+def _differences(record: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """What `record` holds otherwise than `wanted`, a phrase each ("recipe ralu-flux-4x, now ralu-flux-7x");
+    the settings are compared one by one, a setting given only once included."""
+    if not record:
+        return ["its record cannot be read"]
+    found = []
+    for key, value in wanted.items():
+        was = record.get(key)
+        if isinstance(value, Mapping) and isinstance(was, Mapping):
+            for name in sorted(set(value) | set(was)):
+                if was.get(name) != value.get(name):
+                    found.append(f"{name} {_shown(was.get(name))}, now {_shown(value.get(name))}")
+        elif was != value:
+            found.append(f"{key} {_shown(was)}, now {_shown(value)}")
+    return found
+
+
+def _shown(value: Any) -> str:
+    return "not given" if value is None else repr(value) if isinstance(value, str) and " " in value else str(value)
 
 
 @attrs.frozen

@@ -22,6 +22,7 @@ from ralu_core.batch import (
     MANIFEST,
     OutputFolder,
     WorkItem,
+    as_json,
     batches,
     launched_processes,
     launched_world_size,
@@ -31,7 +32,7 @@ from ralu_core.batch import (
 )
 from ralu_core.compiling import COMPILE_MODES, compile_denoiser
 from ralu_core.errors import RaluError, did_you_mean
-from ralu_core.model_sources import ModelSource, known_model_names, resolve_model_source
+from ralu_core.model_sources import ModelSource, resolve_model_source
 from ralu_core.ntdm import solve_ntdm
 from ralu_core.outputs import check_writable, image_format, save_image_atomically
 from ralu_core.paired import compare
@@ -41,6 +42,7 @@ from ralu_core.preflight import (
     check_counts,
     check_device,
     check_prompt_lengths,
+    check_seeds,
     check_sizes,
     parse_call_args,
 )
@@ -107,13 +109,14 @@ def _build_offline(
     registry: Registry, source: ModelSource, device: str, dtype: str, *, announce: bool
 ) -> tuple[Any, dict[str, Any]]:
     """A named or embedded model, its note said, on `device` in `dtype`, and the call arguments it expects."""
+    defaults = known_call_defaults(registry, source)
     if source.kind == "named":
         named = registry.models[source.name].obj
-        note, defaults = named.note, dict(named.call_defaults)
+        note = named.note
         build = partial(named.load, device, DTYPES[dtype]) if named.loads_on_device else named.load
     else:
         assert source.adapter is not None
-        note, defaults = source.adapter.embedded_note(source.name), {"height": EMBEDDED_SIZE, "width": EMBEDDED_SIZE}
+        note = source.adapter.embedded_note(source.name)
         build = partial(source.adapter.embedded_pipeline, source.name)
     if note and announce:
         _say(f"note: {note}")
@@ -121,6 +124,16 @@ def _build_offline(
     if hasattr(pipe, "to"):  # nothing moves for a model built in place
         pipe = pipe.to(device) if dtype == "float32" else pipe.to(device=device, dtype=DTYPES[dtype])
     return pipe, defaults
+
+
+def known_call_defaults(registry: Registry, source: ModelSource) -> dict[str, Any]:
+    """The call arguments a named or embedded model expects, known without loading it (none for a pipeline
+    loaded from the hub or a folder: its own defaults apply)."""
+    if source.kind == "named":
+        return dict(registry.models[source.name].obj.call_defaults)
+    if source.kind == "embedded":
+        return {"height": EMBEDDED_SIZE, "width": EMBEDDED_SIZE}
+    return {}
 
 
 # --- commands -----------------------------------------------------------------------------------
@@ -154,6 +167,7 @@ def cmd_generate(ns: argparse.Namespace) -> int:
         return _generate_many(ns, registry, recipe, source, call_args)
     if ns.prompt is None:
         raise RaluError("give a prompt, or --prompts FILE for many")
+    check_seeds("--seed", [ns.seed + i for i in range(ns.num_images)])  # image i has seed --seed + i
     if (world := launched_world_size()) > 1:
         raise RaluError(
             f"one prompt was given to {world} launched processes (WORLD_SIZE={world}), which would all make the "
@@ -203,22 +217,24 @@ def _generate_many(
         raise RaluError("--num-images is for one prompt; with --prompts, give --seeds (one image per prompt and seed)")
     if ns.batch_size < 1:
         raise RaluError(f"--batch-size must be at least 1, got {ns.batch_size}")
+    check_seeds("--seeds", ns.seeds)
     prompts = read_prompts(Path(ns.prompts))
     folder = OutputFolder(Path(ns.out or "ralu-images"))
     folder.prepare()
-    defaults = _named_defaults(registry, source)
-    check_prompt_lengths(source, prompts, {**defaults, **call_args})
-    processes = launched_processes()
+    kwargs = _call_kwargs(ns, known_call_defaults(registry, source), call_args)
+    check_prompt_lengths(source, prompts, kwargs)
     items = plan_items(prompts, ns.seeds)
+    made_with = {"recipe": recipe.name, "model": source.name, "settings": as_json({**kwargs, "dtype": ns.dtype})}
+    folder.check_made_alike(items, made_with)  # every process, so that all stop together
+    processes = launched_processes()
     share = shard(items, processes.index, processes.count)
     mine = [item for item in share if not folder.is_done(item)]
     done_before = len(share) - len(mine)
     device = processes.device if processes.count > 1 and processes.device else ns.device  # one device each
     if mine:
-        pipe, defaults = load_source(registry, source, device, ns.dtype, announce=processes.is_main)
+        pipe, _ = load_source(registry, source, device, ns.dtype, announce=processes.is_main)
         fast = accelerate(pipe, recipe, plugin_manager=registry.pm)
-        kwargs = _call_kwargs(ns, defaults, call_args)
-        _run_items(fast, mine, folder, kwargs, ns.batch_size, source.name, processes.index)
+        _run_items(fast, mine, folder, kwargs, ns.batch_size, made_with, processes.index)
     processes.wait_for_everyone()
     made, before = processes.sum_over_processes((len(mine), done_before))
     if processes.is_main:
@@ -232,7 +248,13 @@ def _generate_many(
 
 
 def _run_items(
-    fast: Any, items: list[WorkItem], folder: OutputFolder, kwargs: dict[str, Any], size: int, model: str, rank: int
+    fast: Any,
+    items: list[WorkItem],
+    folder: OutputFolder,
+    kwargs: dict[str, Any],
+    size: int,
+    made_with: dict[str, Any],
+    rank: int,
 ) -> None:
     from tqdm.auto import tqdm
 
@@ -247,20 +269,12 @@ def _run_items(
                     "prompt": item.prompt,
                     "prompt_index": item.index,
                     "seed": item.seed,
-                    "recipe": fast.recipe.name,
-                    "model": model,
+                    **made_with,
                     "seconds": round(seconds, 4),
                     "process": rank,
                 }
                 folder.save(item, image, record)
             bar.update(len(chunk))
-
-
-def _named_defaults(registry: Registry, source: ModelSource) -> dict[str, Any]:
-    """The call defaults a named model carries (known without loading it)."""
-    if source.kind == "named":
-        return dict(registry.models[source.name].obj.call_defaults)
-    return {}
 
 
 def cmd_recipes(ns: argparse.Namespace) -> int:
@@ -496,15 +510,14 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     prompts = _bench_prompts(registry, ns)
     if ns.compile != "off" and ns.warmup < 1:
         raise RaluError("--compile needs --warmup 1 or more: the warm-up calls compile, the timed ones must not")
+    check_seeds("--seeds", ns.seeds)
     model = default_model(registry, recipes[0]) if ns.model is None else ns.model
-    named = registry.models.get(model)
-    known_defaults = dict(named.obj.call_defaults) if named is not None else {}
-    if model in known_model_names(registry) and named is None:  # an adapter's embedded model
-        known_defaults = {"height": EMBEDDED_SIZE, "width": EMBEDDED_SIZE}
+    source = resolve_model_source(registry, model)
+    known_defaults = known_call_defaults(registry, source)
     height, width = ns.height or known_defaults.get("height"), ns.width or known_defaults.get("width")
     if height is None or width is None:
         raise RaluError("ralu bench needs --height and --width for a loaded model (the FLOPs depend on them)")
-    pipe, defaults = load_source(registry, resolve_model_source(registry, model), ns.device, ns.dtype)
+    pipe, defaults = load_source(registry, source, ns.device, ns.dtype)
     pipe.set_progress_bar_config(disable=True)
     adapter = registry.resolve_adapter(pipe)
     fast = [accelerate(pipe, r, plugin_manager=registry.pm) for r in recipes]

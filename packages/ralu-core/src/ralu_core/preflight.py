@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -84,6 +85,19 @@ def check_counts(steps: int | None, num_images: int, guidance: float | None) -> 
         raise RaluError(f"--num-images must be at least 1, got {num_images}")
     if guidance is not None and not math.isfinite(guidance):
         raise RaluError(f"--guidance must be a finite number, got {guidance}")
+
+
+SEED_LIMIT = 2**64  # torch generators take seeds in [0, 2**64); a negative one wraps around to another's
+
+
+def check_seeds(label: str, seeds: Sequence[int]) -> None:
+    """Every seed a distinct generator seed: a repeated one would make the same image twice."""
+    for seed in seeds:
+        if not 0 <= seed < SEED_LIMIT:
+            raise RaluError(f"{label}: {seed} is not a seed; give whole numbers from 0 to 2**64 - 1")
+    repeated = sorted(seed for seed, times in Counter(seeds).items() if times > 1)
+    if repeated:
+        raise RaluError(f"{label}: {', '.join(map(str, repeated))} given more than once; give each seed once")
 
 
 def check_sizes(sides: Iterable[tuple[str, Any]], source: ModelSource, coarsest_level: int) -> None:
