@@ -97,11 +97,12 @@ def test_resuming_into_a_folder_made_otherwise_is_refused_with_what_differs(tmp_
     items = plan_items(["a red circle", "a cat"], [3])
     for item in items:
         folder.save(item, Image.new("RGB", (8, 8)), {"prompt": item.prompt, "seed": item.seed, **MADE_WITH})
-    folder.check_made_alike(items, MADE_WITH)  # the same run again: resumes
-    folder.check_made_alike(plan_items(["a red circle", "a cat", "a new prompt"], [3, 4]), MADE_WITH)  # grown
+    assert folder.finished(items, MADE_WITH) == set(items)  # the same run again: resumes
+    grown = plan_items(["a red circle", "a cat", "a new prompt"], [3, 4])
+    assert folder.finished(grown, MADE_WITH) == set(items)  # only the new items are left to make
     asked, made_with = change(items, MADE_WITH)
     with pytest.raises(RaluError, match="made otherwise than this run asks") as caught:
-        folder.check_made_alike(asked, made_with)
+        folder.finished(asked, made_with)
     assert message in str(caught.value) and "Give another --out" in str(caught.value)
 
 
@@ -112,7 +113,7 @@ def test_a_record_that_cannot_be_read_is_not_taken_for_this_run(tmp_path: Path) 
     folder.save(item, Image.new("RGB", (8, 8)), {"prompt": "a cat", "seed": 0, **MADE_WITH})
     (folder.records / f"{item.stem}.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(RaluError, match=r"1 of its images .* its record cannot be read"):
-        folder.check_made_alike([item], MADE_WITH)
+        folder.finished([item], MADE_WITH)
 
 
 @pytest.mark.parametrize(

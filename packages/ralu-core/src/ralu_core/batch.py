@@ -131,15 +131,17 @@ class OutputFolder:
     def _record_path(self, item: WorkItem) -> Path:
         return self.records / f"{item.stem}.json"
 
-    def check_made_alike(self, items: Sequence[WorkItem], made_with: Mapping[str, Any]) -> None:
-        """Refuse to resume into a folder whose finished images came from other prompts or settings.
+    def finished(self, items: Sequence[WorkItem], made_with: Mapping[str, Any]) -> set[WorkItem]:
+        """The `items` already made, after refusing a folder whose finished images came from other prompts
+        or settings.
 
         File names number the prompts and seeds, so an edited prompt file, another recipe or another size
         would otherwise count old images as done and mix two runs in one manifest. `made_with` is what
         every record of this run holds besides its prompt and seed (recipe, model, settings)."""
-        conflicts = []
+        done, conflicts = set(), []
         for item in items:
             if self.is_done(item):
+                done.add(item)
                 wanted = {"prompt": item.prompt, "seed": item.seed, **made_with}
                 differences = _differences(self._read_record(item), wanted)
                 if differences:
@@ -151,6 +153,7 @@ class OutputFolder:
                 f"{self.image_path(item).name}: {'; '.join(differences)}. Give another --out, or run with the "
                 f"prompt file and options that made them (delete those images to remake them)"
             )
+        return done
 
     def _read_record(self, item: WorkItem) -> dict[str, Any]:
         try:

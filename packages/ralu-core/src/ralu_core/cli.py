@@ -225,10 +225,10 @@ def _generate_many(
     check_prompt_lengths(source, prompts, kwargs)
     items = plan_items(prompts, ns.seeds)
     made_with = {"recipe": recipe.name, "model": source.name, "settings": as_json({**kwargs, "dtype": ns.dtype})}
-    folder.check_made_alike(items, made_with)  # every process, so that all stop together
+    done = folder.finished(items, made_with)  # by every process, so that all refuse a mixed folder together
     processes = launched_processes()
     share = shard(items, processes.index, processes.count)
-    mine = [item for item in share if not folder.is_done(item)]
+    mine = [item for item in share if item not in done]  # no other process makes items of this share
     done_before = len(share) - len(mine)
     device = processes.device if processes.count > 1 and processes.device else ns.device  # one device each
     if mine:
