@@ -5,8 +5,8 @@ size compile nothing. Where no host-device synchronisation is left in the sampli
 On a GPU, with the real weights, replace the reference model by ``FluxPipeline.from_pretrained(...)``. Here it
 runs on the shipped reference model ``flux-shapes`` (128 x 128), on any device:
 
-    python docs/examples/compile.py            # inductor: generates kernels (slow to compile on a CPU)
-    python docs/examples/compile.py eager      # dynamo's capture and guards only, in seconds
+    ./dev python docs/examples/compile.py            # inductor: generates kernels (slow to compile on a CPU)
+    ./dev python docs/examples/compile.py eager      # dynamo's capture and guards only, in seconds
 """
 
 from __future__ import annotations

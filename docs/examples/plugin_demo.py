@@ -3,7 +3,7 @@
 Installed plugins are found through the `ralu` entry-point group; for a quick experiment you can
 also hand a plugin module to the plugin manager in code:
 
-    python docs/examples/plugin_demo.py
+    ./dev python docs/examples/plugin_demo.py
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Runs offline on the CPU in seconds with the embedded tiny random-weight FLUX pipeline (its images
 are noise-like; swap in FluxPipeline.from_pretrained(...) for real weights):
 
-    python docs/examples/quickstart.py
+    ./dev python docs/examples/quickstart.py
 """
 
 from __future__ import annotations

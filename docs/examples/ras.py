@@ -4,7 +4,7 @@ SD3.5, reporting the memory its key/value cache takes.
 Runs offline on the CPU in seconds with the embedded tiny random-weight pipelines (their images are
 noise-like; swap in FluxPipeline/StableDiffusion3Pipeline.from_pretrained(...) for real weights):
 
-    python docs/examples/ras.py
+    ./dev python docs/examples/ras.py
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Offline, on a CPU, in about half a minute: both reference pipelines (FLUX and SD
 the same held-out prompts with their baseline and their most aggressive RALU recipe, and ShapeEval
 says whether each image shows the shapes its prompt names.
 
-    python docs/examples/shapes_quickstart.py
+    ./dev python docs/examples/shapes_quickstart.py
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 import numpy as np
 import torch
 from diffusers import FluxPipeline, StableDiffusion3Pipeline
+from diffusers.utils import logging as diffusers_logging
 
 import ralu_core
 from ralu_bench.models import recommended_call, reference_model_path
@@ -27,10 +28,11 @@ MODELS = {
 
 
 def main(num_prompts: int = 4) -> None:
+    diffusers_logging.disable_progress_bar()  # no "Loading pipeline components" bars for these tiny models
     judge = ShapeEval.load()
     prompts = shapes_prompts(num_prompts)  # captions of held-out scenes: never seen in training
     for name, (pipeline_class, recipes) in MODELS.items():
-        pipe = pipeline_class.from_pretrained(reference_model_path(name), torch_dtype=torch.float32)
+        pipe = pipeline_class.from_pretrained(reference_model_path(name), dtype=torch.float32)
         pipe.set_progress_bar_config(disable=True)
         call = recommended_call(name)  # 128 x 128, max_sequence_length=32, CFG 4, and the baseline's steps
         steps = call.pop("num_inference_steps")

@@ -1,9 +1,14 @@
-"""The reference-model example in docs/ keeps working."""
+"""The examples in docs/ that run on the trained reference models keep working."""
 
 from __future__ import annotations
 
+import os
+import re
 import runpy
+import subprocess
 from pathlib import Path
+
+import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 
@@ -42,3 +47,31 @@ def test_the_compile_example_runs(tmp_path, monkeypatch, capsys) -> None:  # typ
     assert first.startswith("call 0: image (128, 128)") and not first.endswith(" 0 graphs compiled")
     assert second.endswith(" 0 graphs compiled") and third.endswith(" 0 graphs compiled")
     assert all("CannyEdgeSelector" in line for line in lines[4:]) and len(lines) == 6
+
+
+def test_the_caching_example_runs_and_its_adaptive_cache_reuses(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(EXAMPLES / "caching.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert out.count("image (128, 128)") == 3
+    reused = re.search(r"first-block skipped all blocks but the first in (\d+) of 10", out)
+    assert reused is not None and int(reused.group(1)) > 0, out
+
+
+def test_an_example_run_as_the_docs_say_prints_no_library_notices() -> None:
+    """`./dev python docs/examples/caching.py`: no transformers notice (torchvision missing), no deprecation
+    warning (`torch_dtype`), no loading bars; only the example's own lines."""
+    root = EXAMPLES.parents[1]
+    if not (root / ".venv" / "bin" / "python").is_file():
+        pytest.skip("./dev has not set up .venv here (CI's first ./dev command does)")
+    done = subprocess.run(
+        ["bash", str(root / "dev"), "python", str(EXAMPLES / "caching.py")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if not k.endswith("_VERBOSITY")},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert len(done.stdout.splitlines()) == 4

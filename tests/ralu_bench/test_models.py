@@ -15,7 +15,7 @@ import torch
 from diffusers import FluxPipeline, StableDiffusion3Pipeline
 from PIL import Image
 
-from ralu_bench.models import REFERENCE_MODELS, recommended_call, reference_model_path
+from ralu_bench.models import REFERENCE_MODELS, recommended_call, reference_model_path, shapes_prompt_note
 from ralu_bench.plugin import shapes_prompts
 from ralu_bench.shapeeval import ShapeEval
 from ralu_core import accelerate
@@ -89,8 +89,19 @@ def test_ralu_generate_defaults_to_the_flux_reference_model(capsys, tmp_path, of
     out = tmp_path / "shape.png"
     assert main(["generate", PROMPT, "--out", str(out)]) == 0
     stderr = capsys.readouterr().err
-    assert "flux-shapes is ralu-bench's FLUX-architecture reference model" in stderr
+    assert "flux-shapes is ralu-bench's small FLUX-architecture reference model" in stderr
+    assert "never saw" not in stderr  # a prompt in the model's own words gets no warning
     assert "recipe ralu-flux-7x" in stderr and Image.open(out).size == (128, 128)
+
+
+def test_the_note_names_the_words_a_reference_model_never_saw() -> None:
+    note = shapes_prompt_note(["a cat on a sofa", "two red circles and a CAT"])
+    assert note.startswith("It never saw the words 'cat', 'sofa', 'two', so the image will be meaningless")
+    assert "e.g. 'a red circle at the top left" in note
+    assert shapes_prompt_note([PROMPT, "three blue squares"]).startswith("It never saw the words 'three', so")
+    assert shapes_prompt_note(["a pink diamond in the center on a gradient background from black to white"]) == ""
+    many = shapes_prompt_note([" ".join(f"word{c}" for c in "abcdefghij")])
+    assert "'worda'" in many and "and 2 more" in many
 
 
 def test_ralu_bench_on_a_reference_model_writes_every_output(tmp_path, offline) -> None:  # type: ignore[no-untyped-def]

@@ -31,3 +31,25 @@ def test_the_measured_reuse_of_an_adaptive_cache_is_reported(flux) -> None:  # t
     assert any("first-block counted as full" in note for note in result.notes)
     table = markdown_table(result, "test")
     assert "| reused |" in table
+
+
+def test_a_diffusers_cache_whose_reuse_is_not_counted_is_not_promised_a_reused_column(flux) -> None:  # type: ignore[no-untyped-def]
+    plain = ralu_core.accelerate(flux, "ralu-flux-7x")
+    cached = ralu_core.accelerate(
+        flux, with_cache("ralu-flux-7x", "{name: diffusers, method: first-block, options: {threshold: 0.2}}")
+    )
+    plan = BenchPlan(
+        recipes=[plain, cached],
+        prompts=["a red circle"],
+        seeds=[0],
+        call_kwargs={"height": 128, "width": 128},
+        steps=28,
+        decode=False,
+    )
+    result = run_bench(plan, [], plain.adapter.pipeline_flops_profile(flux, plan.call_kwargs))
+    rows = {row["recipe"]: row for row in result.summary()}
+    assert rows[cached.recipe.name]["reused_share"] is None and not result.reuse
+    table = markdown_table(result, "test")
+    assert "| reused |" not in table and "`reused`" not in table
+    note = next(n for n in result.notes if "diffusers counted as full" in n)
+    assert "decided inside diffusers and not counted, so only the wall-clock shows it" in note

@@ -24,10 +24,15 @@ def test_full_steps_come_at_each_stage_start_then_every_interval() -> None:
 
 
 @pytest.mark.parametrize(
-    ("fixture", "recipe", "middle"),
-    [("flux_mid", "ralu-flux-7x", "single_transformer_blocks"), ("sd3_mid", "ralu-sd3-3x", "transformer_blocks")],
+    ("fixture", "recipe", "middle", "stages"),
+    [
+        ("flux_mid", "ralu-flux-7x", "single_transformer_blocks", None),
+        ("sd3_mid", "ralu-sd3-3x", "transformer_blocks", None),
+        ("flux_mid", "ralu-flux-7x", "single_transformer_blocks", [0, 2]),
+    ],
 )
-def test_middle_blocks_run_on_full_steps_only(request, fixture: str, recipe: str, middle: str) -> None:  # type: ignore[no-untyped-def]
+def test_middle_blocks_run_on_full_steps_only(request, fixture: str, recipe: str, middle: str, stages) -> None:  # type: ignore[no-untyped-def]
+    """In the cache's stages only: outside them (`stages:`) every step runs every block, as `ralu flops` counts."""
     pipe = request.getfixturevalue(fixture)
     before = hook_snapshot(pipe.transformer)
     block = getattr(pipe.transformer, middle)[2]
@@ -40,14 +45,18 @@ def test_middle_blocks_run_on_full_steps_only(request, fixture: str, recipe: str
     middle_calls: list[int] = []
     first_calls: list[int] = []
     try:
-        fast = ralu_core.accelerate(pipe, with_cache(recipe, "{name: deepcache, interval: 2}"))
+        only = "" if stages is None else f", stages: {stages}"
+        fast = ralu_core.accelerate(pipe, with_cache(recipe, f"{{name: deepcache, interval: 2{only}}}"))
         out = fast("a red circle", generator=seeded_generators(0), **CALL).images
     finally:
         for handle in handles:
             handle.remove()
     steps = [s.spec.steps for s in fast.runtime.stages]
+    cached = range(len(steps)) if stages is None else stages
     assert len(first_calls) == sum(steps)
-    assert len(middle_calls) == sum(sum(full_step(j, 2) for j in range(n)) for n in steps)
+    expected = [sum(full_step(j, 2) for j in range(n)) if k in cached else n for k, n in enumerate(steps)]
+    assert len(middle_calls) == sum(expected)
+    assert expected != steps
     assert torch.isfinite(out).all()
     assert hook_snapshot(pipe.transformer) == before
 

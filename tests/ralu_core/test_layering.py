@@ -5,6 +5,7 @@ layer reaches up, and the package no longer reads bottom to top."""
 from __future__ import annotations
 
 import ast
+import inspect
 from pathlib import Path
 
 import ralu_core
@@ -75,3 +76,17 @@ def test_the_engine_does_not_depend_on_plugins_recipes_or_the_cli() -> None:
 def test_the_cycle_finder_finds_cycles() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_public_names_load_on_first_use_and_are_never_shadowed_by_a_module() -> None:
+    """`ralu_core.accelerate` stays the function whatever submodules were imported before (a submodule of the
+    same name would replace a lazily loaded attribute), and every public name is what its module defines."""
+    import importlib
+
+    for path in ROOT.rglob("*.py"):
+        importlib.import_module(module_name(path))
+    for name in ralu_core.__all__:
+        value = getattr(ralu_core, name)
+        assert not inspect.ismodule(value), f"ralu_core.{name} is a module"
+        assert getattr(value, "__name__", name) == name
+    assert callable(ralu_core.accelerate)

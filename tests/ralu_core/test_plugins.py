@@ -57,6 +57,29 @@ def test_third_party_selector_from_an_entry_point_is_listed_and_usable(monkeypat
     assert children.numel() > 0 and float(children.min()) >= 0.5 and float(children.max()) <= 3.5
 
 
+def test_a_plugin_both_installed_and_handed_in_code_is_registered_once(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """plugin_demo.py after `pip install -e` of the example (or with its egg-info left in src/): the entry point
+    loads the very module the demo hands to the manager."""
+    monkeypatch.syspath_prepend(str(EXAMPLE_PLUGIN))
+    import ralu_center_focus
+
+    entry = metadata.EntryPoint(name="center-focus", value="ralu_center_focus", group="ralu")
+    pm = create_plugin_manager(entry_points=installed_plus(entry), plugins=[ralu_center_focus, ralu_center_focus])
+    registry = Registry.collect(pm)
+    assert registry.strategies["token_selector"]["center-focus"].plugin == "center-focus"
+
+
+def test_a_plugin_whose_name_is_taken_is_a_plugin_error(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    class Impostor:
+        __name__ = "core"  # the name ralu-core's own entry point registered under
+
+    with pytest.raises(
+        PluginError,
+        match=r"ralu plugin 'core' cannot be registered: another plugin holds that name \(<module 'ralu_core.builtin",
+    ):
+        create_plugin_manager(plugins=[Impostor()])
+
+
 def test_broken_plugin_is_reported_by_name(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.syspath_prepend(str(FIXTURES))
     entry = metadata.EntryPoint(name="shiny-selectors", value="broken_plugin", group="ralu")
@@ -175,3 +198,14 @@ def test_builtin_registries_are_populated(registry) -> None:  # type: ignore[no-
     assert reg.recipes["toy-recipe"].plugin != "core"
     out = accelerate(ToyPipeline(), "toy-recipe", plugin_manager=reg.pm)("x", height=64, width=64)
     assert torch.isfinite(out.images).all()
+
+
+def test_the_example_plugins_recipe_resolves_with_the_plugin_installed(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from ralu_core.recipes import load_recipe_file, resolve_recipe
+
+    monkeypatch.syspath_prepend(str(EXAMPLE_PLUGIN))
+    entry = metadata.EntryPoint(name="center-focus", value="ralu_center_focus", group="ralu")
+    registry = Registry.collect(create_plugin_manager(entry_points=installed_plus(entry)))
+    runtime = resolve_recipe(load_recipe_file(EXAMPLE_PLUGIN.parent / "centre-first-7x.yaml"), registry)
+    selector = runtime.stages[1].selector
+    assert selector is not None and selector.name == "center-focus" and selector.config.width == 0.3

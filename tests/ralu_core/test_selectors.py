@@ -7,12 +7,15 @@ import attrs
 import pytest
 import torch
 
+from ralu_core.engine import select_with
+from ralu_core.errors import PluginError
 from ralu_core.strategies.base import SelectionRequest
 from ralu_core.strategies.selectors import (
     AllSelector,
     CannyEdgeSelector,
     LatentGradientSelector,
     RandomSelector,
+    RatioSelector,
     rank_top,
 )
 from ralu_core.testing import TokenSelectorContract, half_resolution_request
@@ -235,3 +238,43 @@ class TestRandomContract(TokenSelectorContract):
 class TestAllContract(TokenSelectorContract):
     def make_selector(self) -> AllSelector:
         return AllSelector()
+
+
+class ShortScores(RatioSelector):
+    """A plugin author's slip: one score too few (the last candidate could never be chosen)."""
+
+    name = "short-scores"
+
+    def scores(self, request: SelectionRequest) -> torch.Tensor:
+        return torch.ones(request.candidates.shape[0], request.candidates.shape[1] - 1)
+
+
+def test_scores_one_column_short_stop_the_engine_naming_the_selector() -> None:
+    selector = ShortScores(ShortScores.Config(ratio=0.25))
+    request = half_resolution_request(edge_latent(2), generator=generators(0, 1))
+    with pytest.raises(
+        PluginError,
+        match=r"token selector 'short-scores': scores has shape \(2, 15\), expected \(2, 16\): one score per candidate",
+    ):
+        select_with(selector, request)
+
+
+def test_scores_one_column_short_fail_the_contract() -> None:
+    class Contract(TokenSelectorContract):
+        def make_selector(self) -> ShortScores:
+            return ShortScores(ShortScores.Config(ratio=0.25))
+
+    with pytest.raises((AssertionError, PluginError)):
+        Contract().test_scores_one_per_candidate()
+    with pytest.raises(PluginError):
+        Contract().test_returns_planned_count_of_distinct_candidates()
+
+
+def test_a_ranking_of_the_wrong_kind_is_refused() -> None:
+    class NoTuple(ShortScores):
+        def ranking(self, request: SelectionRequest) -> tuple[torch.Tensor, ...]:
+            return torch.ones(request.candidates.shape)  # type: ignore[return-value]
+
+    request = half_resolution_request(edge_latent(1), generator=generators(0))
+    with pytest.raises(PluginError, match="ranking must return a tuple of"):
+        select_with(NoTuple(NoTuple.Config(ratio=0.25)), request)

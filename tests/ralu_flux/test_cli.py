@@ -39,6 +39,36 @@ def test_generate_on_an_embedded_random_model(capsys, tmp_path) -> None:  # type
     assert Image.open(out).size == (96, 64)
 
 
+def test_generate_without_out_never_overwrites_an_earlier_image(capsys, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--model", "flux-tiny", "--height", "64", "--width", "64", "--call-arg", "max_sequence_length=16"]
+    made = []
+    for prompt in ("a red circle", "a blue square", "a red circle"):
+        code, stdout, _ = run(capsys, "generate", prompt, *tiny)
+        assert code == 0
+        made.append(stdout.strip())
+    assert made == [
+        "ralu-out/a-red-circle-ralu-flux-7x-seed0.png",
+        "ralu-out/a-blue-square-ralu-flux-7x-seed0.png",
+        "ralu-out/a-red-circle-ralu-flux-7x-seed0-2.png",
+    ]
+    assert all((tmp_path / path).is_file() for path in made)
+    code, stdout, stderr = run(capsys, "generate", "a green star", *tiny, "--out", made[0])
+    assert code == 0 and f"note: replaced {made[0]}" in stderr
+
+
+def test_generate_save_selection_draws_each_stage_beside_the_image(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "img.png"
+    tiny = ["--model", "flux-tiny", "--height", "64", "--width", "64", "--call-arg", "max_sequence_length=16"]
+    code, stdout, _ = run(capsys, "generate", "a red circle", *tiny, "--out", str(out), "--save-selection")
+    selection = tmp_path / "img-selection.png"
+    assert code == 0 and stdout.split() == [str(out), str(selection)]
+    width, height = Image.open(selection).size
+    assert width >= 3 * 256 and height > 256  # three stages of ralu-flux-7x, panels drawn at least 256 px
+    code, _, stderr = run(capsys, "generate", "--prompts", str(tmp_path / "p.txt"), "--save-selection", *tiny)
+    assert code == 2 and "--save-selection is for one prompt" in stderr
+
+
 def test_generate_refuses_a_bad_size_with_nearest_sizes(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
     argv = ["generate", "x", "--model", "flux-tiny", "--height", "100", "--out", str(tmp_path / "x.png")]
     code, _, stderr = run(capsys, *argv)

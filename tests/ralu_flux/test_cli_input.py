@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import ralu_core.cli
-from ralu_core.accelerate import AcceleratedPipeline
+import ralu_core.cli_commands
+from ralu_core.accelerated import AcceleratedPipeline
 from ralu_core.cli import main
 from ralu_core.model_sources import resolve_model_source
 from ralu_flux.adapter import FluxAdapter
@@ -27,7 +27,7 @@ def no_loading(monkeypatch):  # type: ignore[no-untyped-def]
     def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise AssertionError("a model was loaded before the bad input was refused")
 
-    monkeypatch.setattr(ralu_core.cli, "load_source", refuse)
+    monkeypatch.setattr(ralu_core.cli_commands, "load_source", refuse)
 
 
 @pytest.mark.parametrize(
@@ -45,7 +45,7 @@ def no_loading(monkeypatch):  # type: ignore[no-untyped-def]
         (["--call-arg", "generator=1"], "set it with --seed"),
         (["--call-arg", "x=["], "cannot read the value"),
         (
-            ["--device", "cuda:7"] if not ralu_core.cli.torch.cuda.is_available() else ["--device", "cuda:99"],
+            ["--device", "cuda:7"] if not ralu_core.cli_commands.torch.cuda.is_available() else ["--device", "cuda:99"],
             "--device",
         ),
         (["--device", "toaster"], "is not a device name"),
@@ -131,8 +131,8 @@ def test_flops_refuses_a_recipe_for_another_model_family(capsys) -> None:  # typ
     from ralu_core.recipes import load_recipe_text
 
     sd3_recipe = load_recipe_text("name: for-sd3\nmodel: sd3\nschedule: uniform\nstages: [{level: 0}]\n")
-    with pytest.raises(ralu_core.cli.RaluError, match="is for 'sd3' pipelines and flux-dev is a 'flux'"):
-        ralu_core.cli.flops_profile(ralu_core.cli._registry(), "flux-dev", sd3_recipe)
+    with pytest.raises(ralu_core.cli_commands.RaluError, match="is for 'sd3' pipelines and flux-dev is a 'flux'"):
+        ralu_core.cli_commands.flops_profile(ralu_core.cli_commands._registry(), "flux-dev", sd3_recipe)
     assert main(["flops", "--model", "flux-dve", "--recipe", "flux-baseline"]) == 2
     assert "(did you mean 'flux-dev'?)" in capsys.readouterr().err
 
@@ -166,7 +166,7 @@ def test_the_cli_shows_what_matters_once_and_no_library_notices(tmp_path: Path) 
 
 @pytest.mark.parametrize("model", ["flux-tiny", "flux-mid"])
 def test_the_size_rule_read_before_loading_is_the_one_the_call_applies(model: str) -> None:
-    registry = ralu_core.cli._registry()
+    registry = ralu_core.cli_commands._registry()
     source = resolve_model_source(registry, model)
     pipe = source.adapter.embedded_pipeline(model)  # type: ignore[union-attr]
     for level in (0, 1):
@@ -186,18 +186,21 @@ def test_a_hub_model_is_checked_from_its_config_files_before_its_weights_load(ca
     make_flux_pipeline("tiny", seed=0).save_pretrained(folder)
     fetched: list[str] = []
 
-    def download(repo: str, filename: str, **kwargs):  # type: ignore[no-untyped-def]
-        if repo != "someone/tiny-flux":
+    def metadata(url: str, **kwargs):  # type: ignore[no-untyped-def]
+        if "/someone/tiny-flux/" not in url:
             missing = RepositoryNotFoundError.__new__(RepositoryNotFoundError)
             Exception.__init__(missing, "404")
             raise missing
+
+    def download(repo: str, filename: str, **kwargs):  # type: ignore[no-untyped-def]
         fetched.append(filename)
         return str(folder / filename)
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(sources, "_hub_cached", lambda repo, filename: None)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", metadata)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
-    monkeypatch.setattr(ralu_core.cli, "load_source", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(ralu_core.cli_commands, "load_source", lambda *a, **k: pytest.fail("loaded a model"))
     code = main(
         ["generate", PROMPT, "--model", "someone/tiny-flux", "--height", "100", "--out", str(tmp_path / "x.png")]
     )
@@ -206,3 +209,44 @@ def test_a_hub_model_is_checked_from_its_config_files_before_its_weights_load(ca
     assert fetched == ["model_index.json", "vae/config.json"]  # never a weights file
     code = main(["generate", PROMPT, "--model", "someone/no-such-model", "--out", str(tmp_path / "x.png")])
     assert code == 2 and "the hub has no such model" in capsys.readouterr().err
+
+
+def test_a_path_like_model_with_no_hub_to_ask_is_refused_at_once(capsys, no_loading, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`--model models/flux` (no such folder) outside `./dev`, with no network: the hub library would retry for
+    half a minute and the load end in "see the stack trace above"; ralu asks once and says what to check."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    unreachable = "http://127.0.0.1:9"  # the discard port: nothing listens, the connection is refused
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", unreachable + "/{repo_id}/resolve/{revision}/{filename}"
+    )
+    monkeypatch.setattr(constants, "ENDPOINT", unreachable)
+    assert main(["generate", PROMPT, "--model", "models/flux"]) == 2
+    err = capsys.readouterr().err
+    assert "--model models/flux: there is no folder models/flux here, and the hub cannot be reached" in err
+    assert "check the path" in err and "HF_HUB_OFFLINE=1" in err
+    assert "stacktrace" not in err and "Retrying" not in err
+
+
+def test_threads_sets_torchs_threads_and_a_busy_machine_is_named(capsys, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    before = torch.get_num_threads()
+    tiny = ["--model", "flux-tiny", "--height", "64", "--width", "64", "--device", "cpu"]
+    monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    try:
+        assert main(["generate", PROMPT, *tiny, "--threads", "1", "--out", str(tmp_path / "a.png")]) == 0
+        assert torch.get_num_threads() == 1
+        assert "busy" not in capsys.readouterr().err  # the user chose the threads: nothing to suggest
+        torch.set_num_threads(before)
+        assert main(["generate", PROMPT, *tiny, "--out", str(tmp_path / "b.png")]) == 0
+        assert "note: this machine is busy (load 64.0 on" in capsys.readouterr().err
+        monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+        assert main(["generate", PROMPT, *tiny, "--out", str(tmp_path / "c.png")]) == 0
+        assert "busy" not in capsys.readouterr().err
+        assert main(["generate", PROMPT, *tiny, "--threads", "0", "--out", str(tmp_path / "d.png")]) == 2
+        assert "--threads must be at least 1, got 0" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)

@@ -129,3 +129,17 @@ def test_mid_and_dtype_variants() -> None:
     assert bf16.text_encoder_2.dtype == torch.bfloat16
     with pytest.raises(ValueError):
         make_flux_pipeline("huge")  # type: ignore[arg-type]
+
+
+def test_a_saved_pipeline_loads_in_the_asked_dtype_without_a_deprecation_notice(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`dtype_argument` names the keyword the installed diffusers takes (the CLI and the reference models use
+    it): the weights load in that dtype, and no FutureWarning says the keyword is deprecated."""
+    import warnings
+
+    from ralu_core.diffusers_compat import dtype_argument
+
+    make_flux_pipeline("tiny", seed=0).save_pretrained(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        pipe = FluxPipeline.from_pretrained(tmp_path, **dtype_argument(torch.bfloat16))
+    assert pipe.transformer.dtype == torch.bfloat16

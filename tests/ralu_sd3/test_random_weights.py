@@ -9,7 +9,8 @@ import torch
 import ralu_core
 from ralu_core.cli import main
 from ralu_sd3.flops import load_sd3_config
-from ralu_sd3.random_weights import RandomTextSD3Pipeline, random_sd3_pipeline, random_weight_models
+from ralu_sd3.plugin import random_weight_models
+from ralu_sd3.random_weights import RandomTextSD3Pipeline, random_sd3_pipeline
 
 PARAMETERS = {"sd3-medium-random": 2_028_328_000, "sd35-large-random": 8_056_627_520}
 

@@ -82,9 +82,9 @@ def test_paper_recipes_run_the_published_schedule(capsys, recipe: str, shifts: l
 
 
 def test_generate_refuses_a_recipe_for_another_model_before_loading(capsys, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import ralu_core.cli
+    import ralu_core.cli_commands
 
-    monkeypatch.setattr(ralu_core.cli, "load_source", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(ralu_core.cli_commands, "load_source", lambda *a, **k: pytest.fail("loaded a model"))
     recipe = tmp_path / "for-flux.yaml"
     recipe.write_text("name: for-flux\nmodel: flux\nschedule: uniform\nstages: [{level: 0}]\n")
     code, _, err = run(

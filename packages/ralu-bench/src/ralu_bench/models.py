@@ -9,6 +9,9 @@ gives the path for ``from_pretrained``. ``flux-shapes`` is the default model of 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from importlib.resources import files
 from pathlib import Path
@@ -16,6 +19,8 @@ from typing import Any
 
 import torch
 
+from ralu_bench.shapes import CAPTION_WORDS, COLOURS, KINDS
+from ralu_core.diffusers_compat import dtype_argument
 from ralu_core.models import NamedModel
 
 __all__ = [
@@ -29,11 +34,39 @@ __all__ = [
 REFERENCE_MODELS: dict[str, str] = {"flux-shapes": "flux", "sd3-shapes": "sd3"}
 """Shipped model name -> the ralu adapter that drives it."""
 
-_NOTE = (
-    "{name} is ralu-bench's {arch} reference model, trained on procedural flat shapes at 128x128: prompts "
-    "name one to three shapes by colour, kind and position, e.g. 'a red circle at the top left and a blue "
-    "square at the bottom right on a white background'. Other prompts give meaningless images."
-)
+_NOTE = "{name} is ralu-bench's small {arch} reference model, trained on procedural flat shapes at 128x128."
+
+EXAMPLE = "a red circle at the top left and a blue square at the bottom right on a white background"
+
+PLURALS = tuple(f"{kind}s" for kind in KINDS)
+"""Plural kinds, which ShapeEval reads too (``two red circles``), though no training caption has them."""
+
+
+def unknown_words(prompts: Sequence[str]) -> list[str]:
+    """Words of `prompts` that no training caption holds, in order of first use (each once)."""
+    known = {*CAPTION_WORDS, *PLURALS}
+    seen: dict[str, None] = {}
+    for prompt in prompts:
+        for word in re.findall(r"[a-z]+", prompt.lower()):
+            if word not in known:
+                seen.setdefault(word)
+    return list(seen)
+
+
+def shapes_prompt_note(prompts: Sequence[str], limit: int = 8) -> str:
+    """What a user should know about these prompts: nothing where every word is one the model was trained
+    on; else which words it never saw (the image will not show them) and what it can draw."""
+    unknown = unknown_words(prompts)
+    if not unknown:
+        return ""
+    shown = ", ".join(repr(word) for word in unknown[:limit]) + (
+        f" and {len(unknown) - limit} more" if len(unknown) > limit else ""
+    )
+    return (
+        f"It never saw the words {shown}, so the image will be meaningless: it draws one to three shapes named "
+        f"by colour ({', '.join(COLOURS)}), kind ({', '.join(KINDS)}) and position, on a white, gray or black "
+        f"background, e.g. '{EXAMPLE}'."
+    )
 
 
 def reference_model_path(name: str) -> Path:
@@ -53,10 +86,29 @@ def load_reference_pipeline(name: str, dtype: torch.dtype = torch.float32) -> An
     """Load a shipped reference pipeline offline (a plain ``DiffusionPipeline.from_pretrained`` of its folder)."""
     from diffusers import DiffusionPipeline
 
-    # Tiny models: diffusers' low-memory loading needs `accelerate` and only warns without it.
-    return DiffusionPipeline.from_pretrained(  # type: ignore[no-untyped-call]
-        reference_model_path(name), torch_dtype=dtype, low_cpu_mem_usage=False
-    )
+    with loading_bars_hidden():  # Tiny models: diffusers' low-memory loading needs `accelerate`, warns without it.
+        return DiffusionPipeline.from_pretrained(  # type: ignore[no-untyped-call]
+            reference_model_path(name), **dtype_argument(dtype), low_cpu_mem_usage=False
+        )
+
+
+@contextmanager
+def loading_bars_hidden() -> Iterator[None]:
+    """diffusers' and transformers' loading bars hidden for the block, and left as they were after: for models
+    that load in a fraction of a second, a bar is noise."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    libraries = (diffusers_logging, transformers_logging)
+    shown = [library.is_progress_bar_enabled() for library in libraries]  # type: ignore[no-untyped-call]
+    for library in libraries:
+        library.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        for library, was_shown in zip(libraries, shown, strict=True):
+            if was_shown:
+                library.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def reference_models() -> list[NamedModel]:
@@ -75,6 +127,7 @@ def reference_models() -> list[NamedModel]:
                 adapter=adapter,
                 load=partial(load_reference_pipeline, name),
                 note=_NOTE.format(name=name, arch=arch),
+                prompt_note=shapes_prompt_note,
                 call_defaults=call,
                 folder=reference_model_path(name),
                 default=True,

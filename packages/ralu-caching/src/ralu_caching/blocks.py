@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers.hooks.hooks import HookRegistry, ModelHook
+
+if TYPE_CHECKING:
+    from diffusers.hooks.hooks import ModelHook
 
 BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks", "blocks", "layers")
 
@@ -97,6 +99,8 @@ def hooks_installed(
     """Register each (module, hook, name) for the duration of the block, then remove them newest first
     (the only order diffusers removes cleanly) and drop the registries created for them, so the model is
     left exactly as it was, even after an error."""
+    from diffusers.hooks.hooks import HookRegistry
+
     created = [m for m in {id(m): m for m in (denoiser, *(p[0] for p in placements))}.values() if not _has_registry(m)]
     done: list[tuple[torch.nn.Module, str]] = []
     try:

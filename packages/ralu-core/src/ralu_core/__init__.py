@@ -3,22 +3,50 @@
 import ralu_core
 fast = ralu_core.accelerate(pipe, "ralu-flux-7x")
 image = fast("a red circle", generator=torch.Generator().manual_seed(0)).images[0]
+
+The names below load on first use (PEP 562), so that importing a light submodule (the CLI's parser, the
+errors) does not import torch.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-from ralu_core.accelerate import AcceleratedPipeline, accelerate
-from ralu_core.errors import PluginError, RaluError, RecipeError, UnsupportedPipelineError
-from ralu_core.hookspecs import hookimpl
-from ralu_core.pipeline_call import current_timestep
-from ralu_core.plugins import Registry, create_plugin_manager
-from ralu_core.recipes import Recipe, Stage, StrategyRef, load_recipe_file, load_recipe_text
-from ralu_core.tokens import TokenGrid, TokenState
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ralu_core.accelerated import AcceleratedPipeline, accelerate
+    from ralu_core.errors import PluginError, RaluError, RecipeError, UnsupportedPipelineError
+    from ralu_core.hookspecs import hookimpl
+    from ralu_core.pipeline_call import current_timestep
+    from ralu_core.plugins import Registry, create_plugin_manager
+    from ralu_core.recipes import Recipe, Stage, StrategyRef, load_recipe_file, load_recipe_text
+    from ralu_core.tokens import TokenGrid, TokenState
 
 try:
     __version__ = version("ralu-core")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0"
+
+_EXPORTS = {
+    "AcceleratedPipeline": "ralu_core.accelerated",
+    "accelerate": "ralu_core.accelerated",
+    "PluginError": "ralu_core.errors",
+    "RaluError": "ralu_core.errors",
+    "RecipeError": "ralu_core.errors",
+    "UnsupportedPipelineError": "ralu_core.errors",
+    "hookimpl": "ralu_core.hookspecs",
+    "current_timestep": "ralu_core.pipeline_call",
+    "Registry": "ralu_core.plugins",
+    "create_plugin_manager": "ralu_core.plugins",
+    "Recipe": "ralu_core.recipes",
+    "Stage": "ralu_core.recipes",
+    "StrategyRef": "ralu_core.recipes",
+    "load_recipe_file": "ralu_core.recipes",
+    "load_recipe_text": "ralu_core.recipes",
+    "TokenGrid": "ralu_core.tokens",
+    "TokenState": "ralu_core.tokens",
+}
 
 __all__ = [
     "AcceleratedPipeline",
@@ -39,3 +67,16 @@ __all__ = [
     "load_recipe_file",
     "load_recipe_text",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ralu_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

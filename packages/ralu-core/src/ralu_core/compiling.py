@@ -17,11 +17,12 @@ decisions in Python around the compiled computation.
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ralu_core.errors import RaluError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["COMPILE_MODES", "compile_denoiser", "graphs_compiled", "repeated_blocks"]
 
@@ -35,6 +36,8 @@ RECOMPILE_LIMIT = 64
 def repeated_blocks(denoiser: Any) -> list[torch.nn.Module]:
     """The denoiser's repeated blocks: the classes it declares in diffusers' ``_repeated_blocks`` where it
     does, else every module of its top-level ``ModuleList``\\ s (a DiT's ``transformer_blocks``)."""
+    import torch
+
     names = set(getattr(denoiser, "_repeated_blocks", ()) or ())
     if names:
         return [m for m in denoiser.modules() if type(m).__name__ in names]
@@ -47,6 +50,8 @@ def compile_denoiser(denoiser: Any, mode: str = "default", backend: str = "induc
     calls, and every accelerated view of it shares the compiled blocks."""
     if mode not in COMPILE_MODES:
         raise RaluError(f"unknown compile mode {mode!r}; use one of {', '.join(COMPILE_MODES)}")
+    import torch
+
     blocks = repeated_blocks(denoiser)
     if not blocks:
         raise RaluError(f"{type(denoiser).__name__} has no repeated blocks to compile")

@@ -11,6 +11,8 @@ map from old tokens to new. Observer hooks fire at the end of each step and stag
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from typing import Any
 
@@ -45,6 +47,10 @@ def euler_step(
     return updated.to(velocity.dtype)
 
 
+StageScope = Callable[[int], AbstractContextManager[None]]
+"""Entered around stage `index` of a run."""
+
+
 @attrs.frozen
 class SigmaGrid:
     """A stage's sigmas on the device, for the Euler arithmetic, and as Python floats, for what the host reads
@@ -67,6 +73,8 @@ def select_with(selector: TokenSelector, request: SelectionRequest) -> torch.Ten
     """Ask a selector; its failures and malformed answers are reported as its plugin's error."""
     try:
         picks = selector.select(request)
+    except PluginError:
+        raise  # already says which selector and what it did wrong
     except Exception as exc:
         raise PluginError(f"{selector.describe()} failed: {type(exc).__name__}: {exc}") from exc
     return check_selection(selector, picks, request.state.batch_size, request.candidates.shape[1], request.count)
@@ -91,8 +99,9 @@ class SamplingEngine:
             raise RuntimeError(f"schedule {self.runtime.schedule.name!r} planned {len(plan.sigmas)} stages")
         return plan
 
-    def run(self, call: ModelCall) -> TokenState:
-        """Sample; returns the final full-resolution state in raster order."""
+    def run(self, call: ModelCall, stage_scope: StageScope | None = None) -> TokenState:
+        """Sample; returns the final full-resolution state in raster order. `stage_scope(index)`, where given,
+        is entered around each stage (the hooks of caches limited to some stages are installed there)."""
         self.runtime.reset()
         plan = self.plan(call)
         problems = step_plan_problems(self.runtime, plan.steps)
@@ -107,11 +116,17 @@ class SamplingEngine:
             state = downsample_nearest(state)
         grids = [SigmaGrid.of(sigmas, state.values.device) for sigmas in plan.sigmas]
         with call.running(), call.progress_bar(sum(plan.steps)) as bar:
-            state = self.run_stages(call, generator, grids, state, bar)
+            state = self.run_stages(call, generator, grids, state, bar, stage_scope)
         return to_raster(state)
 
     def run_stages(
-        self, call: ModelCall, generator: GeneratorArg, grids: list[SigmaGrid], state: TokenState, bar: Any
+        self,
+        call: ModelCall,
+        generator: GeneratorArg,
+        grids: list[SigmaGrid],
+        state: TokenState,
+        bar: Any,
+        stage_scope: StageScope | None = None,
     ) -> TokenState:
         """The sampling loop: each stage's transition (after the first) and its steps. Its own method, so that
         tools can scope to it (`HostSyncRecorder.step_loop`)."""
@@ -124,17 +139,18 @@ class SamplingEngine:
                 state = self._transition(call, generator, stage, state, velocity, grids[index - 1], sigmas)
                 if any(slot.active_in(index - 1) for slot in self.runtime.caches):  # someone carries state over
                     token_map = TokenMap.between(previous, state)
-            self._begin_stage(
-                call,
-                StageInfo(
-                    index=index,
-                    num_tokens=state.num_tokens,
-                    steps=sigmas.steps,
-                    token_map=token_map,
-                    cached_attention=stage.cached_attention,
-                ),
-            )
-            state, velocity = self._run_stage(call, generator, index, stage, state, sigmas, bar)
+            with nullcontext() if stage_scope is None else stage_scope(index):
+                self._begin_stage(
+                    call,
+                    StageInfo(
+                        index=index,
+                        num_tokens=state.num_tokens,
+                        steps=sigmas.steps,
+                        token_map=token_map,
+                        cached_attention=stage.cached_attention,
+                    ),
+                )
+                state, velocity = self._run_stage(call, generator, index, stage, state, sigmas, bar)
             if self.hooks is not None:
                 levels = {lvl: state.count_at_level(lvl) for lvl in (FULL, HALF)}
                 self.hooks.ralu_on_stage_end(

@@ -48,6 +48,11 @@ class KVStore:
         self.num_slots = num_slots
         self.route: KVRoute | None = None
         self._entries: dict[Hashable, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Not traced by torch.compile: the store is keyed by layer name, and a traced lookup would specialise each
+        # block's graph on its layer (one graph per block instead of per block class: a recompilation storm).
+        # Wrapped here, per store, rather than at class definition: `torch.compiler.disable` imports dynamo (a
+        # second of start-up that commands loading no model should not pay); a store exists only inside a call.
+        self.merge = torch.compiler.disable(self._merge)  # type: ignore[no-untyped-call]
 
     @contextmanager
     def routing(self, slots: Sequence[int], active: torch.Tensor | None) -> Iterator[None]:
@@ -68,10 +73,7 @@ class KVStore:
         """Memory the cached keys and values take."""
         return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self._entries.values())
 
-    # Not traced by torch.compile: the store is keyed by layer name, and a traced lookup would specialise each
-    # block's graph on its layer (one graph per block instead of per block class: a recompilation storm).
-    @torch.compiler.disable  # type: ignore[untyped-decorator]
-    def merge(
+    def _merge(
         self, layer: Hashable, key: torch.Tensor, value: torch.Tensor, seq_dim: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The image tokens' keys and values of this evaluation (batch first, sequence along `seq_dim`) ->

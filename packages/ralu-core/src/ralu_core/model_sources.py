@@ -87,27 +87,44 @@ class HubRepoMissing(Exception):
     """The hub answered that no such repository exists (or it is private)."""
 
 
+class HubUnreachable(Exception):
+    """No answer from the hub at all (no network, a blocked host): asking again would only wait longer."""
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+HUB_PROBE_TIMEOUT = 10.0
+"""Seconds to wait for the hub's first answer about a file, asked once with no retries."""
 
 
 def _hub_file(repo: str, filename: str) -> str | None:
     """A small file of a hub repository: from the local cache, else downloaded unless offline (a few
     kilobytes of JSON, never weights). None where it cannot be had; `HubRepoMissing` when the hub says
-    the repository does not exist."""
+    the repository does not exist; `HubUnreachable` when the hub does not answer.
+
+    The hub is asked once, without retries, before any download: the hub library retries a failed
+    request for about half a minute, and without a network each of those retries fails the same way."""
     cached = _hub_cached(repo, filename)
     if cached is not None or _offline():
         return cached
     try:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import RepositoryNotFoundError
+        from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+        from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
     except ImportError:  # pragma: no cover - diffusers depends on it
         return None
     try:
-        return str(hf_hub_download(repo, filename))
+        get_hf_file_metadata(hf_hub_url(repo, filename), timeout=HUB_PROBE_TIMEOUT)
     except RepositoryNotFoundError:
         raise HubRepoMissing(repo) from None
-    except Exception:  # no network, a gated repo, a missing file: the load reports it in full
+    except HfHubHTTPError:  # the hub answered: a gated repo, a missing file; the load reports it in full
+        return None
+    except Exception as exc:  # no answer: no network, a refused connection, a timeout
+        raise HubUnreachable(f"{type(exc).__name__}: {exc}") from None
+    try:
+        return str(hf_hub_download(repo, filename))
+    except Exception:  # lost between the two requests: the load reports it in full
         return None
 
 
@@ -168,6 +185,13 @@ def resolve_model_source(registry: Registry, model: str) -> ModelSource:
             raise RaluError(
                 f"--model {model}: the hub has no such model (or it is private; log in with `hf auth login`)"
                 f"{did_you_mean(model, known)}; named models: {', '.join(known)}"
+            ) from None
+        except HubUnreachable as exc:
+            raise RaluError(
+                f"--model {model}: there is no folder {path} here, and the hub cannot be reached to look for a "
+                f"model with this id ({exc}). If you meant a folder, check the path; for a hub model, check the "
+                f"network, or set HF_HUB_OFFLINE=1 to use what is cached; named models: {', '.join(known)}"
+                f"{did_you_mean(model, known)}"
             ) from None
         class_name = None
         if hub_index is not None:

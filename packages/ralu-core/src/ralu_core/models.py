@@ -8,7 +8,7 @@ meaningful images from it with no flags, and a user's own flags still win.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,9 @@ class NamedModel:
     that would take minutes and twice the memory as float32 on the CPU first)."""
     note: str = ""
     """What a user should know about its images, printed when it is loaded."""
+    prompt_note: Callable[[Sequence[str]], str] | None = None
+    """What a user should know about these prompts with this model (words it never saw), printed with the
+    note; "" where there is nothing to say."""
     call_defaults: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
     """Pipeline arguments the model was trained for (``height``, ``max_sequence_length``, guidance ...);
     arguments the user passes override them."""

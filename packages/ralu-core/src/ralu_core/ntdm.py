@@ -57,8 +57,6 @@ from typing import Any
 import attrs
 import numpy as np
 import numpy.typing as npt
-from scipy.optimize import minimize  # type: ignore[import-untyped,unused-ignore]
-from scipy.special import rel_entr  # type: ignore[import-untyped,unused-ignore]
 
 __all__ = [
     "NTDMSolution",
@@ -326,6 +324,8 @@ def _js_distance(p: FloatArray, q: FloatArray) -> float:
     Same formula as ``scipy.spatial.distance.jensenshannon`` (``sqrt`` of the divergence), but the
     divergence is clamped at 0 so round-off at a perfect match gives 0 rather than NaN.
     """
+    from scipy.special import rel_entr  # type: ignore[import-untyped,unused-ignore]
+
     p = p / p.sum()
     q = q / q.sum()
     m = 0.5 * (p + q)
@@ -384,6 +384,8 @@ def solve_ntdm(
     x0 = [_SHIFT_START] * k_stages + ([_Q_START] if multi else [])
     bounds = [_SHIFT_BOUNDS] * k_stages + ([_Q_BOUNDS] if multi else [])
     x0_arr = np.asarray(x0, dtype=np.float64)
+    from scipy.optimize import minimize  # type: ignore[import-untyped,unused-ignore]  # loaded when solving
+
     res = minimize(objective, x0_arr, method="L-BFGS-B", bounds=bounds)
     x_best = np.asarray(res.x, dtype=np.float64)
     # L-BFGS-B never returns worse than its start, but guard against a failed line search anyway.

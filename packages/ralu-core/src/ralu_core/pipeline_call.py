@@ -50,8 +50,12 @@ class DiffusersCall(ModelCall):
     _tells_timestep: bool = False
 
     def begin_stage(self, stage: StageInfo) -> None:
+        # Looked at again per stage: a cache limited to some stages hooks in at their start and out at their end.
+        transformer = self.pipe.transformer
+        self._hooked = has_diffusers_hooks(transformer)
         if self._hooked:
-            reset_stateful_hooks(self.pipe.transformer)
+            refresh_hook_registries(transformer)
+            reset_stateful_hooks(transformer)
 
     @contextmanager
     def _running(self) -> Iterator[None]:
@@ -73,10 +77,10 @@ class DiffusersCall(ModelCall):
                 self.pipe._current_timestep = saved
             elif "_current_timestep" in vars(self.pipe):
                 del self.pipe._current_timestep
-            if self._hooked:
-                reset_stateful_hooks(transformer)
-                if not had_registry and stateful_hook_registry(transformer) is not None:
-                    del transformer._diffusers_hook  # diffusers added it for the contexts; leave the model as it was
+            reset_stateful_hooks(transformer)
+            registry = stateful_hook_registry(transformer)
+            if not had_registry and registry is not None and not registry.hooks:
+                del transformer._diffusers_hook  # diffusers added it for the contexts; leave the model as it was
 
     def running(self) -> AbstractContextManager[None]:
         return self._running()

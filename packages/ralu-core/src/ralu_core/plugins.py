@@ -82,9 +82,19 @@ def create_plugin_manager(
                 raise PluginError(f"ralu {origin} could not be registered: {exc}") from exc
             infos[ep.name] = info
     for plugin in plugins:
-        name = pm.register(plugin)
-        if name is not None:
-            infos[name] = PluginInfo(name=name)
+        # A plugin handed in code may also be installed (its entry point loaded the same module, or an
+        # editable install's egg-info beside its source made it findable): it is the same plugin, registered once.
+        if pm.is_registered(plugin):
+            continue
+        name = pm.get_canonical_name(plugin)
+        holder = pm.get_plugin(name)
+        if holder is not None:
+            raise PluginError(
+                f"ralu plugin {name!r} cannot be registered: another plugin holds that name ({holder!r:.80}); "
+                "rename one of them"
+            )
+        pm.register(plugin, name=name)
+        infos[name] = PluginInfo(name=name)
     pm.ralu_plugin_info = infos  # type: ignore[attr-defined]
     return pm
 

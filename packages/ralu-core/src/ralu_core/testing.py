@@ -22,6 +22,7 @@ from ralu_core.flops import FlopCount
 from ralu_core.hookspecs import RegisterAdapter, hookimpl
 from ralu_core.randomness import GeneratorArg, per_image_generators, randn
 from ralu_core.strategies.base import SelectionRequest, StageInfo, StepInfo, TokenSelector
+from ralu_core.strategies.selectors import RatioSelector
 from ralu_core.tokens import TokenGrid, TokenState, downsample_nearest, render_latent
 
 
@@ -274,6 +275,21 @@ class TokenSelectorContract:
         for row in picks:
             assert len(set(row.tolist())) == count
             assert int(row.min()) >= 0 and int(row.max()) < request.candidates.shape[1]
+
+    def test_scores_one_per_candidate(self) -> None:
+        """Asked about a strict subset of the tokens (as at a transition, where some are already full
+        resolution), a selector answers for exactly those candidates; a ratio selector's scores are (B, M).
+        A score tensor one column short would otherwise still rank, and its last candidate never be chosen."""
+        selector = self.make_selector()
+        full = self._request()
+        request = attrs.evolve(full, candidates=full.candidates[:, 1::2].contiguous())
+        shape = tuple(request.candidates.shape)
+        if isinstance(selector, RatioSelector):
+            for index, key in enumerate(selector.ranking(request)):
+                assert tuple(key.shape) == shape, f"score {index} has shape {tuple(key.shape)}, expected (B, M) {shape}"
+        picks = selector.select(request)
+        assert tuple(picks.shape) == (shape[0], selector.planned_count(shape[1]))
+        assert int(picks.min()) >= 0 and int(picks.max()) < shape[1]
 
     def test_same_generator_same_choice(self) -> None:
         selector = self.make_selector()

@@ -1,10 +1,10 @@
 """FLUX.1-dev at full size with random weights and random text embeddings, for timing without a download.
 
-``flux-dev-random`` (a named model of the CLI, e.g. ``ralu bench --model flux-dev-random --device cuda
---dtype bfloat16``) is FLUX.1-dev's transformer and VAE, built from the shipped configs straight on the
-device, and a `RandomTextFluxPipeline` in place of CLIP-L and T5-XXL: every prompt becomes a random
-embedding of exactly the shapes they give. A step then costs what it costs with the real weights; the
-images mean nothing. The text encoders, which run once per prompt, are not timed.
+``flux-dev-random`` (a named model of the CLI, registered by `ralu_flux.plugin`; e.g. ``ralu bench --model
+flux-dev-random --device cuda --dtype bfloat16``) is FLUX.1-dev's transformer and VAE, built from the shipped
+configs straight on the device, and a `RandomTextFluxPipeline` in place of CLIP-L and T5-XXL: every prompt
+becomes a random embedding of exactly the shapes they give. A step then costs what it costs with the real
+weights; the images mean nothing. The text encoders, which run once per prompt, are not timed.
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
-from ralu_core.models import NamedModel
 from ralu_core.random_weights import check_fits, random_module, random_text
 from ralu_flux.flops import load_flux_dev_config
 
-__all__ = ["RandomTextFluxPipeline", "random_flux_pipeline", "random_weight_models"]
+__all__ = ["RandomTextFluxPipeline", "flux_dev_random", "random_flux_pipeline"]
 
 
 class RandomTextFluxPipeline(FluxPipeline):
@@ -80,21 +79,3 @@ def flux_dev_random(device: str, dtype: torch.dtype) -> RandomTextFluxPipeline:
     """FLUX.1-dev's architecture (12B transformer, 16-channel VAE) with random weights on `device`."""
     configs = {part: load_flux_dev_config(part) for part in ("transformer", "vae", "scheduler")}  # type: ignore[arg-type]
     return random_flux_pipeline(configs["transformer"], configs["vae"], configs["scheduler"], device, dtype)
-
-
-def random_weight_models() -> list[NamedModel]:
-    """The full-size random-weight FLUX models of the CLI."""
-    return [
-        NamedModel(
-            name="flux-dev-random",
-            adapter="flux",
-            load=flux_dev_random,
-            loads_on_device=True,
-            note=(
-                "flux-dev-random is FLUX.1-dev's architecture at full size with RANDOM weights and random text "
-                "embeddings (no text encoders): for timing and memory on a GPU (22 GiB of weights in bfloat16), not "
-                "for images."
-            ),
-            call_defaults={"height": 1024, "width": 1024, "guidance_scale": 3.5, "max_sequence_length": 512},
-        )
-    ]

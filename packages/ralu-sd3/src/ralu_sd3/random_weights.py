@@ -11,7 +11,6 @@ with the real weights; the images mean nothing. The text encoders, run once per 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import partial
 from typing import Any, Literal, cast
 
 import torch
@@ -22,11 +21,10 @@ from diffusers import (
     StableDiffusion3Pipeline,
 )
 
-from ralu_core.models import NamedModel
 from ralu_core.random_weights import check_fits, random_module, random_text
 from ralu_sd3.flops import load_sd3_config
 
-__all__ = ["RandomTextSD3Pipeline", "random_sd3_pipeline", "random_weight_models"]
+__all__ = ["RandomTextSD3Pipeline", "published_random", "random_sd3_pipeline"]
 
 CLIP_TOKENS = 77
 """SD3's CLIP encoders read 77 tokens; their embeddings come first in the joint text sequence."""
@@ -121,33 +119,6 @@ def random_sd3_pipeline(
 Arch = Literal["sd3-medium", "sd35-large"]
 
 
-def _published(arch: Arch, device: str, dtype: torch.dtype) -> RandomTextSD3Pipeline:
+def published_random(arch: Arch, device: str, dtype: torch.dtype) -> RandomTextSD3Pipeline:
     configs = {part: load_sd3_config(arch, part) for part in ("transformer", "vae", "scheduler")}  # type: ignore[arg-type]
     return random_sd3_pipeline(configs["transformer"], configs["vae"], configs["scheduler"], device, dtype)
-
-
-_NOTE = (
-    "{name} is {arch}'s architecture at full size with RANDOM weights and random text embeddings (no text "
-    "encoders): for timing and memory on a GPU ({gib} GiB of weights in bfloat16), not for images."
-)
-
-
-def random_weight_models() -> list[NamedModel]:
-    """The full-size random-weight SD3 models of the CLI (1024 x 1024, CFG as the pipelines default to)."""
-    models = []
-    published: tuple[tuple[str, Arch, str, int, float], ...] = (
-        ("sd3-medium-random", "sd3-medium", "SD3-medium", 4, 7.0),
-        ("sd35-large-random", "sd35-large", "SD3.5-large", 15, 3.5),
-    )
-    for name, arch, label, gib, guidance in published:
-        models.append(
-            NamedModel(
-                name=name,
-                adapter="sd3",
-                load=partial(_published, arch),
-                loads_on_device=True,
-                note=_NOTE.format(name=name, arch=label, gib=gib),
-                call_defaults={"height": 1024, "width": 1024, "guidance_scale": guidance, "max_sequence_length": 256},
-            )
-        )
-    return models

@@ -16,13 +16,12 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import attrs
-import cv2
 import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from ralu_core.errors import ConfigFieldError
+from ralu_core.errors import ConfigFieldError, PluginError
 from ralu_core.randomness import GeneratorArg, rand
 from ralu_core.strategies.base import SelectionRequest, TokenSelector
 from ralu_core.tokens import FULL, HALF, TokenState, gather_tokens
@@ -90,6 +89,24 @@ def _block_sum(image_map: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return blocks.sum(dim=(2, 4))
 
 
+def check_scores(selector: TokenSelector, keys: Sequence[torch.Tensor], shape: tuple[int, ...]) -> None:
+    """Every score tensor a ratio selector ranks by must hold one score per candidate, (B, M): a short one
+    would still rank (its missing candidates never chosen) and a long one would pick positions that are
+    not candidates. Shapes are known on the host, so the check costs no wait for the device."""
+    if not isinstance(keys, (tuple, list)) or not keys:
+        raise PluginError(
+            f"{selector.describe()}: ranking must return a tuple of (B, M) score tensors, got {keys!r:.60}"
+        )
+    for index, key in enumerate(keys):
+        found = tuple(key.shape) if isinstance(key, torch.Tensor) else type(key).__name__
+        if found != shape:
+            which = "scores" if len(keys) == 1 else f"score {index} of ranking"
+            raise PluginError(
+                f"{selector.describe()}: {which} has shape {found}, expected {shape}: one score per candidate "
+                f"(B = {shape[0]} images, M = {shape[1]} candidates)"
+            )
+
+
 class RatioSelector(TokenSelector):
     """Base for selectors that keep the top `ratio` of the candidates by a score.
 
@@ -114,7 +131,9 @@ class RatioSelector(TokenSelector):
 
     def select(self, request: SelectionRequest) -> torch.Tensor:
         count = self.planned_count(request.candidates.shape[1]) if request.count is None else request.count
-        return rank_top(self.ranking(request), count, request.generator)
+        keys = self.ranking(request)
+        check_scores(self, keys, tuple(request.candidates.shape))
+        return rank_top(keys, count, request.generator)
 
     def valid_by_construction(self) -> bool:
         return type(self).select is RatioSelector.select  # rank_top's answer; a subclass's own select is checked
@@ -156,6 +175,8 @@ def sobel_magnitude(grey_u8: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
     On an 8-bit image every value is an integer, so sums over tokens are exact and equal regions
     tie exactly (their order is then the generator's, not float round-off's).
     """
+    import cv2  # OpenCV loads where edges are computed, not when the selector is registered
+
     dx = cv2.Sobel(grey_u8, cv2.CV_64F, 1, 0, ksize=3, borderType=cv2.BORDER_REPLICATE)
     dy = cv2.Sobel(grey_u8, cv2.CV_64F, 0, 1, ksize=3, borderType=cv2.BORDER_REPLICATE)
     return np.asarray(np.abs(dx) + np.abs(dy), dtype=np.float64)
@@ -207,6 +228,8 @@ class CannyEdgeSelector(RatioSelector):
     # maps back to the device (ranking). These are the sampling loop's only host-device synchronisations that a
     # strategy truly needs (see host_sync.py); a GPU edge detector would remove them but not give the same edges.
     def _edges(self, greys: list[npt.NDArray[np.uint8]]) -> torch.Tensor:
+        import cv2
+
         low, high = self.config.low_threshold, self.config.high_threshold
         return torch.from_numpy(np.stack([cv2.Canny(g, low, high) > 0 for g in greys])).to(torch.float32)
 

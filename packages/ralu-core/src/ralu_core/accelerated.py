@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import threading
 import weakref
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -79,11 +81,15 @@ class AcceleratedPipeline:
             # Block-level caches hook into the denoiser for this call only (and refuse an unsuitable one now).
             denoiser = self.adapter.denoiser(self.pipeline)
             for slot in self.runtime.caches:
-                attach_cache(attached, slot.cache, denoiser)
+                if slot.stages is None:
+                    attach_cache(attached, slot.cache, denoiser)
+                else:  # hooked in its own stages only (below); tried now, so that an unsuitable model fails early
+                    with ExitStack() as trial:
+                        attach_cache(trial, slot.cache, denoiser)
             call = self.adapter.prepare(self.pipeline, self.runtime.start_level, args, kwargs)
             if grid is None:
                 plan_tokens(self.runtime, call.grid.num_tokens)
-            final = self.engine.run(call)
+            final = self.engine.run(call, stage_scope=partial(stage_caches, self.runtime, denoiser))
             return call.finish(final)
 
     def check_step_plan(self, requested_steps: int) -> None:
@@ -93,6 +99,18 @@ class AcceleratedPipeline:
         problems = step_plan_problems(self.runtime, self.runtime.schedule.planned_steps(specs, requested_steps))
         if problems:
             raise RecipeError(self.recipe.name, [f"{p} (for a call of {requested_steps} steps)" for p in problems])
+
+
+@contextmanager
+def stage_caches(runtime: RecipeRuntime, denoiser: Any, index: int) -> Iterator[None]:
+    """During stage `index`: the block-level hooks of the caches whose `stages:` name it (a cache without a
+    filter is hooked for the whole call). Outside its stages such a cache's hooks are not there at all, so the
+    model runs as it would without it, as `ralu flops` counts it."""
+    with ExitStack() as stack:
+        for slot in runtime.caches:
+            if slot.stages is not None and slot.active_in(index):
+                attach_cache(stack, slot.cache, denoiser)
+        yield
 
 
 def attach_cache(stack: ExitStack, cache: FeatureCache, denoiser: Any) -> None:

@@ -1,0 +1,111 @@
+"""The diffusers hooks of `deepcache` (see `ralu_caching.deepcache`): a counter on the first block, the middle
+blocks skipped or recorded, for one call."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+import torch
+from diffusers.hooks.hooks import BaseState, ModelHook, StateManager
+
+from ralu_caching.blocks import BlockIO, hooks_installed, minus, plus, standard_blocks
+from ralu_caching.deepcache import DeepCacheConfig, full_step
+
+HOOK = "ralu_deepcache"
+
+
+class _State(BaseState):
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self, *args: Any, **kwargs: Any) -> None:
+        self.evaluations = 0
+        self.full = True
+        self.entry: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.middle: tuple[torch.Tensor | None, torch.Tensor | None] | None = None
+
+    @property
+    def reusing(self) -> bool:
+        return self.middle is not None and not self.full
+
+
+class _First(ModelHook):
+    """The first block: counts the evaluation and decides whether this one is full."""
+
+    _is_stateful = True
+
+    def __init__(self, states: StateManager, interval: int) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.states, self.interval = states, interval
+
+    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        state: _State = self.states.get_state()  # type: ignore[no-untyped-call]
+        state.full = full_step(state.evaluations, self.interval)
+        state.evaluations += 1
+        return args, kwargs
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.states.reset()
+        return module
+
+
+class _Middle(ModelHook):
+    """A middle block: skipped when reusing; the first records its input, the last its contribution."""
+
+    def __init__(self, states: StateManager, io: BlockIO, *, first: bool, last: bool) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.states, self.io, self.first, self.last = states, io, first, last
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        state: _State = self.states.get_state()  # type: ignore[no-untyped-call]
+        if self.first:
+            state.entry = self.io.inputs(args, kwargs)
+        if state.reusing:
+            if not self.last:
+                return self.io.pack(*self.io.inputs(args, kwargs))
+            assert state.entry is not None and state.middle is not None
+            hidden, text = state.entry
+            out_hidden = plus(hidden, state.middle[0])
+            assert out_hidden is not None
+            return self.io.pack(out_hidden, plus(text, state.middle[1]))
+        output = self.fn_ref.original_forward(*args, **kwargs)  # type: ignore[misc]
+        if self.last:
+            assert state.entry is not None
+            hidden, text = self.io.outputs(output)
+            state.middle = (minus(hidden, state.entry[0]), minus(text, state.entry[1]))
+        return output
+
+
+class _PassThrough(ModelHook):
+    def __init__(self, io: BlockIO) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.io = io
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        return self.io.pack(*self.io.inputs(args, kwargs))
+
+
+def _first_and_middle(denoiser: Any, config: DeepCacheConfig) -> tuple[torch.nn.Module, list[torch.nn.Module]]:
+    blocks = standard_blocks(denoiser, at_least=config.head + config.tail + 1)
+    return blocks[0], blocks[config.head : len(blocks) - config.tail]
+
+
+@contextmanager
+def deepcache_installed(denoiser: Any, config: DeepCacheConfig) -> Iterator[None]:
+    """The hooks on `denoiser` for the duration of the block."""
+    first_block, middle = _first_and_middle(denoiser, config)
+    states = StateManager(_State)  # type: ignore[arg-type]
+    placements: list[tuple[torch.nn.Module, ModelHook, str]] = [(first_block, _First(states, config.interval), HOOK)]
+    for index, block in enumerate(middle):
+        hook = _Middle(states, BlockIO(block), first=index == 0, last=index == len(middle) - 1)
+        placements.append((block, hook, HOOK))
+    with hooks_installed(denoiser, placements):
+        yield
+
+
+def middle_skipped(denoiser: Any, config: DeepCacheConfig) -> AbstractContextManager[None]:
+    """The middle blocks passing their input through (what a reusing step runs), for counting."""
+    _, middle = _first_and_middle(denoiser, config)
+    return hooks_installed(denoiser, [(block, _PassThrough(BlockIO(block)), HOOK) for block in middle])
