@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -178,6 +179,20 @@ def test_bench_needs_a_size_for_a_loaded_model(capsys, tmp_path) -> None:  # typ
 def test_bench_refuses_repeated_seeds_before_loading(capsys) -> None:  # type: ignore[no-untyped-def]
     code, _, err = run(capsys, "bench", "--model", "flux-tiny", "--seeds", "0", "1", "1")
     assert code == 2 and "--seeds: 1 given more than once" in err and "RANDOM weights" not in err
+
+
+def test_bench_refuses_two_recipes_of_one_name_before_loading(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Two YAML files that both say `name: x` were merged into one row of the report (so were their samples)."""
+    text = (
+        Path(__file__).resolve().parents[2] / "packages/ralu-flux/src/ralu_flux/recipes/ralu-flux-7x.yaml"
+    ).read_text()
+    copy = tmp_path / "copy.yaml"
+    copy.write_text(text)
+    code, _, err = run(capsys, "bench", "--model", "flux-tiny", "--recipes", "flux-baseline", "ralu-flux-7x", str(copy))
+    assert code == 2 and f"ralu-flux-7x and {copy} are both named 'ralu-flux-7x'" in err
+    assert "RANDOM weights" not in err
+    code, _, err = run(capsys, "bench", "--model", "flux-tiny", "--recipes", "flux-baseline", "flux-baseline")
+    assert code == 2 and "both named 'flux-baseline'" in err
 
 
 def test_flops_of_a_local_pipeline_folder(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -544,6 +544,19 @@ def _bench_prompts(registry: Registry, ns: argparse.Namespace) -> list[str]:
     return list(ns.prompt or ["a red circle and a blue square on a white background"])
 
 
+def check_distinct_names(given: Sequence[str], recipes: Sequence[Recipe]) -> None:
+    """A bench report keys every row, sample and score by recipe name: two recipes of one name (two YAML files
+    that both say `name: x`, or one recipe given twice) would be merged into one row."""
+    seen: dict[str, str] = {}
+    for argument, recipe in zip(given, recipes, strict=True):
+        if recipe.name in seen:
+            raise RaluError(
+                f"--recipes: {seen[recipe.name]} and {argument} are both named {recipe.name!r}, and a report keeps "
+                "one row per name; give each recipe its own `name:`"
+            )
+        seen[recipe.name] = argument
+
+
 class TqdmBenchProgress:
     """Two progress bars: the warm-up calls, then the timed samples (so neither hides in the other)."""
 
@@ -583,6 +596,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     recipes = [find_recipe(name, registry) for name in ns.recipes]
     for recipe in recipes:
         resolve_recipe(recipe, registry)
+    check_distinct_names(ns.recipes, recipes)
     prompts = _bench_prompts(registry, ns)
     if ns.compile != "off" and ns.warmup < 1:
         raise RaluError("--compile needs --warmup 1 or more: the warm-up calls compile, the timed ones must not")
