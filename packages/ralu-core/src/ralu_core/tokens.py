@@ -121,8 +121,8 @@ class TokenState:
     def positions(self) -> torch.Tensor:
         """(B, N, 2) float positions in units of the coarsest token present.
 
-        Stage 1 (all half-res) gets the native low-res integer grid, stage 2 keeps low-res tokens
-        on integers and puts upsampled children on half offsets, stage 3 is the ordinary
+        Stage 0 (all half-res) gets the native low-res integer grid, stage 1 keeps low-res tokens
+        on integers and puts upsampled children on half offsets, stage 2 is the ordinary
         full-resolution grid: the convention of the RALU paper.
         """
         scale = float(2**self.coarsest_level)
@@ -376,8 +376,8 @@ def render_latent(state: TokenState, values: torch.Tensor | None = None, level: 
 def dense_level(state: TokenState) -> int | None:
     """The level L if the state is the complete grid at level L in raster order, else None.
 
-    Adapters use it to hand such states to the model's own dense forward (stage 1 is the dense
-    half-resolution grid, stage 3 and baselines the dense full grid).
+    Adapters use it to hand such states to the model's own dense forward (stage 0 is the dense
+    half-resolution grid, stage 2 and baselines the dense full grid).
     """
     level = state.coarsest_level
     layout = state.known_layout()

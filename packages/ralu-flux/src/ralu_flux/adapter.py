@@ -2,8 +2,8 @@
 
 FLUX packs 2 x 2 latent pixels into one token (channels x 2 x 2, the layout ralu-core uses) and
 positions tokens with 3-axis RoPE ids (0, row, col). Mixed-resolution tokens simply get float
-ids: the native low-res grid in stage 1, half offsets for upsampled children in stage 2, the
-ordinary grid in stage 3. Everything else (prompt encoding, noise, the scheduler's sigmas, VAE
+ids: the native low-res grid in stage 0, half offsets for upsampled children in stage 1, the
+ordinary grid in stage 2. Everything else (prompt encoding, noise, the scheduler's sigmas, VAE
 decode and post-processing) goes through the pipeline's own methods, so that the baseline recipe
 reproduces `pipe(...)` exactly.
 """

@@ -2,8 +2,8 @@
 
 SD3 patchifies the latent with a p x p convolution and adds absolute sine-cosine position
 embeddings cropped from a centred grid. A token here is one p x p latent patch, in ralu's
-(channel, row, col) layout. Dense states (the baseline, RALU's half-resolution stage 1 and
-full-resolution stage 3) go through the model's own forward unchanged; mixed states go through the
+(channel, row, col) layout. Dense states (the baseline, RALU's half-resolution stage 0 and
+full-resolution stage 2) go through the model's own forward unchanged; mixed states go through the
 same forward as a strip of tokens with per-token position embeddings (see forward.py and positions.py).
 Classifier-free guidance runs the pipeline's way: [uncond; cond] in one batch, both halves of an
 image sharing its tokens, so selection and injected noise are per image and shared by its pair.

@@ -7,8 +7,8 @@ at ``top = (M - h) // 2``, ``left = (M - w) // 2``; grid index i has the coordin
 its column coordinate followed by that of its row coordinate (half the channels each).
 
 Mixed-resolution tokens get positions in units of the coarsest token present (ralu-core's
-convention: the native low-res grid in stage 1, half offsets for upsampled children in stage 2, the
-full grid in stage 3). Here they are placed in the crop of the grid at that coarsest level and fed
+convention: the native low-res grid in stage 0, half offsets for upsampled children in stage 1, the
+full grid in stage 2). Here they are placed in the crop of the grid at that coarsest level and fed
 through the same formula. On an ordinary grid this reproduces the model's own PatchEmbed exactly.
 """
 
