@@ -124,3 +124,54 @@ def test_seeds_that_repeat_or_no_generator_takes_are_refused(seeds: list[int], m
     check_seeds("--seeds", [0, 1, 2**64 - 1])
     with pytest.raises(RaluError, match=message):
         check_seeds("--seeds", seeds)
+
+
+def test_a_link_planted_at_a_temporary_name_is_never_written_through(tmp_path: Path) -> None:
+    """The temporary name was guessable (`.<name>.<pid>.partial`) and opened with open(..., "wb")."""
+    import os
+
+    folder = OutputFolder(tmp_path / "out")
+    folder.prepare()
+    item = plan_items(["a cat"], [0])[0]
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    for name in (folder.image_path(item).name, f"{item.stem}.json"):
+        where = folder.root if name.endswith(".png") else folder.records
+        (where / f".{name}.{os.getpid()}.partial").symlink_to(victim)
+    folder.save(item, Image.new("RGB", (8, 8)), {"prompt": "a cat", "seed": 0})
+    assert victim.read_text() == "precious"
+    assert folder.image_path(item).is_file() and not folder.image_path(item).is_symlink()
+    assert Image.open(folder.image_path(item)).size == (8, 8)
+
+
+def test_resume_removes_what_a_killed_writer_left_and_keeps_a_live_writers_files(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    folder = OutputFolder(tmp_path / "out")
+    folder.prepare()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # a process that has exited
+    stale = [
+        folder.root / f".000000-seed0.png.{dead_pid}-abc123.partial",
+        folder.records / f".000000-seed0.json.{dead_pid}.partial",
+    ]
+    live = folder.root / f".000001-seed0.png.{os.getpid()}-xyz789.partial"
+    for path in (*stale, live):
+        path.write_bytes(b"half")
+    folder.prepare()  # what a resumed run does first
+    assert not any(path.exists() for path in stale) and live.exists()
+
+
+def test_the_manifest_is_made_of_parsed_records_whatever_their_files_hold(tmp_path: Path) -> None:
+    folder = OutputFolder(tmp_path / "out")
+    folder.prepare()
+    items = plan_items(["a cat", "a dog"], [0])
+    for item in items:
+        folder.save(item, Image.new("RGB", (8, 8)), {"prompt": item.prompt, "seed": 0})
+    record = folder.records / f"{items[0].stem}.json"
+    record.write_text(json.dumps(json.loads(record.read_text()), indent=2), encoding="utf-8")  # re-saved pretty
+    assert folder.merge_manifest(items) == 2
+    lines = (folder.root / MANIFEST).read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2 and [json.loads(line)["prompt"] for line in lines] == ["a cat", "a dog"]

@@ -90,3 +90,45 @@ def test_compare_pairs_a_recipe_across_two_runs(tmp_path, capsys) -> None:  # ty
     argv = ["compare", str(tmp_path / "after.json"), "a", "a", "--second-report", str(tmp_path / "before.json")]
     assert main(argv) == 0
     assert "from " in capsys.readouterr().out
+
+
+GOOD = {"samples": [{"recipe": "a", "prompt": "x", "seed": 0, "scores": {"q": 1.0}}]}
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        (lambda r: [r], "its top level is list, not an object"),
+        (lambda r: {**r, "samples": None}, "`samples` is NoneType, not a list of samples"),
+        (lambda r: {**r, "samples": "x"}, "`samples` is str, not a list of samples"),
+        (lambda r: {"samples": [1]}, "samples[0] is int, not an object"),
+        (lambda r: {"samples": [{"recipe": "a", "seed": 0}]}, "samples[0] has no `recipe` and `prompt` strings"),
+        (
+            lambda r: {"samples": [{"recipe": "a", "prompt": "x", "seed": "0"}]},
+            "samples[0].seed is '0', not an integer",
+        ),
+        (lambda r: {"samples": [{**r["samples"][0], "scores": [1]}]}, "samples[0].scores is list, not an object"),
+        (lambda r: {"samples": [{**r["samples"][0], "scores": {"q": "high"}}]}, "samples[0].scores.q is 'high'"),
+        (lambda r: {"samples": [{**r["samples"][0], "scores": {"q": math.nan}}]}, "samples[0].scores.q is nan"),
+        (lambda r: {**r, "scores": []}, "`scores` is not an object of recipes' score lists"),
+        (lambda r: {**r, "scores": {"a": {"q": [1.0, None]}}}, "scores.a.q is not a list of numbers"),
+    ],
+)
+def test_a_malformed_report_is_refused_in_one_line(tmp_path, capsys, damage, words) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(damage(GOOD)))
+    assert main(["compare", str(path), "a", "b"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path} is not a ralu bench report: {words}" in err
+
+
+def test_a_deeply_nested_report_and_a_declined_score_are_handled(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "report.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    assert main(["compare", str(path), "a", "b"]) == 2
+    assert "nested too deeply" in capsys.readouterr().err
+    declined = {"samples": [{"recipe": r, "prompt": "x", "seed": 0, "scores": {"q": None, "p": 1.0}} for r in "ab"]}
+    [p] = compare(declined, "a", "b")  # q declined by both: only p is compared
+    assert p.metric == "p" and p.pairs == 1
+    with pytest.raises(RaluError, match="the second report is not a ralu bench report"):
+        compare(declined, "a", "b", second_report={"samples": []})

@@ -195,6 +195,20 @@ def test_bench_refuses_two_recipes_of_one_name_before_loading(capsys, tmp_path) 
     assert code == 2 and "both named 'flux-baseline'" in err
 
 
+def test_bench_refuses_an_unusable_out_and_no_prompts_before_loading(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Both used to fail only after the run (FileExistsError, then the results lost) or in an UnboundLocalError."""
+    taken = tmp_path / "report"
+    taken.write_text("x")
+    code, _, err = run(capsys, "bench", "--model", "flux-tiny", "--out", str(taken))
+    assert code == 2 and f"--out {taken}: is a file; ralu bench writes a folder" in err and "RANDOM" not in err
+    fresh = tmp_path / "fresh"
+    code, _, err = run(
+        capsys, "bench", "--model", "flux-tiny", "--prompt-set", "x", "--num-prompts", "0", "--out", str(fresh)
+    )
+    assert code == 2 and "--num-prompts must be at least 1, got 0" in err and "RANDOM" not in err
+    assert not fresh.exists()
+
+
 def test_flops_of_a_local_pipeline_folder(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from ralu_flux.testing import make_flux_pipeline
 

@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 
 from ralu_core.errors import RaluError
-from ralu_core.outputs import save_image_atomically, write_atomically
+from ralu_core.outputs import remove_stale_partials, save_image_atomically, write_atomically
 
 RECORDS = ".ralu-records"
 MANIFEST = "manifest.jsonl"
@@ -119,6 +119,8 @@ class OutputFolder:
             probe = self.records / f".probe-{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
+            for folder in (self.root, self.records):  # what a run killed mid-write left (never a live run's)
+                remove_stale_partials(folder)
         except OSError as exc:
             raise RaluError(f"--out {self.root}: cannot write there ({exc.strerror or exc})") from None
 
@@ -171,9 +173,10 @@ class OutputFolder:
     def merge_manifest(self, items: Sequence[WorkItem]) -> int:
         """Rewrite ``manifest.jsonl`` from the records of `items` that are done; returns how many."""
         lines = []
-        for item in items:
-            if self.is_done(item):
-                lines.append(self._record_path(item).read_text(encoding="utf-8").strip())
+        for item in items:  # each record parsed and written anew: one JSON object per line, whatever the file held
+            record = self._read_record(item) if self.is_done(item) else {}
+            if record:
+                lines.append(json.dumps(record, ensure_ascii=False))
         text = "".join(f"{line}\n" for line in lines).encode("utf-8")
         write_atomically(self.root / MANIFEST, lambda handle: handle.write(text))
         return len(lines)

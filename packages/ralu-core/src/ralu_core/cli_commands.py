@@ -40,7 +40,7 @@ from ralu_core.errors import RaluError, did_you_mean
 from ralu_core.model_sources import ModelSource, resolve_model_source
 from ralu_core.ntdm import solve_ntdm
 from ralu_core.outputs import check_writable, default_image_paths, image_format, numbered_paths, save_image_atomically
-from ralu_core.paired import compare
+from ralu_core.paired import check_report, compare
 from ralu_core.plugins import KIND_LABELS, Registry, create_plugin_manager, plugin_info
 from ralu_core.preflight import (
     check_call_args,
@@ -534,7 +534,20 @@ def cmd_flops(ns: argparse.Namespace) -> int:
     return 0
 
 
+def prepare_report_folder(out: Path) -> None:
+    """The folder `ralu bench` writes its report into, made (or refused) before any model loads: found only
+    after the run, a file in its place lost every measurement."""
+    if out.exists() and not out.is_dir():
+        raise RaluError(f"--out {out}: is a file; ralu bench writes a folder (report.json, report.md, grid.png ...)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RaluError(f"--out {out}: cannot make this folder ({exc.strerror or exc})") from None
+
+
 def _bench_prompts(registry: Registry, ns: argparse.Namespace) -> list[str]:
+    if ns.num_prompts < 1:
+        raise RaluError(f"--num-prompts must be at least 1, got {ns.num_prompts}")
     if ns.prompt_set is not None:
         entry = registry.prompt_sets.get(ns.prompt_set)
         if entry is None:
@@ -598,6 +611,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         resolve_recipe(recipe, registry)
     check_distinct_names(ns.recipes, recipes)
     prompts = _bench_prompts(registry, ns)
+    prepare_report_folder(Path(ns.out))
     if ns.compile != "off" and ns.warmup < 1:
         raise RaluError("--compile needs --warmup 1 or more: the warm-up calls compile, the timed ones must not")
     check_seeds("--seeds", ns.seeds)
@@ -645,9 +659,12 @@ def _read_report(name: str) -> dict[str, Any]:
     if path.is_dir():
         path = path / "report.json"
     try:
-        return dict(json.loads(path.read_text(encoding="utf-8")))
+        report = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise RaluError(f"cannot read the bench report {path}: {exc}") from exc
+        raise RaluError(f"cannot read the bench report {path}: {exc}") from None
+    except RecursionError:
+        raise RaluError(f"cannot read the bench report {path}: it is nested too deeply to be one") from None
+    return dict(check_report(report, str(path)))
 
 
 def cmd_compare(ns: argparse.Namespace) -> int:

@@ -17,18 +17,52 @@ from typing import IO, Any
 
 from ralu_core.errors import RaluError
 
+PARTIAL = ".partial"
+"""Suffix of the temporary files; their names are ``.<target name>.<pid>-<random>.partial``."""
+
+_WRITER = re.compile(r"\.(\d+)(?:-[a-z0-9_]*)?\.partial$")
+"""The writer's pid in a temporary file's name (also in the ``.<name>.<pid>.partial`` of earlier versions)."""
+
 
 def write_atomically(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Call `write(file)` on a temporary file next to `path`, then move it into place."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    """Call `write(file)` on a temporary file next to `path`, then move it into place.
+
+    The temporary file is created exclusively under a random name (``mkstemp``: ``O_CREAT | O_EXCL``), so a
+    file or link planted at a name guessed in advance is never written through; the pid in its name lets a
+    later run tell a dead writer's leftovers from a live one's (`remove_stale_partials`)."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=PARTIAL, dir=path.parent)
+    temporary = Path(name)
     try:
-        with open(temporary, "wb") as handle:
+        with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def remove_stale_partials(folder: Path) -> int:
+    """Delete the temporary files in `folder` that a writer killed mid-write left behind (its process is gone);
+    those of running writers stay. Returns how many were removed."""
+    removed = 0
+    for candidate in folder.glob(f".*{PARTIAL}"):
+        writer = _WRITER.search(candidate.name)
+        if writer is None or _alive(int(writer.group(1))) or not (candidate.is_file() or candidate.is_symlink()):
+            continue
+        candidate.unlink(missing_ok=True)  # a link is removed itself, never its target
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def save_image_atomically(image: Any, path: Path) -> None:

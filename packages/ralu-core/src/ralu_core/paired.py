@@ -66,6 +66,47 @@ def _mean(values: Iterable[float]) -> float:
     return float(statistics.fmean(finite)) if finite else math.nan
 
 
+def check_report(report: Any, source: str = "the report") -> Mapping[str, Any]:
+    """`report` if it has the shape `ralu bench` writes (the parts a comparison reads), else a RaluError that
+    says what is wrong: a hand-edited or truncated report must not end in a foreign traceback."""
+
+    def bad(what: str) -> RaluError:
+        return RaluError(f"{source} is not a ralu bench report: {what}")
+
+    def is_number(value: Any) -> bool:  # inf is a score (PSNR of identical images); NaN orders nothing
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+    if not isinstance(report, Mapping):
+        raise bad(f"its top level is {type(report).__name__}, not an object")
+    samples = report.get("samples")
+    if not isinstance(samples, list) or not samples:
+        found = "missing" if "samples" not in report else "empty" if samples == [] else type(samples).__name__
+        raise bad(f"`samples` is {found}, not a list of samples")
+    for index, sample in enumerate(samples):
+        where = f"samples[{index}]"
+        if not isinstance(sample, Mapping):
+            raise bad(f"{where} is {type(sample).__name__}, not an object")
+        if not isinstance(sample.get("recipe"), str) or not isinstance(sample.get("prompt"), str):
+            raise bad(f"{where} has no `recipe` and `prompt` strings")
+        seed = sample.get("seed")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise bad(f"{where}.seed is {seed!r}, not an integer")
+        scores = sample.get("scores", {})
+        if not isinstance(scores, Mapping):
+            raise bad(f"{where}.scores is {type(scores).__name__}, not an object")
+        for metric, value in scores.items():
+            if value is not None and not is_number(value):
+                raise bad(f"{where}.scores.{metric} is {value!r}, not a number")
+    lists = report.get("scores", {})
+    if not isinstance(lists, Mapping) or not all(isinstance(v, Mapping) for v in lists.values()):
+        raise bad("`scores` is not an object of recipes' score lists")
+    for recipe, metrics in lists.items():
+        for metric, values in metrics.items():
+            if not isinstance(values, list) or not all(is_number(v) for v in values):
+                raise bad(f"scores.{recipe}.{metric} is not a list of numbers")
+    return report
+
+
 def per_sample_scores(
     report: Mapping[str, Any], recipe: str, required: Iterable[str] = ()
 ) -> dict[Key, dict[str, float]]:
@@ -81,8 +122,11 @@ def per_sample_scores(
         known = ", ".join(sorted({s["recipe"] for s in report["samples"]}))
         raise RaluError(f"recipe {recipe!r} is not in this report; it has: {known}")
     keys = _keys(samples)
-    if all("scores" in s for s in samples):
-        return {key: dict(s["scores"]) for key, s in zip(keys, samples, strict=True)}
+    if all("scores" in s for s in samples):  # a metric that declined an image holds None there: no score
+        return {
+            key: {m: float(v) for m, v in s["scores"].items() if v is not None}
+            for key, s in zip(keys, samples, strict=True)
+        }
     table: dict[Key, dict[str, float]] = {key: {} for key in keys}
     for metric, values in report.get("scores", {}).get(recipe, {}).items():
         if len(values) != len(samples):
@@ -111,7 +155,8 @@ def compare(
     must then have been scored against the same baseline images.
     """
     metrics = list(metrics)
-    other = report if second_report is None else second_report
+    check_report(report)
+    other = report if second_report is None else check_report(second_report, "the second report")
     a, b = per_sample_scores(report, first, metrics), per_sample_scores(other, second, metrics)
     keys = [k for k in a if k in b]
     available = sorted({m for k in keys for m in a[k]} & {m for k in keys for m in b[k]})
