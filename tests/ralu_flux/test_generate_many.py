@@ -164,3 +164,34 @@ def test_one_prompt_under_a_launch_is_refused_before_any_model_loads(tmp_path: P
     err = capsys.readouterr().err
     assert "one prompt was given to 2 launched processes" in err and "--prompts FILE" in err
     assert "RANDOM weights" not in err and not list(tmp_path.iterdir())
+
+
+def test_a_folder_another_run_is_writing_is_refused_before_any_model_loads(
+    prompt_file: Path, tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """Two runs on one --out at once both claimed every image and left a mix; the second is now refused. The
+    lock is the kernel's: another process holds it here, as a concurrent run would."""
+    out = tmp_path / "shared"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from ralu_core.batch import OutputFolder; "
+            "f = OutputFolder(Path(sys.argv[1])); f.prepare(); f.lock(); print('locked', flush=True); time.sleep(60)",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        argv = ["generate", "--prompts", str(prompt_file), "--out", str(out), "--seeds", "0", *ARGS]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out}: another ralu run is writing to this folder (pid {holder.pid})" in err
+        assert "RANDOM weights" not in err and not list(out.glob("*.png"))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(argv) == 0  # the holder is gone (its lock with it): the folder is free
+    assert len(list(out.glob("*.png"))) == 3

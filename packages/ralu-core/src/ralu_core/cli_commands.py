@@ -25,6 +25,7 @@ from ralu_core.adapter import FlopsProfile, ModelAdapter
 from ralu_core.batch import (
     MANIFEST,
     OutputFolder,
+    Processes,
     WorkItem,
     as_json,
     batches,
@@ -299,26 +300,44 @@ def _generate_many(
     check_prompt_lengths(source, prompts, kwargs)
     items = plan_items(prompts, ns.seeds)
     made_with = {"recipe": recipe.name, "model": source.name, "settings": as_json({**kwargs, "dtype": ns.dtype})}
-    done = folder.finished(items, made_with)  # by every process, so that all refuse a mixed folder together
     processes = launched_processes()
-    share = shard(items, processes.index, processes.count)
-    mine = [item for item in share if item not in done]  # no other process makes items of this share
-    done_before = len(share) - len(mine)
-    device = processes.device if processes.count > 1 and processes.device else ns.device  # one device each
-    if mine:
-        pipe, _ = load_source(registry, source, device, ns.dtype, announce=processes.is_main, prompts=prompts)
-        fast = accelerate(pipe, recipe, plugin_manager=registry.pm)
-        _run_items(fast, mine, folder, kwargs, ns.batch_size, made_with, processes.index)
-    processes.wait_for_everyone()
-    made, before = processes.sum_over_processes((len(mine), done_before))
-    if processes.is_main:
-        merged = folder.merge_manifest(items)
-        by = "this process" if processes.count == 1 else f"{processes.count} processes"
-        _say(
-            f"recipe {recipe.name}: {merged} of {len(items)} images in {folder.root} "
-            f"({made} made by {by}, {before} already there); manifest {folder.root / MANIFEST}"
-        )
+    _own_folder(folder, processes)
+    try:
+        done = folder.finished(items, made_with)  # by every process, so that all refuse a mixed folder together
+        share = shard(items, processes.index, processes.count)
+        mine = [item for item in share if item not in done]  # no other process makes items of this share
+        done_before = len(share) - len(mine)
+        device = processes.device if processes.count > 1 and processes.device else ns.device  # one device each
+        if mine:
+            pipe, _ = load_source(registry, source, device, ns.dtype, announce=processes.is_main, prompts=prompts)
+            fast = accelerate(pipe, recipe, plugin_manager=registry.pm)
+            _run_items(fast, mine, folder, kwargs, ns.batch_size, made_with, processes.index)
+        processes.wait_for_everyone()
+        made, before = processes.sum_over_processes((len(mine), done_before))
+        if processes.is_main:
+            merged = folder.merge_manifest(items)
+            by = "this process" if processes.count == 1 else f"{processes.count} processes"
+            _say(
+                f"recipe {recipe.name}: {merged} of {len(items)} images in {folder.root} "
+                f"({made} made by {by}, {before} already there); manifest {folder.root / MANIFEST}"
+            )
+    finally:
+        folder.unlock()
     return 0
+
+
+def _own_folder(folder: OutputFolder, processes: Processes) -> None:
+    """The main process of the run locks the folder for the run; if another run holds it, every process of
+    this one stops (the answer is shared, so that none goes on alone)."""
+    refused: RaluError | None = None
+    if processes.is_main:
+        try:
+            folder.lock()
+        except RaluError as exc:
+            refused = exc
+    (held_elsewhere,) = processes.sum_over_processes((int(refused is not None),))
+    if held_elsewhere:
+        raise refused or RaluError(f"--out {folder.root}: another ralu run is writing to this folder")
 
 
 def _run_items(
