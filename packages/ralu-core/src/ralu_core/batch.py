@@ -19,7 +19,7 @@ import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import attrs
 
@@ -111,6 +111,7 @@ class OutputFolder:
         self.root = root
         self.suffix = suffix
         self.records = root / RECORDS
+        self._lock: IO[str] | None = None
 
     def prepare(self) -> None:
         """Make the folders; refuse a file where the folder should be, or a folder that cannot be written."""
@@ -159,7 +160,7 @@ class OutputFolder:
         self._lock = handle
 
     def unlock(self) -> None:
-        handle = getattr(self, "_lock", None)
+        handle = self._lock
         if handle is not None:
             handle.close()  # closing the file releases the lock
             self._lock = None
