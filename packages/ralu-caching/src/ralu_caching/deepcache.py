@@ -54,6 +54,7 @@ class DeepCacheDiT(FeatureCache):
     """Run the first and last blocks every step; reuse the middle blocks' contribution between full steps."""
 
     name: ClassVar[str] = "deepcache"
+    keeps_block_features: ClassVar[bool] = True
     Config = DeepCacheConfig
 
     def attach(self, denoiser: Any) -> Any:

@@ -105,6 +105,7 @@ class DiffusersCache(FeatureCache):
     """Any cache diffusers offers (``method`` and its ``options``), applied for each call."""
 
     name: ClassVar[str] = "diffusers"
+    keeps_block_features: ClassVar[bool] = True
     Config = DiffusersCacheConfig
 
     def planned_steps(self, steps: int) -> None:

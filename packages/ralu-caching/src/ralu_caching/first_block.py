@@ -37,6 +37,7 @@ class FirstBlockCache(FeatureCache):
     """Per image, skip the blocks after the first while its residual changes less than `threshold`."""
 
     name: ClassVar[str] = "first-block"
+    keeps_block_features: ClassVar[bool] = True
     Config = FirstBlockConfig
 
     def __init__(self, config: FirstBlockConfig | None = None) -> None:

@@ -172,6 +172,12 @@ def _resolve_caches(b: _Builder, recipe: Recipe, stages: list[RuntimeStage]) -> 
                 f"{', '.join(map(str, sparse))} compute a subset of tokens per step (step_tokens); "
                 "limit the cache with `stages:` to the other stages"
             )
+        if cache.keeps_block_features and sparse:
+            b.problems.append(
+                f"{path}: {cache.name!r} reuses block features of earlier steps token by token, but stage(s) "
+                f"{', '.join(map(str, sparse))} compute a different subset of tokens at each step (step_tokens); "
+                "limit the cache with `stages:` to the other stages"
+            )
         built.append(RuntimeCache(cache=cache, stages=None if ref.stages is None else frozenset(ref.stages)))
     return tuple(built)
 

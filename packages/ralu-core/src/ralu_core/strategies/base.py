@@ -253,6 +253,9 @@ class FeatureCache(Strategy):
     kind: ClassVar[str] = "feature_cache"
     forecasts: ClassVar[bool] = False
     """Whether `predict` may answer without running the model (then it needs every token each step)."""
+    keeps_block_features: ClassVar[bool] = False
+    """Whether its block-level hooks reuse features of earlier evaluations token by token (then every
+    evaluation of a stage must carry the same tokens: not a stage with `step_tokens`)."""
 
     def begin_stage(self, stage: StageInfo) -> None:
         """A new token set starts; anything cached per token must be carried over or dropped."""
