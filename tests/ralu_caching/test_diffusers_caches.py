@@ -29,6 +29,8 @@ PAB = (
         ("flux", "ralu-flux-7x", PAB),
         ("sd3", "ralu-sd3-3x", "{name: diffusers, method: taylorseer, options: {cache_interval: 2}}"),
         ("sd3", "ralu-sd3-3x", PAB),
+        ("flux", "ralu-flux-7x", "{name: diffusers, method: faster, options: {is_guidance_distilled: true}}"),
+        ("sd3", "ralu-sd3-3x", "{name: diffusers, method: faster, options: {is_guidance_distilled: true}}"),
         (
             "sd3",
             "ralu-sd3-3x",
@@ -72,6 +74,22 @@ def test_the_users_own_cache_stays_while_a_recipe_adds_another(flux) -> None:  #
             "has no option 'current_timestep_callback'",
         ),
         ("{name: diffusers}", "$.cache[0].method: required field missing"),
+        (
+            "{name: diffusers, method: pyramid-attention-broadcast, "
+            'options: {spatial_attention_block_skip_range: "2"}}',
+            "$.cache[0].options: PyramidAttentionBroadcastConfig.spatial_attention_block_skip_range must be "
+            "int | None, got '2'",
+        ),
+        (
+            "{name: diffusers, method: first-block, options: {threshold: '0.1'}}",
+            "FirstBlockCacheConfig.threshold must be float, got '0.1'",
+        ),
+        (
+            "{name: diffusers, method: pyramid-attention-broadcast, "
+            "options: {spatial_attention_timestep_skip_range: [1]}}",
+            "spatial_attention_timestep_skip_range must be tuple[int, int], got [1]",
+        ),
+        ("{name: diffusers, method: faster}", "set `is_guidance_distilled: true`"),
     ],
 )
 def test_bad_diffusers_entries_are_refused_before_any_work(flux, cache: str, message: str) -> None:  # type: ignore[no-untyped-def]

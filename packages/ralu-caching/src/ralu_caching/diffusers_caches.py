@@ -14,6 +14,8 @@ counted as full in ``ralu flops`` and its reuse is not measured.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -82,12 +84,67 @@ def build_config(method: str, options: Mapping[str, Any], timestep: Any = None) 
             f"{config_cls.__name__} has no option {', '.join(map(repr, unknown))}; it takes: {', '.join(settable)}",
         )
     kwargs = {k: _tupled(v) for k, v in options.items()}
+    hints = _field_types(config_cls)
+    for option, value in kwargs.items():
+        hint = hints.get(option)
+        if hint is not None and not _matches(value, hint):
+            raise ConfigFieldError(
+                "options", f"{config_cls.__name__}.{option} must be {_shown_type(hint)}, got {options[option]!r}"
+            )
+    if name == "faster" and not kwargs.get("is_guidance_distilled", False):
+        raise ConfigFieldError(
+            "options",
+            "FasterCacheConfig expects each call's batch to hold the unconditional and the conditional branch "
+            "together, and ralu evaluates every CFG branch on its own (its own cache context); set "
+            "`is_guidance_distilled: true`, which makes diffusers treat every evaluation as one branch",
+        )
     if "current_timestep_callback" in fields:
         kwargs["current_timestep_callback"] = timestep or (lambda: None)
     try:
         return config_cls(**kwargs), apply
     except Exception as exc:
         raise ConfigFieldError("options", f"{config_cls.__name__} refused these options: {exc}") from None
+
+
+def _field_types(config_cls: Any) -> dict[str, Any]:
+    """The config dataclass's field types, resolved (empty where diffusers' annotations cannot be)."""
+    try:
+        return typing.get_type_hints(config_cls)
+    except Exception:  # an annotation naming something not importable here: checked by the class itself
+        return {}
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a recipe value (YAML lists already tuples) fits a field type; types this does not know pass,
+    and the config class judges them."""
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return value in args
+    if origin in (tuple, list):
+        if not isinstance(value, tuple):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
+        return not args or all(_matches(v, args[0]) for v in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def _shown_type(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 @attrs.frozen(kw_only=True)
