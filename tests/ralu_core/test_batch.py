@@ -175,3 +175,28 @@ def test_the_manifest_is_made_of_parsed_records_whatever_their_files_hold(tmp_pa
     assert folder.merge_manifest(items) == 2
     lines = (folder.root / MANIFEST).read_text(encoding="utf-8").splitlines()
     assert len(lines) == 2 and [json.loads(line)["prompt"] for line in lines] == ["a cat", "a dog"]
+
+
+def test_lines_end_at_line_feeds_only(tmp_path: Path) -> None:
+    """U+2028, U+0085 and form feeds used to split a prompt in two and shift the indices that name the images."""
+    text = tmp_path / "prompts.txt"
+    text.write_bytes("a red\u2028circle\r\na blue\u0085square\x0cnow\nlast".encode())
+    assert read_prompts(text) == ["a red\u2028circle", "a blue\u0085square\x0cnow", "last"]
+    jsonl = tmp_path / "prompts.jsonl"
+    jsonl.write_bytes('{"prompt": "raw \u2028 inside"}\r\n{"prompt": "two"}\n'.encode())  # valid JSON lines
+    assert read_prompts(jsonl) == ["raw \u2028 inside", "two"]
+
+
+def test_prompt_files_that_are_not_files_or_too_deep_are_refused_without_hanging(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)  # opening it to read would wait for a writer forever
+    with pytest.raises(RaluError, match="not a regular file"):
+        read_prompts(fifo)
+    with pytest.raises(RaluError, match="not a regular file"):
+        read_prompts(Path("/dev/zero"))  # endless: the size cap of regular files did not apply
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text("[" * 100_000 + "]" * 100_000 + "\n", encoding="utf-8")
+    with pytest.raises(RaluError, match="line 1 is nested too deeply"):
+        read_prompts(deep)

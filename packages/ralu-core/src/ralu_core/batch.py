@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -48,11 +49,22 @@ class WorkItem:
 
 def read_prompts(path: Path) -> list[str]:
     """The prompts of a text file (one per line; blank lines and lines starting with ``#`` skipped) or of a
-    ``.jsonl`` file (one JSON object with a ``prompt`` string per line)."""
+    ``.jsonl`` file (one JSON object with a ``prompt`` string per line).
+
+    Lines end at a line feed (an optional carriage return before it is dropped) and nowhere else: U+2028,
+    U+0085 or a form feed inside a prompt stays in it, so the line numbers that name the images are the
+    ones an editor shows. Only a regular file is read (a FIFO would block, a device never end), and never
+    more than `MAX_PROMPT_FILE_BYTES`."""
     try:
-        if path.stat().st_size > MAX_PROMPT_FILE_BYTES:
-            raise RaluError(f"--prompts {path}: {path.stat().st_size:,} bytes is too large for a prompt file")
-        text = path.read_text(encoding="utf-8")
+        if not stat.S_ISREG(path.stat().st_mode):  # stat, not open: a FIFO is not waited on
+            raise RaluError(f"--prompts {path}: not a regular file (a folder, FIFO or device); give a text file")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_PROMPT_FILE_BYTES + 1)
+        if len(data) > MAX_PROMPT_FILE_BYTES:
+            raise RaluError(
+                f"--prompts {path}: more than {MAX_PROMPT_FILE_BYTES:,} bytes is too large for a prompt file"
+            )
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise RaluError(f"--prompts {path}: not UTF-8 text") from None
     except OSError as exc:
@@ -66,20 +78,27 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
+def _lines(text: str) -> list[str]:
+    """The file's lines: split at line feeds only (see `read_prompts`)."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 def _text_prompts(text: str) -> list[str]:
-    lines = (line.strip() for line in text.splitlines())
+    lines = (line.strip() for line in _lines(text))
     return [line for line in lines if line and not line.startswith("#")]
 
 
 def _jsonl_prompts(path: Path, text: str) -> list[str]:
     prompts = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(_lines(text), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise RaluError(f"--prompts {path}: line {number} is not JSON ({exc.msg})") from None
+        except RecursionError:
+            raise RaluError(f"--prompts {path}: line {number} is nested too deeply to be a prompt record") from None
         prompt = record.get("prompt") if isinstance(record, dict) else None
         if not isinstance(prompt, str) or not prompt.strip():
             raise RaluError(f'--prompts {path}: line {number} needs a non-empty "prompt" string')
