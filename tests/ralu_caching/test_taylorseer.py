@@ -104,3 +104,13 @@ def test_the_model_runs_only_on_planned_steps(sd3) -> None:  # type: ignore[no-u
     finally:
         handle.remove()
     assert len(calls) == 3 + 3 + 4  # stage 3's six steps: C C F C F C
+
+
+def test_a_warm_up_that_leaves_nothing_to_forecast_is_refused_when_the_recipe_resolves() -> None:
+    """It was accepted without a word, and the cache computed every step."""
+    registry = Registry.collect(create_plugin_manager())
+    with pytest.raises(RecipeError, match=r"\$\.cache\[0\]: a warm-up of 5 .* stages of 5 steps, so it would save"):
+        resolve_recipe(with_cache("ralu-flux-7x", "{name: taylorseer, warmup: 5, stages: [2]}"), registry)
+    with pytest.raises(RecipeError, match="stages of 2, 3, 5 steps"):
+        resolve_recipe(with_cache("ralu-flux-7x", "{name: taylorseer, warmup: 6}"), registry)
+    resolve_recipe(with_cache("ralu-flux-7x", "{name: taylorseer, warmup: 3}"), registry)  # forecasts in stage 2

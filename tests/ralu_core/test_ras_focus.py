@@ -93,9 +93,20 @@ def test_a_new_token_set_starts_with_no_waiting() -> None:
 
 
 @pytest.mark.parametrize(
-    ("params", "field"), [({"ratio": 0.0}, "ratio"), ({"ratio": 1.5}, "ratio"), ({"starvation": -1.0}, "starvation")]
+    ("params", "field"),
+    [
+        ({"ratio": 0.0}, "ratio"),
+        ({"ratio": 1.5}, "ratio"),
+        ({"starvation": -1.0}, "starvation"),
+        ({"dense_warmup": 0}, "dense_warmup"),  # was run as 1, while ralu flops counted one sparse step more
+        ({"dense_warmup": -2}, "dense_warmup"),
+        ({"dense_steps": (4, -1)}, "dense_steps"),
+        ({"ratio_end": 7.0}, "ratio_end"),
+        ({"ratio_end": -3.0}, "ratio_end"),
+        ({"ratio_end": 0.0}, "ratio_end"),
+    ],
 )
-def test_bad_parameters_name_their_field(params: dict[str, float], field: str) -> None:
+def test_bad_parameters_name_their_field(params: dict[str, object], field: str) -> None:
     with pytest.raises(ConfigFieldError) as info:
         RASFocusConfig(**params)
     assert info.value.field == field

@@ -207,6 +207,8 @@ def test_bench_refuses_an_unusable_out_and_no_prompts_before_loading(capsys, tmp
     )
     assert code == 2 and "--num-prompts must be at least 1, got 0" in err and "RANDOM" not in err
     assert not fresh.exists()
+    code, _, err = run(capsys, "bench", "--model", "flux-tiny", "--warmup", "-1", "--out", str(fresh))
+    assert code == 2 and "--warmup must be 0 or more" in err and "RANDOM" not in err
 
 
 def test_flops_of_a_local_pipeline_folder(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]

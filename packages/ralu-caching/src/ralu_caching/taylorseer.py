@@ -13,7 +13,7 @@ token depends on that token's history only: batches equal singles.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import attrs
@@ -97,6 +97,15 @@ class TaylorSeerCache(FeatureCache):
             return velocity
         forecast = newton_forecast(self._sigmas, self._values, step.sigma)
         return forecast.to(self._values[0].dtype)
+
+    def check_stages(self, steps: Sequence[int]) -> list[str]:
+        if all(self.config.warmup >= count for count in steps):
+            shown = ", ".join(map(str, steps))
+            return [
+                f"a warm-up of {self.config.warmup} full computations per stage leaves no step to forecast in its "
+                f"stages of {shown} steps, so it would save nothing; lower `warmup`"
+            ]
+        return []
 
     def planned_steps(self, steps: int) -> tuple[PlannedStep, ...]:
         config: TaylorSeerConfig = self.config

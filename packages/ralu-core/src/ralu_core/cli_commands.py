@@ -631,6 +631,8 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     check_distinct_names(ns.recipes, recipes)
     prompts = _bench_prompts(registry, ns)
     prepare_report_folder(Path(ns.out))
+    if ns.warmup < 0:
+        raise RaluError(f"--warmup must be 0 or more (untimed calls before timing), got {ns.warmup}")
     if ns.compile != "off" and ns.warmup < 1:
         raise RaluError("--compile needs --warmup 1 or more: the warm-up calls compile, the timed ones must not")
     check_seeds("--seeds", ns.seeds)

@@ -275,6 +275,11 @@ class FeatureCache(Strategy):
         depends on the run (adaptive caches: `ralu bench` measures them)."""
         return (FULL_STEP,) * steps
 
+    def check_stages(self, steps: Sequence[int]) -> list[str]:
+        """Problems with working in stages of these step counts (those of its stages that fix their steps;
+        checked when the recipe is resolved), e.g. a cache that could save nothing in any of them."""
+        return []
+
     def measured_reuse(self) -> tuple[int, int] | None:
         """(reused, total) evaluations since the last reset, for adaptive caches that reuse inside the
         model (``ralu bench`` reports the share); None where the engine sees it (step level) or nothing

@@ -41,6 +41,21 @@ def _check(instance: RASFocusConfig) -> None:
         raise ConfigFieldError("metric", f"must be one of {', '.join(METRICS)}, got {instance.metric!r}")
     if instance.computes not in ("lowest", "highest"):
         raise ConfigFieldError("computes", f"must be lowest or highest, got {instance.computes!r}")
+    if instance.dense_warmup < 1:  # it was run as 1 while `ralu flops` counted the sparse steps it implied
+        raise ConfigFieldError(
+            "dense_warmup",
+            f"must be at least 1 (the first step has no output to choose from), got {instance.dense_warmup}",
+        )
+    negative = [step for step in instance.dense_steps if step < 0]
+    if negative:
+        raise ConfigFieldError(
+            "dense_steps", f"are step indices within the stage, from 0; got {', '.join(map(str, negative))}"
+        )
+    if instance.ratio_end is not None and not 0.0 < instance.ratio_end <= 1.0:
+        raise ConfigFieldError(
+            "ratio_end",
+            f"must be in (0, 1] (the share of tokens computed at the last sparse step), got {instance.ratio_end}",
+        )
 
 
 METRICS = ("output-spread", "random")
