@@ -195,3 +195,40 @@ def test_a_folder_another_run_is_writing_is_refused_before_any_model_loads(
         holder.wait()
     assert main(argv) == 0  # the holder is gone (its lock with it): the folder is free
     assert len(list(out.glob("*.png"))) == 3
+
+
+def test_a_full_disk_ends_the_run_in_one_line_and_the_folder_resumes(
+    prompt_file: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    import errno
+
+    import ralu_core.outputs
+    from ralu_core.batch import OutputFolder
+
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "images"
+    argv = ["generate", "--prompts", str(prompt_file), "--out", str(out), "--seeds", "0", *ARGS]
+    with monkeypatch.context() as patch:  # full from the start: the probe writes data, not an empty file
+        patch.setattr(ralu_core.outputs.os, "fsync", full)
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "cannot write there (No space left on device)" in err and "RANDOM weights" not in err
+    save = OutputFolder.save
+    saved: list[object] = []
+
+    def fills_up(self, item, image, record) -> None:  # type: ignore[no-untyped-def]
+        if saved:
+            full()
+        save(self, item, image, record)
+        saved.append(item)
+
+    with monkeypatch.context() as patch:  # full after the first image
+        patch.setattr(OutputFolder, "save", fills_up)
+        assert main(argv) == 2
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+        assert len(lines) == 1 and "cannot write 000001-seed0.png (No space left on device)" in lines[0]
+        assert "run the same command again" in lines[0]
+    assert main(argv) == 0  # space again: the run completes the folder
+    assert "3 of 3 images" in capsys.readouterr().err and len(manifest(out)) == 3

@@ -25,7 +25,7 @@ from typing import IO, Any
 import attrs
 
 from ralu_core.errors import RaluError
-from ralu_core.outputs import remove_stale_partials, save_image_atomically, write_atomically
+from ralu_core.outputs import probe_writing, remove_stale_partials, save_image_atomically, write_atomically
 
 RECORDS = ".ralu-records"
 LOCK = ".ralu-lock"
@@ -138,9 +138,7 @@ class OutputFolder:
             raise RaluError(f"--out {self.root}: is a file; --out is a folder when --prompts is given")
         try:
             self.records.mkdir(parents=True, exist_ok=True)
-            probe = self.records / f".probe-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            probe_writing(self.records)
             for folder in (self.root, self.records):  # what a run killed mid-write left (never a live run's)
                 remove_stale_partials(folder)
         except OSError as exc:

@@ -67,15 +67,19 @@ def resolve_device(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def apply_threads(threads: int | None, device: str) -> None:
-    """--threads, or, where none was given and the CPU samples, a note when other work already keeps every
-    core busy: PyTorch's one thread per core then waits on the others, and sampling slows many times over."""
+def apply_threads(threads: int | None) -> None:
+    """--threads, checked with the rest of the input (before any model loads)."""
     if threads is not None:
         if threads < 1:
             raise RaluError(f"--threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
-        return
-    if device == "cpu" and (note := busy_machine_note()):
+
+
+def say_if_busy(threads: int | None, device: str) -> None:
+    """Where no --threads was given and the CPU samples, a note when other work already keeps every core busy:
+    PyTorch's one thread per core then waits on the others, and sampling slows many times over. Said once
+    the input is known to be good, just before the model loads (a refusal is not the place for it)."""
+    if threads is None and device == "cpu" and (note := busy_machine_note()):
         _say(f"note: {note}")
 
 
@@ -202,7 +206,7 @@ def known_call_defaults(registry: Registry, source: ModelSource) -> dict[str, An
 
 def cmd_generate(ns: argparse.Namespace) -> int:
     ns.device = resolve_device(ns.device)
-    apply_threads(ns.threads, ns.device)
+    apply_threads(ns.threads)
     registry = _registry()
     recipe = find_recipe(ns.recipe, registry)
     runtime = resolve_recipe(recipe, registry)
@@ -240,6 +244,7 @@ def cmd_generate(ns: argparse.Namespace) -> int:
         check_writable(path)
         image_format(path)
 
+    say_if_busy(ns.threads, ns.device)
     pipe, defaults = load_source(registry, source, ns.device, ns.dtype, prompts=[ns.prompt])
     recorder = SelectionRecorder()
     if ns.save_selection:
@@ -255,12 +260,17 @@ def cmd_generate(ns: argparse.Namespace) -> int:
     replaced = [path for path in paths if path.exists()]
     written = []
     for index, (image, path) in enumerate(zip(images, paths, strict=True)):
-        save_image_atomically(image, path)
-        written.append(path)
+        targets = [(image, path)]
         if ns.save_selection:
-            selection = path.with_name(f"{path.stem}-selection.png")
-            save_image_atomically(selection_figure(image, recorder.of_image(index)), selection)
-            written.append(selection)
+            targets.append(
+                (selection_figure(image, recorder.of_image(index)), path.with_name(f"{path.stem}-selection.png"))
+            )
+        for picture, target in targets:
+            try:
+                save_image_atomically(picture, target)
+            except OSError as exc:  # a full disk ...: nothing half-written is left
+                raise RaluError(f"--out {target}: cannot write it ({exc.strerror or exc})") from None
+            written.append(target)
     if replaced:
         _say(f"note: replaced {', '.join(str(p) for p in replaced)} (--out names an existing file)")
     _say(f"recipe {recipe.name}: {len(images)} image(s) {images[0].size[0]}x{images[0].size[1]} in {elapsed:.2f} s")
@@ -309,13 +319,21 @@ def _generate_many(
         done_before = len(share) - len(mine)
         device = processes.device if processes.count > 1 and processes.device else ns.device  # one device each
         if mine:
+            if processes.is_main:
+                say_if_busy(ns.threads, device)
             pipe, _ = load_source(registry, source, device, ns.dtype, announce=processes.is_main, prompts=prompts)
             fast = accelerate(pipe, recipe, plugin_manager=registry.pm)
             _run_items(fast, mine, folder, kwargs, ns.batch_size, made_with, processes.index)
         processes.wait_for_everyone()
         made, before = processes.sum_over_processes((len(mine), done_before))
         if processes.is_main:
-            merged = folder.merge_manifest(items)
+            try:
+                merged = folder.merge_manifest(items)
+            except OSError as exc:
+                raise RaluError(
+                    f"--out {folder.root}: cannot write {MANIFEST} ({exc.strerror or exc}); the images are kept: fix "
+                    "this and run the same command again to write it"
+                ) from None
             by = "this process" if processes.count == 1 else f"{processes.count} processes"
             _say(
                 f"recipe {recipe.name}: {merged} of {len(items)} images in {folder.root} "
@@ -366,7 +384,13 @@ def _run_items(
                     "seconds": round(seconds, 4),
                     "process": rank,
                 }
-                folder.save(item, image, record)
+                try:
+                    folder.save(item, image, record)
+                except OSError as exc:  # a full disk, a folder removed under the run ...
+                    raise RaluError(
+                        f"--out {folder.root}: cannot write {folder.image_path(item).name} ({exc.strerror or exc}); "
+                        "every image written so far is kept: fix this and run the same command again to complete it"
+                    ) from None
             bar.update(len(chunk))
 
 
@@ -623,7 +647,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     from ralu_core.bench import BenchPlan, run_bench, write_outputs
 
     ns.device = resolve_device(ns.device)
-    apply_threads(ns.threads, ns.device)
+    apply_threads(ns.threads)
     registry = _registry()
     recipes = [find_recipe(name, registry) for name in ns.recipes]
     for recipe in recipes:
@@ -642,6 +666,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     height, width = ns.height or known_defaults.get("height"), ns.width or known_defaults.get("width")
     if height is None or width is None:
         raise RaluError("ralu bench needs --height and --width for a loaded model (the FLOPs depend on them)")
+    say_if_busy(ns.threads, ns.device)
     pipe, defaults = load_source(registry, source, ns.device, ns.dtype, prompts=prompts)
     pipe.set_progress_bar_config(disable=True)
     adapter = registry.resolve_adapter(pipe)

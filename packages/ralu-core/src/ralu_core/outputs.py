@@ -97,11 +97,23 @@ def check_writable(path: Path) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise RaluError(f"--out {path}: {existing} is a file, not a folder")
-    try:  # the one reliable test (permissions, read-only and virtual file systems, root): try it
-        with tempfile.TemporaryFile(dir=existing, prefix=".ralu-probe-"):
-            pass
+    try:
+        probe_writing(existing)
     except OSError as exc:
         raise RaluError(f"--out {path}: cannot write in {existing} ({exc.strerror or exc})") from None
+
+
+PROBE_BYTES = 256 * 1024
+"""What a writability probe writes: more than an image of a small model, so that a full disk fails it."""
+
+
+def probe_writing(folder: Path) -> None:
+    """Write and sync `PROBE_BYTES` in `folder`, then delete them: the one reliable test (permissions,
+    read-only and virtual file systems, root, a full disk, where an empty file can still be made)."""
+    with tempfile.TemporaryFile(dir=folder, prefix=".ralu-probe-") as handle:
+        handle.write(bytes(PROBE_BYTES))
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 DEFAULT_FOLDER = Path("ralu-out")
