@@ -112,6 +112,12 @@ def test_any_edit_of_a_good_recipe_gives_a_recipe_error_or_a_recipe(
             "a number of sensible size",
         ),
         ("name: x\nschedule: uniform\nstages: [{steps: 1, end: .nan}]", "$.stages[0].end: expected a finite number"),
+        (
+            "name: x\nschedule: uniform\nstages: [{steps: 1, end: 1e0}]",
+            "$.stages[0].end: expected a number, got str '1e0' (YAML reads 1e0 as text: an exponent needs a dot in "
+            "the mantissa, 1.0e0)",
+        ),
+        ("name: x\nschedule: uniform\nstages: [{steps: '3', end: 1.0}]", "got str '3' (write it without quotes)"),
     ],
 )
 def test_malformed_yaml_is_named_exactly(text: str, words: str) -> None:
@@ -206,3 +212,15 @@ def test_a_structural_problem_does_not_hide_the_rules_between_stages(registry, t
         "stage ends must increase strictly",
     ):
         assert expected in found
+
+
+@pytest.mark.parametrize(
+    ("steps", "words"),
+    [
+        ("'12'", "$.stages[0].step_tokens.dense_steps: expected a list, got str '12' (a list: [12])"),
+        ("[1, x]", "$.stages[0].step_tokens.dense_steps[1]: expected an integer, got str 'x'"),
+    ],
+)
+def test_a_list_field_given_text_is_one_problem_not_one_per_character(registry, steps: str, words: str) -> None:  # type: ignore[no-untyped-def]
+    text = f"name: x\nschedule: uniform\nstages: [{{steps: 4, step_tokens: {{name: ras-focus, dense_steps: {steps}}}}}]"
+    assert [p for p in refuse(text, registry).problems if "dense_steps" in p] == [words]

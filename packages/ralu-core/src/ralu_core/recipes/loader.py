@@ -8,14 +8,20 @@ Strict means: unknown keys are errors, and scalars keep their YAML type (``steps
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 import cattrs
 import yaml
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.errors import (
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
 
 from ralu_core.errors import ConfigFieldError, RecipeError
 from ralu_core.recipes.model import CacheRef, Recipe, StrategyRef
@@ -38,10 +44,57 @@ def _strict_scalar(kind: type, label: str) -> Any:
                 raise ValueError(f"expected a number of sensible size, got {_short(value)}")
             value = float(value)
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            raise ValueError(f"expected {label}, got {type(value).__name__} {_short(value)}")
+            raise ValueError(f"expected {label}, got {type(value).__name__} {_short(value)}{_quoted_hint(value, kind)}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"expected a finite number, got {_short(value)}")
         return value
+
+    return structure
+
+
+def _quoted_hint(value: Any, kind: type) -> str:
+    """Why a number arrived as text, where it did: quotes, or PyYAML's rule for exponents."""
+    if kind not in (int, float) or not isinstance(value, str):
+        return ""
+    try:
+        number = float(value)
+    except ValueError:
+        return ""
+    if kind is int and not number.is_integer():
+        return ""
+    mantissa, _, exponent = value.strip().lower().partition("e")
+    if exponent and "." not in mantissa:
+        return f" (YAML reads {value} as text: an exponent needs a dot in the mantissa, {mantissa}.0e{exponent})"
+    return " (write it without quotes)"
+
+
+def _is_variadic_tuple(type_: Any) -> bool:
+    args = typing.get_args(type_)
+    return typing.get_origin(type_) is tuple and len(args) == 2 and args[1] is Ellipsis and args[0] is not CacheRef
+
+
+def _variadic_tuple_hook(converter: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    """`tuple[X, ...]` fields (`dense_steps: [12, 22]`): a string or a mapping is one error, not one per
+    character or key; each element is structured as X, errors carrying their index."""
+
+    def structure(value: Any, type_: Any) -> tuple[Any, ...]:
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple)):
+            hint = f" (a list: [{value}])" if isinstance(value, str) and _quoted_hint(value, int) else ""
+            raise ValueError(f"expected a list, got {type(value).__name__} {_short(value)}{hint}")
+        element = typing.get_args(type_)[0]
+        items, errors = [], []
+        for index, item in enumerate(value):
+            try:
+                items.append(converter.structure(item, element))
+            except Exception as exc:
+                exc.__notes__ = [
+                    *getattr(exc, "__notes__", []),
+                    IterableValidationNote(f"@ index {index}", index, element),
+                ]
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError(f"While structuring {type_!r}", errors, type_)
+        return tuple(items)
 
     return structure
 
@@ -54,6 +107,7 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(bool, _strict_scalar(bool, "true or false"))
     converter.register_structure_hook(str, _strict_scalar(str, "a string"))
     converter.register_structure_hook(StrategyRef, _structure_ref)
+    converter.register_structure_hook_func(_is_variadic_tuple, _variadic_tuple_hook(converter))
     converter.register_structure_hook_func(
         lambda t: t == tuple[CacheRef, ...], lambda value, _: structure_cache_list(value)
     )
