@@ -112,7 +112,7 @@ def test_a_record_that_cannot_be_read_is_not_taken_for_this_run(tmp_path: Path) 
     item = plan_items(["a cat"], [0])[0]
     folder.save(item, Image.new("RGB", (8, 8)), {"prompt": "a cat", "seed": 0, **MADE_WITH})
     (folder.records / f"{item.stem}.json").write_text("{not json", encoding="utf-8")
-    with pytest.raises(RaluError, match=r"1 of its images .* its record cannot be read"):
+    with pytest.raises(RaluError, match=r"the record of 1 image\(s\) is not a JSON object \(000000-seed0\.json in"):
         folder.finished([item], MADE_WITH)
 
 

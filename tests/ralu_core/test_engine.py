@@ -133,3 +133,15 @@ def test_the_feature_cache_hears_of_every_new_token_set_before_it_is_used() -> N
     # 8 x 8 tokens: 16 at half resolution; 4 of them upsampled into 16 children; then all 64.
     expected = [("stage", 0, 16), *[("step", 0, 16)] * 2, ("stage", 1, 28), *[("step", 1, 28)] * 3]
     assert events == [*expected, ("stage", 2, 64), *[("step", 2, 64)] * 2]
+
+
+def test_misuse_of_a_call_raises_ralu_errors_that_stay_value_errors(fast) -> None:  # type: ignore[no-untyped-def]
+    """Users catch `ralu_core.RaluError` (everything ralu refuses) or, as with diffusers, ValueError."""
+    from ralu_core import CallError, RaluError
+
+    with pytest.raises(CallError, match="multiple of") as size:
+        fast("x", height=60, width=64, generator=seeded_generators(0))
+    with pytest.raises(CallError) as generators:
+        fast(["x", "y"], height=64, width=64, generator=seeded_generators(0))
+    for caught in (size, generators):
+        assert isinstance(caught.value, RaluError) and isinstance(caught.value, ValueError)

@@ -343,3 +343,15 @@ def test_a_per_step_plan_that_does_not_fit_the_call_is_refused_before_the_text_e
     finally:
         handle.remove()
     assert calls == []
+
+
+def test_misuse_of_a_flux_call_raises_ralu_errors_of_the_usual_kinds(pipe) -> None:  # type: ignore[no-untyped-def]
+    from ralu_core import CallArgumentError, CallError, RaluError
+
+    fast = ralu_core.accelerate(pipe, "ralu-flux-7x")
+    with pytest.raises(CallArgumentError, match="unexpected keyword argument 'colour'") as unknown:
+        fast("x", colour="red")
+    with pytest.raises(CallError, match="fixes its steps per stage") as steps:
+        fast("x", num_inference_steps=4)
+    assert isinstance(unknown.value, TypeError) and isinstance(steps.value, ValueError)
+    assert isinstance(unknown.value, RaluError) and isinstance(steps.value, RaluError)

@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ralu_core.accelerated import AcceleratedPipeline, accelerate
-    from ralu_core.errors import PluginError, RaluError, RecipeError, UnsupportedPipelineError
+    from ralu_core.errors import (
+        CallArgumentError,
+        CallError,
+        PluginError,
+        RaluError,
+        RecipeError,
+        UnsupportedArgumentError,
+        UnsupportedPipelineError,
+    )
     from ralu_core.hookspecs import hookimpl
     from ralu_core.pipeline_call import current_timestep
     from ralu_core.plugins import Registry, create_plugin_manager
@@ -31,9 +39,12 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 _EXPORTS = {
     "AcceleratedPipeline": "ralu_core.accelerated",
     "accelerate": "ralu_core.accelerated",
+    "CallArgumentError": "ralu_core.errors",
+    "CallError": "ralu_core.errors",
     "PluginError": "ralu_core.errors",
     "RaluError": "ralu_core.errors",
     "RecipeError": "ralu_core.errors",
+    "UnsupportedArgumentError": "ralu_core.errors",
     "UnsupportedPipelineError": "ralu_core.errors",
     "hookimpl": "ralu_core.hookspecs",
     "current_timestep": "ralu_core.pipeline_call",
@@ -50,6 +61,8 @@ _EXPORTS = {
 
 __all__ = [
     "AcceleratedPipeline",
+    "CallArgumentError",
+    "CallError",
     "PluginError",
     "RaluError",
     "Recipe",
@@ -59,6 +72,7 @@ __all__ = [
     "StrategyRef",
     "TokenGrid",
     "TokenState",
+    "UnsupportedArgumentError",
     "UnsupportedPipelineError",
     "accelerate",
     "create_plugin_manager",

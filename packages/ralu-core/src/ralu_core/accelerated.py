@@ -22,7 +22,7 @@ import torch
 
 from ralu_core.adapter import ModelAdapter
 from ralu_core.engine import SamplingEngine
-from ralu_core.errors import PluginError, RaluError, RecipeError, UnsupportedPipelineError
+from ralu_core.errors import CallError, PluginError, RaluError, RecipeError, UnsupportedPipelineError
 from ralu_core.plugins import Registry, create_plugin_manager
 from ralu_core.recipes import Recipe, RecipeRuntime, find_recipe, resolve_recipe
 from ralu_core.strategies.base import FeatureCache
@@ -50,7 +50,7 @@ class AcceleratedPipeline:
         steps = kwargs.get("num_inference_steps")
         if steps is not None and not self.runtime.schedule.accepts_requested_steps:
             fixed = tuple(s.spec.steps for s in self.runtime.stages)
-            raise ValueError(
+            raise CallError(
                 f"recipe {self.recipe.name!r} fixes its steps per stage {fixed} (schedule "
                 f"{self.runtime.schedule.name!r}); drop num_inference_steps, or edit the stages' `steps` in a copy "
                 "of the recipe (`ralu recipes show NAME > my.yaml`)"

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
+from ralu_core.errors import CallError
 from ralu_core.flops import FlopCount
 from ralu_core.randomness import GeneratorArg
 from ralu_core.runtime import RecipeRuntime
@@ -218,9 +219,9 @@ def image_side(label: str, value: Any) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{label} must be a whole number of pixels, got {value!r}")
+        raise CallError(f"{label} must be a whole number of pixels, got {value!r}")
     if not 0 < value <= MAX_IMAGE_SIDE:
-        raise ValueError(f"{label} must be between 1 and {MAX_IMAGE_SIDE} pixels, got {value}")
+        raise CallError(f"{label} must be between 1 and {MAX_IMAGE_SIDE} pixels, got {value}")
     return value
 
 
@@ -236,7 +237,7 @@ def check_image_size(height: Any, width: Any, multiple: int, why: str) -> tuple[
             options = sorted({lower, upper}) if value > 0 else [multiple]
             problems.append(f"{label}={value} (nearest valid: {' or '.join(str(v) for v in options)})")
     if problems:
-        raise ValueError(f"image size must be a multiple of {multiple} pixels {why}; got {', '.join(problems)}")
+        raise CallError(f"image size must be a multiple of {multiple} pixels {why}; got {', '.join(problems)}")
     return height, width
 
 

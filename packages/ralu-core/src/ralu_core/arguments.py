@@ -12,6 +12,8 @@ from typing import Any, ClassVar, TypeVar
 
 import attrs
 
+from ralu_core.errors import CallArgumentError, CallError, UnsupportedArgumentError
+
 _A = TypeVar("_A", bound="PipelineArguments")
 
 
@@ -30,13 +32,15 @@ class PipelineArguments:
     def bind(cls: type[_A], args: tuple[Any, ...], kwargs: dict[str, Any]) -> _A:
         names = [f.name for f in attrs.fields(cls)]  # type: ignore[arg-type]
         if len(args) > len(names):
-            raise TypeError(f"{cls.pipeline_name} takes at most {len(names)} positional arguments, got {len(args)}")
+            raise CallArgumentError(
+                f"{cls.pipeline_name} takes at most {len(names)} positional arguments, got {len(args)}"
+            )
         merged = dict(zip(names, args, strict=False))
         for key, value in kwargs.items():
             if key in merged:
-                raise TypeError(f"got multiple values for argument {key!r}")
+                raise CallArgumentError(f"got multiple values for argument {key!r}")
             if key not in names:
-                raise TypeError(f"{cls.pipeline_name}.__call__() got an unexpected keyword argument {key!r}")
+                raise CallArgumentError(f"{cls.pipeline_name}.__call__() got an unexpected keyword argument {key!r}")
             merged[key] = value
         bound = cls(**merged)
         bound.check_supported()
@@ -45,7 +49,7 @@ class PipelineArguments:
     def check_supported(self) -> None:
         used = sorted({label for key, label in self.unsupported_features.items() if getattr(self, key) is not None})
         if used:
-            raise NotImplementedError(f"ralu does not support {', '.join(used)} with {self.pipeline_name} yet")
+            raise UnsupportedArgumentError(f"ralu does not support {', '.join(used)} with {self.pipeline_name} yet")
 
     def prompt_batch_size(self) -> int:
         """Prompts in the call (before num_images_per_prompt), as the pipelines count them."""
@@ -55,9 +59,9 @@ class PipelineArguments:
             return len(self.prompt)
         if self.prompt_embeds is not None:
             return int(self.prompt_embeds.shape[0])
-        raise ValueError("provide either `prompt` or `prompt_embeds`")
+        raise CallError("provide either `prompt` or `prompt_embeds`")
 
     def image_batch_size(self) -> int:
         if self.num_images_per_prompt is None or self.num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be at least 1, got {self.num_images_per_prompt}")
+            raise CallError(f"num_images_per_prompt must be at least 1, got {self.num_images_per_prompt}")
         return self.prompt_batch_size() * self.num_images_per_prompt

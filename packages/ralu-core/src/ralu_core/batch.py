@@ -198,14 +198,24 @@ class OutputFolder:
         File names number the prompts and seeds, so an edited prompt file, another recipe or another size
         would otherwise count old images as done and mix two runs in one manifest. `made_with` is what
         every record of this run holds besides its prompt and seed (recipe, model, settings)."""
-        done, conflicts = set(), []
+        done, conflicts, unreadable = set(), [], []
         for item in items:
             if self.is_done(item):
                 done.add(item)
-                wanted = {"prompt": item.prompt, "seed": item.seed, **made_with}
-                differences = _differences(self._read_record(item), wanted)
+                record = self._read_record(item)
+                if not record:
+                    unreadable.append(item)
+                    continue
+                differences = _differences(record, {"prompt": item.prompt, "seed": item.seed, **made_with})
                 if differences:
                     conflicts.append((item, differences))
+        if unreadable:
+            names = ", ".join(self._record_path(item).name for item in unreadable[:3])
+            more = f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else ""
+            raise RaluError(
+                f"--out {self.root}: the record of {len(unreadable)} image(s) is not a JSON object ({names}{more} in "
+                f"{RECORDS}/), so what made them is unknown; delete those records and their images to remake them"
+            )
         if conflicts:
             item, differences = conflicts[0]
             raise RaluError(
@@ -248,8 +258,6 @@ def as_json(value: Any) -> Any:
 def _differences(record: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
     """What `record` holds otherwise than `wanted`, a phrase each ("recipe ralu-flux-4x, now ralu-flux-7x");
     the settings are compared one by one, a setting given only once included."""
-    if not record:
-        return ["its record cannot be read"]
     found = []
     for key, value in wanted.items():
         was = record.get(key)

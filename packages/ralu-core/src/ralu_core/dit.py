@@ -25,6 +25,7 @@ import torch
 
 from ralu_core.adapter import ConfigReader, ModelAdapter, ModelCall, check_image_size, is_diffusers_pipeline
 from ralu_core.arguments import PipelineArguments
+from ralu_core.errors import CallError
 from ralu_core.hookspecs import RegisterAdapter, RegisterModel, RegisterRecipe, hookimpl
 from ralu_core.kv_store import KVStore, swapped_processors
 from ralu_core.models import NamedModel
@@ -219,7 +220,7 @@ class DiTAdapter(ModelAdapter):
         bound: Any = self.Arguments.bind(args, kwargs)
         height, width = self.size(pipeline, coarsest_level, bound)
         if bound.num_inference_steps is not None and bound.num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be at least 1, got {bound.num_inference_steps}")
+            raise CallError(f"num_inference_steps must be at least 1, got {bound.num_inference_steps}")
         self.check_call(pipeline, bound, height, width)
         per_image_generators(bound.generator, bound.image_batch_size())
         return self.make_call(pipeline, bound, height, width)

@@ -39,6 +39,19 @@ class UnsupportedPipelineError(RaluError, TypeError):
     """No installed model adapter knows how to drive this pipeline."""
 
 
+class CallError(RaluError, ValueError):
+    """An accelerated call's arguments cannot be run (a size that does not divide, a generator list of the wrong
+    length, steps a recipe fixes): what is wrong and what to pass instead. A ValueError, as diffusers raises."""
+
+
+class CallArgumentError(RaluError, TypeError):
+    """An accelerated call got an argument its pipeline does not take, or one twice (a TypeError, as Python's)."""
+
+
+class UnsupportedArgumentError(RaluError, NotImplementedError):
+    """An argument the pipeline takes that ralu cannot honour yet under a recipe."""
+
+
 class ConfigFieldError(ValueError):
     """Raised by config validators so that recipe errors can point at the field (``...selector.ratio``)."""
 

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ralu_core.errors import CallError
+
 GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
 
 
@@ -22,7 +24,7 @@ def per_image_generators(generator: GeneratorArg, batch_size: int) -> list[torch
         return None
     generators = list(generator)
     if len(generators) != batch_size:
-        raise ValueError(
+        raise CallError(
             f"got {len(generators)} generators for an effective batch of {batch_size} images; "
             "pass one generator per image (batch size x num_images_per_prompt) or a single generator"
         )

@@ -21,6 +21,7 @@ import torch
 from ralu_core.adapter import FlopsProfile, iter_chunks
 from ralu_core.arguments import PipelineArguments
 from ralu_core.dit import DiTAdapter, DiTCall
+from ralu_core.errors import CallError
 from ralu_core.strategies.base import StepInfo
 from ralu_core.tokens import TokenGrid, TokenState, gather_tokens
 from ralu_flux.attention import FluxTokenProcessor, Rotary, attention_modules, attention_problems
@@ -140,7 +141,7 @@ class FluxCall(DiTCall):
             latents = self.args.latents.to(device=self.device, dtype=self.dtype)
             expected = (self.batch_size, self.grid.num_tokens, self.grid.token_dim)
             if tuple(latents.shape) != expected:
-                raise ValueError(
+                raise CallError(
                     f"`latents` must be packed FLUX latents of shape {expected}, got {tuple(latents.shape)}"
                 )
             return latents
@@ -303,7 +304,7 @@ def _one_negative_for_every_prompt(negative: torch.Tensor, batch: int, per_promp
         return negative
     if negative.shape[0] == per_prompt:
         return negative.repeat(batch // per_prompt, *([1] * (negative.dim() - 1)))
-    raise ValueError(
+    raise CallError(
         f"got {negative.shape[0] // per_prompt} negative prompts for {batch // per_prompt} prompts; "
         "give one negative prompt, or one per prompt"
     )

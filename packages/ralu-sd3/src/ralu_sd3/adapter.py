@@ -21,6 +21,7 @@ import torch
 from ralu_core.adapter import FlopsProfile
 from ralu_core.arguments import PipelineArguments
 from ralu_core.dit import DiTAdapter, DiTCall
+from ralu_core.errors import CallError
 from ralu_core.strategies.base import StepInfo
 from ralu_core.tokens import TokenGrid, TokenState, dense_level, gather_tokens, image_to_tokens, tokens_to_image
 from ralu_sd3.attention import CachedKVJointProcessor, attention_modules, attention_problems
@@ -122,7 +123,7 @@ class SD3Call(DiTCall):
             latents = self.args.latents.to(device=self.device, dtype=self.dtype)
             expected = (self.batch_size, self.grid.channels, *self.grid.latent_size)
             if tuple(latents.shape) != expected:
-                raise ValueError(f"`latents` must have shape {expected}, got {tuple(latents.shape)}")
+                raise CallError(f"`latents` must have shape {expected}, got {tuple(latents.shape)}")
         else:
             latents = self.pipe.prepare_latents(
                 self.batch_size,
