@@ -132,3 +132,24 @@ def test_a_deeply_nested_report_and_a_declined_score_are_handled(tmp_path, capsy
     assert p.metric == "p" and p.pairs == 1
     with pytest.raises(RaluError, match="the second report is not a ralu bench report"):
         compare(declined, "a", "b", second_report={"samples": []})
+
+
+def test_a_report_is_standard_json_and_its_infinite_scores_compare_as_before(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """bench wrote Python's `Infinity` (not JSON) for the PSNR of an image identical to the baseline's."""
+    import numpy as np
+
+    from ralu_core.paired import json_safe
+
+    samples = [
+        ("a", "x", {"psnr": math.inf, "q": np.float32(0.5)}),
+        ("b", "x", {"psnr": 30.0, "q": math.nan}),
+        ("a", "y", {"psnr": -math.inf}),
+        ("b", "y", {"psnr": 20.0}),
+    ]
+    text = json.dumps(json_safe(report(samples)), allow_nan=False)  # raises on any non-finite float left
+    assert "Infinity" in text and "NaN" not in text
+    path = tmp_path / "report.json"
+    path.write_text(text)
+    assert main(["compare", str(path), "a", "b", "--metric", "psnr", "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert (row["first_higher"], row["second_higher"]) == (1, 1)  # +inf beats 30 dB, -inf loses to 20 dB

@@ -28,6 +28,7 @@ from ralu_core.events import StageEvent
 from ralu_core.hookspecs import hookimpl
 from ralu_core.host_sync import HostSyncRecorder
 from ralu_core.image_metric import Image, ImageMetric
+from ralu_core.paired import json_safe
 
 
 @attrs.frozen(kw_only=True)
@@ -492,6 +493,7 @@ def write_outputs(result: BenchResult, out_dir: Path, device: str, plot_metric: 
                 result.notes.append(note)
             else:
                 paths.append(out_dir / "speed_quality.png")
-    paths[0].write_text(json.dumps(result.to_dict() | {"device": device}, indent=2, default=float))
+    report = json_safe(result.to_dict() | {"device": device})
+    paths[0].write_text(json.dumps(report, indent=2, default=float, allow_nan=False))
     paths[1].write_text(markdown_table(result, device))
     return paths

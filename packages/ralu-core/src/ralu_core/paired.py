@@ -8,6 +8,7 @@ the question "does A beat B on this prompt set?" without assuming anything about
 from __future__ import annotations
 
 import math
+import numbers
 import statistics
 from collections.abc import Iterable, Mapping
 from fractions import Fraction
@@ -16,6 +17,30 @@ from typing import Any
 import attrs
 
 from ralu_core.errors import RaluError
+
+INFINITIES = {"Infinity": math.inf, "-Infinity": -math.inf}
+"""How a report writes an infinite score (a PSNR of identical images) so that it stays standard JSON."""
+
+
+def score_value(value: Any) -> float:
+    """A report's score as a float (its infinities are written as strings)."""
+    return INFINITIES[value] if isinstance(value, str) else float(value)
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every infinite float written as ``"Infinity"``/``"-Infinity"`` and NaN as null: JSON that
+    every reader takes (Python's own ``Infinity`` is not JSON), read back by `score_value`."""
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):  # numpy's floats too
+        number = float(value)
+        if not math.isfinite(number):
+            return None if math.isnan(number) else ("Infinity" if number > 0 else "-Infinity")
+        return number
+    if isinstance(value, Mapping):
+        return {key: json_safe(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
 
 Key = tuple[str, int, int]
 """(prompt, seed, occurrence): a prompt set may repeat a prompt, and each repeat is its own pair."""
@@ -74,6 +99,8 @@ def check_report(report: Any, source: str = "the report") -> Mapping[str, Any]:
         return RaluError(f"{source} is not a ralu bench report: {what}")
 
     def is_number(value: Any) -> bool:  # inf is a score (PSNR of identical images); NaN orders nothing
+        if isinstance(value, str):
+            return value in INFINITIES
         return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
     if not isinstance(report, Mapping):
@@ -124,7 +151,7 @@ def per_sample_scores(
     keys = _keys(samples)
     if all("scores" in s for s in samples):  # a metric that declined an image holds None there: no score
         return {
-            key: {m: float(v) for m, v in s["scores"].items() if v is not None}
+            key: {m: score_value(v) for m, v in s["scores"].items() if v is not None}
             for key, s in zip(keys, samples, strict=True)
         }
     table: dict[Key, dict[str, float]] = {key: {} for key in keys}
@@ -137,7 +164,7 @@ def per_sample_scores(
                 )
             continue
         for key, value in zip(keys, values, strict=True):
-            table[key][metric] = float(value)
+            table[key][metric] = score_value(value)
     return table
 
 
