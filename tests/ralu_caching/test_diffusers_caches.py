@@ -100,3 +100,20 @@ def test_bad_diffusers_entries_are_refused_before_any_work(flux, cache: str, mes
 
 def test_the_installed_diffusers_offers_the_documented_methods() -> None:
     assert {"first-block", "taylorseer", "mag", "pyramid-attention-broadcast", "faster"} <= set(available_methods())
+
+
+def test_diffusers_first_block_on_sd3_is_refused_before_any_model_runs(sd3) -> None:  # type: ignore[no-untyped-def]
+    """It failed with a TypeError at its first reuse: SD3's last block returns no text stream."""
+    from ralu_core.errors import PluginError
+
+    calls: list[int] = []
+    handle = sd3.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        fast = ralu_core.accelerate(
+            sd3, with_cache("ralu-sd3-3x", "{name: diffusers, method: first-block, options: {threshold: 0.2}}")
+        )
+        with pytest.raises(PluginError, match="its last block returns no text stream; use ralu's own `first-block`"):
+            fast("a red circle", generator=seeded_generators(0), **CALL)
+    finally:
+        handle.remove()
+    assert calls == []

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from ralu_caching.blocks import hooks_added
+from ralu_caching.blocks import hooks_added, standard_blocks
 from ralu_core.errors import ConfigFieldError, did_you_mean
 from ralu_core.pipeline_call import current_timestep
 from ralu_core.strategies.base import FeatureCache
@@ -147,6 +147,18 @@ def _shown_type(hint: Any) -> str:
     return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
+def _check_first_block_target(denoiser: Any) -> None:
+    """diffusers' first-block hook adds the cached residual to both streams of the last block's output, so it
+    fails (a TypeError at the first reuse) on a model whose last block returns no text stream, such as SD3's
+    (diffusers marks such a block `context_pre_only`). Refused here, before any model runs."""
+    blocks = standard_blocks(denoiser, at_least=2)
+    if getattr(blocks[-1], "context_pre_only", False):
+        raise ValueError(
+            f"diffusers' first-block cache cannot run on {type(denoiser).__name__}: its last block returns no text "
+            "stream; use ralu's own `first-block` cache, which handles it"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class DiffusersCacheConfig:
     method: str
@@ -173,6 +185,8 @@ class DiffusersCache(FeatureCache):
         if denoiser is None:
             raise ValueError("this pipeline's adapter exposes no transformer for diffusers' cache hooks")
         config, apply = build_config(self.config.method, self.config.options, lambda: current_timestep(denoiser))
+        if _method_name(self.config.method) == "first-block":
+            _check_first_block_target(denoiser)
         with hooks_added(denoiser):
             apply(denoiser, config)
             yield
