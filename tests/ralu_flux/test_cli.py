@@ -176,9 +176,11 @@ def test_bench_needs_a_size_for_a_loaded_model(capsys, tmp_path) -> None:  # typ
     assert code == 2 and "needs --height and --width" in err
 
 
-def test_bench_refuses_repeated_seeds_before_loading(capsys) -> None:  # type: ignore[no-untyped-def]
+def test_bench_refuses_repeated_seeds_before_loading(capsys, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
     code, _, err = run(capsys, "bench", "--model", "flux-tiny", "--seeds", "0", "1", "1")
     assert code == 2 and "--seeds: 1 given more than once" in err and "RANDOM weights" not in err
+    assert list(tmp_path.iterdir()) == []  # a refused command makes no report folder
 
 
 def test_bench_refuses_two_recipes_of_one_name_before_loading(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -654,7 +654,6 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         resolve_recipe(recipe, registry)
     check_distinct_names(ns.recipes, recipes)
     prompts = _bench_prompts(registry, ns)
-    prepare_report_folder(Path(ns.out))
     if ns.warmup < 0:
         raise RaluError(f"--warmup must be 0 or more (untimed calls before timing), got {ns.warmup}")
     if ns.compile != "off" and ns.warmup < 1:
@@ -666,6 +665,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     height, width = ns.height or known_defaults.get("height"), ns.width or known_defaults.get("width")
     if height is None or width is None:
         raise RaluError("ralu bench needs --height and --width for a loaded model (the FLOPs depend on them)")
+    prepare_report_folder(Path(ns.out))  # the last check: a refused command leaves no folder behind
     say_if_busy(ns.threads, ns.device)
     pipe, defaults = load_source(registry, source, ns.device, ns.dtype, prompts=prompts)
     pipe.set_progress_bar_config(disable=True)
