@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 
 import ralu_core
 from ralu_caching.diffusers_caches import available_methods
@@ -102,18 +103,32 @@ def test_the_installed_diffusers_offers_the_documented_methods() -> None:
     assert {"first-block", "taylorseer", "mag", "pyramid-attention-broadcast", "faster"} <= set(available_methods())
 
 
-def test_diffusers_first_block_on_sd3_is_refused_before_any_model_runs(sd3) -> None:  # type: ignore[no-untyped-def]
-    """It failed with a TypeError at its first reuse: SD3's last block returns no text stream."""
-    from ralu_core.errors import PluginError
+FIRST_BLOCK = "{name: diffusers, method: first-block, options: {threshold: 0.2}}"
 
-    calls: list[int] = []
-    handle = sd3.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
-    try:
-        fast = ralu_core.accelerate(
-            sd3, with_cache("ralu-sd3-3x", "{name: diffusers, method: first-block, options: {threshold: 0.2}}")
-        )
-        with pytest.raises(PluginError, match="its last block returns no text stream; use ralu's own `first-block`"):
-            fast("a red circle", generator=seeded_generators(0), **CALL)
-    finally:
-        handle.remove()
-    assert calls == []
+
+def test_diffusers_first_block_on_sd3_is_refused_when_accelerated(sd3) -> None:  # type: ignore[no-untyped-def]
+    """It failed with a TypeError at its first reuse: SD3's last block returns no text stream."""
+    with pytest.raises(RecipeError, match=r"\$\.cache\[0\]: diffusers' first-block cache cannot run on 'sd3' pip"):
+        ralu_core.accelerate(sd3, with_cache("ralu-sd3-3x", FIRST_BLOCK))
+
+
+def test_diffusers_first_block_on_sd3_is_found_by_recipes_validate(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from ralu_core.cli import main
+
+    path = tmp_path / "sd3-first-block.yaml"
+    path.write_text(yaml.safe_dump(with_cache("ralu-sd3-3x", FIRST_BLOCK).to_yaml_dict()), encoding="utf-8")
+    assert main(["recipes", "validate", str(path)]) == 2
+    assert "on 'sd3' pipelines: $.cache[0]: diffusers' first-block cache cannot run" in capsys.readouterr().err
+    flux = tmp_path / "flux-first-block.yaml"
+    flux.write_text(yaml.safe_dump(with_cache("ralu-flux-7x", FIRST_BLOCK).to_yaml_dict()), encoding="utf-8")
+    assert main(["recipes", "validate", str(flux)]) == 0
+
+
+def test_diffusers_first_block_is_refused_at_attach_where_an_adapter_does_not_say(sd3) -> None:  # type: ignore[no-untyped-def]
+    """The backstop for adapters that do not declare their last block: the model's own blocks are read."""
+    from ralu_caching.diffusers_caches import DiffusersCache, DiffusersCacheConfig
+
+    cache = DiffusersCache(DiffusersCacheConfig(method="first-block", options={"threshold": 0.2}))
+    attached = cache.attach(sd3.transformer)
+    with pytest.raises(ValueError, match="cannot run on SD3Transformer2DModel: the last block returns no text"):
+        attached.__enter__()

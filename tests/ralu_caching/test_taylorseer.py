@@ -106,11 +106,27 @@ def test_the_model_runs_only_on_planned_steps(sd3) -> None:  # type: ignore[no-u
     assert len(calls) == 3 + 3 + 4  # stage 3's six steps: C C F C F C
 
 
-def test_a_warm_up_that_leaves_nothing_to_forecast_is_refused_when_the_recipe_resolves() -> None:
-    """It was accepted without a word, and the cache computed every step."""
+def test_a_warm_up_that_leaves_nothing_to_forecast_in_a_stage_is_refused_when_the_recipe_resolves() -> None:
+    """It was accepted without a word, and the cache computed every step of such a stage."""
     registry = Registry.collect(create_plugin_manager())
-    with pytest.raises(RecipeError, match=r"\$\.cache\[0\]: a warm-up of 5 .* stages of 5 steps, so it would save"):
+    with pytest.raises(RecipeError, match=r"\$\.cache\[0\]: a warm-up of 5 .* stage\(s\) 2 \(5 steps\), so it"):
         resolve_recipe(with_cache("ralu-flux-7x", "{name: taylorseer, warmup: 5, stages: [2]}"), registry)
-    with pytest.raises(RecipeError, match="stages of 2, 3, 5 steps"):
+    with pytest.raises(RecipeError, match=r"stage\(s\) 0 \(2 steps\), 1 \(3 steps\), 2 \(5 steps\).*longer stages"):
         resolve_recipe(with_cache("ralu-flux-7x", "{name: taylorseer, warmup: 6}"), registry)
-    resolve_recipe(with_cache("ralu-flux-7x", "{name: taylorseer, warmup: 3}"), registry)  # forecasts in stage 2
+    # Longer than some of its stages only: those are named, with the stages where it would work.
+    with pytest.raises(RecipeError, match=r"stage\(s\) 0 \(2 steps\), 1 \(3 steps\).*`stages: \[2\]`"):
+        resolve_recipe(with_cache("ralu-flux-7x", "{name: taylorseer, warmup: 3}"), registry)
+    resolve_recipe(with_cache("ralu-flux-7x", "{name: taylorseer, warmup: 3, stages: [2]}"), registry)
+
+
+def test_a_warm_up_as_long_as_the_calls_steps_is_refused_before_the_model_runs(sd3) -> None:  # type: ignore[no-untyped-def]
+    """A single-stage recipe takes its step count from the call, so the check waits for the call."""
+    calls: list[int] = []
+    handle = sd3.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
+    fast = ralu_core.accelerate(sd3, with_cache("sd3-baseline", "{name: taylorseer, warmup: 3}"))
+    try:
+        with pytest.raises(RecipeError, match=r"stage\(s\) 0 \(3 steps\)"):
+            fast("a", height=64, width=64, num_inference_steps=3, output_type="latent")
+    finally:
+        handle.remove()
+    assert calls == []

@@ -25,7 +25,7 @@ import attrs
 from ralu_caching.blocks import hooks_added, standard_blocks
 from ralu_core.errors import ConfigFieldError, did_you_mean
 from ralu_core.pipeline_call import current_timestep
-from ralu_core.strategies.base import FeatureCache
+from ralu_core.strategies.base import AdapterFacts, FeatureCache
 
 METHODS: dict[str, tuple[str, str]] = {
     "first-block": ("FirstBlockCacheConfig", "apply_first_block_cache"),
@@ -147,16 +147,19 @@ def _shown_type(hint: Any) -> str:
     return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
+FIRST_BLOCK_NEEDS_TEXT = (
+    "diffusers' first-block cache cannot run on {model}: the last block returns no text stream, and the cache "
+    "adds its residual to both; use ralu's own `first-block` cache, which handles it"
+)
+
+
 def _check_first_block_target(denoiser: Any) -> None:
     """diffusers' first-block hook adds the cached residual to both streams of the last block's output, so it
     fails (a TypeError at the first reuse) on a model whose last block returns no text stream, such as SD3's
     (diffusers marks such a block `context_pre_only`). Refused here, before any model runs."""
     blocks = standard_blocks(denoiser, at_least=2)
     if getattr(blocks[-1], "context_pre_only", False):
-        raise ValueError(
-            f"diffusers' first-block cache cannot run on {type(denoiser).__name__}: its last block returns no text "
-            "stream; use ralu's own `first-block` cache, which handles it"
-        )
+        raise ValueError(FIRST_BLOCK_NEEDS_TEXT.format(model=type(denoiser).__name__))
 
 
 @attrs.frozen(kw_only=True)
@@ -179,6 +182,11 @@ class DiffusersCache(FeatureCache):
 
     def planned_steps(self, steps: int) -> None:
         return None  # diffusers decides inside its hooks
+
+    def check_adapter(self, adapter: AdapterFacts) -> list[str]:
+        if _method_name(self.config.method) == "first-block" and not adapter.last_block_returns_text:
+            return [FIRST_BLOCK_NEEDS_TEXT.format(model=f"{adapter.name!r} pipelines")]
+        return []
 
     @contextmanager
     def _attached(self, denoiser: Any) -> Iterator[None]:

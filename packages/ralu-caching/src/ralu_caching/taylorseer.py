@@ -13,7 +13,7 @@ token depends on that token's history only: batches equal singles.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 import attrs
@@ -98,14 +98,17 @@ class TaylorSeerCache(FeatureCache):
         forecast = newton_forecast(self._sigmas, self._values, step.sigma)
         return forecast.to(self._values[0].dtype)
 
-    def check_stages(self, steps: Sequence[int]) -> list[str]:
-        if all(self.config.warmup >= count for count in steps):
-            shown = ", ".join(map(str, steps))
-            return [
-                f"a warm-up of {self.config.warmup} full computations per stage leaves no step to forecast in its "
-                f"stages of {shown} steps, so it would save nothing; lower `warmup`"
-            ]
-        return []
+    def check_stages(self, steps: Mapping[int, int]) -> list[str]:
+        idle = {stage: count for stage, count in steps.items() if self.config.warmup >= count}
+        if not idle:
+            return []
+        shown = ", ".join(f"{stage} ({count} steps)" for stage, count in idle.items())
+        busy = sorted(set(steps) - set(idle))
+        way_out = f"limit it with `stages: {busy}`" if busy else "use it in longer stages"
+        return [
+            f"a warm-up of {self.config.warmup} full computations per stage leaves nothing to forecast in stage(s) "
+            f"{shown}, so it would save nothing there; {way_out}, or lower `warmup`"
+        ]
 
     def planned_steps(self, steps: int) -> tuple[PlannedStep, ...]:
         config: TaylorSeerConfig = self.config

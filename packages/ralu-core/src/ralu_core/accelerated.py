@@ -20,7 +20,7 @@ from typing import Any
 import pluggy
 import torch
 
-from ralu_core.adapter import ModelAdapter
+from ralu_core.adapter import ModelAdapter, adapter_problems
 from ralu_core.engine import SamplingEngine
 from ralu_core.errors import CallError, PluginError, RaluError, RecipeError, UnsupportedPipelineError
 from ralu_core.plugins import Registry, create_plugin_manager
@@ -158,13 +158,7 @@ def accelerate(
     adapter = registry.resolve_adapter(pipeline)
     chosen = find_recipe(recipe, registry)
     runtime = resolve_recipe(chosen, registry)
-    problems = list(adapter.check_runtime(runtime))
-    if runtime.cached_attention and not adapter.cached_attention:
-        stages = [str(i) for i, stage in enumerate(runtime.stages) if stage.cached_attention]
-        problems.append(
-            f"$.stages[{', '.join(stages)}].inactive: the {adapter.name!r} adapter cannot keep the keys and values of "
-            "skipped tokens (RAS attention, the default for a stage with step_tokens); set `inactive: drop`"
-        )
+    problems = adapter_problems(adapter, runtime)
     if problems:
         raise RecipeError(chosen.name, problems)
     if chosen.model is not None and chosen.model != adapter.name:

@@ -148,6 +148,11 @@ class ModelAdapter(abc.ABC):
         know), checked before the text encoders run; empty: fine."""
         return []
 
+    last_block_returns_text: ClassVar[bool] = True
+    """Whether the denoiser's last block returns the text stream as well as the image stream (False for SD3,
+    whose last joint block is `context_pre_only`): caches that add a residual to both streams need it, and
+    recipes are checked against this without loading anything."""
+
     runs_own_sampler: ClassVar[bool] = False
     """True for pipelines ralu does not drive token by token (U-Nets): the pipeline's own loop runs with the
     recipe's caches attached (`call_pipeline`), and `check_runtime` limits the recipes it accepts."""
@@ -249,3 +254,18 @@ def iter_chunks(indices: torch.Tensor) -> Iterator[torch.Tensor]:
         same = [i for i in remaining if torch.equal(indices[i], indices[first])]
         remaining = [i for i in remaining if i not in same]
         yield torch.tensor(same, dtype=torch.long)
+
+
+def adapter_problems(adapter: ModelAdapter, runtime: RecipeRuntime) -> list[str]:
+    """What keeps a resolved recipe from running on this adapter's pipelines, known without a pipeline (so
+    `ralu recipes validate` finds it for a recipe that names its model, and `accelerate` for any)."""
+    problems = list(adapter.check_runtime(runtime))
+    if runtime.cached_attention and not adapter.cached_attention:
+        stages = [str(i) for i, stage in enumerate(runtime.stages) if stage.cached_attention]
+        problems.append(
+            f"$.stages[{', '.join(stages)}].inactive: the {adapter.name!r} adapter cannot keep the keys and values of "
+            "skipped tokens (RAS attention, the default for a stage with step_tokens); set `inactive: drop`"
+        )
+    for index, slot in enumerate(runtime.caches):
+        problems += [f"$.cache[{index}]: {problem}" for problem in slot.cache.check_adapter(adapter)]
+    return problems

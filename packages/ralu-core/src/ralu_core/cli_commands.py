@@ -21,7 +21,7 @@ import torch
 
 from ralu_core.accelerated import accelerate
 from ralu_core.accounting import recipe_cost
-from ralu_core.adapter import FlopsProfile, ModelAdapter
+from ralu_core.adapter import FlopsProfile, ModelAdapter, adapter_problems
 from ralu_core.batch import (
     MANIFEST,
     OutputFolder,
@@ -37,7 +37,7 @@ from ralu_core.batch import (
 )
 from ralu_core.compiling import compile_denoiser
 from ralu_core.diffusers_compat import dtype_argument
-from ralu_core.errors import RaluError, did_you_mean
+from ralu_core.errors import RaluError, RecipeError, did_you_mean
 from ralu_core.model_sources import ModelSource, resolve_model_source
 from ralu_core.ntdm import solve_ntdm
 from ralu_core.outputs import check_writable, default_image_paths, image_format, numbered_paths, save_image_atomically
@@ -410,6 +410,11 @@ def cmd_recipes(ns: argparse.Namespace) -> int:
         print(Path(ns.target).read_text(encoding="utf-8"), end="")
         return 0
     runtime = resolve_recipe(find_recipe(ns.target, registry), registry)
+    model = runtime.recipe.model
+    if model is not None and model in registry.adapters:
+        problems = adapter_problems(registry.adapters[model].obj, runtime)
+        if problems:
+            raise RecipeError(runtime.recipe.name, [f"on {model!r} pipelines: {p}" for p in problems])
     steps = [s.spec.steps for s in runtime.stages]
     print(f"ok: {runtime.recipe.name}: {len(steps)} stage(s), steps {steps}, schedule {runtime.schedule.name}")
     return 0

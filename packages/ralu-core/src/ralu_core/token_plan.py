@@ -101,10 +101,13 @@ def check_selection(
 
 
 def step_plan_problems(runtime: RecipeRuntime, steps_per_stage: tuple[int, ...]) -> list[str]:
-    """What keeps each stage's per-step selector from running a stage of that many steps (e.g. a dense reset
-    step beyond the stage's end), as recipe problems with their paths."""
+    """What keeps each stage's per-step selector or a cache from running stages of these many steps (e.g. a
+    dense reset step beyond the stage's end, a warm-up as long as the stage), as recipe problems with paths."""
     problems = []
     for index, (stage, steps) in enumerate(zip(runtime.stages, steps_per_stage, strict=True)):
         if stage.step_tokens is not None:
             problems += [f"$.stages[{index}].step_tokens: {p}" for p in stage.step_tokens.check_steps(steps)]
+    for index, slot in enumerate(runtime.caches):
+        working = {s: n for s, n in enumerate(steps_per_stage) if slot.active_in(s)}
+        problems += [f"$.cache[{index}]: {p}" for p in slot.cache.check_stages(working)]
     return problems

@@ -213,6 +213,7 @@ class SD3Adapter(DiTAdapter):
     Arguments = SD3Arguments
     architecture: ClassVar[str] = "SD3"
     cached_attention: ClassVar[bool] = True
+    last_block_returns_text: ClassVar[bool] = False  # the last joint block is `context_pre_only`
     long_text_tokenizer: ClassVar[str | None] = "tokenizer_3"  # T5
 
     def cached_attention_problems(self, pipeline: Any) -> list[str]:

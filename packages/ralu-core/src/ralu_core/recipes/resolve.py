@@ -172,10 +172,8 @@ def _resolve_caches(b: _Builder, recipe: Recipe, stages: list[RuntimeStage]) -> 
                 f"{', '.join(map(str, sparse))} compute a subset of tokens per step (step_tokens); "
                 "limit the cache with `stages:` to the other stages"
             )
-        fixed = [recipe.stages[s].steps for s in working if s < len(stages)]
-        known = [steps for steps in fixed if steps is not None]
-        if known and len(known) == len(fixed):
-            b.problems += [f"{path}: {problem}" for problem in cache.check_stages(known)]
+        known = {s: count for s in working if s < len(stages) and (count := recipe.stages[s].steps) is not None}
+        b.problems += [f"{path}: {problem}" for problem in cache.check_stages(known)]
         if cache.keeps_block_features and sparse:
             b.problems.append(
                 f"{path}: {cache.name!r} reuses block features of earlier steps token by token, but stage(s) "

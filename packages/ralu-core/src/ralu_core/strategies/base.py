@@ -9,9 +9,9 @@ the pipeline's own sigmas for the baseline schedule) comes as callables in the r
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import attrs
 import torch
@@ -239,6 +239,14 @@ class PlannedStep:
 FULL_STEP = PlannedStep()
 
 
+class AdapterFacts(Protocol):
+    """What a model adapter declares about its models that a strategy may check a recipe against, with no
+    model loaded (every `ModelAdapter` provides these)."""
+
+    name: ClassVar[str]
+    last_block_returns_text: ClassVar[bool]
+
+
 class FeatureCache(Strategy):
     """Reuses work across steps instead of recomputing it.
 
@@ -275,9 +283,15 @@ class FeatureCache(Strategy):
         depends on the run (adaptive caches: `ralu bench` measures them)."""
         return (FULL_STEP,) * steps
 
-    def check_stages(self, steps: Sequence[int]) -> list[str]:
-        """Problems with working in stages of these step counts (those of its stages that fix their steps;
-        checked when the recipe is resolved), e.g. a cache that could save nothing in any of them."""
+    def check_stages(self, steps: Mapping[int, int]) -> list[str]:
+        """Problems with working in its stages, given as stage index -> step count (those whose count is
+        known: checked when the recipe resolves, and again with the call's counts before any model runs),
+        e.g. a stage in which it could save nothing."""
+        return []
+
+    def check_adapter(self, adapter: AdapterFacts) -> list[str]:
+        """Problems with running on this adapter's pipelines, from what the adapter declares (no model
+        loaded): checked by `accelerate`, and by `ralu recipes validate` for a recipe that names its model."""
         return []
 
     def measured_reuse(self) -> tuple[int, int] | None:
