@@ -28,6 +28,7 @@ DIT_RECIPES = sorted(name for name in RECIPES if name != "sd-deepcache")  # sd-d
 FROM_RECIPES = {  # test id: (recipe, its cache, calls of one size after which nothing compiles)
     "flux-first-block": ("ralu-flux-7x", "{name: first-block, threshold: 0.3}", 1),
     "sd3-first-block": ("ralu-sd3-3x", "{name: first-block, threshold: 0.3}", 1),
+    "sd3-velocity-forecast": ("ralu-sd3-3x", "{name: velocity-forecast, interval: 2, warmup: 2, stages: [2]}", 1),
     "flux-deepcache-mixed-stage": ("ralu-flux-7x", "{name: deepcache, interval: 2, stages: [1, 2]}", 1),
     "flux-diffusers-first-block": (
         "ralu-flux-7x",
@@ -82,9 +83,15 @@ def _check_compiled(pipe: Any, recipe: str | Recipe, settling_calls: int = 1) ->
     return compiled
 
 
+SETTLING_CALLS = {"ralu-flux-5x-taylorseer": 2, "ralu-flux-5x-taylorseer-fast": 2}
+"""TaylorSeer's hooks sit on modules inside the compiled blocks (as diffusers' pyramid attention broadcast's
+do) and keep their bookkeeping out of the graphs; hooked in two stages of different token counts (0 and 2),
+the modules' graphs settle in two calls of one size, in one stage in one call."""
+
+
 @pytest.mark.parametrize("recipe", DIT_RECIPES)
 def test_every_caching_recipe_runs_compiled_with_the_eager_latents(recipe: str) -> None:
-    assert _check_compiled(_pipeline(recipe), recipe) >= 1
+    assert _check_compiled(_pipeline(recipe), recipe, SETTLING_CALLS.get(recipe, 1)) >= 1
 
 
 @pytest.mark.parametrize("case", sorted(FROM_RECIPES))

@@ -16,6 +16,7 @@ from .helpers import with_cache
 CACHES = [
     "{name: first-block, threshold: 0.2}",
     "{name: deepcache, interval: 2}",
+    "{name: taylorseer, interval: 2, order: 0, warmup: 1}",
     "{name: diffusers, method: first-block, options: {threshold: 0.2}}",
 ]
 

@@ -12,15 +12,23 @@ from ralu_caching.diffusers_caches import DiffusersCache
 from ralu_caching.first_block import FirstBlockCache
 from ralu_caching.taylorseer import TaylorSeerCache
 from ralu_caching.unet import DeepCacheUNet, UNetAdapter
+from ralu_caching.velocity_forecast import VelocityForecastCache
 from ralu_core.adapter import ModelAdapter
 from ralu_core.hookspecs import RegisterAdapter, RegisterCache, RegisterRecipe, hookimpl
 
-RECIPES = ("ralu-flux-7x-taylorseer", "ralu-sd3-3x-taylorseer", "ralu-sd3-3x-deepcache", "sd-deepcache")
+RECIPES = (
+    "ralu-flux-5x-taylorseer",
+    "ralu-flux-5x-taylorseer-fast",
+    "ralu-flux-7x-taylorseer",
+    "ralu-sd3-3x-taylorseer",
+    "ralu-sd3-3x-deepcache",
+    "sd-deepcache",
+)
 
 
 @hookimpl
 def ralu_register_feature_caches(register: RegisterCache) -> None:
-    for cache in (TaylorSeerCache, FirstBlockCache, DeepCacheDiT, DiffusersCache, DeepCacheUNet):
+    for cache in (TaylorSeerCache, VelocityForecastCache, FirstBlockCache, DeepCacheDiT, DiffusersCache, DeepCacheUNet):
         register(cache)
 
 

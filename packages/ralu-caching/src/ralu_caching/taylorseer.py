@@ -1,115 +1,99 @@
-"""`taylorseer`: forecast the model's output between full computations (step level).
+"""`taylorseer`: TaylorSeer as published (Liu et al., 2025): features inside the blocks, forecast.
 
-TaylorSeer (Liu et al., 2025) predicts features at skipped steps with a Taylor expansion whose
-derivatives are finite differences of the last full computations. Here the forecast is of the
-velocity itself, per token and per element, with Newton's divided differences in sigma (the steps of
-a flow-matching schedule are not evenly spaced in sigma, and the velocity is a function of it):
-order 1 extrapolates the line through the last two computed velocities, order 2 the parabola through
-the last three, and order 0 reuses the last one (the degenerate case: plain reuse, as in FORA). Each
-stage starts with `warmup` full computations (its token set and noise level are new), then computes
-once every `interval` steps and forecasts the rest. Everything is elementwise, so a forecast for one
-token depends on that token's history only: batches equal singles.
+At a full step every block runs and the outputs of its gated branches are kept: in FLUX's double-stream
+blocks the image and text attention outputs and the two feed-forward outputs, in its single-stream blocks
+the fused attention + MLP projection, in SD3's joint blocks the attention outputs (SD3.5's second attention
+too) and the feed-forwards, always before their gates. Which modules those are is adapter knowledge (each
+adapter's `block_features`). From the kept values a Taylor series is updated by finite differences, as the
+official code does: the k-th factor is the difference of the (k-1)-th factors of the last two full steps
+divided by their distance. At a forecast step those modules (and the ones that only feed them) do not run:
+their outputs are the series evaluated at the step's distance from the last full step, and everything else
+(the timestep embedding, modulation, norms, gates and residual additions, the final projection) runs as
+usual, so a forecast step costs that and `ralu flops` counts it.
+
+Distance is the step index (`distance: step`, the official code's), or the sigma of the schedule
+(`distance: sigma`, the official code's commented-out alternative; RALU's stages space sigma unevenly).
+The schedule is the official one in every stage: `warmup` full steps, then one full step every `interval`.
+Derivatives start at the last warm-up step (the official `step > first_enhance - 2`). State is per image
+(everything is elementwise) and per CFG branch, and starts again at every change of the token set.
+
+The hooks live in `ralu_caching.taylorseer_hooks`, imported when the cache attaches or is counted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import ClassVar
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar
 
 import attrs
-import torch
 
+from ralu_caching.forecast_schedule import check_forecast_settings, computes, warmup_problems
 from ralu_core.errors import ConfigFieldError
-from ralu_core.strategies.base import FULL_STEP, FeatureCache, PlannedStep, StageInfo, StepInfo
+from ralu_core.strategies.base import FULL_STEP, AdapterFacts, BlockFeatures, FeatureCache, PlannedStep
 
-FORECAST = PlannedStep(runs=False, kind="forecast")
-
-
-def _check(instance: TaylorSeerConfig) -> None:
-    if not 1 <= instance.interval <= 100:
-        raise ConfigFieldError("interval", f"must be from 1 (no forecasting) to 100, got {instance.interval}")
-    if instance.order not in (0, 1, 2):
-        raise ConfigFieldError("order", f"must be 0, 1 or 2, got {instance.order}")
-    if not instance.order + 1 <= instance.warmup <= 1000:
-        raise ConfigFieldError(
-            "warmup",
-            f"order {instance.order} needs at least {instance.order + 1} full computations per stage before "
-            f"forecasting, got {instance.warmup}",
-        )
+DISTANCES = ("step", "sigma")
 
 
 @attrs.frozen(kw_only=True)
 class TaylorSeerConfig:
-    interval: int = 2
-    """After the warm-up, one full computation every `interval` steps (the others are forecast)."""
+    interval: int = 3
+    """After the warm-up, one full step every `interval` steps (N; the others are forecast)."""
     order: int = 1
-    """0: reuse the last computed velocity; 1: linear extrapolation in sigma; 2: quadratic."""
-    warmup: int = 2
-    """Full computations at the start of every stage (at least order + 1)."""
+    """The Taylor order O: 0 reuses the last features, 1 extrapolates linearly, 2 quadratically."""
+    warmup: int = 3
+    """Full steps at the start of every stage (W, at least order + 1)."""
+    distance: str = "step"
+    """What the series is a function of: ``step`` (the step index, as published) or ``sigma``."""
 
     def __attrs_post_init__(self) -> None:
-        _check(self)
-
-
-def computes(step: int, warmup: int, interval: int) -> bool:
-    """Whether step `step` of a stage runs the model: the warm-up, then the last of every `interval` steps."""
-    return step < warmup or (step - warmup) % interval == interval - 1
-
-
-def newton_forecast(sigmas: list[float], values: list[torch.Tensor], sigma: float) -> torch.Tensor:
-    """Evaluate at `sigma` the polynomial through (sigmas[i], values[i]), newest first (Newton's form)."""
-    table = [v.float() for v in values]
-    coefficients = [table[0]]
-    for level in range(1, len(table)):
-        table = [(table[i] - table[i + 1]) / (sigmas[i] - sigmas[i + level]) for i in range(len(table) - 1)]
-        coefficients.append(table[0])
-    result = coefficients[-1]
-    for k in range(len(coefficients) - 2, -1, -1):
-        result = coefficients[k] + (sigma - sigmas[k]) * result
-    return result
+        check_forecast_settings(self.interval, self.order, self.warmup)
+        if self.distance not in DISTANCES:
+            raise ConfigFieldError("distance", f"must be one of {', '.join(DISTANCES)}, got {self.distance!r}")
 
 
 class TaylorSeerCache(FeatureCache):
-    """Forecast the velocity (orders 0-2, in sigma) between full computations every `interval` steps."""
+    """Forecast each block's gated branch outputs with a Taylor series between full steps."""
 
     name: ClassVar[str] = "taylorseer"
+    keeps_block_features: ClassVar[bool] = True
     Config = TaylorSeerConfig
-    forecasts: ClassVar[bool] = True
 
     def __init__(self, config: TaylorSeerConfig | None = None) -> None:
         super().__init__(config)
-        self._sigmas: list[float] = []
-        self._values: list[torch.Tensor] = []
+        self._features: Mapping[str, BlockFeatures] | None = None
 
-    def reset(self) -> None:
-        self._sigmas, self._values = [], []
+    def check_adapter(self, adapter: AdapterFacts) -> list[str]:
+        if adapter.block_features:
+            return []
+        return [
+            f"'taylorseer' forecasts features inside the transformer blocks, and the {adapter.name!r} adapter does "
+            "not declare its blocks' features (block_features); use `deepcache` or `velocity-forecast`"
+        ]
 
-    def begin_stage(self, stage: StageInfo) -> None:
-        self.reset()  # a new token set at a new noise level: the history does not extrapolate across it
-
-    def predict(self, step: StepInfo, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        config: TaylorSeerConfig = self.config
-        if computes(step.step, config.warmup, config.interval) or not self._values:
-            velocity = compute()
-            self._sigmas.insert(0, step.sigma)
-            self._values.insert(0, velocity)
-            del self._sigmas[config.order + 1 :], self._values[config.order + 1 :]
-            return velocity
-        forecast = newton_forecast(self._sigmas, self._values, step.sigma)
-        return forecast.to(self._values[0].dtype)
+    def use_model(self, model: AdapterFacts) -> None:
+        self._features = dict(model.block_features)
 
     def check_stages(self, steps: Mapping[int, int]) -> list[str]:
-        idle = {stage: count for stage, count in steps.items() if self.config.warmup >= count}
-        if not idle:
-            return []
-        shown = ", ".join(f"{stage} ({count} steps)" for stage, count in idle.items())
-        busy = sorted(set(steps) - set(idle))
-        way_out = f"limit it with `stages: {busy}`" if busy else "use it in longer stages"
-        return [
-            f"a warm-up of {self.config.warmup} full computations per stage leaves nothing to forecast in stage(s) "
-            f"{shown}, so it would save nothing there; {way_out}, or lower `warmup`"
-        ]
+        return warmup_problems(self.config.warmup, steps)
+
+    def attach(self, denoiser: Any) -> Any:
+        from ralu_caching.taylorseer_hooks import forecasting_installed
+
+        return forecasting_installed(denoiser, self.config, self._block_features())
 
     def planned_steps(self, steps: int) -> tuple[PlannedStep, ...]:
         config: TaylorSeerConfig = self.config
-        return tuple(FULL_STEP if computes(j, config.warmup, config.interval) else FORECAST for j in range(steps))
+        forecast = PlannedStep(reuse=self._forecast_counted, kind="forecast from features")
+        return tuple(FULL_STEP if computes(j, config.warmup, config.interval) else forecast for j in range(steps))
+
+    def _forecast_counted(self, model: Any) -> AbstractContextManager[None]:
+        """On a (meta-device) model: what a forecast step runs, for counting."""
+        from ralu_caching.taylorseer_hooks import forecast_counted
+
+        return forecast_counted(model, self._block_features())
+
+    def _block_features(self) -> Mapping[str, BlockFeatures]:
+        if self._features is None:
+            raise RuntimeError("taylorseer was not told its adapter (accelerate and `ralu flops` do: use_model)")
+        return self._features

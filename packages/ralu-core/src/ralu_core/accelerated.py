@@ -20,7 +20,7 @@ from typing import Any
 import pluggy
 import torch
 
-from ralu_core.adapter import ModelAdapter, adapter_problems
+from ralu_core.adapter import ModelAdapter, bind_to_adapter
 from ralu_core.engine import SamplingEngine
 from ralu_core.errors import CallError, PluginError, RaluError, RecipeError, UnsupportedPipelineError
 from ralu_core.plugins import Registry, create_plugin_manager
@@ -158,9 +158,7 @@ def accelerate(
     adapter = registry.resolve_adapter(pipeline)
     chosen = find_recipe(recipe, registry)
     runtime = resolve_recipe(chosen, registry)
-    problems = adapter_problems(adapter, runtime)
-    if problems:
-        raise RecipeError(chosen.name, problems)
+    bind_to_adapter(adapter, runtime)
     if chosen.model is not None and chosen.model != adapter.name:
         raise RecipeError(
             chosen.name,

@@ -16,11 +16,11 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
-from ralu_core.errors import CallError
+from ralu_core.errors import CallError, RecipeError
 from ralu_core.flops import FlopCount
 from ralu_core.randomness import GeneratorArg
 from ralu_core.runtime import RecipeRuntime
-from ralu_core.strategies.base import StageInfo, StepInfo
+from ralu_core.strategies.base import BlockFeatures, StageInfo, StepInfo
 from ralu_core.tokens import TokenGrid, TokenState
 
 ConfigReader = Callable[[str], Mapping[str, Any] | None]
@@ -153,6 +153,10 @@ class ModelAdapter(abc.ABC):
     whose last joint block is `context_pre_only`): caches that add a residual to both streams need it, and
     recipes are checked against this without loading anything."""
 
+    block_features: ClassVar[Mapping[str, BlockFeatures]] = {}
+    """Per transformer block class name: what feature-level caches (TaylorSeer) may forecast in it. Empty:
+    such caches are refused on this adapter's pipelines."""
+
     runs_own_sampler: ClassVar[bool] = False
     """True for pipelines ralu does not drive token by token (U-Nets): the pipeline's own loop runs with the
     recipe's caches attached (`call_pipeline`), and `check_runtime` limits the recipes it accepts."""
@@ -254,6 +258,16 @@ def iter_chunks(indices: torch.Tensor) -> Iterator[torch.Tensor]:
         same = [i for i in remaining if torch.equal(indices[i], indices[first])]
         remaining = [i for i in remaining if i not in same]
         yield torch.tensor(same, dtype=torch.long)
+
+
+def bind_to_adapter(adapter: ModelAdapter, runtime: RecipeRuntime) -> None:
+    """Check a resolved recipe against the adapter that will run or count it (RecipeError listing every
+    problem), then tell its caches which adapter that is."""
+    problems = adapter_problems(adapter, runtime)
+    if problems:
+        raise RecipeError(runtime.recipe.name, problems)
+    for slot in runtime.caches:
+        slot.cache.use_model(adapter)
 
 
 def adapter_problems(adapter: ModelAdapter, runtime: RecipeRuntime) -> list[str]:

@@ -21,7 +21,7 @@ import torch
 
 from ralu_core.accelerated import accelerate
 from ralu_core.accounting import recipe_cost
-from ralu_core.adapter import FlopsProfile, ModelAdapter, adapter_problems
+from ralu_core.adapter import FlopsProfile, ModelAdapter, adapter_problems, bind_to_adapter
 from ralu_core.batch import (
     MANIFEST,
     OutputFolder,
@@ -52,7 +52,7 @@ from ralu_core.preflight import (
     check_sizes,
     parse_call_args,
 )
-from ralu_core.recipes import Recipe, find_recipe, resolve_recipe
+from ralu_core.recipes import Recipe, RecipeRuntime, find_recipe, resolve_recipe
 from ralu_core.schedule_report import published_for, recipe_schedule
 from ralu_core.selection_view import SelectionRecorder, selection_figure
 
@@ -523,6 +523,14 @@ def flops_profile(registry: Registry, model: str, recipe: Recipe) -> FlopsProfil
     return adapter.flops_profile(model)
 
 
+def counted_runtime(registry: Registry, model: str, recipe: Recipe) -> tuple[RecipeRuntime, FlopsProfile]:
+    """The recipe resolved and bound to the adapter of `model` (as a call would be), and its counting profile."""
+    runtime = resolve_recipe(recipe, registry)
+    profile = flops_profile(registry, model, recipe)
+    bind_to_adapter(_flops_adapter(registry, model), runtime)
+    return runtime, profile
+
+
 def _flops_adapter(registry: Registry, model: str) -> ModelAdapter:
     for entry in registry.adapters.values():
         if model in entry.obj.architectures:
@@ -544,8 +552,7 @@ def _flops_adapter(registry: Registry, model: str) -> ModelAdapter:
 def cmd_flops(ns: argparse.Namespace) -> int:
     registry = _registry()
     recipe = find_recipe(ns.recipe, registry)
-    runtime = resolve_recipe(recipe, registry)
-    profile = flops_profile(registry, ns.model, recipe)
+    runtime, profile = counted_runtime(registry, ns.model, recipe)
     cost = recipe_cost(runtime, profile, ns.height, ns.width, steps=ns.steps, baseline_steps=ns.baseline_steps)
     include = ns.attention == "include"
     report = cost.to_dict(include)

@@ -24,9 +24,11 @@ This module is model-agnostic on purpose: it knows operators, not model classes.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import attrs
@@ -35,7 +37,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-__all__ = ["FlopCount", "count_flops", "meta_module"]
+__all__ = ["FlopCount", "count_flops", "meta_module", "not_counted"]
 
 _T = TypeVar("_T")
 
@@ -195,6 +197,11 @@ def _classifying_formulas(tally: _Tally) -> dict[Any, Callable[..., int]]:
     return {key: wrap(key, formula) for key, formula in base.items()}
 
 
+_COUNTING: contextvars.ContextVar[tuple[_Tally, FlopCounterMode] | None] = contextvars.ContextVar(
+    "ralu_counting", default=None
+)
+
+
 def count_flops(fn: Callable[[], object]) -> FlopCount:
     """Run ``fn()`` under ``FlopCounterMode`` and return its FLOPs split by kind (see module docs).
 
@@ -202,13 +209,38 @@ def count_flops(fn: Callable[[], object]) -> FlopCount:
     """
     tally = _Tally()
     counter = FlopCounterMode(display=False, custom_mapping=_classifying_formulas(tally))
-    with counter, _AttentionScope(tally):
-        fn()
+    token = _COUNTING.set((tally, counter))
+    try:
+        with counter, _AttentionScope(tally):
+            fn()
+    finally:
+        _COUNTING.reset(token)
     result = FlopCount(tally.linear, tally.attention, tally.other)
     total = counter.get_total_flops()
     if result.total != total:  # pragma: no cover - would mean a formula escaped the wrapper
         raise RuntimeError(f"classified FLOPs {result.total} != FlopCounterMode total {total}")
     return result
+
+
+@contextlib.contextmanager
+def not_counted() -> Iterator[None]:
+    """Inside `count_flops`: what runs in the block is left out of the count (outside: does nothing).
+
+    For caches whose reusing step skips a module that the rest of the model still needs a tensor from:
+    on the meta device the module runs, for its output's shape, and costs nothing in the count."""
+    active = _COUNTING.get()
+    if active is None:
+        yield
+        return
+    tally, counter = active
+    kept = attrs.evolve(tally), {scope: dict(ops) for scope, ops in counter.flop_counts.items()}
+    try:
+        yield
+    finally:
+        tally.linear, tally.attention, tally.other = kept[0].linear, kept[0].attention, kept[0].other
+        counter.flop_counts.clear()
+        for scope, ops in kept[1].items():
+            counter.flop_counts[scope].update(ops)
 
 
 def meta_module(cls: Callable[..., _T], config: Mapping[str, Any]) -> _T:

@@ -22,7 +22,7 @@ from ralu_core.adapter import FlopsProfile, iter_chunks
 from ralu_core.arguments import PipelineArguments
 from ralu_core.dit import DiTAdapter, DiTCall
 from ralu_core.errors import CallError
-from ralu_core.strategies.base import StepInfo
+from ralu_core.strategies.base import BlockFeatures, StepInfo
 from ralu_core.tokens import TokenGrid, TokenState, gather_tokens
 from ralu_flux.attention import FluxTokenProcessor, Rotary, attention_modules, attention_problems
 
@@ -321,6 +321,12 @@ class FluxAdapter(DiTAdapter):
     size_rule_reads_transformer: ClassVar[bool] = False  # FLUX packs 2 x 2 latent pixels whatever its config
     cached_attention: ClassVar[bool] = True
     long_text_tokenizer: ClassVar[str | None] = "tokenizer_2"  # T5
+    block_features: ClassVar[Mapping[str, BlockFeatures]] = {
+        # Double-stream: the image and text attention outputs (one module, two outputs) and feed-forwards.
+        "FluxTransformerBlock": BlockFeatures(forecast=("attn", "ff", "ff_context")),
+        # Single-stream: the fused attention + MLP output (proj_out); its two inputs feed nothing else.
+        "FluxSingleTransformerBlock": BlockFeatures(forecast=("proj_out",), feeds_forecast=("attn", "proj_mlp")),
+    }
 
     def cached_attention_problems(self, pipeline: Any) -> list[str]:
         return attention_problems(pipeline.transformer)

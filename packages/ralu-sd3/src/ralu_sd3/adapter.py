@@ -22,7 +22,7 @@ from ralu_core.adapter import FlopsProfile
 from ralu_core.arguments import PipelineArguments
 from ralu_core.dit import DiTAdapter, DiTCall
 from ralu_core.errors import CallError
-from ralu_core.strategies.base import StepInfo
+from ralu_core.strategies.base import BlockFeatures, StepInfo
 from ralu_core.tokens import TokenGrid, TokenState, dense_level, gather_tokens, image_to_tokens, tokens_to_image
 from ralu_sd3.attention import CachedKVJointProcessor, attention_modules, attention_problems
 from ralu_sd3.forward import strip_positions, tokens_to_strip
@@ -214,6 +214,11 @@ class SD3Adapter(DiTAdapter):
     architecture: ClassVar[str] = "SD3"
     cached_attention: ClassVar[bool] = True
     last_block_returns_text: ClassVar[bool] = False  # the last joint block is `context_pre_only`
+    block_features: ClassVar[Mapping[str, BlockFeatures]] = {
+        # Joint blocks: attention (image and text outputs), SD3.5's second image attention, the feed-forwards
+        # (the last block has no text feed-forward and SD3 no `attn2`: absent names are skipped).
+        "JointTransformerBlock": BlockFeatures(forecast=("attn", "attn2", "ff", "ff_context")),
+    }
     long_text_tokenizer: ClassVar[str | None] = "tokenizer_3"  # T5
 
     def cached_attention_problems(self, pipeline: Any) -> list[str]:

@@ -239,12 +239,24 @@ class PlannedStep:
 FULL_STEP = PlannedStep()
 
 
+@attrs.frozen(kw_only=True)
+class BlockFeatures:
+    """What a feature-level cache may forecast in one kind of transformer block (adapter knowledge): the
+    child modules whose outputs join the block's residual streams through a gate (forecast at a reusing
+    step, while modulation, gates and residual additions still run), and the children whose outputs feed
+    only those (skipped there; nothing else reads them). Names a block lacks (SD3's `attn2`) are ignored."""
+
+    forecast: tuple[str, ...]
+    feeds_forecast: tuple[str, ...] = ()
+
+
 class AdapterFacts(Protocol):
     """What a model adapter declares about its models that a strategy may check a recipe against, with no
     model loaded (every `ModelAdapter` provides these)."""
 
     name: ClassVar[str]
     last_block_returns_text: ClassVar[bool]
+    block_features: ClassVar[Mapping[str, BlockFeatures]]
 
 
 class FeatureCache(Strategy):
@@ -293,6 +305,10 @@ class FeatureCache(Strategy):
         """Problems with running on this adapter's pipelines, from what the adapter declares (no model
         loaded): checked by `accelerate`, and by `ralu recipes validate` for a recipe that names its model."""
         return []
+
+    def use_model(self, model: AdapterFacts) -> None:
+        """The adapter whose pipelines this cache will run on, given once before it attaches or is counted
+        (after `check_adapter` found nothing), for caches that need its declarations at work."""
 
     def measured_reuse(self) -> tuple[int, int] | None:
         """(reused, total) evaluations since the last reset, for adaptive caches that reuse inside the
