@@ -29,7 +29,7 @@ SD3_MODEL=${RALU_BENCH_SD3_MODEL:-sd3-medium-random}
 # SD3.5-large (15 GiB) fits an H100 but not the 8-minute budget beside the rest: opt in with sd35-large-random.
 SD35_MODEL=${RALU_BENCH_SD35_MODEL:-}
 SD35_RECIPES=${RALU_BENCH_SD35_RECIPES:-"sd3-baseline ralu-sd3-2x ralu-sd3-3x ras-sd3"}
-FLUX_RECIPES=${RALU_BENCH_FLUX_RECIPES:-"flux-baseline ralu-flux-4x ralu-flux-5x ralu-flux-7x ras-flux ralu-ras-flux-7x ralu-flux-7x-taylorseer"}
+FLUX_RECIPES=${RALU_BENCH_FLUX_RECIPES:-"flux-baseline ralu-flux-4x ralu-flux-5x ralu-flux-7x ras-flux ralu-ras-flux-7x ralu-flux-5x-taylorseer"}
 SD3_RECIPES=${RALU_BENCH_SD3_RECIPES:-"sd3-baseline ralu-sd3-2x ralu-sd3-3x ras-sd3 ralu-ras-sd3-3x ralu-sd3-3x-deepcache"}
 # Compiling every recipe's shapes would not fit the budget: compiled runs time the baseline and the fastest recipe.
 FLUX_COMPILED=${RALU_BENCH_FLUX_COMPILED:-"flux-baseline ralu-flux-7x"}

@@ -54,7 +54,7 @@ def test_the_caching_example_runs_and_its_adaptive_cache_reuses(tmp_path, monkey
     runpy.run_path(str(EXAMPLES / "caching.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert out.count("image (128, 128)") == 3
-    reused = re.search(r"first-block skipped all blocks but the first in (\d+) of 10", out)
+    reused = re.search(r"db-cache reused the middle blocks in (\d+) of 10", out)
     assert reused is not None and int(reused.group(1)) > 0, out
 
 

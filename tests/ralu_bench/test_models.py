@@ -30,12 +30,11 @@ CONTROLS = {  # fewer-step baseline -> the RALU recipe it controls for at equal 
         "flux-baseline-7steps": "ralu-flux-7x",
         "flux-baseline-10steps": "ralu-flux-5x",
         "flux-baseline-12steps": "ralu-flux-4x",
-        "flux-baseline-5steps": "ralu-flux-7x-taylorseer",
     },
     "sd3-shapes": {
         "sd3-baseline-9steps": "ralu-sd3-3x",
         "sd3-baseline-14steps": "ralu-sd3-2x",
-        "sd3-baseline-7steps": "ralu-sd3-3x-taylorseer",
+        "sd3-baseline-7steps": "ralu-sd3-3x-deepcache",
     },
 }
 CASES = {"flux-shapes": (FluxPipeline, "ralu-flux-7x"), "sd3-shapes": (StableDiffusion3Pipeline, "ralu-sd3-3x")}

@@ -132,3 +132,24 @@ def test_diffusers_first_block_is_refused_at_attach_where_an_adapter_does_not_sa
     attached = cache.attach(sd3.transformer)
     with pytest.raises(ValueError, match="cannot run on SD3Transformer2DModel: the last block returns no text"):
         attached.__enter__()
+
+
+def test_a_users_diffusers_first_block_cache_on_sd3_is_refused_before_any_model_runs(sd3) -> None:  # type: ignore[no-untyped-def]
+    """It raised `TypeError: unsupported operand type(s) for -: 'NoneType' and 'Tensor'` from inside diffusers."""
+    from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
+
+    from ralu_caching.blocks import hooks_added
+    from ralu_core.errors import UnsupportedPipelineError
+
+    calls: list[int] = []
+    with hooks_added(sd3.transformer):
+        apply_first_block_cache(sd3.transformer, FirstBlockCacheConfig(threshold=0.2))
+        handle = sd3.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
+        try:
+            with pytest.raises(
+                UnsupportedPipelineError, match=r"carries diffusers' first-block cache .* ralu's `first-b"
+            ):
+                ralu_core.accelerate(sd3, "ralu-sd3-3x")("a red circle", generator=seeded_generators(0), **CALL)
+        finally:
+            handle.remove()
+    assert calls == []

@@ -9,31 +9,12 @@ import torch
 import ralu_core
 from ralu_caching.first_block import FirstBlockCache, FirstBlockConfig
 from ralu_core import RecipeError
-from ralu_core.pipeline_call import cache_context
 from ralu_core.testing import seeded_generators
 from ralu_core.testing_hooks import hook_snapshot
 
-from .helpers import with_cache
+from .helpers import run_twice, sd3_inputs, with_cache
 
 CALL = {"height": 128, "width": 128, "output_type": "latent"}
-
-
-def sd3_inputs(sd3, batch: int, seed: int) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
-    config = sd3.transformer.config
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "encoder_hidden_states": torch.randn(batch, 8, config.joint_attention_dim, generator=g),
-        "pooled_projections": torch.randn(batch, config.pooled_projection_dim, generator=g),
-        "timestep": torch.full((batch,), 500.0),
-    }
-
-
-def run_twice(sd3, first: torch.Tensor, second: torch.Tensor, rows: slice, cache: FirstBlockCache) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    """Two evaluations in one cache context, as two consecutive steps; the second step's output."""
-    text = {k: v[rows] for k, v in sd3_inputs(sd3, 2, 0).items()}
-    with cache.attach(sd3.transformer), cache_context(sd3.transformer, "cond", None, torch.tensor(500.0)):
-        sd3.transformer(hidden_states=first[rows], return_dict=False, **text)
-        return sd3.transformer(hidden_states=second[rows], return_dict=False, **text)[0]  # type: ignore[no-any-return]
 
 
 def test_each_image_decides_for_itself(sd3) -> None:  # type: ignore[no-untyped-def]

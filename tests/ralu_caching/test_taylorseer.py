@@ -110,7 +110,9 @@ def test_forecast_modules_run_only_at_full_steps_and_the_rest_at_every_step(flux
 
 def test_batch_equals_singles_with_cfg(sd3) -> None:  # type: ignore[no-untyped-def]
     """Every CFG branch keeps its own series, and a forecast for one image depends on that image only."""
-    fast = ralu_core.accelerate(sd3, "ralu-sd3-3x-taylorseer")
+    fast = ralu_core.accelerate(
+        sd3, with_cache("ralu-sd3-3x", "{name: taylorseer, interval: 2, warmup: 2, stages: [2]}")
+    )
     call = {"height": 128, "width": 96, "output_type": "latent"}
     batch = fast(["a red circle", "a blue square"], generator=seeded_generators(1, 2), **call).images
     singles = [

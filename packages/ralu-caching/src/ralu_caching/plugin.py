@@ -7,7 +7,9 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from ralu_caching.db_cache import DBCache
 from ralu_caching.deepcache import DeepCacheDiT
+from ralu_caching.delta_dit import DeltaDiTCache
 from ralu_caching.diffusers_caches import DiffusersCache
 from ralu_caching.first_block import FirstBlockCache
 from ralu_caching.taylorseer import TaylorSeerCache
@@ -17,10 +19,9 @@ from ralu_core.adapter import ModelAdapter
 from ralu_core.hookspecs import RegisterAdapter, RegisterCache, RegisterRecipe, hookimpl
 
 RECIPES = (
+    "ralu-flux-5x-delta-dit",
     "ralu-flux-5x-taylorseer",
     "ralu-flux-5x-taylorseer-fast",
-    "ralu-flux-7x-taylorseer",
-    "ralu-sd3-3x-taylorseer",
     "ralu-sd3-3x-deepcache",
     "sd-deepcache",
 )
@@ -28,7 +29,16 @@ RECIPES = (
 
 @hookimpl
 def ralu_register_feature_caches(register: RegisterCache) -> None:
-    for cache in (TaylorSeerCache, VelocityForecastCache, FirstBlockCache, DeepCacheDiT, DiffusersCache, DeepCacheUNet):
+    caches = (
+        TaylorSeerCache,
+        VelocityForecastCache,
+        DeltaDiTCache,
+        DBCache,
+        FirstBlockCache,
+        DeepCacheDiT,
+        DiffusersCache,
+    )
+    for cache in (*caches, DeepCacheUNet):
         register(cache)
 
 

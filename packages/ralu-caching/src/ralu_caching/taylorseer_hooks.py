@@ -124,7 +124,7 @@ class _Forecast(ModelHook):
         self._record(output)
         return output
 
-    @torch.compiler.disable  # type: ignore[misc]
+    @torch.compiler.disable  # type: ignore[untyped-decorator]
     def _forecast(self) -> Any:
         """The series at this step, or None where the module must run (a full step, or nothing kept yet)."""
         state: _State = self.states.get_state()  # type: ignore[no-untyped-call]
@@ -135,7 +135,7 @@ class _Forecast(ModelHook):
         offset = state.position - state.full_positions[-1]
         return _packed([None if factors is None else taylor_value(factors, offset) for factors in series], as_tuple)
 
-    @torch.compiler.disable  # type: ignore[misc]
+    @torch.compiler.disable  # type: ignore[untyped-decorator]
     def _record(self, output: Any) -> None:
         state: _State = self.states.get_state()  # type: ignore[no-untyped-call]
         kept = state.factors.get(self.key)
@@ -168,7 +168,7 @@ class _Feeder(ModelHook):
         self._record(output)
         return output
 
-    @torch.compiler.disable  # type: ignore[misc]
+    @torch.compiler.disable  # type: ignore[untyped-decorator]
     def _stand_in(self) -> Any:
         state: _State = self.states.get_state()  # type: ignore[no-untyped-call]
         kept = state.shapes.get(self.key)
@@ -177,7 +177,7 @@ class _Feeder(ModelHook):
         as_tuple, shapes = kept
         return _packed([None if s is None else torch.zeros(s[0], dtype=s[1], device=s[2]) for s in shapes], as_tuple)
 
-    @torch.compiler.disable  # type: ignore[misc]
+    @torch.compiler.disable  # type: ignore[untyped-decorator]
     def _record(self, output: Any) -> None:
         state: _State = self.states.get_state()  # type: ignore[no-untyped-call]
         outputs, as_tuple = _as_outputs(output)

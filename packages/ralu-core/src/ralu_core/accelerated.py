@@ -23,6 +23,7 @@ import torch
 from ralu_core.adapter import ModelAdapter, bind_to_adapter
 from ralu_core.engine import SamplingEngine
 from ralu_core.errors import CallError, PluginError, RaluError, RecipeError, UnsupportedPipelineError
+from ralu_core.pipeline_call import user_cache_problems
 from ralu_core.plugins import Registry, create_plugin_manager
 from ralu_core.recipes import Recipe, RecipeRuntime, find_recipe, resolve_recipe
 from ralu_core.strategies.base import FeatureCache
@@ -80,6 +81,9 @@ class AcceleratedPipeline:
                 self.check_step_plan(requested)
             # Block-level caches hook into the denoiser for this call only (and refuse an unsuitable one now).
             denoiser = self.adapter.denoiser(self.pipeline)
+            problems = user_cache_problems(denoiser, self.adapter.last_block_returns_text)
+            if problems:
+                raise UnsupportedPipelineError("; ".join(problems))
             for slot in self.runtime.caches:
                 if slot.stages is None:
                     attach_cache(attached, slot.cache, denoiser)

@@ -147,6 +147,27 @@ def has_diffusers_hooks(module: Any) -> bool:
     return any(getattr(m, "_diffusers_hook", None) is not None for m in module.modules())
 
 
+NEEDS_TEXT_FROM_LAST_BLOCK = {"fbc_leader_block_hook": "diffusers' first-block cache (FirstBlockCacheConfig)"}
+"""diffusers hooks (by registered name) that add a residual to both streams of the last block's output."""
+
+
+def user_cache_problems(denoiser: Any, last_block_returns_text: bool) -> list[str]:
+    """Caches the user put on the transformer that cannot run on it (found before any model runs)."""
+    if last_block_returns_text or denoiser is None:
+        return []
+    found = set()
+    for module in denoiser.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        if registry is not None:
+            found |= {NEEDS_TEXT_FROM_LAST_BLOCK[n] for n in registry.hooks if n in NEEDS_TEXT_FROM_LAST_BLOCK}
+    return [
+        f"the transformer carries {name}, which cannot run on it: its last block returns no text stream and the "
+        "cache adds its residual to both; remove that cache's hooks and use ralu's `first-block` in the recipe "
+        "(`cache: [{name: first-block, threshold: 0.2}]`), which handles it"
+        for name in sorted(found)
+    ]
+
+
 def refresh_hook_registries(module: Any) -> None:
     """diffusers caches the list of hooked submodules; hooks applied with ``apply_*`` after it was built
     would not get their cache context, so it is rebuilt once per call."""
