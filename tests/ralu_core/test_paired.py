@@ -111,7 +111,7 @@ GOOD = {"samples": [{"recipe": "a", "prompt": "x", "seed": 0, "scores": {"q": 1.
         (lambda r: {"samples": [{**r["samples"][0], "scores": {"q": "high"}}]}, "samples[0].scores.q is 'high'"),
         (lambda r: {"samples": [{**r["samples"][0], "scores": {"q": math.nan}}]}, "samples[0].scores.q is nan"),
         (lambda r: {**r, "scores": []}, "`scores` is not an object of recipes' score lists"),
-        (lambda r: {**r, "scores": {"a": {"q": [1.0, None]}}}, "scores.a.q is not a list of numbers"),
+        (lambda r: {**r, "scores": {"a": {"q": [1.0, "x"]}}}, "scores.a.q is not a list of numbers"),
     ],
 )
 def test_a_malformed_report_is_refused_in_one_line(tmp_path, capsys, damage, words) -> None:  # type: ignore[no-untyped-def]
@@ -130,6 +130,15 @@ def test_a_deeply_nested_report_and_a_declined_score_are_handled(tmp_path, capsy
     declined = {"samples": [{"recipe": r, "prompt": "x", "seed": 0, "scores": {"q": None, "p": 1.0}} for r in "ab"]}
     [p] = compare(declined, "a", "b")  # q declined by both: only p is compared
     assert p.metric == "p" and p.pairs == 1
+    # `ralu bench` writes a declined score as null in the recipes' score lists too: such a report is read (it
+    # was refused as "not a list of numbers"), with per-sample scores and with the lists alone.
+    listed = {**declined, "scores": {r: {"q": [None], "p": [1.0]} for r in "ab"}}
+    assert [c.metric for c in compare(listed, "a", "b")] == ["p"]
+    bare = {
+        "samples": [{k: v for k, v in s.items() if k != "scores"} for s in declined["samples"]],
+        "scores": listed["scores"],
+    }
+    assert [c.metric for c in compare(bare, "a", "b")] == ["p"]
     with pytest.raises(RaluError, match="the second report is not a ralu bench report"):
         compare(declined, "a", "b", second_report={"samples": []})
 

@@ -129,8 +129,9 @@ def check_report(report: Any, source: str = "the report") -> Mapping[str, Any]:
         raise bad("`scores` is not an object of recipes' score lists")
     for recipe, metrics in lists.items():
         for metric, values in metrics.items():
-            if not isinstance(values, list) or not all(is_number(v) for v in values):
-                raise bad(f"scores.{recipe}.{metric} is not a list of numbers")
+            # None: the metric declined that image (edge PSNR of an image without edges), as `ralu bench` writes it
+            if not isinstance(values, list) or not all(v is None or is_number(v) for v in values):
+                raise bad(f"scores.{recipe}.{metric} is not a list of numbers (or nulls, for declined images)")
     return report
 
 
@@ -164,7 +165,8 @@ def per_sample_scores(
                 )
             continue
         for key, value in zip(keys, values, strict=True):
-            table[key][metric] = score_value(value)
+            if value is not None:
+                table[key][metric] = score_value(value)
     return table
 
 
