@@ -12,6 +12,7 @@ from diffusers.hooks.hooks import BaseState, ModelHook, StateManager
 
 from ralu_caching.blocks import BlockIO, hooks_installed, minus, plus, standard_blocks
 from ralu_caching.deepcache import DeepCacheConfig, full_step
+from ralu_caching.pass_through import PassThrough
 
 HOOK = "ralu_deepcache"
 
@@ -78,15 +79,6 @@ class _Middle(ModelHook):
         return output
 
 
-class _PassThrough(ModelHook):
-    def __init__(self, io: BlockIO) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.io = io
-
-    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        return self.io.pack(*self.io.inputs(args, kwargs))
-
-
 def _first_and_middle(denoiser: Any, config: DeepCacheConfig) -> tuple[torch.nn.Module, list[torch.nn.Module]]:
     blocks = standard_blocks(denoiser, at_least=config.head + config.tail + 1)
     return blocks[0], blocks[config.head : len(blocks) - config.tail]
@@ -108,4 +100,4 @@ def deepcache_installed(denoiser: Any, config: DeepCacheConfig) -> Iterator[None
 def middle_skipped(denoiser: Any, config: DeepCacheConfig) -> AbstractContextManager[None]:
     """The middle blocks passing their input through (what a reusing step runs), for counting."""
     _, middle = _first_and_middle(denoiser, config)
-    return hooks_installed(denoiser, [(block, _PassThrough(BlockIO(block)), HOOK) for block in middle])
+    return hooks_installed(denoiser, [(block, PassThrough(BlockIO(block)), HOOK) for block in middle])

@@ -14,6 +14,7 @@ from diffusers.hooks.hooks import BaseState, ModelHook, StateManager
 from ralu_caching.blocks import BlockIO, hooks_installed, minus, plus, standard_blocks
 from ralu_caching.delta_dit import FRONT, REAR, cached_range
 from ralu_caching.forecast_schedule import computes
+from ralu_caching.pass_through import PassThrough
 
 if TYPE_CHECKING:
     from ralu_caching.delta_dit import DeltaDiTCache
@@ -92,15 +93,6 @@ class _Block(ModelHook):
         return output
 
 
-class _PassThrough(ModelHook):
-    def __init__(self, io: BlockIO) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.io = io
-
-    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        return self.io.pack(*self.io.inputs(args, kwargs))
-
-
 def _ranges(denoiser: Any, cached: int | None) -> tuple[list[torch.nn.Module], dict[str, range]]:
     blocks = standard_blocks(denoiser, at_least=2)
     return blocks, {which: cached_range(len(blocks), cached, which) for which in (REAR, FRONT)}
@@ -127,4 +119,4 @@ def range_skipped(denoiser: Any, cached: int | None, which: str) -> AbstractCont
     """The range's blocks passing their input through (a reusing step without the deviation's addition,
     which costs no FLOPs), for counting."""
     blocks, ranges = _ranges(denoiser, cached)
-    return hooks_installed(denoiser, [(blocks[i], _PassThrough(BlockIO(blocks[i])), HOOK) for i in ranges[which]])
+    return hooks_installed(denoiser, [(blocks[i], PassThrough(BlockIO(blocks[i])), HOOK) for i in ranges[which]])
