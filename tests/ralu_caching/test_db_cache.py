@@ -99,3 +99,27 @@ def test_too_many_front_and_back_blocks_are_refused_before_any_model_runs(flux) 
         fast("a", generator=seeded_generators(0), **CALL)
     with pytest.raises(ConfigFieldError, match="must be from 1 to 1000"):
         DBCacheConfig(front=0)
+
+
+def test_the_taylorseer_calibrator_forecasts_the_cached_residual(flux_mid) -> None:  # type: ignore[no-untyped-def]
+    """residual_order 1: full at evaluations 0 and 1 (warm-up), then the middle residual is extrapolated linearly
+    from those two: r1 + (r1 - r0) * k at k evaluations past the last full one."""
+    blocks = [*flux_mid.transformer.transformer_blocks, *flux_mid.transformer.single_transformer_blocks]
+    front_out: list[torch.Tensor] = []
+    back_in: list[torch.Tensor] = []
+    handles = [
+        blocks[1].register_forward_hook(lambda m, a, out: front_out.append(out[1])),
+        blocks[-1].register_forward_pre_hook(lambda m, a, k: back_in.append(k["hidden_states"]), with_kwargs=True),
+    ]
+    cache = f"{{name: db-cache, front: 2, back: 1, {ALWAYS}, warmup: 2, residual_order: 1}}"
+    try:
+        fast = ralu_core.accelerate(flux_mid, with_cache("flux-baseline", cache))
+        fast("a", generator=seeded_generators(0), num_inference_steps=4, **CALL)
+    finally:
+        for handle in handles:
+            handle.remove()
+    r0, r1 = (back_in[i] - front_out[i] for i in (0, 1))
+    for k, step in ((1, 2), (2, 3)):
+        torch.testing.assert_close(back_in[step], front_out[step] + r1 + (r1 - r0) * k, rtol=0, atol=1e-5)
+    with pytest.raises(ConfigFieldError, match=r"must be 0 \(plain reuse\), 1 or 2"):
+        DBCacheConfig(residual_order=3)

@@ -85,3 +85,23 @@ def test_meta_module_allocates_nothing() -> None:
     model = meta_module(Tiny, {"width": 4096})
     assert model.proj.weight.is_meta
     assert not model.training
+
+
+def test_what_runs_not_counted_is_left_out_of_the_count_and_nothing_outside_one() -> None:
+    """Caches count a reusing step by running the skipped modules for their shapes only."""
+    from ralu_core.flops import not_counted
+
+    layer = torch.nn.Linear(8, 4, device="meta")
+    x = torch.empty(2, 8, device="meta")
+    once = count_flops(lambda: layer(x))
+    assert once.linear == 2 * 2 * 8 * 4
+
+    def partly() -> None:
+        layer(x)
+        with not_counted():
+            layer(layer(torch.empty(2, 8, device="meta")).new_empty(2, 8))
+        layer(x)
+
+    assert count_flops(partly) == once * 2
+    with not_counted():  # outside a count it does nothing
+        assert layer(x).shape == (2, 4)

@@ -5,7 +5,9 @@ output minus the model's first block input, image stream) since the image's last
 image, whether the middle blocks run or their cached residual (the last middle block's output minus the front
 blocks' output at that full step) is added; the last `back` blocks (Bn) always run, a calibrator that
 corrects what the reused middle leaves. `warmup` evaluations at each stage start always compute; a cap on
-the evaluations reused in a row (`max_consecutive`) and in all (`max_cached`) forces a full one. ralu's
+the evaluations reused in a row (`max_consecutive`) and in all (`max_cached`) forces a full one. With
+`residual_order` 1 or 2 the reused residual is TaylorSeer's forecast of it (cache-dit's calibrator): finite
+differences of the residuals of an image's last full evaluations over their distance in evaluations. ralu's
 `first-block` is the F1B0 case (one front block, no back block, no warm-up or caps). Decisions are per image,
 so every image gets what it would get alone; the middle is skipped when every image of an evaluation agrees.
 Adaptive: `ralu flops` counts it as full and `ralu bench` reports the share reused.
@@ -37,6 +39,11 @@ def _check_count(low: int) -> Any:
     return check
 
 
+def _check_order(instance: Any, attribute: Any, value: int) -> None:
+    if value not in (0, 1, 2):
+        raise ConfigFieldError("residual_order", f"must be 0 (plain reuse), 1 or 2 (TaylorSeer), got {value}")
+
+
 @attrs.frozen(kw_only=True)
 class DBCacheConfig:
     front: int = attrs.field(default=1, validator=_check_count(1))
@@ -51,6 +58,9 @@ class DBCacheConfig:
     """Most evaluations an image may reuse in a stage; None: no cap."""
     max_consecutive: int | None = attrs.field(default=None, validator=_check_count(1))
     """Most evaluations an image may reuse in a row; None: no cap."""
+    residual_order: int = attrs.field(default=0, validator=_check_order)
+    """0: the cached residual is reused as it is; 1 or 2: TaylorSeer on it (cache-dit's calibrator), forecast
+    from the finite differences of its last full evaluations over their distance in evaluations."""
 
 
 class DBCache(FeatureCache):
