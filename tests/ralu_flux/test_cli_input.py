@@ -132,7 +132,7 @@ def test_flops_refuses_a_recipe_for_another_model_family(capsys) -> None:  # typ
 
     sd3_recipe = load_recipe_text("name: for-sd3\nmodel: sd3\nschedule: uniform\nstages: [{level: 0}]\n")
     with pytest.raises(ralu_core.cli_commands.RaluError, match="is for 'sd3' pipelines and flux-dev is a 'flux'"):
-        ralu_core.cli_commands.flops_profile(ralu_core.cli_commands._registry(), "flux-dev", sd3_recipe)
+        ralu_core.cli_commands.counted_runtime(ralu_core.cli_commands._registry(), "flux-dev", sd3_recipe)
     assert main(["flops", "--model", "flux-dve", "--recipe", "flux-baseline"]) == 2
     assert "(did you mean 'flux-dev'?)" in capsys.readouterr().err
 

@@ -511,23 +511,19 @@ def _schedule_of_recipe(ns: argparse.Namespace) -> int:
     return 0
 
 
-def flops_profile(registry: Registry, model: str, recipe: Recipe) -> FlopsProfile:
-    """The counting profile of an architecture name or a pipeline folder, refusing a recipe that is
-    tuned for another model family (as `generate` does)."""
+def counted_runtime(registry: Registry, model: str, recipe: Recipe) -> tuple[RecipeRuntime, FlopsProfile]:
+    """The recipe resolved and bound to the adapter of `model` (an architecture name or a pipeline folder), as a
+    call would be, and its counting profile; a recipe tuned for another model family is refused (as `generate`
+    does)."""
+    runtime = resolve_recipe(recipe, registry)
     adapter = _flops_adapter(registry, model)
     if recipe.model is not None and recipe.model != adapter.name:
         raise RaluError(
             f"recipe {recipe.name} is for {recipe.model!r} pipelines and {model} is a {adapter.name!r} "
             "architecture; pick a recipe for it (`ralu recipes list`)"
         )
-    return adapter.flops_profile(model)
-
-
-def counted_runtime(registry: Registry, model: str, recipe: Recipe) -> tuple[RecipeRuntime, FlopsProfile]:
-    """The recipe resolved and bound to the adapter of `model` (as a call would be), and its counting profile."""
-    runtime = resolve_recipe(recipe, registry)
-    profile = flops_profile(registry, model, recipe)
-    bind_to_adapter(_flops_adapter(registry, model), runtime)
+    profile = adapter.flops_profile(model)
+    bind_to_adapter(adapter, runtime)
     return runtime, profile
 
 
