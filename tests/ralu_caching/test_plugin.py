@@ -9,5 +9,11 @@ def test_caches_and_recipes_are_registered_through_the_entry_point() -> None:
     registry = Registry.collect(create_plugin_manager())
     for name in ("taylorseer", "velocity-forecast", "first-block", "deepcache", "diffusers"):
         assert registry.strategies["feature_cache"][name].plugin == "caching"
-    for name in ("ralu-flux-5x-taylorseer", "ralu-flux-5x-taylorseer-fast", "ralu-flux-5x-delta-dit", "sd-deepcache"):
+    for name in (
+        "ralu-flux-5x-taylorseer",
+        "ralu-flux-5x-taylorseer-fast",
+        "ralu-flux-5x-delta-dit",
+        "ralu-flux-5x-toca",
+        "sd-deepcache",
+    ):
         assert registry.recipes[name].plugin == "caching"

@@ -13,6 +13,7 @@ from ralu_caching.delta_dit import DeltaDiTCache
 from ralu_caching.diffusers_caches import DiffusersCache
 from ralu_caching.first_block import FirstBlockCache
 from ralu_caching.taylorseer import TaylorSeerCache
+from ralu_caching.toca import ToCaCache
 from ralu_caching.unet import DeepCacheUNet, UNetAdapter
 from ralu_caching.velocity_forecast import VelocityForecastCache
 from ralu_core.adapter import ModelAdapter
@@ -22,6 +23,7 @@ RECIPES = (
     "ralu-flux-5x-delta-dit",
     "ralu-flux-5x-taylorseer",
     "ralu-flux-5x-taylorseer-fast",
+    "ralu-flux-5x-toca",
     "ralu-sd3-3x-deepcache",
     "sd-deepcache",
 )
@@ -31,6 +33,7 @@ RECIPES = (
 def ralu_register_feature_caches(register: RegisterCache) -> None:
     caches = (
         TaylorSeerCache,
+        ToCaCache,
         VelocityForecastCache,
         DeltaDiTCache,
         DBCache,

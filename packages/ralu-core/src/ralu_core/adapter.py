@@ -20,7 +20,7 @@ from ralu_core.errors import CallError, RecipeError
 from ralu_core.flops import FlopCount
 from ralu_core.randomness import GeneratorArg
 from ralu_core.runtime import RecipeRuntime
-from ralu_core.strategies.base import BlockFeatures, StageInfo, StepInfo
+from ralu_core.strategies.base import BlockFeatures, StageInfo, StepInfo, TokenwiseFeatures
 from ralu_core.tokens import TokenGrid, TokenState
 
 ConfigReader = Callable[[str], Mapping[str, Any] | None]
@@ -155,6 +155,10 @@ class ModelAdapter(abc.ABC):
 
     block_features: ClassVar[Mapping[str, BlockFeatures]] = {}
     """Per transformer block class name: what feature-level caches (TaylorSeer) may forecast in it. Empty:
+    such caches are refused on this adapter's pipelines."""
+
+    token_features: ClassVar[Mapping[str, TokenwiseFeatures]] = {}
+    """Per transformer block class name: what token-wise caches (ToCa) may reuse per token in it. Empty:
     such caches are refused on this adapter's pipelines."""
 
     runs_own_sampler: ClassVar[bool] = False

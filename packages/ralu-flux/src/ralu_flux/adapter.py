@@ -22,7 +22,7 @@ from ralu_core.adapter import FlopsProfile, iter_chunks
 from ralu_core.arguments import PipelineArguments
 from ralu_core.dit import DiTAdapter, DiTCall
 from ralu_core.errors import CallError
-from ralu_core.strategies.base import BlockFeatures, StepInfo
+from ralu_core.strategies.base import BlockFeatures, StepInfo, TokenwiseFeatures
 from ralu_core.tokens import TokenGrid, TokenState, gather_tokens
 from ralu_flux.attention import FluxTokenProcessor, Rotary, attention_modules, attention_problems
 
@@ -326,6 +326,17 @@ class FluxAdapter(DiTAdapter):
         "FluxTransformerBlock": BlockFeatures(forecast=("attn", "ff", "ff_context")),
         # Single-stream: the fused attention + MLP output (proj_out); its two inputs feed nothing else.
         "FluxSingleTransformerBlock": BlockFeatures(forecast=("proj_out",), feeds_forecast=("attn", "proj_mlp")),
+    }
+    token_features: ClassVar[Mapping[str, TokenwiseFeatures]] = {
+        # Text tokens come first in FLUX's joint attention. Double-stream: the feed-forwards per token (the
+        # attention output, projections included, reused whole). Single-stream: the MLP input projection and
+        # the fused output projection per token (the attention reused whole).
+        "FluxTransformerBlock": TokenwiseFeatures(
+            attention="attn", text_first=True, image=("ff",), text=("ff_context",), ratio_weight=0.4
+        ),
+        "FluxSingleTransformerBlock": TokenwiseFeatures(
+            attention="attn", text_first=True, joint=("proj_mlp", "proj_out"), ratio_weight=1.6
+        ),
     }
 
     def cached_attention_problems(self, pipeline: Any) -> list[str]:

@@ -22,7 +22,7 @@ from ralu_core.adapter import FlopsProfile
 from ralu_core.arguments import PipelineArguments
 from ralu_core.dit import DiTAdapter, DiTCall
 from ralu_core.errors import CallError
-from ralu_core.strategies.base import BlockFeatures, StepInfo
+from ralu_core.strategies.base import BlockFeatures, StepInfo, TokenwiseFeatures
 from ralu_core.tokens import TokenGrid, TokenState, dense_level, gather_tokens, image_to_tokens, tokens_to_image
 from ralu_sd3.attention import CachedKVJointProcessor, attention_modules, attention_problems
 from ralu_sd3.forward import strip_positions, tokens_to_strip
@@ -218,6 +218,13 @@ class SD3Adapter(DiTAdapter):
         # Joint blocks: attention (image and text outputs), SD3.5's second image attention, the feed-forwards
         # (the last block has no text feed-forward and SD3 no `attn2`: absent names are skipped).
         "JointTransformerBlock": BlockFeatures(forecast=("attn", "attn2", "ff", "ff_context")),
+    }
+    token_features: ClassVar[Mapping[str, TokenwiseFeatures]] = {
+        # Image tokens come first in SD3's joint attention; the feed-forwards per token, the attentions
+        # (SD3.5's second, image-only one too) reused whole. ToCa has no official SD3 code: weight 1.
+        "JointTransformerBlock": TokenwiseFeatures(
+            attention="attn", text_first=False, image=("ff",), text=("ff_context",), also_reused=("attn2",)
+        ),
     }
     long_text_tokenizer: ClassVar[str | None] = "tokenizer_3"  # T5
 

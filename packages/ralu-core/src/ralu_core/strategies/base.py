@@ -250,6 +250,28 @@ class BlockFeatures:
     feeds_forecast: tuple[str, ...] = ()
 
 
+@attrs.frozen(kw_only=True)
+class TokenwiseFeatures:
+    """What a token-wise cache (ToCa) may reuse per token in one kind of transformer block (adapter knowledge).
+
+    `attention` names the child whose output is reused whole between refreshes and whose attention map scores
+    the tokens (the attention each token receives). The chains name the children computed for the fresh
+    tokens only, in call order: the first reads the block's tokens of that stream (image tokens, text tokens,
+    or the joint text + image sequence), the last one's output joins the residual stream through a gate and is
+    kept per token. `also_reused` are other children reused whole (SD3.5's second attention). Names a block
+    lacks are ignored (SD3's last block has no text feed-forward)."""
+
+    attention: str
+    text_first: bool
+    """Whether the attention's joint sequence puts the text tokens before the image tokens."""
+    image: tuple[str, ...] = ()
+    text: tuple[str, ...] = ()
+    joint: tuple[str, ...] = ()
+    also_reused: tuple[str, ...] = ()
+    ratio_weight: float = 1.0
+    """The official ToCa code's weight on this block kind's fresh ratio (FLUX: 0.4 double, 1.6 single)."""
+
+
 class AdapterFacts(Protocol):
     """What a model adapter declares about its models that a strategy may check a recipe against, with no
     model loaded (every `ModelAdapter` provides these)."""
@@ -257,6 +279,7 @@ class AdapterFacts(Protocol):
     name: ClassVar[str]
     last_block_returns_text: ClassVar[bool]
     block_features: ClassVar[Mapping[str, BlockFeatures]]
+    token_features: ClassVar[Mapping[str, TokenwiseFeatures]]
 
 
 class FeatureCache(Strategy):
