@@ -40,18 +40,26 @@ def test_the_score_is_the_attention_each_key_receives(monkeypatch: pytest.Monkey
     g = torch.Generator().manual_seed(0)
     query, key, value = (torch.randn(2, 4, 6, 8, generator=g) for _ in range(3))
     expected = _explicit_map(query, key)
-    torch.testing.assert_close(attention_received(query, key), expected)
+    score, output = attention_received(query, key, value=value)
+    torch.testing.assert_close(score, expected)
+    torch.testing.assert_close(output, F.scaled_dot_product_attention(query, key, value))
     monkeypatch.setattr(received_module, "MAP_BYTES", 1)  # one head at a time: the same numbers
-    torch.testing.assert_close(attention_received(query, key), expected)
+    score, output = attention_received(query, key, value=value)
+    torch.testing.assert_close(score, expected)
+    torch.testing.assert_close(output, F.scaled_dot_product_attention(query, key, value))
     mask = torch.rand(2, 1, 6, 6, generator=g) > 0.3
     mask[..., 0] = True
-    torch.testing.assert_close(attention_received(query, key, mask), _explicit_map(query, key, mask))
-    # Seen inside SDPA, called positionally or by keyword; the attention itself is unchanged.
-    for call in (
+    score, output = attention_received(query, key, mask, value=value)
+    torch.testing.assert_close(score, _explicit_map(query, key, mask))
+    torch.testing.assert_close(output, F.scaled_dot_product_attention(query, key, value, attn_mask=mask))
+    # Taken over inside SDPA, called positionally or by keyword: the attention's output is SDPA's.
+    calls = (
         lambda: F.scaled_dot_product_attention(query, key, value),
         lambda: F.scaled_dot_product_attention(query=query, key=key, value=value),
-    ):
-        with AttentionReceived() as seen:
+    )
+    for call in calls:
+        seen = AttentionReceived()
+        with seen:
             out = call()
         torch.testing.assert_close(seen.score, expected)
         torch.testing.assert_close(out, F.scaled_dot_product_attention(query, key, value))
@@ -120,35 +128,30 @@ def test_a_toca_step_recomputes_only_the_fresh_tokens_and_reuses_the_attention(f
     assert (fast("a red circle", generator=seeded_generators(0), **CALL).images - plain.images).abs().max() > 1e-4
 
 
-def test_the_fresh_tokens_are_those_the_attention_picks_with_the_age_bonus(flux) -> None:  # type: ignore[no-untyped-def]
+def test_the_fresh_tokens_are_those_the_attention_picks_with_the_age_bonus(flux, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """At the first ToCa step the fresh half is the top half by attention received at the last full step; at
     the next one, tokens not computed since carry the bonus 0.25 x 1 / interval."""
     block = flux.transformer.transformer_blocks[0]
+    blocks = len(flux.transformer.transformer_blocks) + len(flux.transformer.single_transformer_blocks)
     scores: list[torch.Tensor] = []
-    modes: list[AttentionReceived] = []
 
-    def enter(*a: Any) -> None:
-        modes.append(AttentionReceived())
-        modes[-1].__enter__()
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        result = attention_received(*args, **kwargs)
+        scores.append(result[0])
+        return result
 
-    def leave(*a: Any) -> None:
-        mode = modes.pop()
-        mode.__exit__(None, None, None)
-        if mode.score is not None:  # at ToCa steps the module is called, its attention does not run
-            scores.append(mode.score)
-
+    monkeypatch.setattr(received_module, "attention_received", recording)
     recorder = _Recorder(block.ff)
-    handles = [block.attn.register_forward_pre_hook(enter), block.attn.register_forward_hook(leave)]
     try:
         ralu_core.accelerate(flux, with_cache("flux-baseline", TOCA))(
             "a red circle", generator=seeded_generators(0), **CALL
         )
     finally:
-        for handle in (*handles, recorder.handle):
-            handle.remove()
-    assert len(scores) == 4  # the attention ran at the full steps only
+        recorder.handle.remove()
+    assert len(scores) == 4 * blocks  # every block's attention, at the full steps only
+    first_block = scores[::blocks]
     rows = recorder.calls[3][0].shape[1]
-    image_score = F.normalize(scores[2][:, -rows:], dim=-1)  # text first in FLUX: the image tokens are last
+    image_score = F.normalize(first_block[2][:, -rows:], dim=-1)  # text first in FLUX: the image tokens are last
     picked = []
     for step in (3, 4):
         tokens, output = recorder.calls[step]
@@ -190,8 +193,8 @@ def test_the_papers_row_saves_its_tflops_within_ten_percent() -> None:
     kinds = dict(zip(stage.step_kinds, stage.step_costs, strict=True))
     full, partial = kinds["full, tokens scored"], kinds["fresh tokens only"]
     assert 0.05 * full.linear < partial.linear < 0.3 * full.linear  # modulation + ~10 % of the token-wise work
-    assert partial.attention == 0 < full.attention  # no attention at a ToCa step; the scores cost attention work
-    assert full.attention > plain.stages[2].forward.attention
+    assert partial.attention == 0 < full.attention  # no attention at a ToCa step
+    assert full.attention == plain.stages[2].forward.attention  # the map is the attention's own: no extra work
 
 
 def test_bad_settings_and_models_are_refused_before_any_work(sd3) -> None:  # type: ignore[no-untyped-def]
