@@ -41,11 +41,12 @@ def main() -> None:
     prompt = "a red circle at the top left and a blue square at the bottom right on a white background"
     call = {k: v for k, v in recommended_call("flux-shapes").items() if k != "num_inference_steps"}  # 128 x 128
 
-    # 1. A built-in recipe from ralu-caching: the RALU paper's RALU 5x + TaylorSeer row (6.65x fewer FLOPs than 50
-    #    steps on FLUX.1-dev; on this small model it loses quality: docs/benchmarks.md, section 7).
-    fast = ralu_core.accelerate(pipe, "ralu-flux-5x-taylorseer")
-    image = fast(prompt, generator=torch.Generator().manual_seed(0), **call).images[0]
-    print(f"ralu-flux-5x-taylorseer: image {image.size}")
+    # 1. Built-in recipes from ralu-caching: the RALU paper's RALU 5x + TaylorSeer and RALU 5x + ToCa rows (6.65x
+    #    and 6.50x fewer FLOPs than 50 steps on FLUX.1-dev; on this small model both lose quality, ToCa less:
+    #    docs/benchmarks.md, section 7).
+    for name in ("ralu-flux-5x-taylorseer", "ralu-flux-5x-toca"):
+        image = ralu_core.accelerate(pipe, name)(prompt, generator=torch.Generator().manual_seed(0), **call).images[0]
+        print(f"{name}: image {image.size}")
 
     # 2. Caches stacked in YAML, each limited to the stages where it helps.
     stacked = ralu_core.accelerate(pipe, load_recipe_text(STACKED))

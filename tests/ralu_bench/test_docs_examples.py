@@ -53,7 +53,8 @@ def test_the_caching_example_runs_and_its_adaptive_cache_reuses(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     runpy.run_path(str(EXAMPLES / "caching.py"), run_name="__main__")
     out = capsys.readouterr().out
-    assert out.count("image (128, 128)") == 3
+    assert out.count("image (128, 128)") == 4
+    assert "ralu-flux-5x-toca: image (128, 128)" in out
     reused = re.search(r"db-cache reused the middle blocks in (\d+) of 10", out)
     assert reused is not None and int(reused.group(1)) > 0, out
 
