@@ -116,6 +116,7 @@ class _Forecast(ModelHook):
         super().__init__()  # type: ignore[no-untyped-call]
         self.states, self.key, self.order = states, key, order
 
+    @torch.compiler.disable(recursive=False)  # type: ignore[untyped-decorator]
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         forecast = self._forecast()
         if forecast is not None:
@@ -160,6 +161,7 @@ class _Feeder(ModelHook):
         super().__init__()  # type: ignore[no-untyped-call]
         self.states, self.key = states, key
 
+    @torch.compiler.disable(recursive=False)  # type: ignore[untyped-decorator]
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         stand_in = self._stand_in()
         if stand_in is not None:

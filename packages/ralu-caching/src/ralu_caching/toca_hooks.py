@@ -86,6 +86,7 @@ class _Whole(ModelHook):
         super().__init__()  # type: ignore[no-untyped-call]
         self.states, self.key, self.scores_block = states, key, scores_block
 
+    @torch.compiler.disable(recursive=False)  # type: ignore[untyped-decorator]
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         kept = self._kept()
         if kept is not None:
@@ -128,6 +129,7 @@ class _TokenWise(ModelHook):
         self.states, self.chain, self.config = states, chain, config
         self.first, self.last = position == 0, position == len(chain.modules) - 1
 
+    @torch.compiler.disable(recursive=False)  # type: ignore[untyped-decorator]
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         tokens = _tokens(args)
         fresh = self._fresh(tokens)
