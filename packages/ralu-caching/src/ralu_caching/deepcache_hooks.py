@@ -5,51 +5,28 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 from typing import Any
 
 import torch
-from diffusers.hooks.hooks import BaseState, ModelHook, StateManager
+from diffusers.hooks.hooks import ModelHook, StateManager
 
 from ralu_caching.blocks import BlockIO, hooks_installed, minus, plus, standard_blocks
 from ralu_caching.deepcache import DeepCacheConfig, full_step
 from ralu_caching.pass_through import PassThrough
+from ralu_caching.step_clock import ClockState, StepClock
 
 HOOK = "ralu_deepcache"
 
 
-class _State(BaseState):
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self, *args: Any, **kwargs: Any) -> None:
-        self.evaluations = 0
-        self.full = True
+class _State(ClockState):
+    def clear(self) -> None:
         self.entry: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.middle: tuple[torch.Tensor | None, torch.Tensor | None] | None = None
 
     @property
     def reusing(self) -> bool:
         return self.middle is not None and not self.full
-
-
-class _First(ModelHook):
-    """The first block: counts the evaluation and decides whether this one is full."""
-
-    _is_stateful = True
-
-    def __init__(self, states: StateManager, interval: int) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.states, self.interval = states, interval
-
-    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        state: _State = self.states.get_state()  # type: ignore[no-untyped-call]
-        state.full = full_step(state.evaluations, self.interval)
-        state.evaluations += 1
-        return args, kwargs
-
-    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.states.reset()
-        return module
 
 
 class _Middle(ModelHook):
@@ -89,7 +66,9 @@ def deepcache_installed(denoiser: Any, config: DeepCacheConfig) -> Iterator[None
     """The hooks on `denoiser` for the duration of the block."""
     first_block, middle = _first_and_middle(denoiser, config)
     states = StateManager(_State)  # type: ignore[arg-type]
-    placements: list[tuple[torch.nn.Module, ModelHook, str]] = [(first_block, _First(states, config.interval), HOOK)]
+    placements: list[tuple[torch.nn.Module, ModelHook, str]] = [
+        (first_block, StepClock(states, partial(full_step, interval=config.interval)), HOOK)
+    ]
     for index, block in enumerate(middle):
         hook = _Middle(states, BlockIO(block), first=index == 0, last=index == len(middle) - 1)
         placements.append((block, hook, HOOK))

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers.hooks.hooks import BaseState, ModelHook, StateManager
+from diffusers.hooks.hooks import ModelHook, StateManager
 
 from ralu_caching.blocks import BlockIO, hooks_installed, minus, plus, standard_blocks
 from ralu_caching.delta_dit import FRONT, REAR, cached_range
 from ralu_caching.forecast_schedule import computes
 from ralu_caching.pass_through import PassThrough
+from ralu_caching.step_clock import ClockState, StepClock
 
 if TYPE_CHECKING:
     from ralu_caching.delta_dit import DeltaDiTCache
@@ -23,13 +25,8 @@ HOOK = "ralu_delta_dit"
 Streams = tuple[torch.Tensor | None, torch.Tensor | None]
 
 
-class _State(BaseState):
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self, *args: Any, **kwargs: Any) -> None:
-        self.evaluations = 0
-        self.full = True
+class _State(ClockState):
+    def clear(self) -> None:
         self.active = REAR
         self.entry: dict[str, Streams] = {}
         """Per range: its input at this evaluation."""
@@ -37,26 +34,15 @@ class _State(BaseState):
         """Per range: its output minus its input at the last full step."""
 
 
-class _Clock(ModelHook):
+class _Clock(StepClock):
     """On the transformer: counts the evaluation and decides whether it is full and which range it skips."""
 
-    _is_stateful = True
-
     def __init__(self, states: StateManager, cache: DeltaDiTCache) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.states, self.cache = states, cache
+        super().__init__(states, partial(computes, warmup=cache.config.warmup, interval=cache.config.interval))
+        self.cache = cache
 
-    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        state: _State = self.states.get_state()  # type: ignore[no-untyped-call]
-        step = state.evaluations
-        state.evaluations += 1
-        state.full = computes(step, self.cache.config.warmup, self.cache.config.interval)
+    def on_step(self, state: _State, step: int) -> None:
         state.active = self.cache.range_at(step)
-        return args, kwargs
-
-    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.states.reset()
-        return module
 
 
 class _Block(ModelHook):

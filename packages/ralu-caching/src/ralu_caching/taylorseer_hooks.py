@@ -6,15 +6,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 from typing import Any
 
 import torch
-from diffusers.hooks.hooks import BaseState, ModelHook, StateManager
+from diffusers.hooks.hooks import ModelHook, StateManager
 
 from ralu_caching.blocks import hooks_installed, standard_blocks
 from ralu_caching.forecast_schedule import computes
+from ralu_caching.step_clock import ClockState, StepClock, Uncounted
 from ralu_caching.taylorseer import TaylorSeerConfig
-from ralu_core.flops import not_counted
 from ralu_core.pipeline_call import current_timestep
 from ralu_core.strategies.base import BlockFeatures
 
@@ -23,15 +24,10 @@ HOOK = "ralu_taylorseer"
 Outputs = tuple[torch.Tensor | None, ...]
 
 
-class _State(BaseState):
+class _State(ClockState):
     """One CFG branch's (one context's) series, from the start of the current stage."""
 
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self, *args: Any, **kwargs: Any) -> None:
-        self.evaluations = 0
-        self.full = True
+    def clear(self) -> None:
         self.derivatives = False
         self.position = 0.0
         self.full_positions: list[float] = []
@@ -74,35 +70,24 @@ def _packed(outputs: list[Any], as_tuple: bool) -> Any:
     return tuple(outputs) if as_tuple else outputs[0]
 
 
-class _Clock(ModelHook):
+class _Clock(StepClock):
     """The first block: counts the evaluation, decides whether it is full, and where it lies."""
 
-    _is_stateful = True
-
     def __init__(self, states: StateManager, config: TaylorSeerConfig, denoiser: Any) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.states, self.config, self.denoiser = states, config, denoiser
+        super().__init__(states, partial(computes, warmup=config.warmup, interval=config.interval))
+        self.config, self.denoiser = config, denoiser
 
-    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        state: _State = self.states.get_state()  # type: ignore[no-untyped-call]
-        step = state.evaluations
-        state.evaluations += 1
-        state.full = computes(step, self.config.warmup, self.config.interval)
+    def on_step(self, state: _State, step: int) -> None:
         state.derivatives = step > self.config.warmup - 2  # the official code's first_enhance rule
         state.position = float(step) if self.config.distance == "step" else self._sigma()
         if state.full:
             state.full_positions.append(state.position)
-        return args, kwargs
 
     def _sigma(self) -> float:
         timestep = current_timestep(self.denoiser)
         if timestep is None:
             raise RuntimeError("taylorseer with `distance: sigma` runs only inside an accelerated call")
         return float(timestep.reshape(-1)[0]) / 1000.0
-
-    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.states.reset()
-        return module
 
 
 class _Forecast(ModelHook):
@@ -186,14 +171,6 @@ class _Feeder(ModelHook):
         state.shapes[self.key] = as_tuple, [None if v is None else (v.shape, v.dtype, v.device) for v in outputs]
 
 
-class _Uncounted(ModelHook):
-    """For counting a forecast step on the meta device: the module runs (for its output's shape), uncounted."""
-
-    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        with not_counted():
-            return self.fn_ref.original_forward(*args, **kwargs)  # type: ignore[misc]
-
-
 def _branch_modules(
     denoiser: Any, features: Mapping[str, BlockFeatures]
 ) -> tuple[torch.nn.Module, list[torch.nn.Module], list[torch.nn.Module]]:
@@ -233,4 +210,4 @@ def forecasting_installed(
 def forecast_counted(denoiser: Any, features: Mapping[str, BlockFeatures]) -> AbstractContextManager[None]:
     """What a forecast step runs, for counting: the forecast and feeding modules leave the count."""
     _, forecast, feeding = _branch_modules(denoiser, features)
-    return hooks_installed(denoiser, [(m, _Uncounted(), HOOK) for m in (*forecast, *feeding)])
+    return hooks_installed(denoiser, [(m, Uncounted(), HOOK) for m in (*forecast, *feeding)])

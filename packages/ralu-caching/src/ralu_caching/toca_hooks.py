@@ -5,33 +5,29 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 from typing import Any
 
 import attrs
 import torch
 import torch.nn.functional as F
-from diffusers.hooks.hooks import BaseState, ModelHook, StateManager
+from diffusers.hooks.hooks import ModelHook, StateManager
 
 from ralu_caching.attention_received import AttentionReceived
 from ralu_caching.blocks import hooks_installed, standard_blocks
 from ralu_caching.forecast_schedule import computes
+from ralu_caching.step_clock import ClockState, StepClock, Uncounted
 from ralu_caching.toca import ToCaConfig, fresh_ratio
-from ralu_core.flops import not_counted
 from ralu_core.strategies.base import TokenwiseFeatures
 
 HOOK = "ralu_toca"
 STREAMS = ("image", "text", "joint")
 
 
-class _State(BaseState):
+class _State(ClockState):
     """One CFG branch's (one context's) caches, from the start of the current stage."""
 
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self, *args: Any, **kwargs: Any) -> None:
-        self.evaluations = 0
-        self.full = True
+    def clear(self) -> None:
         self.scores: dict[int, torch.Tensor] = {}
         """Block -> attention received per key token at the last full step, (B, S)."""
         self.whole: dict[int, Any] = {}
@@ -54,26 +50,6 @@ class _Chain:
     text_first: bool
     ratio: float
     modules: tuple[torch.nn.Module, ...]
-
-
-class _Clock(ModelHook):
-    """The first block: counts the evaluation and decides whether it is full."""
-
-    _is_stateful = True
-
-    def __init__(self, states: StateManager, config: ToCaConfig) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.states, self.config = states, config
-
-    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        state: _State = self.states.get_state()  # type: ignore[no-untyped-call]
-        state.full = computes(state.evaluations, self.config.warmup, self.config.interval)
-        state.evaluations += 1
-        return args, kwargs
-
-    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.states.reset()
-        return module
 
 
 class _Whole(ModelHook):
@@ -251,7 +227,9 @@ def toca_installed(denoiser: Any, config: ToCaConfig, features: Mapping[str, Tok
     """The hooks on `denoiser` for the duration of the block."""
     layout = _layout(denoiser, features, config)
     states = StateManager(_State)  # type: ignore[arg-type]
-    placements: list[tuple[torch.nn.Module, ModelHook, str]] = [(layout.first_block, _Clock(states, config), HOOK)]
+    placements: list[tuple[torch.nn.Module, ModelHook, str]] = [
+        (layout.first_block, StepClock(states, partial(computes, warmup=config.warmup, interval=config.interval)), HOOK)
+    ]
     placements += [(m, _Whole(states, key, block), HOOK) for key, (m, block) in enumerate(layout.attention)]
     offset = len(layout.attention)
     placements += [(m, _Whole(states, offset + key, None), HOOK) for key, m in enumerate(layout.reused)]
@@ -266,14 +244,6 @@ class _Scored(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         with AttentionReceived():
-            return self.fn_ref.original_forward(*args, **kwargs)  # type: ignore[misc]
-
-
-class _Uncounted(ModelHook):
-    """For counting a ToCa step: the module runs (for its output's shape), uncounted."""
-
-    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        with not_counted():
             return self.fn_ref.original_forward(*args, **kwargs)  # type: ignore[misc]
 
 
@@ -304,7 +274,7 @@ def toca_counted(
     """What a ToCa step runs, for counting: no attention, the token-wise modules on the fresh tokens."""
     layout = _layout(denoiser, features, config)
     placements: list[tuple[torch.nn.Module, ModelHook, str]] = [
-        (m, _Uncounted(), HOOK) for m in (*(m for m, _ in layout.attention), *layout.reused)
+        (m, Uncounted(), HOOK) for m in (*(m for m, _ in layout.attention), *layout.reused)
     ]
     placements += [(m, _FreshCounted(chain.ratio), HOOK) for chain in layout.chains for m in chain.modules]
     return hooks_installed(denoiser, placements)
