@@ -8,9 +8,12 @@ would, and a plugin that fails to import or registers something malformed is rep
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import importlib.metadata as metadata
-from collections.abc import Callable, Iterable
+import inspect
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,16 +140,15 @@ class Registry:
         return registry
 
     def _run(self, hook_name: str, make_register: Callable[[str], Callable[..., None]]) -> None:
+        """Call the hook through pluggy's caller (so wrappers, tracing and monitoring see it), with one
+        `register` whose entries are credited to the plugin whose hookimpl is running."""
         hook = getattr(self.pm.hook, hook_name)
-        for impl in reversed(hook.get_hookimpls()):
-            try:
-                impl.function(register=make_register(impl.plugin_name))
-            except PluginError:
-                raise
-            except Exception as exc:
-                raise PluginError(
-                    f"ralu plugin {impl.plugin_name!r} failed in {hook_name}: {type(exc).__name__}: {exc}"
-                ) from exc
+
+        def register(*args: Any, **kwargs: Any) -> None:
+            make_register(_CURRENT_PLUGIN.get())(*args, **kwargs)
+
+        with _credited(hook, hook_name):
+            hook(register=register)
 
     def _add(self, table: dict[str, Registration], entry: Registration) -> None:
         existing = table.get(entry.name)
@@ -231,24 +233,9 @@ class Registry:
     def resolve_adapter(self, pipeline: Any) -> ModelAdapter:
         """The first plugin answer (in pluggy's call order) that is not None; a resolver that raises or
         answers something other than a ModelAdapter is reported by its plugin's name."""
-        adapter: ModelAdapter | None = None
-        for impl in reversed(self.pm.hook.ralu_resolve_model_adapter.get_hookimpls()):
-            try:
-                answer = impl.function(pipeline=pipeline)
-            except Exception as exc:
-                raise PluginError(
-                    f"ralu plugin {impl.plugin_name!r} failed in ralu_resolve_model_adapter: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
-            if answer is None:
-                continue
-            if not isinstance(answer, ModelAdapter):
-                raise PluginError(
-                    f"ralu plugin {impl.plugin_name!r} answered ralu_resolve_model_adapter with "
-                    f"{type(answer).__name__} {answer!r:.60}; it must return a ModelAdapter or None"
-                )
-            adapter = answer
-            break
+        hook = self.pm.hook.ralu_resolve_model_adapter
+        with _credited(hook, "ralu_resolve_model_adapter", check=_is_adapter_or_none):
+            adapter: ModelAdapter | None = hook(pipeline=pipeline)  # firstresult: the first answer not None
         if adapter is None:
             known = (
                 ", ".join(f"{a.obj.name} ({', '.join(a.obj.pipeline_classes)})" for a in self.adapters.values())
@@ -259,3 +246,68 @@ class Registry:
                 "Install the adapter package for this model (e.g. ralu-flux) or write one (see docs/)."
             )
         return adapter
+
+
+_CURRENT_PLUGIN: contextvars.ContextVar[str] = contextvars.ContextVar("ralu_current_plugin", default="unknown")
+"""The plugin whose hookimpl is running (inside `_credited`)."""
+
+
+@contextlib.contextmanager
+def _credited(hook: Any, hook_name: str, check: Callable[[str, Any], None] | None = None) -> Iterator[None]:
+    """For one call of `hook`: each hookimpl runs with its plugin's name in `_CURRENT_PLUGIN`, a failure in it
+    becomes a PluginError naming that plugin, and `check(plugin, answer)` sees each answer."""
+    impls = [(impl, impl.function) for impl in hook.get_hookimpls()]
+    for impl, function in impls:
+        impl.function = _crediting(function, impl.plugin_name, hook_name, check)
+    try:
+        yield
+    finally:
+        for impl, function in impls:
+            impl.function = function
+
+
+def _crediting(
+    function: Callable[..., Any], plugin: str, hook_name: str, check: Callable[[str, Any], None] | None
+) -> Callable[..., Any]:
+    if inspect.isgeneratorfunction(function):  # a wrapper hookimpl: its code around `yield`
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            token = _CURRENT_PLUGIN.set(plugin)
+            try:
+                return (yield from function(*args, **kwargs))
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise _failure(plugin, hook_name, exc) from exc
+            finally:
+                _CURRENT_PLUGIN.reset(token)
+
+        return wrapper
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        token = _CURRENT_PLUGIN.set(plugin)
+        try:
+            answer = function(*args, **kwargs)
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise _failure(plugin, hook_name, exc) from exc
+        finally:
+            _CURRENT_PLUGIN.reset(token)
+        if check is not None:
+            check(plugin, answer)
+        return answer
+
+    return call
+
+
+def _failure(plugin: str, hook_name: str, exc: Exception) -> PluginError:
+    return PluginError(f"ralu plugin {plugin!r} failed in {hook_name}: {type(exc).__name__}: {exc}")
+
+
+def _is_adapter_or_none(plugin: str, answer: Any) -> None:
+    if answer is not None and not isinstance(answer, ModelAdapter):
+        raise PluginError(
+            f"ralu plugin {plugin!r} answered ralu_resolve_model_adapter with {type(answer).__name__} "
+            f"{answer!r:.60}; it must return a ModelAdapter or None"
+        )

@@ -243,7 +243,7 @@ def _check_structure(
     if schedule is None:
         return
     b.problems += schedule.check([s.spec for s in stages])
-    rewinds = bool(getattr(schedule, "rewinds", False))
+    rewinds = schedule.rewinds
     for index, stage in enumerate(stages[1:], start=1):
         if stage.transition is not None and stage.transition.rewinds != rewinds:
             wants = "rewinds toward noise" if stage.transition.rewinds else "does not rewind"

@@ -183,6 +183,12 @@ class TimestepSchedule(Strategy):
     kind: ClassVar[str] = "schedule"
     accepts_requested_steps: ClassVar[bool] = False
 
+    @property
+    def rewinds(self) -> bool:
+        """Whether its transitions rewind toward noise (NT-DM); every transition of a recipe must agree with
+        its schedule on this (checked when the recipe resolves)."""
+        return False
+
     @abc.abstractmethod
     def check(self, stages: Sequence[StagePlanSpec]) -> list[str]:
         """Problems with these stages for this schedule, as messages (empty when fine)."""

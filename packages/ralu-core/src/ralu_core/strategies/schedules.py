@@ -141,7 +141,6 @@ class UniformSchedule(TimestepSchedule):
     name: ClassVar[str] = "uniform"
     Config: ClassVar[type[UniformConfig]] = UniformConfig
     accepts_requested_steps: ClassVar[bool] = True
-    rewinds: ClassVar[bool] = False
 
     def check(self, stages: Sequence[StagePlanSpec]) -> list[str]:
         if len(stages) != 1:
