@@ -17,8 +17,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ralu_core.diffusers_private import (
+    block_argument,
+    block_outputs,
+    drop_hook_registry,
+    hook_names,
+    hook_registry,
+    output_indices,
+    refresh_child_registries,
+)
+
 if TYPE_CHECKING:
-    from diffusers.hooks.hooks import ModelHook
+    from ralu_core.diffusers_private import ModelHook
 
 BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks", "blocks", "layers")
 
@@ -43,11 +53,10 @@ def standard_blocks(denoiser: Any, *, at_least: int = 3) -> list[torch.nn.Module
 
 def block_metadata(block: torch.nn.Module) -> Any:
     """diffusers' description of a block's signature and outputs (which output is the image stream)."""
-    from diffusers.hooks._helpers import TransformerBlockRegistry
     from diffusers.utils.torch_utils import unwrap_module
 
     try:
-        return TransformerBlockRegistry.get(unwrap_module(block).__class__)
+        return block_outputs(unwrap_module(block).__class__)
     except ValueError:
         raise ValueError(
             f"diffusers does not describe the outputs of {type(block).__name__} blocks (TransformerBlockRegistry), "
@@ -60,27 +69,27 @@ class BlockIO:
 
     def __init__(self, block: torch.nn.Module) -> None:
         self.metadata = block_metadata(block)
+        self.image_index, self.text_index = output_indices(self.metadata)
 
     def inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        hidden = self.metadata._get_parameter_from_args_kwargs("hidden_states", args, kwargs)
+        hidden = block_argument(self.metadata, "hidden_states", args, kwargs)
         text = None
-        if self.metadata.return_encoder_hidden_states_index is not None:
-            text = self.metadata._get_parameter_from_args_kwargs("encoder_hidden_states", args, kwargs)
+        if self.text_index is not None:
+            text = block_argument(self.metadata, "encoder_hidden_states", args, kwargs)
         return hidden, text
 
     def outputs(self, output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not isinstance(output, tuple):
             return output, None
-        text_index = self.metadata.return_encoder_hidden_states_index
-        return output[self.metadata.return_hidden_states_index], None if text_index is None else output[text_index]
+        return output[self.image_index], None if self.text_index is None else output[self.text_index]
 
     def pack(self, hidden: torch.Tensor, text: torch.Tensor | None) -> Any:
         """A block output holding these streams (what the block itself would have returned)."""
-        if self.metadata.return_encoder_hidden_states_index is None:
+        if self.text_index is None:
             return hidden
         packed: list[Any] = [None, None]
-        packed[self.metadata.return_hidden_states_index] = hidden
-        packed[self.metadata.return_encoder_hidden_states_index] = text
+        packed[self.image_index] = hidden
+        packed[self.text_index] = text
         return tuple(packed)
 
 
@@ -99,7 +108,7 @@ def hooks_installed(
     """Register each (module, hook, name) for the duration of the block, then remove them newest first
     (the only order diffusers removes cleanly) and drop the registries created for them, so the model is
     left exactly as it was, even after an error."""
-    from diffusers.hooks.hooks import HookRegistry
+    from ralu_core.diffusers_private import HookRegistry
 
     created = [m for m in {id(m): m for m in (denoiser, *(p[0] for p in placements))}.values() if not _has_registry(m)]
     done: list[tuple[torch.nn.Module, str]] = []
@@ -113,9 +122,9 @@ def hooks_installed(
         for module, name in reversed(done):
             registry_of(module).remove_hook(name, recurse=False)
         for module in created:
-            registry = getattr(module, "_diffusers_hook", None)
+            registry = hook_registry(module)
             if registry is not None and not registry.hooks:
-                del module._diffusers_hook
+                drop_hook_registry(module)
         _refresh(denoiser)
 
 
@@ -129,28 +138,28 @@ def hooks_added(denoiser: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         for module in denoiser.modules():
-            registry = getattr(module, "_diffusers_hook", None)
+            registry = hook_registry(module)
             if registry is None:
                 continue
             kept = before.get(id(module))
-            for name in reversed(list(registry._hook_order)):
+            for name in reversed(hook_names(registry)):
                 if kept is None or name not in kept:
                     registry.remove_hook(name, recurse=False)
             if kept is None and not registry.hooks:
-                del module._diffusers_hook
+                drop_hook_registry(module)
         _refresh(denoiser)
 
 
 def registry_of(module: torch.nn.Module) -> Any:
     """The diffusers hook registry a module carries (diffusers stores it as an attribute)."""
-    return getattr(module, "_diffusers_hook", None)
+    return hook_registry(module)
 
 
 def _has_registry(module: torch.nn.Module) -> bool:
-    return getattr(module, "_diffusers_hook", None) is not None
+    return hook_registry(module) is not None
 
 
 def _refresh(denoiser: torch.nn.Module) -> None:
-    registry = getattr(denoiser, "_diffusers_hook", None)
-    if registry is not None and hasattr(registry, "invalidate_child_registries_cache"):
-        registry.invalidate_child_registries_cache()
+    registry = hook_registry(denoiser)
+    if registry is not None:
+        refresh_child_registries(registry)

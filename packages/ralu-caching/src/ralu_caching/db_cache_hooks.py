@@ -10,10 +10,10 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers.hooks.hooks import BaseState, ModelHook, StateManager
 
 from ralu_caching.blocks import BlockIO, hooks_installed, minus, plus, standard_blocks
 from ralu_caching.stats import ReuseCounter
+from ralu_core.diffusers_private import BaseState, ModelHook, StateManager, original_forward
 
 if TYPE_CHECKING:
     from ralu_caching.db_cache import DBCacheConfig
@@ -69,7 +69,7 @@ class _Front(ModelHook):
         state: _State = self.states.get_state()  # type: ignore[no-untyped-call]
         if self.first:
             state.entry = self.io.inputs(args, kwargs)[0]
-        output = self.fn_ref.original_forward(*args, **kwargs)  # type: ignore[misc]
+        output = original_forward(self)(*args, **kwargs)
         if self.last:
             assert state.entry is not None
             hidden, text = self.io.outputs(output)
@@ -128,7 +128,7 @@ class _Rest(ModelHook):
         if everyone and not self.is_tail:
             return self.io.pack(*self.io.inputs(args, kwargs))
         if not everyone:
-            output = self.fn_ref.original_forward(*args, **kwargs)  # type: ignore[misc]
+            output = original_forward(self)(*args, **kwargs)
             if not self.is_tail:
                 return output
             hidden, text = self.io.outputs(output)

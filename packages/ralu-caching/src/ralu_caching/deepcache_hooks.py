@@ -9,12 +9,12 @@ from functools import partial
 from typing import Any
 
 import torch
-from diffusers.hooks.hooks import ModelHook, StateManager
 
 from ralu_caching.blocks import BlockIO, hooks_installed, minus, plus, standard_blocks
 from ralu_caching.deepcache import DeepCacheConfig, full_step
 from ralu_caching.pass_through import PassThrough
 from ralu_caching.step_clock import ClockState, StepClock
+from ralu_core.diffusers_private import ModelHook, StateManager, original_forward
 
 HOOK = "ralu_deepcache"
 
@@ -48,7 +48,7 @@ class _Middle(ModelHook):
             out_hidden = plus(hidden, state.middle[0])
             assert out_hidden is not None
             return self.io.pack(out_hidden, plus(text, state.middle[1]))
-        output = self.fn_ref.original_forward(*args, **kwargs)  # type: ignore[misc]
+        output = original_forward(self)(*args, **kwargs)
         if self.last:
             assert state.entry is not None
             hidden, text = self.io.outputs(output)

@@ -10,13 +10,13 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers.hooks.hooks import ModelHook, StateManager
 
 from ralu_caching.blocks import BlockIO, hooks_installed, minus, plus, standard_blocks
 from ralu_caching.delta_dit import FRONT, REAR, cached_range
 from ralu_caching.forecast_schedule import computes
 from ralu_caching.pass_through import PassThrough
 from ralu_caching.step_clock import ClockState, StepClock
+from ralu_core.diffusers_private import ModelHook, StateManager, original_forward
 
 if TYPE_CHECKING:
     from ralu_caching.delta_dit import DeltaDiTCache
@@ -70,7 +70,7 @@ class _Block(ModelHook):
             hidden = plus(entry[0], deviation[0])
             assert hidden is not None
             return self.io.pack(hidden, plus(entry[1], deviation[1]))
-        output = self.fn_ref.original_forward(*args, **kwargs)  # type: ignore[misc]
+        output = original_forward(self)(*args, **kwargs)
         if state.full:
             hidden, text = self.io.outputs(output)
             for which in self.ends:

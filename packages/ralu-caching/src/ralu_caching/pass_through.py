@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers.hooks.hooks import ModelHook
 
 from ralu_caching.blocks import BlockIO
+from ralu_core.diffusers_private import ModelHook
 
 
 class PassThrough(ModelHook):

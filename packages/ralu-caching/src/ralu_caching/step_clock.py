@@ -8,8 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from diffusers.hooks.hooks import BaseState, ModelHook, StateManager
 
+from ralu_core.diffusers_private import BaseState, ModelHook, StateManager, original_forward
 from ralu_core.flops import not_counted
 
 
@@ -61,4 +61,4 @@ class Uncounted(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         with not_counted():
-            return self.fn_ref.original_forward(*args, **kwargs)  # type: ignore[misc]
+            return original_forward(self)(*args, **kwargs)

@@ -10,12 +10,12 @@ from functools import partial
 from typing import Any
 
 import torch
-from diffusers.hooks.hooks import ModelHook, StateManager
 
 from ralu_caching.blocks import hooks_installed, standard_blocks
 from ralu_caching.forecast_schedule import computes
 from ralu_caching.step_clock import ClockState, StepClock, Uncounted
 from ralu_caching.taylorseer import TaylorSeerConfig
+from ralu_core.diffusers_private import ModelHook, StateManager, original_forward
 from ralu_core.pipeline_call import current_timestep
 from ralu_core.strategies.base import BlockFeatures
 
@@ -106,7 +106,7 @@ class _Forecast(ModelHook):
         forecast = self._forecast()
         if forecast is not None:
             return forecast
-        output = self.fn_ref.original_forward(*args, **kwargs)  # type: ignore[misc]
+        output = original_forward(self)(*args, **kwargs)
         self._record(output)
         return output
 
@@ -151,7 +151,7 @@ class _Feeder(ModelHook):
         stand_in = self._stand_in()
         if stand_in is not None:
             return stand_in
-        output = self.fn_ref.original_forward(*args, **kwargs)  # type: ignore[misc]
+        output = original_forward(self)(*args, **kwargs)
         self._record(output)
         return output
 

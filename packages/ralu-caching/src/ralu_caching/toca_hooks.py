@@ -11,13 +11,13 @@ from typing import Any
 import attrs
 import torch
 import torch.nn.functional as F
-from diffusers.hooks.hooks import ModelHook, StateManager
 
 from ralu_caching.attention_received import AttentionReceived
 from ralu_caching.blocks import hooks_installed, standard_blocks
 from ralu_caching.forecast_schedule import computes
 from ralu_caching.step_clock import ClockState, StepClock, Uncounted
 from ralu_caching.toca import ToCaConfig, fresh_ratio
+from ralu_core.diffusers_private import ModelHook, StateManager, original_forward
 from ralu_core.strategies.base import TokenwiseFeatures
 
 HOOK = "ralu_toca"
@@ -68,12 +68,12 @@ class _Whole(ModelHook):
         if kept is not None:
             return kept
         if self.scores_block is None:
-            output = self.fn_ref.original_forward(*args, **kwargs)  # type: ignore[misc]
+            output = original_forward(self)(*args, **kwargs)
             self._record(output, None, module)
             return output
         seen = AttentionReceived()
         with seen:
-            output = self.fn_ref.original_forward(*args, **kwargs)  # type: ignore[misc]
+            output = original_forward(self)(*args, **kwargs)
         self._record(output, seen, module)
         return output
 
@@ -110,11 +110,11 @@ class _TokenWise(ModelHook):
         tokens = _tokens(args)
         fresh = self._fresh(tokens)
         if fresh is None:
-            output = self.fn_ref.original_forward(*args, **kwargs)  # type: ignore[misc]
+            output = original_forward(self)(*args, **kwargs)
             self._record(tokens, output)
             return output
         rows = torch.gather(tokens, 1, fresh[..., None].expand(-1, -1, tokens.shape[-1]))
-        computed = self.fn_ref.original_forward(rows, *args[1:], **kwargs)  # type: ignore[misc]
+        computed = original_forward(self)(rows, *args[1:], **kwargs)
         return self._placed(computed, fresh, tokens.shape[1])
 
     @torch.compiler.disable  # type: ignore[untyped-decorator]
@@ -244,7 +244,7 @@ class _Scored(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         with AttentionReceived():
-            return self.fn_ref.original_forward(*args, **kwargs)  # type: ignore[misc]
+            return original_forward(self)(*args, **kwargs)
 
 
 class _FreshCounted(ModelHook):
@@ -257,7 +257,7 @@ class _FreshCounted(ModelHook):
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         tokens = _tokens(args)
         count = int(self.ratio * tokens.shape[1])
-        computed = self.fn_ref.original_forward(tokens[:, :count], *args[1:], **kwargs)  # type: ignore[misc]
+        computed = original_forward(self)(tokens[:, :count], *args[1:], **kwargs)
         padding = computed.new_zeros(tokens.shape[0], tokens.shape[1] - count, computed.shape[-1])
         return torch.cat([computed, padding], dim=1)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ralu_core.diffusers_private import repeated_block_names
 from ralu_core.errors import RaluError
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ def repeated_blocks(denoiser: Any) -> list[torch.nn.Module]:
     does, else every module of its top-level ``ModuleList``\\ s (a DiT's ``transformer_blocks``)."""
     import torch
 
-    names = set(getattr(denoiser, "_repeated_blocks", ()) or ())
+    names = repeated_block_names(denoiser)
     if names:
         return [m for m in denoiser.modules() if type(m).__name__ in names]
     return [block for child in denoiser.children() if isinstance(child, torch.nn.ModuleList) for block in child]

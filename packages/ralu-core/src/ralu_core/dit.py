@@ -25,6 +25,7 @@ import torch
 
 from ralu_core.adapter import ConfigReader, ModelAdapter, ModelCall, check_image_size, is_diffusers_pipeline
 from ralu_core.arguments import PipelineArguments
+from ralu_core.diffusers_private import execution_device
 from ralu_core.errors import CallError
 from ralu_core.hookspecs import RegisterAdapter, RegisterModel, RegisterRecipe, hookimpl
 from ralu_core.kv_store import KVStore, swapped_processors
@@ -42,7 +43,7 @@ class DiTCall(DiffusersCall):
         self.pipe = pipe
         self.args = args
         self.height, self.width = height, width
-        self.device = pipe._execution_device
+        self.device = execution_device(pipe)
         self.batch_size = args.image_batch_size()
         self.generator: GeneratorArg = args.generator
         self.requested_steps = args.num_inference_steps

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from ralu_core.adapter import ModelCall, ProgressBar
+from ralu_core.diffusers_private import drop_hook_registry, hook_registry, refresh_child_registries
 from ralu_core.strategies.base import StageInfo, StepInfo
 
 
@@ -80,7 +81,7 @@ class DiffusersCall(ModelCall):
             reset_stateful_hooks(transformer)
             registry = stateful_hook_registry(transformer)
             if not had_registry and registry is not None and not registry.hooks:
-                del transformer._diffusers_hook  # diffusers added it for the contexts; leave the model as it was
+                drop_hook_registry(transformer)  # diffusers added it for the contexts; leave the model as it was
 
     def running(self) -> AbstractContextManager[None]:
         return self._running()
@@ -139,12 +140,12 @@ def current_timestep(pipeline_or_transformer: Any) -> torch.Tensor | None:
 def stateful_hook_registry(module: Any) -> Any:
     """The diffusers hook registry of `module` itself, or None (we never create one up front: that would
     add an attribute to the user's model)."""
-    return getattr(module, "_diffusers_hook", None)
+    return hook_registry(module)
 
 
 def has_diffusers_hooks(module: Any) -> bool:
     """Whether any module under `module` carries diffusers hooks (a cache enabled or applied by the user)."""
-    return any(getattr(m, "_diffusers_hook", None) is not None for m in module.modules())
+    return any(hook_registry(m) is not None for m in module.modules())
 
 
 NEEDS_TEXT_FROM_LAST_BLOCK = {"fbc_leader_block_hook": "diffusers' first-block cache (FirstBlockCacheConfig)"}
@@ -157,7 +158,7 @@ def user_cache_problems(denoiser: Any, last_block_returns_text: bool) -> list[st
         return []
     found = set()
     for module in denoiser.modules():
-        registry = getattr(module, "_diffusers_hook", None)
+        registry = hook_registry(module)
         if registry is not None:
             found |= {NEEDS_TEXT_FROM_LAST_BLOCK[n] for n in registry.hooks if n in NEEDS_TEXT_FROM_LAST_BLOCK}
     return [
@@ -172,8 +173,8 @@ def refresh_hook_registries(module: Any) -> None:
     """diffusers caches the list of hooked submodules; hooks applied with ``apply_*`` after it was built
     would not get their cache context, so it is rebuilt once per call."""
     registry = stateful_hook_registry(module)
-    if registry is not None and hasattr(registry, "invalidate_child_registries_cache"):
-        registry.invalidate_child_registries_cache()
+    if registry is not None:
+        refresh_child_registries(registry)
 
 
 def reset_stateful_hooks(module: Any) -> None:

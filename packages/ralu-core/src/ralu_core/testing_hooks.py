@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
+
+from ralu_core.diffusers_private import BaseState, HookRegistry, ModelHook, StateManager, hook_names, hook_registry
 
 AUDIT_HOOK = "ralu_context_audit"
 
@@ -69,7 +70,7 @@ def install_audit(block: torch.nn.Module) -> ContextAudit:
 
 
 def remove_audit(block: torch.nn.Module) -> None:
-    registry = getattr(block, "_diffusers_hook", None)
+    registry = hook_registry(block)
     if registry is not None and registry.get_hook(AUDIT_HOOK) is not None:
         registry.remove_hook(AUDIT_HOOK, recurse=False)
 
@@ -77,7 +78,7 @@ def remove_audit(block: torch.nn.Module) -> None:
 def hook_snapshot(module: torch.nn.Module) -> dict[str, tuple[str, ...]]:
     """Submodule name -> the names of the diffusers hooks on it, in order (to check nothing was left)."""
     return {
-        name: tuple(sub._diffusers_hook._hook_order)
+        name: hook_names(registry)
         for name, sub in module.named_modules()
-        if getattr(sub, "_diffusers_hook", None) is not None and sub._diffusers_hook._hook_order
+        if (registry := hook_registry(sub)) is not None and hook_names(registry)
     }

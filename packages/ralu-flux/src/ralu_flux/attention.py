@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ralu_core.diffusers_private import attention_dispatch_options
 from ralu_core.kv_store import KVStore, StandInProcessor, processor_problems
 
 DEFAULT_PROCESSOR = "FluxAttnProcessor"
@@ -116,8 +117,7 @@ class FluxTokenProcessor(StandInProcessor):
             key,
             value,
             attn_mask=None,
-            backend=getattr(self.original, "_attention_backend", None),
-            parallel_config=getattr(self.original, "_parallel_config", None),
+            **attention_dispatch_options(self.original),
         )
         hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
         if encoder_hidden_states is None:

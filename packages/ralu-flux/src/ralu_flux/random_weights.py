@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
+from ralu_core.diffusers_private import execution_device
 from ralu_core.random_weights import check_fits, random_module, random_text
 from ralu_flux.flops import load_flux_dev_config
 
@@ -38,7 +39,7 @@ class RandomTextFluxPipeline(FluxPipeline):
         lora_scale: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pipe: Any = self  # diffusers' pipelines carry their components as untyped attributes
-        device = device or pipe._execution_device
+        device = device or execution_device(pipe)
         dtype, config = pipe.transformer.dtype, pipe.transformer.config
         prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
         if prompt_embeds is None:

@@ -21,6 +21,7 @@ from diffusers import (
     StableDiffusion3Pipeline,
 )
 
+from ralu_core.diffusers_private import execution_device
 from ralu_core.random_weights import check_fits, random_module, random_text
 from ralu_sd3.flops import load_sd3_config
 
@@ -56,7 +57,7 @@ class RandomTextSD3Pipeline(StableDiffusion3Pipeline):
         max_sequence_length: int = 256,
         lora_scale: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
-        device = device or cast(Any, self)._execution_device  # diffusers' untyped pipeline attributes
+        device = device or execution_device(self)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
         if prompt_embeds is not None:
             prompts = [""] * prompt_embeds.shape[0]
