@@ -57,6 +57,31 @@ def test_a_modules_hook_registry_its_order_and_the_wrapped_forward() -> None:
     torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
 
 
+def test_a_named_cache_context_reaches_a_stateful_hook_on_a_model_without_the_mixin() -> None:
+    seen: list[Any] = []
+
+    class State(private.BaseState):  # type: ignore[misc]
+        def reset(self) -> None:
+            pass
+
+    class Recording(private.ModelHook):  # type: ignore[misc]
+        _is_stateful = True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.states = private.StateManager(State)
+
+        def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+            seen.append(self.states._context)
+            return private.original_forward(self)(*args, **kwargs)
+
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1))
+    private.HookRegistry.check_if_exists_or_initialize(model[0]).register_hook(Recording(), "recording")
+    with private.named_cache_context(model, "cond", step_index=3, num_inference_steps=5, sigma=0.5, timestep=None):
+        model(torch.ones(1, 1))
+    assert seen[0].name == "cond" and seen[0].step_index == 3 and seen[0].num_inference_steps == 5
+
+
 @pytest.mark.parametrize(
     ("module", "block", "text_index"),
     [

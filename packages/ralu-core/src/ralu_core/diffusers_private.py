@@ -13,6 +13,7 @@ Supported diffusers: `SUPPORTED_DIFFUSERS`, the range every package declares (it
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -59,6 +60,15 @@ def refresh_child_registries(registry: Any) -> None:
     """Rebuild the registry's cached list of hooked submodules (hooks added after it was built would otherwise
     miss their cache context)."""
     registry.invalidate_child_registries_cache()
+
+
+def named_cache_context(module: Any, name: str, **fields: Any) -> AbstractContextManager[None]:
+    """diffusers' named cache context (``CacheMixin.cache_context``) around one evaluation of `module`, with the
+    step fields it carries; also on models without the mixin (SD3's transformer, whose hooks come from the
+    ``apply_*`` functions)."""
+    from diffusers.models.cache_utils import CacheMixin
+
+    return CacheMixin.cache_context(module, name, **fields)  # type: ignore[no-any-return]
 
 
 def original_forward(hook: Any) -> Callable[..., Any]:

@@ -16,7 +16,6 @@ the call ends, so a hook never compares tensors of two token sets, branches or i
 
 from __future__ import annotations
 
-import functools
 import inspect
 import json
 import weakref
@@ -28,7 +27,12 @@ from typing import Any
 import torch
 
 from ralu_core.adapter import ModelCall, ProgressBar
-from ralu_core.diffusers_private import drop_hook_registry, hook_registry, refresh_child_registries
+from ralu_core.diffusers_private import (
+    drop_hook_registry,
+    hook_registry,
+    named_cache_context,
+    refresh_child_registries,
+)
 from ralu_core.strategies.base import StageInfo, StepInfo
 
 
@@ -188,26 +192,13 @@ def reset_stateful_hooks(module: Any) -> None:
 def cache_context(
     module: Any, name: str, step: StepInfo | None, timestep: torch.Tensor
 ) -> AbstractContextManager[None]:
-    """diffusers' named cache context around one evaluation of `module` (which has hooks), with the step
-    fields the installed diffusers accepts. Models without diffusers' CacheMixin (SD3's transformer, whose
+    """diffusers' named cache context around one evaluation of `module` (which has hooks), with the step it
+    serves. Models without diffusers' CacheMixin (SD3's transformer, whose
     hooks come from the ``apply_*`` functions) get the same context."""
-    from diffusers.models.cache_utils import CacheMixin
-
-    enter = CacheMixin.cache_context
-    if step is None or not _contexts_take_step_fields():
-        return enter(module, name)  # type: ignore[no-any-return]
-    return enter(  # type: ignore[no-any-return]
-        module, name, step_index=step.step, num_inference_steps=step.steps, sigma=step.sigma, timestep=timestep
-    )
-
-
-@functools.cache
-def _contexts_take_step_fields() -> bool:
-    """Whether the installed diffusers' ``cache_context`` takes step fields (it gained them in 0.36)."""
-    from diffusers.models.cache_utils import CacheMixin
-
-    parameters = inspect.signature(CacheMixin.cache_context).parameters
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    if step is None:
+        return named_cache_context(module, name)
+    fields = {"step_index": step.step, "num_inference_steps": step.steps, "sigma": step.sigma, "timestep": timestep}
+    return named_cache_context(module, name, **fields)
 
 
 def read_component_configs(
