@@ -158,3 +158,19 @@ def test_named_models_size_rules_are_read_from_their_folders_before_loading(name
     source = resolve_model_source(Registry.collect(create_plugin_manager()), name)
     assert source.kind == "named" and source.folder is not None
     assert source.size_rule(1) is not None and source.size_rule(1)[0] == 16  # VAE factor 4 x patch 2 x 2
+
+
+def test_flops_takes_a_reference_model_by_name(capsys) -> None:  # type: ignore[no-untyped-def]
+    """`ralu flops --model flux-shapes` counts the configs in its folder, as `--model FOLDER` does."""
+    from ralu_core.cli import main
+    from ralu_core.plugins import Registry, create_plugin_manager
+
+    folder = Registry.collect(create_plugin_manager()).models["flux-shapes"].obj.folder
+    counts = []
+    for model in ("flux-shapes", str(folder)):
+        assert (
+            main(["flops", "--model", model, "--recipe", "ralu-flux-4x", "--height", "128", "--width", "128", "--json"])
+            == 0
+        )
+        counts.append(json.loads(capsys.readouterr().out)["tflops"])
+    assert counts[0] == counts[1] > 0

@@ -235,3 +235,14 @@ def test_flops_of_a_local_pipeline_folder(capsys, tmp_path) -> None:  # type: ig
     assert [s["image_tokens"] for s in data["stages"]] == [16, 13 + 4 * 3, 64]
     code, _, err = run(capsys, "flops", "--model", str(tmp_path / "nothing"), "--recipe", "ralu-flux-7x")
     assert code == 2 and "unknown model" in err
+
+
+def test_flops_takes_a_named_model_as_generate_does(capsys) -> None:  # type: ignore[no-untyped-def]
+    """`--model flux-dev-random` counts its architecture, flux-dev (named models with a folder count its
+    configs: tests/ralu_bench)."""
+    counts = []
+    for model in ("flux-dev-random", "flux-dev"):
+        code, out, _ = run(capsys, "flops", "--model", model, "--recipe", "ralu-flux-7x", "--json")
+        assert code == 0
+        counts.append(json.loads(out)["tflops"])
+    assert counts[0] == counts[1]

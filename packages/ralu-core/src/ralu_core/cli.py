@@ -95,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     sch.set_defaults(command_function="cmd_schedule")
 
     flo = sub.add_parser("flops", help="count a recipe's FLOPs on a full-size architecture (meta device)")
-    flo.add_argument("--model", default="flux-dev", help="architecture name (flux-dev) or pipeline folder")
+    flo.add_argument(
+        "--model", default="flux-dev", help="architecture (flux-dev), pipeline folder or named model (flux-shapes)"
+    )
     flo.add_argument("--recipe", required=True)
     flo.add_argument("--height", type=int, default=1024)
     flo.add_argument("--width", type=int, default=1024)

@@ -512,10 +512,19 @@ def _schedule_of_recipe(ns: argparse.Namespace) -> int:
 
 
 def counted_runtime(registry: Registry, model: str, recipe: Recipe) -> tuple[RecipeRuntime, FlopsProfile]:
-    """The recipe resolved and bound to the adapter of `model` (an architecture name or a pipeline folder), as a
+    """The recipe resolved and bound to the adapter of `model` (an architecture, a pipeline folder or a named
+    model), as a
     call would be, and its counting profile; a recipe tuned for another model family is refused (as `generate`
     does)."""
     runtime = resolve_recipe(recipe, registry)
+    named = registry.models.get(model)
+    if named is not None:  # a model `generate` and `bench` take by name: count what it is made of
+        source = named.obj.flops_source()
+        if source is None:
+            raise RaluError(
+                f"model {model!r} stores no configuration to count; give its architecture or pipeline folder"
+            )
+        model = source
     adapter = _flops_adapter(registry, model)
     if recipe.model is not None and recipe.model != adapter.name:
         raise RaluError(

@@ -49,3 +49,11 @@ class NamedModel:
     default: bool = False
     """The model ``ralu generate`` and ``ralu bench`` use for its adapter's recipes when no ``--model``
     is given (preferred over the adapter's own random-weight embedded models)."""
+    architecture: str | None = None
+    """The adapter architecture it instantiates (``flux-dev``), where it has no `folder`: what ``ralu flops``
+    counts for it."""
+
+    def flops_source(self) -> str | None:
+        """What an adapter's FLOPs profile is built from for this model: its folder's configs, or its
+        architecture; None where it has neither."""
+        return str(self.folder) if self.folder is not None else self.architecture

@@ -28,6 +28,7 @@ def random_weight_models() -> list[NamedModel]:
         NamedModel(
             name="flux-dev-random",
             adapter="flux",
+            architecture="flux-dev",
             load=_flux_dev_random,
             loads_on_device=True,
             note=(

@@ -38,6 +38,7 @@ def random_weight_models() -> list[NamedModel]:
         NamedModel(
             name=name,
             adapter="sd3",
+            architecture=arch,
             load=partial(_published_random, arch),
             loads_on_device=True,
             note=_NOTE.format(name=name, arch=label, gib=gib),
