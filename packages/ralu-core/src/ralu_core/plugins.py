@@ -272,33 +272,33 @@ def _crediting(
     if inspect.isgeneratorfunction(function):  # a wrapper hookimpl: its code around `yield`
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            token = _CURRENT_PLUGIN.set(plugin)
-            try:
+            with _running_as(plugin, hook_name):
                 return (yield from function(*args, **kwargs))
-            except PluginError:
-                raise
-            except Exception as exc:
-                raise _failure(plugin, hook_name, exc) from exc
-            finally:
-                _CURRENT_PLUGIN.reset(token)
 
         return wrapper
 
     def call(*args: Any, **kwargs: Any) -> Any:
-        token = _CURRENT_PLUGIN.set(plugin)
-        try:
+        with _running_as(plugin, hook_name):
             answer = function(*args, **kwargs)
-        except PluginError:
-            raise
-        except Exception as exc:
-            raise _failure(plugin, hook_name, exc) from exc
-        finally:
-            _CURRENT_PLUGIN.reset(token)
         if check is not None:
             check(plugin, answer)
         return answer
 
     return call
+
+
+@contextlib.contextmanager
+def _running_as(plugin: str, hook_name: str) -> Iterator[None]:
+    """`plugin`'s hookimpl runs: its name is current, and a failure in it is a PluginError naming it."""
+    token = _CURRENT_PLUGIN.set(plugin)
+    try:
+        yield
+    except PluginError:
+        raise
+    except Exception as exc:
+        raise _failure(plugin, hook_name, exc) from exc
+    finally:
+        _CURRENT_PLUGIN.reset(token)
 
 
 def _failure(plugin: str, hook_name: str, exc: Exception) -> PluginError:
