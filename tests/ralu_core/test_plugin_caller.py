@@ -40,12 +40,19 @@ class Watcher:
 
 
 def test_a_wrapper_hookimpl_runs_and_its_registrations_are_its_own(tmp_path: Path) -> None:
+    class Registering:
+        __name__ = "registering"
+
+        @hookimpl
+        def ralu_register_recipes(self, register: Any) -> None:
+            register("plain", tmp_path / "plain.yaml")
+
     watcher = Watcher(tmp_path / "watched.yaml")
-    pm = create_plugin_manager(plugins=[ToyPlugin(), watcher])
+    pm = create_plugin_manager(plugins=[ToyPlugin(), Registering(), watcher])
     registry = Registry.collect(pm)
     assert watcher.seen == ["recipes, before", "recipes, after"]
     assert registry.recipes["watched"].plugin == "watcher"
-    assert registry.recipes["ralu-flux-7x"].plugin == "flux"  # the other plugins' recipes stay theirs
+    assert registry.recipes["plain"].plugin == "registering"  # the wrapped plugin's recipes stay its own
     assert registry.resolve_adapter(ToyPipeline()).name == "toy"
     assert watcher.seen[-1] == "resolved toy"
 
