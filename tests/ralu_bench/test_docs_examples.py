@@ -75,4 +75,4 @@ def test_an_example_run_as_the_docs_say_prints_no_library_notices() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
-    assert len(done.stdout.splitlines()) == 4
+    assert len(done.stdout.splitlines()) == 5
