@@ -45,7 +45,8 @@ def test_a_published_plan_shows_both_the_solved_and_the_published_values(capsys)
     data = schedule_json(capsys, "--steps", "4", "5", "6", "--ends", "0.3", "0.45", "1.0")
     assert data["c"] < 0.01  # the solver's optimum rewinds much deeper than the paper's c = 0.0177
     [published] = data["published"]
-    assert published["recipes"] == ["ralu-flux-5x"] and published["c"] == 0.0177
+    # ralu-caching, where installed, adds recipes on the same plan (ralu-flux-5x-toca)
+    assert published["recipes"][0] == "ralu-flux-5x" and published["c"] == 0.0177
     assert published["js_distance"] > data["js_distance"]
     code = main(["schedule", "--steps", "4", "5", "6", "--ends", "0.3", "0.45", "1.0"])
     text = capsys.readouterr().out

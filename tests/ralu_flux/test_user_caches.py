@@ -116,9 +116,9 @@ def test_the_step_each_evaluation_serves_reaches_the_hooks(pipe, audit) -> None:
 
 def test_without_the_engines_reset_a_hook_would_see_two_token_sets(pipe, audit, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The audit itself can fail: skip the reset at stage changes and it reports the mixed token sets."""
-    from ralu_core.pipeline_call import DiffusersCall
+    from ralu_core.pipeline_call import DiffusersHooks
 
-    monkeypatch.setattr(DiffusersCall, "begin_stage", lambda self, stage: None)
+    monkeypatch.setattr(DiffusersHooks, "begin_stage", lambda self, stage: None)
     with pytest.raises(AssertionError, match="without a reset"):
         ralu_core.accelerate(pipe, "ralu-flux-7x")("a red circle", generator=seeded_generators(0), **CALL)
 

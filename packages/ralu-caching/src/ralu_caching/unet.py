@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from functools import partial
 from typing import Any, ClassVar
 
 import attrs
 
-from ralu_core.adapter import FlopsProfile, ModelAdapter, ModelCall, is_diffusers_pipeline
+from ralu_core.adapter import BoundCall, ModelAdapter, is_diffusers_pipeline
 from ralu_core.errors import ConfigFieldError
 from ralu_core.runtime import RecipeRuntime
 from ralu_core.strategies.base import FeatureCache
@@ -30,13 +30,13 @@ class UNetAdapter(ModelAdapter):
 
     name: ClassVar[str] = "unet"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
-    runs_own_sampler: ClassVar[bool] = True
 
     def supports(self, pipeline: Any) -> bool:
         return is_diffusers_pipeline(pipeline, self.pipeline_classes)
 
-    def denoiser(self, pipeline: Any) -> Any:
-        return pipeline  # U-Net caches need the pipeline's scheduler to know the step, not only the U-Net
+    def bind(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> BoundCall:
+        # U-Net caches need the pipeline's scheduler to know the step, not only the U-Net: they hook the pipeline.
+        return BoundCall(denoiser=pipeline, run_pipeline=partial(pipeline, *args, **kwargs))
 
     def check_runtime(self, runtime: RecipeRuntime) -> list[str]:
         problems = []
@@ -54,15 +54,6 @@ class UNetAdapter(ModelAdapter):
             if slot.cache.name not in UNET_CACHES:
                 problems.append(f"$.cache[{index}]: {slot.cache.name!r} does not work on U-Nets; use deepcache-unet")
         return problems
-
-    def prepare(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ModelCall:
-        raise NotImplementedError("U-Net pipelines run their own sampler (see call_pipeline)")
-
-    def call_pipeline(self, pipeline: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return pipeline(*args, **kwargs)
-
-    def flops_profile(self, source: str | Path) -> FlopsProfile:
-        raise ValueError("ralu counts FLOPs of DiT pipelines only (flux-dev, sd3-medium, sd35-large)")
 
 
 def _check(instance: DeepCacheUNetConfig) -> None:

@@ -20,14 +20,14 @@ from typing import Any
 import pluggy
 import torch
 
-from ralu_core.adapter import ModelAdapter, bind_to_adapter
+from ralu_core.adapter import CachedAttention, ModelAdapter, adapter_facts, bind_to_adapter
 from ralu_core.engine import SamplingEngine
 from ralu_core.errors import CallError, PluginError, RaluError, RecipeError, UnsupportedPipelineError
 from ralu_core.pipeline_call import user_cache_problems
 from ralu_core.plugins import Registry, create_plugin_manager
 from ralu_core.recipes import Recipe, RecipeRuntime, find_recipe, resolve_recipe
 from ralu_core.strategies.base import FeatureCache
-from ralu_core.token_plan import plan_tokens, step_plan_problems
+from ralu_core.token_plan import check_call_plan
 
 
 class AcceleratedPipeline:
@@ -57,52 +57,42 @@ class AcceleratedPipeline:
                 "of the recipe (`ralu recipes show NAME > my.yaml`)"
             )
         with pipeline_lock(self.pipeline), torch.no_grad(), ExitStack() as attached:
-            if self.adapter.runs_own_sampler:  # e.g. U-Nets: the pipeline's loop, with the recipe's caches
+            # Everything below is checked before any model runs (the text encoders included).
+            bound = self.adapter.bind(self.pipeline, self.runtime.start_level, args, kwargs)
+            if bound.run_pipeline is not None:  # e.g. U-Nets: the pipeline's loop, with the recipe's caches
                 self.runtime.reset()
                 for slot in self.runtime.caches:
-                    attach_cache(attached, slot.cache, self.adapter.denoiser(self.pipeline))
-                return self.adapter.call_pipeline(self.pipeline, args, kwargs)
-            # A selector's impossible token plan fails before any model runs: before the text encoders where
-            # the adapter can tell the grid from the arguments, else before the first transformer call.
-            grid = self.adapter.plan_grid(self.pipeline, self.runtime.start_level, args, kwargs)
-            if grid is not None:
-                plan_tokens(self.runtime, grid.num_tokens)
+                    attach_cache(attached, slot.cache, bound.denoiser)
+                return bound.run_pipeline()
+            assert bound.grid is not None and bound.prepare is not None
+            check_call_plan(self.runtime, bound.grid.num_tokens, bound.steps)
             if self.runtime.cached_attention:
-                problems = self.adapter.cached_attention_problems(self.pipeline)
-                if problems:
-                    raise UnsupportedPipelineError(
-                        f"recipe {self.recipe.name!r} keeps keys and values of skipped tokens (RAS attention), but "
-                        + "; ".join(problems)
-                        + ". Restore diffusers' default attention processors, or set `inactive: drop` on the stages "
-                        "with step_tokens"
-                    )
-            requested = steps if steps is not None else self.adapter.default_steps(self.pipeline)
-            if requested is not None:
-                self.check_step_plan(requested)
+                self.check_cached_attention()
             # Block-level caches hook into the denoiser for this call only (and refuse an unsuitable one now).
-            denoiser = self.adapter.denoiser(self.pipeline)
-            problems = user_cache_problems(denoiser, self.adapter.last_block_returns_text)
+            problems = user_cache_problems(bound.denoiser, adapter_facts(self.adapter).last_block_returns_text)
             if problems:
                 raise UnsupportedPipelineError("; ".join(problems))
             for slot in self.runtime.caches:
                 if slot.stages is None:
-                    attach_cache(attached, slot.cache, denoiser)
+                    attach_cache(attached, slot.cache, bound.denoiser)
                 else:  # hooked in its own stages only (below); tried now, so that an unsuitable model fails early
                     with ExitStack() as trial:
-                        attach_cache(trial, slot.cache, denoiser)
-            call = self.adapter.prepare(self.pipeline, self.runtime.start_level, args, kwargs)
-            if grid is None:
-                plan_tokens(self.runtime, call.grid.num_tokens)
-            final = self.engine.run(call, stage_scope=partial(stage_caches, self.runtime, denoiser))
+                        attach_cache(trial, slot.cache, bound.denoiser)
+            call = bound.prepare()
+            final = self.engine.run(call, stage_scope=partial(stage_caches, self.runtime, bound.denoiser))
             return call.finish(final)
 
-    def check_step_plan(self, requested_steps: int) -> None:
-        """Per-step selectors against the stages' step counts for a call of `requested_steps` (a dense reset
-        step beyond a stage's end is refused here, not at that step)."""
-        specs = [s.spec for s in self.runtime.stages]
-        problems = step_plan_problems(self.runtime, self.runtime.schedule.planned_steps(specs, requested_steps))
+    def check_cached_attention(self) -> None:
+        """RAS attention needs an adapter that keeps keys and values, and the pipeline's processors it knows."""
+        adapter = self.adapter if isinstance(self.adapter, CachedAttention) else None
+        problems = ["its adapter cannot"] if adapter is None else adapter.cached_attention_problems(self.pipeline)
         if problems:
-            raise RecipeError(self.recipe.name, [f"{p} (for a call of {requested_steps} steps)" for p in problems])
+            raise UnsupportedPipelineError(
+                f"recipe {self.recipe.name!r} keeps keys and values of skipped tokens (RAS attention), but "
+                + "; ".join(problems)
+                + ". Restore diffusers' default attention processors, or set `inactive: drop` on the stages "
+                "with step_tokens"
+            )
 
 
 @contextmanager

@@ -1,26 +1,29 @@
-"""What a model adapter must provide: the only place where model knowledge lives.
+"""The adapter contract: the only place where model knowledge meets the engine.
 
-An adapter resolves a pipeline, validates a call's arguments cheaply (before any model runs),
-and then produces a `ModelCall`: prompts encoded, noise drawn the pipeline's way, and a
-`predict` that evaluates the transformer on any set of tokens at mixed levels. It also knows
-the full-size architectures it supports, for FLOPs counting on the meta device.
+Required of every adapter (`ModelAdapter`): say which pipelines it drives, and `bind` a call's arguments
+without running any model: the token grid, the steps, the denoiser caches hook into, and a `prepare`
+that encodes the prompts and returns the `ModelCall` the engine samples with (`predict` on any set of
+tokens at mixed levels, `finish` into the pipeline's own output). Everything else is an optional
+capability, a small protocol an adapter implements where it has it: counting FLOPs, embedded models,
+RAS attention, checks before loading, block declarations for caches, limits on recipes.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
+import attrs
 import torch
 
-from ralu_core.errors import CallError, RecipeError
+from ralu_core.errors import CallError, RaluError, RecipeError
 from ralu_core.flops import FlopCount
 from ralu_core.randomness import GeneratorArg
 from ralu_core.runtime import RecipeRuntime
-from ralu_core.strategies.base import BlockFeatures, StageInfo, StepInfo, TokenwiseFeatures
+from ralu_core.strategies.base import AdapterFacts, ModelBlocks, StageInfo, StepInfo
 from ralu_core.tokens import TokenGrid, TokenState
 
 ConfigReader = Callable[[str], Mapping[str, Any] | None]
@@ -29,6 +32,17 @@ ConfigReader = Callable[[str], Mapping[str, Any] | None]
 
 class ProgressBar(Protocol):
     def update(self, n: int = 1) -> Any: ...
+
+
+class CallPart(Protocol):
+    """A piece of machinery a prepared call is composed of (diffusers' cache hooks, RAS attention): what it
+    changes while the call runs, what it drops when the token set changes, what memory it holds."""
+
+    def running(self) -> AbstractContextManager[None]: ...
+
+    def begin_stage(self, stage: StageInfo) -> None: ...
+
+    def nbytes(self) -> int: ...
 
 
 class ModelCall(abc.ABC):
@@ -40,6 +54,8 @@ class ModelCall(abc.ABC):
     requested_steps: int | None
     default_steps: int
     default_shift: float
+    parts: tuple[CallPart, ...] = ()
+    """What the call is composed of: entered around the run in order, told of each stage, measured."""
 
     @abc.abstractmethod
     def initial_noise(self) -> torch.Tensor:
@@ -56,18 +72,6 @@ class ModelCall(abc.ABC):
         """Velocity (guided, if the model uses CFG) for the active tokens (B, A) or all tokens. `step` says
         where the run is (for the model's cache hooks, which diffusers keys by step)."""
 
-    def begin_stage(self, stage: StageInfo) -> None:  # noqa: B027 - optional override, not abstract
-        """The token set changes: state that hooks on the model keep per token must be dropped."""
-
-    def running(self) -> AbstractContextManager[None]:
-        """Entered around the whole sampling loop: what the call changes on the pipeline while it runs
-        (e.g. the pipeline's current timestep, the state of its cache hooks) is restored on exit."""
-        return nullcontext()
-
-    def token_cache_nbytes(self) -> int:
-        """Memory of the token-level caches the call holds now (RAS's keys and values); 0 where none."""
-        return 0
-
     @abc.abstractmethod
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) latent image (any size) -> (B, 3, H, W) RGB in [0, 1], with the pipeline's VAE."""
@@ -79,6 +83,78 @@ class ModelCall(abc.ABC):
     @abc.abstractmethod
     def progress_bar(self, total: int) -> AbstractContextManager[ProgressBar]:
         """A progress bar configured like the pipeline's own (``pipe.set_progress_bar_config``)."""
+
+    def begin_stage(self, stage: StageInfo) -> None:
+        """The token set changes: state that the parts keep per token is dropped."""
+        for part in self.parts:
+            part.begin_stage(stage)
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """Entered around the whole sampling loop: what the parts change on the pipeline while it runs is
+        restored on exit (the last part first)."""
+        with ExitStack() as stack:
+            for part in self.parts:
+                stack.enter_context(part.running())
+            yield
+
+    def token_cache_nbytes(self) -> int:
+        """Memory of the token-level caches the call holds now (RAS's keys and values); 0 where none."""
+        return sum(part.nbytes() for part in self.parts)
+
+
+@attrs.frozen(kw_only=True)
+class BoundCall:
+    """A call's arguments, bound and checked like the pipeline would (sizes against the recipe's coarsest
+    level, generators, unknown names), with nothing run: what the recipe's plan is checked against before
+    the text encoders load. Exactly one of `prepare` and `run_pipeline` is set."""
+
+    denoiser: Any
+    """What block-level caches hook into (a DiT pipeline's ``transformer``)."""
+    grid: TokenGrid | None = None
+    """The full-resolution token grid; None where the pipeline runs its own sampler."""
+    requested_steps: int | None = None
+    default_steps: int | None = None
+    """The step count the pipeline uses when the call gives none (required where ralu samples)."""
+    prepare: Callable[[], ModelCall] | None = None
+    """Encode the prompts, return the call the engine samples with."""
+    run_pipeline: Callable[[], Any] | None = None
+    """For pipelines ralu does not drive token by token (U-Nets): their own loop, caches attached."""
+
+    def __attrs_post_init__(self) -> None:
+        if (self.prepare is None) == (self.run_pipeline is None):
+            raise TypeError("a BoundCall has either `prepare` (ralu samples) or `run_pipeline` (its own loop)")
+        if self.prepare is not None and (self.grid is None or self.default_steps is None):
+            raise TypeError("a BoundCall that ralu samples needs its token grid and the pipeline's default steps")
+
+    @property
+    def steps(self) -> int:
+        """The steps the call asks for: its own, else the pipeline's default."""
+        steps = self.requested_steps if self.requested_steps is not None else self.default_steps
+        assert steps is not None, "only for a call that ralu samples"
+        return steps
+
+
+class ModelAdapter(abc.ABC):
+    """Drives one family of diffusers pipelines (e.g. FluxPipeline). Required: `supports` and `bind`."""
+
+    name: ClassVar[str]
+    pipeline_classes: ClassVar[tuple[str, ...]]
+
+    @abc.abstractmethod
+    def supports(self, pipeline: Any) -> bool:
+        """Whether this adapter can drive `pipeline`."""
+
+    @abc.abstractmethod
+    def bind(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> BoundCall:
+        """Bind and check a call's arguments (sizes against `coarsest_level`, generators, unknown names)
+        without running any model."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+# --- optional capabilities ---------------------------------------------------------------------------
 
 
 class FlopsProfile(abc.ABC):
@@ -109,111 +185,101 @@ class FlopsProfile(abc.ABC):
         """One VAE decode of a latent of this size (batch 1)."""
 
 
-class ModelAdapter(abc.ABC):
-    """Drives one family of diffusers pipelines (e.g. FluxPipeline)."""
+@runtime_checkable
+class CountsFlops(Protocol):
+    """Counts FLOPs of full-size architectures on the meta device (``ralu flops``, ``ralu bench``)."""
 
-    name: ClassVar[str]
-    pipeline_classes: ClassVar[tuple[str, ...]]
-    architectures: ClassVar[tuple[str, ...]] = ()
+    architectures: ClassVar[tuple[str, ...]]
 
-    @abc.abstractmethod
-    def supports(self, pipeline: Any) -> bool:
-        """Whether this adapter can drive `pipeline`."""
+    def flops_profile(self, source: str | Path) -> FlopsProfile:
+        """Counting profile for a known architecture name or a local pipeline directory."""
+        ...
 
-    @abc.abstractmethod
-    def prepare(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ModelCall:
-        """Validate the call's arguments (sizes against `coarsest_level`, generators, unknown names)
-        before any expensive work, then encode prompts and return the prepared call."""
+    def pipeline_flops_profile(self, pipeline: Any, call_kwargs: dict[str, Any]) -> FlopsProfile:
+        """Counting profile for a loaded pipeline's architecture, for calls made with `call_kwargs`."""
+        ...
 
-    def default_steps(self, pipeline: Any) -> int | None:
-        """The step count the pipeline uses when a call gives none, if known without preparing a call (so
-        per-step plans are checked before the text encoders run)."""
-        return None
 
-    def denoiser(self, pipeline: Any) -> Any:
-        """What block-level caches hook into (a DiT pipeline's ``transformer``); None if nothing."""
-        return None
+@runtime_checkable
+class EmbedsModels(Protocol):
+    """Builds named pipelines without weights (``ralu generate --model NAME``; demos, tests, CPU benchmarks)."""
 
-    def prompt_token_limit(self, call_kwargs: Mapping[str, Any]) -> tuple[str, int] | None:
-        """(tokenizer component, most tokens) the main text encoder reads for a call with these arguments,
-        so that longer prompts are refused before loading; None where there is no such limit."""
-        return None
+    embedded_models: ClassVar[tuple[str, ...]]
 
-    cached_attention: ClassVar[bool] = False
-    """Whether its calls keep the keys and values of the tokens a sparse step skips (RAS attention, a
-    stage's ``inactive: kv-cache``)."""
+    def embedded_pipeline(self, name: str) -> Any: ...
+
+    def embedded_config(self, name: str, component: str) -> Mapping[str, Any] | None:
+        """The config of an embedded pipeline's component, so that sizes are checked before it is built."""
+        ...
+
+    def embedded_note(self, name: str) -> str:
+        """What a user should know about an embedded model's images."""
+        ...
+
+
+@runtime_checkable
+class CachedAttention(Protocol):
+    """Keeps the keys and values of the tokens a sparse step skips (RAS attention, ``inactive: kv-cache``)."""
 
     def cached_attention_problems(self, pipeline: Any) -> list[str]:
         """What keeps this pipeline from RAS attention now (e.g. attention processors the adapter does not
         know), checked before the text encoders run; empty: fine."""
-        return []
+        ...
 
-    last_block_returns_text: ClassVar[bool] = True
-    """Whether the denoiser's last block returns the text stream as well as the image stream (False for SD3,
-    whose last joint block is `context_pre_only`): caches that add a residual to both streams need it, and
-    recipes are checked against this without loading anything."""
 
-    block_features: ClassVar[Mapping[str, BlockFeatures]] = {}
-    """Per transformer block class name: what feature-level caches (TaylorSeer) may forecast in it. Empty:
-    such caches are refused on this adapter's pipelines."""
+@runtime_checkable
+class ChecksBeforeLoading(Protocol):
+    """What the CLI can refuse from a stored pipeline's configs, before any weights load."""
 
-    token_features: ClassVar[Mapping[str, TokenwiseFeatures]] = {}
-    """Per transformer block class name: what token-wise caches (ToCa) may reuse per token in it. Empty:
-    such caches are refused on this adapter's pipelines."""
+    def prompt_token_limit(self, call_kwargs: Mapping[str, Any]) -> tuple[str, int] | None:
+        """(tokenizer component, most tokens) the main text encoder reads for a call with these arguments."""
+        ...
 
-    runs_own_sampler: ClassVar[bool] = False
-    """True for pipelines ralu does not drive token by token (U-Nets): the pipeline's own loop runs with the
-    recipe's caches attached (`call_pipeline`), and `check_runtime` limits the recipes it accepts."""
+    def size_rule_from_configs(self, read_config: ConfigReader, coarsest_level: int) -> tuple[int, str] | None:
+        """(multiple, why): what every image side must be a multiple of, read from the component configs."""
+        ...
+
+
+@runtime_checkable
+class DescribesBlocks(Protocol):
+    """Declares its model's blocks for caches that reach inside them (TaylorSeer, ToCa, first-block)."""
+
+    blocks: ClassVar[ModelBlocks]
+
+
+@runtime_checkable
+class LimitsRecipes(Protocol):
+    """Accepts only some recipes (a U-Net pipeline's own sampler: one stage, its own schedule)."""
 
     def check_runtime(self, runtime: RecipeRuntime) -> list[str]:
         """What keeps `runtime` from running on this adapter's pipelines, as recipe problems (empty: fine)."""
-        return []
+        ...
 
-    def call_pipeline(self, pipeline: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Run the pipeline's own sampler (adapters that set `runs_own_sampler`)."""
-        raise NotImplementedError(f"the {self.name!r} adapter drives its pipelines token by token")
 
-    def plan_grid(
-        self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> TokenGrid | None:
-        """The token grid a call with these arguments will use, found without running any model, so the
-        engine can check the recipe's token plan before the text encoders run. None if unknown (the plan
-        is then checked after `prepare`, still before the first transformer call)."""
-        return None
+def embedded_models(adapter: ModelAdapter) -> tuple[str, ...]:
+    """The names of the pipelines `adapter` builds without weights (none where it has no such capability)."""
+    embeds = adapter if isinstance(adapter, EmbedsModels) else None
+    return tuple(embeds.embedded_models) if embeds else ()
 
-    @abc.abstractmethod
-    def flops_profile(self, source: str | Path) -> FlopsProfile:
-        """Counting profile for a known architecture name or a local pipeline directory."""
 
-    def pipeline_flops_profile(self, pipeline: Any, call_kwargs: dict[str, Any]) -> FlopsProfile:
-        """Counting profile for a loaded pipeline's architecture, for calls made with `call_kwargs`
-        (``ralu bench`` reports FLOPs ratios for exactly what it timed)."""
-        raise NotImplementedError(f"the {self.name!r} adapter cannot count FLOPs of a loaded pipeline")
+def architectures(adapter: ModelAdapter) -> tuple[str, ...]:
+    """The full-size architectures `adapter` counts by name (none where it counts no FLOPs)."""
+    counts = adapter if isinstance(adapter, CountsFlops) else None
+    return tuple(counts.architectures) if counts else ()
 
-    def size_rule_from_configs(self, read_config: ConfigReader, coarsest_level: int) -> tuple[int, str] | None:
-        """(multiple, why): what every image side of a stored pipeline must be a multiple of, read from its
-        component configs (``read_config("vae")``, no weights), so that a bad size is refused before a
-        model loads. None where the configs do not tell (the call checks the size anyway)."""
-        return None
 
-    embedded_models: ClassVar[tuple[str, ...]] = ()
-    """Names of pipelines this adapter can build without weights (``ralu generate --model NAME``)."""
+def counting(adapter: ModelAdapter) -> CountsFlops:
+    """`adapter` as a FLOPs counter; a RaluError where it counts none."""
+    counts = adapter if isinstance(adapter, CountsFlops) else None
+    if counts is None:
+        raise RaluError(f"the {adapter.name!r} adapter counts no FLOPs; ralu counts those of the DiT adapters")
+    return counts
 
-    def embedded_pipeline(self, name: str) -> Any:
-        """Build an embedded pipeline by name (offline; for demos, tests and CPU benchmarks)."""
-        raise KeyError(f"the {self.name!r} adapter has no embedded model {name!r}")
 
-    def embedded_config(self, name: str, component: str) -> Mapping[str, Any] | None:
-        """The config of an embedded pipeline's component (as a stored pipeline's ``config.json`` would
-        give it), so that its sizes are checked before it is built; None where unknown."""
-        return None
-
-    def embedded_note(self, name: str) -> str:
-        """What a user should know about an embedded model's images."""
-        return ""
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name!r}>"
+def adapter_facts(adapter: ModelAdapter) -> AdapterFacts:
+    """What strategies may check a recipe against: the adapter's name and declared blocks."""
+    described = adapter if isinstance(adapter, DescribesBlocks) else None
+    return AdapterFacts(name=adapter.name, blocks=described.blocks if described else ModelBlocks())
 
 
 def is_diffusers_pipeline(pipeline: Any, class_names: tuple[str, ...]) -> bool:
@@ -270,20 +336,23 @@ def bind_to_adapter(adapter: ModelAdapter, runtime: RecipeRuntime) -> None:
     problems = adapter_problems(adapter, runtime)
     if problems:
         raise RecipeError(runtime.recipe.name, problems)
+    facts = adapter_facts(adapter)
     for slot in runtime.caches:
-        slot.cache.use_model(adapter)
+        slot.cache.use_model(facts)
 
 
 def adapter_problems(adapter: ModelAdapter, runtime: RecipeRuntime) -> list[str]:
     """What keeps a resolved recipe from running on this adapter's pipelines, known without a pipeline (so
     `ralu recipes validate` finds it for a recipe that names its model, and `accelerate` for any)."""
-    problems = list(adapter.check_runtime(runtime))
-    if runtime.cached_attention and not adapter.cached_attention:
+    limits = adapter if isinstance(adapter, LimitsRecipes) else None
+    problems = list(limits.check_runtime(runtime)) if limits else []
+    if runtime.cached_attention and not isinstance(adapter, CachedAttention):
         stages = [str(i) for i, stage in enumerate(runtime.stages) if stage.cached_attention]
         problems.append(
             f"$.stages[{', '.join(stages)}].inactive: the {adapter.name!r} adapter cannot keep the keys and values of "
             "skipped tokens (RAS attention, the default for a stage with step_tokens); set `inactive: drop`"
         )
+    facts = adapter_facts(adapter)
     for index, slot in enumerate(runtime.caches):
-        problems += [f"$.cache[{index}]: {problem}" for problem in slot.cache.check_adapter(adapter)]
+        problems += [f"$.cache[{index}]: {problem}" for problem in slot.cache.check_adapter(facts)]
     return problems

@@ -291,6 +291,12 @@ class Processes:
         if self.state is not None:
             self.state.wait_for_everyone()
 
+    def close(self) -> None:
+        """Leave the launch's process group: a process that exits with it still open can abort at exit
+        ("terminate called without an active exception", seen with gloo on the CPU)."""
+        if self.state is not None:
+            self.state.destroy_process_group()
+
     def sum_over_processes(self, counts: tuple[int, ...]) -> tuple[int, ...]:
         """Each count added up over every process of the launch (a collective: every process must call it)."""
         if self.state is None:

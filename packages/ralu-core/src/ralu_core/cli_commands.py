@@ -21,7 +21,16 @@ import torch
 
 from ralu_core.accelerated import accelerate
 from ralu_core.accounting import recipe_cost
-from ralu_core.adapter import FlopsProfile, ModelAdapter, adapter_problems, bind_to_adapter
+from ralu_core.adapter import (
+    EmbedsModels,
+    FlopsProfile,
+    ModelAdapter,
+    adapter_problems,
+    architectures,
+    bind_to_adapter,
+    counting,
+    embedded_models,
+)
 from ralu_core.batch import (
     MANIFEST,
     OutputFolder,
@@ -132,8 +141,9 @@ def default_model(registry: Registry, recipe: Recipe) -> str:
                 return name
     for adapter_name in adapters:
         adapter = registry.adapters.get(adapter_name)
-        if adapter is not None and adapter.obj.embedded_models:
-            return str(adapter.obj.embedded_models[0])
+        names = () if adapter is None else embedded_models(adapter.obj)
+        if names:
+            return names[0]
     raise RaluError("no embedded default model is installed for this recipe; pass --model PATH|HUB-ID")
 
 
@@ -180,9 +190,10 @@ def _build_offline(
         note = " ".join(part for part in (named.note, named.prompt_note(prompts) if named.prompt_note else "") if part)
         build = partial(named.load, device, DTYPES[dtype]) if named.loads_on_device else named.load
     else:
-        assert source.adapter is not None
-        note = source.adapter.embedded_note(source.name)
-        build = partial(source.adapter.embedded_pipeline, source.name)
+        embeds = source.adapter if isinstance(source.adapter, EmbedsModels) else None
+        assert embeds is not None
+        note = embeds.embedded_note(source.name)
+        build = partial(embeds.embedded_pipeline, source.name)
     if note and announce:
         _say(f"note: {note}")
     pipe = build()
@@ -341,6 +352,7 @@ def _generate_many(
             )
     finally:
         folder.unlock()
+        processes.close()
     return 0
 
 
@@ -428,7 +440,7 @@ def cmd_plugins(ns: argparse.Namespace) -> int:
             provided.setdefault(entry.plugin, []).append(f"{KIND_LABELS[kind]} {name}")
     for name, entry in registry.adapters.items():
         provided.setdefault(entry.plugin, []).append(f"model adapter {name}")
-        for model in entry.obj.embedded_models:
+        for model in embedded_models(entry.obj):
             provided[entry.plugin].append(f"model {model} ({name}, embedded, random weights)")
     for name, entry in registry.recipes.items():
         provided.setdefault(entry.plugin, []).append(f"recipe {name}")
@@ -531,14 +543,14 @@ def counted_runtime(registry: Registry, model: str, recipe: Recipe) -> tuple[Rec
             f"recipe {recipe.name} is for {recipe.model!r} pipelines and {model} is a {adapter.name!r} "
             "architecture; pick a recipe for it (`ralu recipes list`)"
         )
-    profile = adapter.flops_profile(model)
+    profile = counting(adapter).flops_profile(model)
     bind_to_adapter(adapter, runtime)
     return runtime, profile
 
 
 def _flops_adapter(registry: Registry, model: str) -> ModelAdapter:
     for entry in registry.adapters.values():
-        if model in entry.obj.architectures:
+        if model in architectures(entry.obj):
             return entry.obj  # type: ignore[no-any-return]
     index = Path(model) / "model_index.json"
     if index.is_file():
@@ -547,7 +559,7 @@ def _flops_adapter(registry: Registry, model: str) -> ModelAdapter:
             if class_name in entry.obj.pipeline_classes:
                 return entry.obj  # type: ignore[no-any-return]
         raise RaluError(f"no installed adapter handles {class_name} (from {index})")
-    known = sorted(a for e in registry.adapters.values() for a in e.obj.architectures)
+    known = sorted(a for e in registry.adapters.values() for a in architectures(e.obj))
     raise RaluError(
         f"unknown model {model!r}{did_you_mean(model, known)}: give an architecture ({', '.join(known)}) "
         "or a pipeline folder"
@@ -688,9 +700,10 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     pipe.set_progress_bar_config(disable=True)
     adapter = registry.resolve_adapter(pipe)
     fast = [accelerate(pipe, r, plugin_manager=registry.pm) for r in recipes]
-    if ns.compile != "off":
-        compile_denoiser(adapter.denoiser(pipe), ns.compile, ns.compile_backend)
     kwargs: dict[str, Any] = {**defaults, **parse_call_args(ns.call_arg), "height": height, "width": width}
+    if ns.compile != "off":
+        denoiser = adapter.bind(pipe, 0, (), {**kwargs, "prompt": prompts[0]}).denoiser  # what the caches hook
+        compile_denoiser(denoiser, ns.compile, ns.compile_backend)
     plan = BenchPlan(
         recipes=fast,
         prompts=prompts,
@@ -703,7 +716,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         host_syncs=ns.host_syncs,
     )
     metrics = [entry.obj for entry in registry.metrics.values()]
-    profile = adapter.pipeline_flops_profile(pipe, kwargs)
+    profile = counting(adapter).pipeline_flops_profile(pipe, kwargs)
     with TqdmBenchProgress() as progress:
         result = run_bench(plan, metrics, profile, progress=progress)
     result.settings["model"] = model if ns.model else f"{model} (default)"

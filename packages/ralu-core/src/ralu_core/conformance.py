@@ -47,7 +47,9 @@ def cached_attention_outputs(
     adapter: ModelAdapter, pipeline: Any, call_kwargs: dict[str, Any], *, keep: float = 0.5, sigma: float = 0.7
 ) -> CachedAttentionOutputs:
     """Prepare a call of `pipeline` with `call_kwargs` and evaluate its initial noise at `sigma` each way."""
-    call: Any = adapter.prepare(pipeline, 0, (), call_kwargs)
+    prepare = adapter.bind(pipeline, 0, (), call_kwargs).prepare
+    assert prepare is not None, f"{adapter!r} does not sample {type(pipeline).__name__} token by token"
+    call: Any = prepare()
     state = TokenState.full_resolution(call.initial_noise(), call.grid)
     at = torch.tensor(sigma)
     count = max(1, int(state.num_tokens * keep))

@@ -4,9 +4,9 @@ tokens, positions and their transformer call.
 `DiTAdapter` binds a call's arguments like the pipeline, checks the image size against the recipe's
 coarsest level (from a loaded pipeline or, before loading, from the stored component configs), runs
 the pipeline's own input checks, exposes the transformer to block-level caches, builds embedded
-random-weight pipelines, and registers itself as a plugin (`AdapterPlugin`). `DiTCall` holds what
-every prepared call has: the pipeline's defaults, its scheduler's sigmas and shift, read with the
-pipeline module's own helpers (``retrieve_timesteps``, ``calculate_shift``).
+random-weight pipelines, and registers itself as a plugin (`AdapterPlugin`). `DiTCall` is composed of
+what every prepared call has: the pipeline's schedule (`PipelineSchedule`), its images
+(`DiffusersImages`), its transformer's hooks (`DiffusersHooks`) and RAS's keys and values (`KeysValues`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from __future__ import annotations
 import abc
 import math
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, ClassVar, cast
@@ -23,36 +24,36 @@ from typing import Any, ClassVar, cast
 import attrs
 import torch
 
-from ralu_core.adapter import ConfigReader, ModelAdapter, ModelCall, check_image_size, is_diffusers_pipeline
+from ralu_core.adapter import (
+    BoundCall,
+    ConfigReader,
+    FlopsProfile,
+    ModelAdapter,
+    ModelCall,
+    ProgressBar,
+    check_image_size,
+    is_diffusers_pipeline,
+)
 from ralu_core.arguments import PipelineArguments
 from ralu_core.diffusers_private import execution_device
 from ralu_core.errors import CallError
 from ralu_core.hookspecs import RegisterAdapter, RegisterModel, RegisterRecipe, hookimpl
-from ralu_core.kv_store import KVStore, swapped_processors
+from ralu_core.kv_store import KeysValues, KVStore
 from ralu_core.models import NamedModel
-from ralu_core.pipeline_call import DiffusersCall, default_num_inference_steps
+from ralu_core.pipeline_call import DiffusersHooks, DiffusersImages, default_num_inference_steps
 from ralu_core.randomness import GeneratorArg, per_image_generators
-from ralu_core.strategies.base import StageInfo
+from ralu_core.strategies.base import StepInfo
 from ralu_core.tokens import TokenGrid
 
 
-class DiTCall(DiffusersCall):
-    """A prepared call of a diffusers DiT pipeline: the parts every model shares."""
+class PipelineSchedule:
+    """The pipeline's sigmas and resolution shift, read with its own module's helpers (``retrieve_timesteps``,
+    ``calculate_shift``) on a fresh scheduler from its config, so the user's scheduler is not touched."""
 
-    def __init__(self, pipe: Any, args: Any, height: int, width: int) -> None:
-        self.pipe = pipe
-        self.args = args
-        self.height, self.width = height, width
-        self.device = execution_device(pipe)
-        self.batch_size = args.image_batch_size()
-        self.generator: GeneratorArg = args.generator
-        self.requested_steps = args.num_inference_steps
-        self.default_steps = default_num_inference_steps(pipe)
-        self.output_type, self.return_dict = args.output_type, args.return_dict
-        self.joint_attention_kwargs = dict(args.joint_attention_kwargs or {})
-        self.mu: float | None = None
+    def __init__(self, pipe: Any, device: torch.device) -> None:
+        self.pipe, self.device = pipe, device
 
-    def _pipeline_helper(self, name: str) -> Callable[..., Any]:
+    def helper(self, name: str) -> Callable[..., Any]:
         """A helper function of the pipeline's own module (each diffusers pipeline module carries copies), or,
         for a subclass defined elsewhere, of the nearest base class's module that has it."""
         for cls in type(self.pipe).__mro__:
@@ -71,7 +72,7 @@ class DiTCall(DiffusersCall):
         """mu for `image_tokens`, by the pipeline's ``calculate_shift`` and its scheduler's config."""
         config = self.pipe.scheduler.config
         return float(
-            self._pipeline_helper("calculate_shift")(
+            self.helper("calculate_shift")(
                 image_tokens,
                 config.get("base_image_seq_len", 256),
                 config.get("max_image_seq_len", 4096),
@@ -80,99 +81,94 @@ class DiTCall(DiffusersCall):
             )
         )
 
-    @property
-    def scheduler_shift(self) -> float:
+    def shift(self, mu: float | None) -> float:
         """The shift the pipeline's schedule uses: exp(mu) when it shifts with resolution, else its static shift."""
         config = self.pipe.scheduler.config
-        if config.get("use_dynamic_shifting", False) and self.mu is not None:
-            return math.exp(self.mu)
+        if config.get("use_dynamic_shifting", False) and mu is not None:
+            return math.exp(mu)
         return float(config.shift)
+
+    def sigmas(self, steps: int, mu: float | None, custom: list[float] | None) -> torch.Tensor:
+        """The pipeline's own sigmas for `steps` (`custom`: the sigmas its ``__call__`` passes, if any)."""
+        scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
+        extra = {} if mu is None else {"mu": mu}
+        self.helper("retrieve_timesteps")(scheduler, steps, self.device, sigmas=custom, **extra)
+        return scheduler.sigmas.to(torch.float32)  # type: ignore[no-any-return]
+
+
+class DiTCall(ModelCall):
+    """A prepared call of a diffusers DiT pipeline, composed of the parts every model shares: the pipeline's
+    schedule, its images (VAE and output), its transformer's hooks and, where the model keeps them, RAS's keys
+    and values. A model's call adds its knowledge: prompt encoding, noise, tokens, the transformer call."""
+
+    def __init__(self, pipe: Any, args: Any, height: int, width: int) -> None:
+        self.pipe = pipe
+        self.args = args
+        self.height, self.width = height, width
+        self.device = execution_device(pipe)
+        self.batch_size = args.image_batch_size()
+        self.generator: GeneratorArg = args.generator
+        self.requested_steps = args.num_inference_steps
+        self.default_steps = default_num_inference_steps(pipe)
+        self.joint_attention_kwargs = dict(args.joint_attention_kwargs or {})
+        self.mu: float | None = None
+        self.schedule = PipelineSchedule(pipe, self.device)
+        self.images = DiffusersImages(pipe, args.output_type, args.return_dict)
+        self.hooks = DiffusersHooks(pipe)
+        self.keys_values: KeysValues | None = None
+        self.parts = (self.hooks,)
+
+    def keep_keys_values(
+        self, modules: Callable[[], Mapping[str, Any]], stand_in: Callable[[Any, str], Any], slots: int
+    ) -> None:
+        """RAS attention for this call: `stand_in(original, layer)` replaces each of `modules()`'s processors
+        while a stage keeps keys and values (one store slot per row of the batches the call evaluates)."""
+        self.keys_values = KeysValues(modules, stand_in, slots)
+        self.parts = (self.hooks, self.keys_values)  # the processors come off first
+
+    @property
+    def kv_store(self) -> KVStore | None:
+        """The current stage's keys and values, where it keeps them (a stage with ``inactive: kv-cache``)."""
+        return None if self.keys_values is None else self.keys_values.store
+
+    def kv_routing(self, slots: Sequence[int], active: torch.Tensor | None) -> AbstractContextManager[None]:
+        """Around one transformer evaluation: which store slots its rows are and which tokens they carry."""
+        return nullcontext() if self.keys_values is None else self.keys_values.routing(slots, active)
+
+    def denoiser_context(
+        self, name: str, step: StepInfo | None, timestep: torch.Tensor
+    ) -> AbstractContextManager[None]:
+        """Around one transformer evaluation: diffusers' named cache context and current timestep."""
+        return self.hooks.context(name, step, timestep)
 
     def custom_sigmas(self, steps: int) -> list[float] | None:
         """The sigmas the pipeline passes to its scheduler (None: the scheduler's own)."""
         return None
 
     def pipeline_sigmas(self, steps: int) -> torch.Tensor:
-        """The pipeline's own sigmas, from a fresh scheduler (the user's scheduler is not touched)."""
-        scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
-        extra = {} if self.mu is None else {"mu": self.mu}
-        self._pipeline_helper("retrieve_timesteps")(
-            scheduler, steps, self.device, sigmas=self.custom_sigmas(steps), **extra
-        )
-        return scheduler.sigmas.to(torch.float32)  # type: ignore[no-any-return]
+        return self.schedule.sigmas(steps, self.mu, self.custom_sigmas(steps))
 
-    # --- RAS attention: the skipped tokens' keys and values ------------------------------------------
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.images.decode(latent)
 
-    kv_store: KVStore | None = None
-    """The current stage's keys and values, where it keeps them (a stage with ``inactive: kv-cache``)."""
-    _attention: ExitStack | None = None
-    _processors_swapped: bool = False
-
-    @property
-    def kv_slots(self) -> int:
-        """Store slots: one per row of the batches the call evaluates (images x CFG branches)."""
-        raise NotImplementedError(f"{type(self).__name__} keeps no keys and values")
-
-    def attention_modules(self) -> Mapping[str, Any]:
-        """The transformer's attention modules, by name (each gets a stand-in processor)."""
-        raise NotImplementedError(f"{type(self).__name__} keeps no keys and values")
-
-    def cached_processor(self, original: Any, layer: str) -> Any:
-        """The stand-in for `original`: it routes the image tokens' keys and values through `kv_store` (and
-        does whatever else the model's calls need of it); `original` where nothing is asked."""
-        raise NotImplementedError(f"{type(self).__name__} keeps no keys and values")
-
-    def begin_stage(self, stage: StageInfo) -> None:
-        super().begin_stage(stage)
-        self.kv_store = None
-        if stage.cached_attention:
-            self.ensure_stand_in_processors()
-            self.kv_store = KVStore(stage.num_tokens, self.kv_slots)
-
-    def ensure_stand_in_processors(self) -> None:
-        """Put the stand-in processors on the transformer for the rest of the run (once)."""
-        if not self._processors_swapped:
-            assert self._attention is not None, "stand-in processors are for the duration of running()"
-            self._attention.enter_context(swapped_processors(self.attention_modules(), self.cached_processor))
-            self._processors_swapped = True
-
-    def running(self) -> AbstractContextManager[None]:
-        return self._running_with_attention()
-
-    @contextmanager
-    def _running_with_attention(self) -> Iterator[None]:
-        """The call's run; stand-in attention processors, once installed, are removed on exit (first)."""
-        with super().running(), ExitStack() as attention:
-            self._attention = attention
-            try:
-                yield
-            finally:
-                self._attention, self.kv_store, self._processors_swapped = None, None, False
-
-    def kv_routing(self, slots: Sequence[int], active: torch.Tensor | None) -> AbstractContextManager[None]:
-        """Around one transformer evaluation: which store slots its rows are and which tokens they carry."""
-        return nullcontext() if self.kv_store is None else self.kv_store.routing(slots, active)
-
-    def token_cache_nbytes(self) -> int:
-        return 0 if self.kv_store is None else self.kv_store.nbytes
+    def progress_bar(self, total: int) -> AbstractContextManager[ProgressBar]:
+        return self.pipe.progress_bar(total=total)  # type: ignore[no-any-return]
 
 
 class DiTAdapter(ModelAdapter):
-    """Base of the adapters for diffusers DiT pipelines."""
+    """Base of the adapters for diffusers DiT pipelines: binds a call like the pipeline, checks its size
+    against the recipe, runs the pipeline's own input checks; counts FLOPs, checks stored configs before
+    loading and builds embedded random-weight pipelines (the optional capabilities every DiT adapter has)."""
 
     Arguments: ClassVar[type[PipelineArguments]]
     architecture: ClassVar[str]
     """What the model is, for messages (``FLUX``, ``SD3``)."""
+    architectures: ClassVar[tuple[str, ...]] = ()
+    embedded_models: ClassVar[tuple[str, ...]] = ()
     size_rule_reads_transformer: ClassVar[bool] = True
     """Whether `size_rule` needs the transformer's config (SD3's patch size); if not, it is not fetched."""
     long_text_tokenizer: ClassVar[str | None] = None
     """The tokenizer of the text encoder that reads up to ``max_sequence_length`` tokens (T5)."""
-
-    def prompt_token_limit(self, call_kwargs: Mapping[str, Any]) -> tuple[str, int] | None:
-        if self.long_text_tokenizer is None:
-            return None
-        default = attrs.fields(cast(Any, self.Arguments)).max_sequence_length.default
-        return self.long_text_tokenizer, int(call_kwargs.get("max_sequence_length", default))
 
     @abc.abstractmethod
     def size_rule(self, vae_factor: int, transformer: Mapping[str, Any], coarsest_level: int) -> tuple[int, str]:
@@ -190,14 +186,16 @@ class DiTAdapter(ModelAdapter):
     def make_call(self, pipeline: Any, bound: Any, height: int, width: int) -> ModelCall:
         """Encode the prompts and return the prepared call."""
 
+    @abc.abstractmethod
+    def flops_profile(self, source: str | Path) -> FlopsProfile:
+        """Counting profile for a known architecture name or a local pipeline directory."""
+
+    @abc.abstractmethod
+    def pipeline_flops_profile(self, pipeline: Any, call_kwargs: dict[str, Any]) -> FlopsProfile:
+        """Counting profile for a loaded pipeline's architecture, for calls made with `call_kwargs`."""
+
     def supports(self, pipeline: Any) -> bool:
         return is_diffusers_pipeline(pipeline, self.pipeline_classes)
-
-    def denoiser(self, pipeline: Any) -> Any:
-        return pipeline.transformer
-
-    def default_steps(self, pipeline: Any) -> int | None:
-        return default_num_inference_steps(pipeline)
 
     def size(self, pipeline: Any, coarsest_level: int, bound: Any) -> tuple[int, int]:
         """The call's image size (the pipeline's default where not given), checked against the recipe."""
@@ -206,25 +204,35 @@ class DiTAdapter(ModelAdapter):
         rule = self.size_rule(int(pipeline.vae_scale_factor), pipeline.transformer.config, coarsest_level)
         return check_image_size(height, width, *rule)
 
-    def size_rule_from_configs(self, read_config: ConfigReader, coarsest_level: int) -> tuple[int, str] | None:
-        vae = read_config("vae")
-        transformer = read_config("transformer") if self.size_rule_reads_transformer else {}
-        if vae is None or transformer is None or not vae.get("block_out_channels"):
-            return None
-        return self.size_rule(2 ** (len(vae["block_out_channels"]) - 1), transformer, coarsest_level)
-
-    def plan_grid(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TokenGrid:
-        bound = self.Arguments.bind(args, kwargs)
-        return self.grid(pipeline, *self.size(pipeline, coarsest_level, bound))
-
-    def prepare(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ModelCall:
+    def bind(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> BoundCall:
         bound: Any = self.Arguments.bind(args, kwargs)
         height, width = self.size(pipeline, coarsest_level, bound)
         if bound.num_inference_steps is not None and bound.num_inference_steps < 1:
             raise CallError(f"num_inference_steps must be at least 1, got {bound.num_inference_steps}")
         self.check_call(pipeline, bound, height, width)
         per_image_generators(bound.generator, bound.image_batch_size())
-        return self.make_call(pipeline, bound, height, width)
+        return BoundCall(
+            denoiser=pipeline.transformer,
+            grid=self.grid(pipeline, height, width),
+            requested_steps=bound.num_inference_steps,
+            default_steps=default_num_inference_steps(pipeline),
+            prepare=partial(self.make_call, pipeline, bound, height, width),
+        )
+
+    # --- checks before loading ------------------------------------------------------------------------
+
+    def prompt_token_limit(self, call_kwargs: Mapping[str, Any]) -> tuple[str, int] | None:
+        if self.long_text_tokenizer is None:
+            return None
+        default = attrs.fields(cast(Any, self.Arguments)).max_sequence_length.default
+        return self.long_text_tokenizer, int(call_kwargs.get("max_sequence_length", default))
+
+    def size_rule_from_configs(self, read_config: ConfigReader, coarsest_level: int) -> tuple[int, str] | None:
+        vae = read_config("vae")
+        transformer = read_config("transformer") if self.size_rule_reads_transformer else {}
+        if vae is None or transformer is None or not vae.get("block_out_channels"):
+            return None
+        return self.size_rule(2 ** (len(vae["block_out_channels"]) - 1), transformer, coarsest_level)
 
     # --- embedded random-weight pipelines ---------------------------------------------------------
 
@@ -238,7 +246,7 @@ class DiTAdapter(ModelAdapter):
 
     def embedded_pipeline(self, name: str) -> Any:
         if name not in self.embedded_models:
-            return super().embedded_pipeline(name)
+            raise KeyError(f"the {self.name!r} adapter has no embedded model {name!r}")
         return self.build_embedded(name)
 
     def embedded_config(self, name: str, component: str) -> Mapping[str, Any] | None:

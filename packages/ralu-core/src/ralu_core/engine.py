@@ -20,7 +20,7 @@ import attrs
 import torch
 
 from ralu_core.adapter import ModelCall
-from ralu_core.errors import PluginError, RecipeError
+from ralu_core.errors import PluginError
 from ralu_core.events import StageEvent, StepEvent
 from ralu_core.randomness import GeneratorArg, generators_from_noise
 from ralu_core.runtime import RecipeRuntime, RuntimeStage
@@ -34,7 +34,7 @@ from ralu_core.strategies.base import (
     TransitionRequest,
 )
 from ralu_core.token_map import TokenMap
-from ralu_core.token_plan import check_selection, step_counts, step_plan_problems
+from ralu_core.token_plan import check_selection, step_counts
 from ralu_core.tokens import FULL, HALF, TokenState, downsample_nearest, gather_tokens, render_latent, to_raster
 
 
@@ -103,10 +103,7 @@ class SamplingEngine:
         """Sample; returns the final full-resolution state in raster order. `stage_scope(index)`, where given,
         is entered around each stage (the hooks of caches limited to some stages are installed there)."""
         self.runtime.reset()
-        plan = self.plan(call)
-        problems = step_plan_problems(self.runtime, plan.steps)
-        if problems:  # adapters that cannot tell the step count before preparing: still before any model call
-            raise RecipeError(self.runtime.recipe.name, problems)
+        plan = self.plan(call)  # checked against the recipe before the call was prepared (`check_call_plan`)
         noise = call.initial_noise()
         # ralu's own randomness (transition noise, random selections) follows the call's generators; with
         # none, it is seeded from each image's initial noise, so the same `latents` give the same image.

@@ -17,7 +17,7 @@ token; a sparse one writes the active tokens and returns the whole set.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import Any
 
 import attrs
@@ -160,6 +160,50 @@ def swapped_processors(attention_modules: Mapping[str, Any], make: Callable[[Any
     finally:
         for name, module in attention_modules.items():
             module.processor = originals[name]
+
+
+class KeysValues:
+    """A call part: RAS attention for one prepared call. A stage that keeps keys and values gets a fresh
+    store; the adapter's stand-in processors go on the transformer the first time one is needed and come off
+    when the call ends. Model knowledge comes in as two callables: the attention modules by name, and the
+    stand-in for one of them."""
+
+    def __init__(
+        self, modules: Callable[[], Mapping[str, Any]], stand_in: Callable[[Any, str], Any], slots: int
+    ) -> None:
+        self.modules, self.stand_in, self.slots = modules, stand_in, slots
+        self.store: KVStore | None = None
+        self._processors: ExitStack | None = None
+        self._swapped = False
+
+    def begin_stage(self, stage: Any) -> None:
+        self.store = None
+        if stage.cached_attention:
+            self.ensure_processors()
+            self.store = KVStore(stage.num_tokens, self.slots)
+
+    def ensure_processors(self) -> None:
+        """Put the stand-in processors on the transformer for the rest of the run (once)."""
+        if not self._swapped:
+            assert self._processors is not None, "stand-in processors are for the duration of running()"
+            self._processors.enter_context(swapped_processors(self.modules(), self.stand_in))
+            self._swapped = True
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        with ExitStack() as processors:
+            self._processors = processors
+            try:
+                yield
+            finally:
+                self._processors, self.store, self._swapped = None, None, False
+
+    def routing(self, slots: Sequence[int], active: torch.Tensor | None) -> AbstractContextManager[None]:
+        """Around one transformer evaluation: which store slots its rows are and which tokens they carry."""
+        return nullcontext() if self.store is None else self.store.routing(slots, active)
+
+    def nbytes(self) -> int:
+        return 0 if self.store is None else self.store.nbytes
 
 
 def counting_cached_attention(

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from ralu_core.adapter import ModelAdapter
+from ralu_core.adapter import ChecksBeforeLoading, EmbedsModels, ModelAdapter, embedded_models
 from ralu_core.errors import RaluError, did_you_mean
 from ralu_core.plugins import Registry
 
@@ -42,8 +42,9 @@ class ModelSource:
             if path.is_file():
                 return dict(json.loads(path.read_text(encoding="utf-8")))
             return None
-        if self.kind == "embedded" and self.adapter is not None:
-            return self.adapter.embedded_config(self.name, component)
+        embeds = self.adapter if isinstance(self.adapter, EmbedsModels) else None
+        if self.kind == "embedded" and embeds is not None:
+            return embeds.embedded_config(self.name, component)
         if self.kind == "hub":
             found = _hub_file(self.name, f"{component}/config.json")
             return None if found is None else dict(json.loads(Path(found).read_text(encoding="utf-8")))
@@ -66,9 +67,8 @@ class ModelSource:
 
     def size_rule(self, coarsest_level: int) -> tuple[int, str] | None:
         """(multiple, why) every image side must satisfy, from the stored configs; None if unknown."""
-        if self.adapter is None:
-            return None
-        return self.adapter.size_rule_from_configs(self.read_config, coarsest_level)
+        checks = self.adapter if isinstance(self.adapter, ChecksBeforeLoading) else None
+        return None if checks is None else checks.size_rule_from_configs(self.read_config, coarsest_level)
 
 
 def _hub_cached(repo: str, filename: str) -> str | None:
@@ -142,7 +142,7 @@ def _adapter_for_class(registry: Registry, class_name: str | None) -> ModelAdapt
 
 def known_model_names(registry: Registry) -> list[str]:
     """Named models and embedded pipelines ``--model`` accepts by name."""
-    embedded = [n for e in registry.adapters.values() for n in e.obj.embedded_models]
+    embedded = [n for e in registry.adapters.values() for n in embedded_models(e.obj)]
     return sorted({*registry.models, *embedded})
 
 
@@ -158,7 +158,7 @@ def resolve_model_source(registry: Registry, model: str) -> ModelSource:
             name=model, kind="named", adapter=adapter, pipeline_class=pipeline_class, folder=named.obj.folder
         )
     for entry in registry.adapters.values():
-        if model in entry.obj.embedded_models:
+        if model in embedded_models(entry.obj):
             adapter = entry.obj
             return ModelSource(name=model, kind="embedded", adapter=adapter, pipeline_class=adapter.pipeline_classes[0])
     path = Path(model).expanduser()

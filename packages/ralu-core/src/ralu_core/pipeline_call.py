@@ -1,10 +1,10 @@
-"""What every adapter of a diffusers pipeline shares: VAE decoding, output handling, progress bars,
-and the lifecycle of the cache hooks a user enabled on the transformer.
+"""What every call of a diffusers pipeline shares: VAE decoding and output handling (`DiffusersImages`),
+and the lifecycle of the cache hooks on the transformer (`DiffusersHooks`, a call part).
 
 Both FluxPipeline and StableDiffusion3Pipeline undo the latent normalisation
 (``latent / scaling_factor + shift_factor``), decode with an ``AutoencoderKL``, post-process with the
 pipeline's image processor, free offloaded models and wrap the images in their own output class.
-`DiffusersCall` does exactly that, generically, so an adapter's call only adds what is particular to
+`DiffusersImages` does exactly that, generically, so an adapter's call only adds what is particular to
 its model: prompt encoding, token layout and the transformer evaluation.
 
 diffusers' cache hooks (first-block, TaylorSeer, MagCache, FasterCache, pyramid attention broadcast)
@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 
-from ralu_core.adapter import ModelCall, ProgressBar
 from ralu_core.diffusers_private import (
     drop_hook_registry,
     hook_registry,
@@ -41,68 +40,69 @@ def default_num_inference_steps(pipeline: Any) -> int:
     return int(inspect.signature(type(pipeline).__call__).parameters["num_inference_steps"].default)
 
 
-class DiffusersCall(ModelCall):
-    """A prepared call of a diffusers pipeline with an ``AutoencoderKL`` and an image processor.
+class DiffusersHooks:
+    """A call part: the lifecycle of the diffusers hooks on the pipeline's transformer (the caches a user
+    enabled, or a recipe's block-level cache), and the current timestep diffusers' callbacks read."""
 
-    Subclasses set ``pipe``, ``output_type`` and ``return_dict``, and implement the model-specific part.
-    """
-
-    pipe: Any
-    output_type: str | None
-    return_dict: bool
-
-    _hooked: bool = False
-    _tells_timestep: bool = False
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+        self.hooked = False
+        self.tells_timestep = isinstance(getattr(type(pipe), "current_timestep", None), property)
 
     def begin_stage(self, stage: StageInfo) -> None:
         # Looked at again per stage: a cache limited to some stages hooks in at their start and out at their end.
         transformer = self.pipe.transformer
-        self._hooked = has_diffusers_hooks(transformer)
-        if self._hooked:
+        self.hooked = has_diffusers_hooks(transformer)
+        if self.hooked:
             refresh_hook_registries(transformer)
             reset_stateful_hooks(transformer)
 
+    def nbytes(self) -> int:
+        return 0
+
     @contextmanager
-    def _running(self) -> Iterator[None]:
-        transformer = self.pipe.transformer
+    def running(self) -> Iterator[None]:
+        pipe, transformer = self.pipe, self.pipe.transformer
         had_registry = stateful_hook_registry(transformer) is not None
-        self._hooked = has_diffusers_hooks(transformer)
-        self._tells_timestep = isinstance(getattr(type(self.pipe), "current_timestep", None), property)
-        had_timestep = "_current_timestep" in vars(self.pipe)
-        saved = getattr(self.pipe, "_current_timestep", None)
-        if self._hooked:
+        self.hooked = has_diffusers_hooks(transformer)
+        had_timestep = "_current_timestep" in vars(pipe)
+        saved = getattr(pipe, "_current_timestep", None)
+        if self.hooked:
             refresh_hook_registries(transformer)
             reset_stateful_hooks(transformer)
         try:
             yield
         finally:
-            _CURRENT_TIMESTEPS.pop(self.pipe, None)
+            _CURRENT_TIMESTEPS.pop(pipe, None)
             _CURRENT_TIMESTEPS.pop(transformer, None)
             if had_timestep:
-                self.pipe._current_timestep = saved
-            elif "_current_timestep" in vars(self.pipe):
-                del self.pipe._current_timestep
+                pipe._current_timestep = saved
+            elif "_current_timestep" in vars(pipe):
+                del pipe._current_timestep
             reset_stateful_hooks(transformer)
             registry = stateful_hook_registry(transformer)
             if not had_registry and registry is not None and not registry.hooks:
                 drop_hook_registry(transformer)  # diffusers added it for the contexts; leave the model as it was
 
-    def running(self) -> AbstractContextManager[None]:
-        return self._running()
-
-    def denoiser_context(
-        self, name: str, step: StepInfo | None, timestep: torch.Tensor
-    ) -> AbstractContextManager[None]:
+    def context(self, name: str, step: StepInfo | None, timestep: torch.Tensor) -> AbstractContextManager[None]:
         """Around one transformer evaluation: the current timestep (what diffusers' timestep callbacks read:
         ``pipe.current_timestep`` where the pipeline has it, `current_timestep(pipe)` everywhere) and, where
         the transformer has hooks, the named cache context with the step it serves (index and count within
         the current stage)."""
         _CURRENT_TIMESTEPS[self.pipe] = _CURRENT_TIMESTEPS[self.pipe.transformer] = timestep
-        if self._tells_timestep:
+        if self.tells_timestep:
             self.pipe._current_timestep = timestep
-        if not self._hooked:
+        if not self.hooked:
             return nullcontext()
         return cache_context(self.pipe.transformer, name, step, timestep)
+
+
+class DiffusersImages:
+    """Latents to the pipeline's own output: its VAE (``latent / scaling_factor + shift_factor``), its image
+    processor, its model offloading and its output class, as its ``__call__`` ends."""
+
+    def __init__(self, pipe: Any, output_type: str | None, return_dict: bool) -> None:
+        self.pipe, self.output_type, self.return_dict = pipe, output_type, return_dict
 
     def vae_latent(self, latent: torch.Tensor) -> torch.Tensor:
         """Model latent -> VAE latent (undo the pipeline's normalisation), on the VAE's device and dtype."""
@@ -111,10 +111,11 @@ class DiffusersCall(ModelCall):
         return latent.to(device=vae.device, dtype=vae.dtype)
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) latent -> (B, 3, H, W) RGB in [0, 1]."""
         image: torch.Tensor = self.pipe.vae.decode(self.vae_latent(latent), return_dict=False)[0]
         return (image.float() / 2 + 0.5).clamp(0, 1)
 
-    def pipeline_output(self, latent_image: torch.Tensor, latents: torch.Tensor, output_cls: Any) -> Any:
+    def output(self, latent_image: torch.Tensor, latents: torch.Tensor, output_cls: Any) -> Any:
         """The pipeline's own output for the final latent image (``latents``: what output_type="latent" returns)."""
         if self.output_type == "latent":
             image: Any = latents
@@ -125,9 +126,6 @@ class DiffusersCall(ModelCall):
         if not self.return_dict:
             return (image,)
         return output_cls(images=image)
-
-    def progress_bar(self, total: int) -> AbstractContextManager[ProgressBar]:
-        return self.pipe.progress_bar(total=total)  # type: ignore[no-any-return]
 
 
 _CURRENT_TIMESTEPS: weakref.WeakKeyDictionary[Any, torch.Tensor] = weakref.WeakKeyDictionary()

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import yaml
 
-from ralu_core.adapter import check_image_size, image_side
+from ralu_core.adapter import ChecksBeforeLoading, check_image_size, image_side
 from ralu_core.errors import RaluError, did_you_mean
 from ralu_core.model_sources import ModelSource
 
@@ -135,7 +135,8 @@ def check_prompt_lengths(source: ModelSource, prompts: Sequence[str], call_kwarg
     """Refuse prompts longer than the model's main text encoder reads for this call (the rest would be cut
     off with only a warning), with its stored tokenizer alone, before any model loads. Skipped where the
     adapter or the tokenizer is not known before loading."""
-    limit = None if source.adapter is None else source.adapter.prompt_token_limit(call_kwargs)
+    checks = source.adapter if isinstance(source.adapter, ChecksBeforeLoading) else None
+    limit = None if checks is None else checks.prompt_token_limit(call_kwargs)
     if limit is None:
         return
     component, most = limit

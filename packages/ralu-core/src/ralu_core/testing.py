@@ -17,7 +17,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from ralu_core.adapter import FlopsProfile, ModelAdapter, ModelCall, ProgressBar, check_image_size
+from ralu_core.adapter import BoundCall, FlopsProfile, ModelAdapter, ModelCall, ProgressBar, check_image_size
 from ralu_core.flops import FlopCount
 from ralu_core.hookspecs import RegisterAdapter, hookimpl
 from ralu_core.randomness import GeneratorArg, per_image_generators, randn
@@ -149,7 +149,7 @@ class ToyFlopsProfile(FlopsProfile):
 
 
 class ToyAdapter(ModelAdapter):
-    """Model adapter for `ToyPipeline`."""
+    """Model adapter for `ToyPipeline`, with the capabilities of counting FLOPs and an embedded model."""
 
     name: ClassVar[str] = "toy"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("ToyPipeline",)
@@ -161,7 +161,7 @@ class ToyAdapter(ModelAdapter):
     def supports(self, pipeline: Any) -> bool:
         return isinstance(pipeline, ToyPipeline)
 
-    def prepare(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ToyCall:
+    def bind(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> BoundCall:
         def bind(
             prompt: str | list[str] = "",
             *,
@@ -171,15 +171,27 @@ class ToyAdapter(ModelAdapter):
             num_inference_steps: int | None = None,
             num_images_per_prompt: int = 1,
             output_type: str = "pt",
-        ) -> ToyCall:
+        ) -> BoundCall:
             check_image_size(height, width, pipeline.pixels * pipeline.patch * 2**coarsest_level, "for the toy model")
             batch = (1 if isinstance(prompt, str) else len(prompt)) * num_images_per_prompt
             per_image_generators(generator, batch)
-            return ToyCall(pipeline, height, width, batch, generator, num_inference_steps, output_type)
+            unit = pipeline.pixels * pipeline.patch
+            grid = TokenGrid(rows=height // unit, cols=width // unit, channels=pipeline.channels, patch=pipeline.patch)
 
-        call = bind(*args, **kwargs)
-        self.calls.append(call)
-        return call
+            def prepare() -> ToyCall:
+                call = ToyCall(pipeline, height, width, batch, generator, num_inference_steps, output_type)
+                self.calls.append(call)
+                return call
+
+            return BoundCall(
+                denoiser=None,
+                grid=grid,
+                requested_steps=num_inference_steps,
+                default_steps=pipeline.default_steps,
+                prepare=prepare,
+            )
+
+        return bind(*args, **kwargs)
 
     def flops_profile(self, source: str | Path) -> FlopsProfile:
         if str(source) != "toy":
@@ -193,8 +205,14 @@ class ToyAdapter(ModelAdapter):
 
     def embedded_pipeline(self, name: str) -> Any:
         if name != "toy":
-            return super().embedded_pipeline(name)
+            raise KeyError(f"the toy adapter has no embedded model {name!r}")
         return ToyPipeline()
+
+    def embedded_config(self, name: str, component: str) -> None:
+        return None
+
+    def embedded_note(self, name: str) -> str:
+        return ""
 
 
 class ToyPlugin:

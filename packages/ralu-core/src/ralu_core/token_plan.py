@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 import torch
 
-from ralu_core.errors import PluginError
+from ralu_core.errors import PluginError, RecipeError
 from ralu_core.runtime import RecipeRuntime
 from ralu_core.strategies.base import TokenSelector
 from ralu_core.tokens import HALF
@@ -111,3 +111,16 @@ def step_plan_problems(runtime: RecipeRuntime, steps_per_stage: tuple[int, ...])
         working = {s: n for s, n in enumerate(steps_per_stage) if slot.active_in(s)}
         problems += [f"$.cache[{index}]: {p}" for p in slot.cache.check_stages(working)]
     return problems
+
+
+def check_call_plan(runtime: RecipeRuntime, full_tokens: int, steps: int) -> list[StageTokens]:
+    """The one check of a call's plan, before any model runs: each selector's token counts for this grid
+    (PluginError), and each per-step selector and cache against the stages' step counts for a call of `steps`
+    (RecipeError listing every problem: a dense reset step beyond a stage's end is refused here, not at that
+    step)."""
+    plan = plan_tokens(runtime, full_tokens)
+    steps_per_stage = runtime.schedule.planned_steps([stage.spec for stage in runtime.stages], steps)
+    problems = step_plan_problems(runtime, steps_per_stage)
+    if problems:
+        raise RecipeError(runtime.recipe.name, [f"{p} (for a call of {steps} steps)" for p in problems])
+    return plan

@@ -22,7 +22,7 @@ from ralu_core.adapter import FlopsProfile, iter_chunks
 from ralu_core.arguments import PipelineArguments
 from ralu_core.dit import DiTAdapter, DiTCall
 from ralu_core.errors import CallError
-from ralu_core.strategies.base import BlockFeatures, StepInfo, TokenwiseFeatures
+from ralu_core.strategies.base import BlockFeatures, ModelBlocks, StepInfo, TokenwiseFeatures
 from ralu_core.tokens import TokenGrid, TokenState, gather_tokens
 from ralu_flux.attention import FluxTokenProcessor, Rotary, attention_modules, attention_problems
 
@@ -75,13 +75,12 @@ class FluxArguments(PipelineArguments):
 class FluxCall(DiTCall):
     """One prepared FluxPipeline call."""
 
-    row_rotary: Rotary | None = None
-    """During one transformer evaluation of images at different positions: each row's rotary embedding."""
-    _rows_ok: bool | None = None
-
     def __init__(self, pipe: Any, args: FluxArguments, height: int, width: int) -> None:
         super().__init__(pipe, args, height, width)
         self.grid = flux_grid(pipe, height, width)
+        self.row_rotary: Rotary | None = None
+        """During one transformer evaluation of images at different positions: each row's rotary embedding."""
+        self._rows_ok: bool | None = None
         lora_scale = self.joint_attention_kwargs.get("scale")
 
         def encode(prompt: Any, prompt_2: Any, embeds: Any, pooled: Any) -> tuple[torch.Tensor, ...]:
@@ -125,8 +124,13 @@ class FluxCall(DiTCall):
         )
         self.num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
         # FluxPipeline always computes mu (the scheduler ignores it unless it shifts with resolution).
-        self.mu = self.shift_mu(self.grid.num_tokens, max_shift=1.15)
-        self.default_shift = self.scheduler_shift
+        self.mu = self.schedule.shift_mu(self.grid.num_tokens, max_shift=1.15)
+        self.default_shift = self.schedule.shift(self.mu)
+        self.keep_keys_values(
+            lambda: attention_modules(pipe.transformer),
+            lambda original, layer: FluxTokenProcessor(original, layer, lambda: self.kv_store, lambda: self.row_rotary),
+            slots=self.batch_size * (2 if self.true_cfg else 1),
+        )
 
     def custom_sigmas(self, steps: int) -> list[float] | None:
         if getattr(self.pipe.scheduler.config, "use_flow_sigmas", False):
@@ -251,21 +255,9 @@ class FluxCall(DiTCall):
         positions are evaluated apart."""
         if self._rows_ok is None:
             self._rows_ok = not attention_problems(self.pipe.transformer)
-        if self._rows_ok:
-            self.ensure_stand_in_processors()
+        if self._rows_ok and self.keys_values is not None:
+            self.keys_values.ensure_processors()
         return self._rows_ok
-
-    # --- RAS attention ------------------------------------------------------------------------------
-
-    @property
-    def kv_slots(self) -> int:
-        return self.batch_size * (2 if self.true_cfg else 1)
-
-    def attention_modules(self) -> dict[str, Any]:
-        return attention_modules(self.pipe.transformer)
-
-    def cached_processor(self, original: Any, layer: str) -> FluxTokenProcessor:
-        return FluxTokenProcessor(original, layer, lambda: self.kv_store, lambda: self.row_rotary)
 
     # --- pixels ---------------------------------------------------------------------------------
 
@@ -274,7 +266,7 @@ class FluxCall(DiTCall):
 
         latents = state.values  # packed, what FluxPipeline returns for output_type="latent"
         unpacked = self.pipe._unpack_latents(latents, self.height, self.width, self.pipe.vae_scale_factor)
-        return self.pipeline_output(unpacked, latents, FluxPipelineOutput)
+        return self.images.output(unpacked, latents, FluxPipelineOutput)
 
 
 def rows_index(rows: list[int], device: torch.device) -> slice | torch.Tensor:
@@ -319,25 +311,26 @@ class FluxAdapter(DiTAdapter):
     Arguments = FluxArguments
     architecture: ClassVar[str] = "FLUX"
     size_rule_reads_transformer: ClassVar[bool] = False  # FLUX packs 2 x 2 latent pixels whatever its config
-    cached_attention: ClassVar[bool] = True
     long_text_tokenizer: ClassVar[str | None] = "tokenizer_2"  # T5
-    block_features: ClassVar[Mapping[str, BlockFeatures]] = {
-        # Double-stream: the image and text attention outputs (one module, two outputs) and feed-forwards.
-        "FluxTransformerBlock": BlockFeatures(forecast=("attn", "ff", "ff_context")),
-        # Single-stream: the fused attention + MLP output (proj_out); its two inputs feed nothing else.
-        "FluxSingleTransformerBlock": BlockFeatures(forecast=("proj_out",), feeds_forecast=("attn", "proj_mlp")),
-    }
-    token_features: ClassVar[Mapping[str, TokenwiseFeatures]] = {
-        # Text tokens come first in FLUX's joint attention. Double-stream: the feed-forwards per token (the
-        # attention output, projections included, reused whole). Single-stream: the MLP input projection and
-        # the fused output projection per token (the attention reused whole).
-        "FluxTransformerBlock": TokenwiseFeatures(
-            attention="attn", text_first=True, image=("ff",), text=("ff_context",), ratio_weight=0.4
-        ),
-        "FluxSingleTransformerBlock": TokenwiseFeatures(
-            attention="attn", text_first=True, joint=("proj_mlp", "proj_out"), ratio_weight=1.6
-        ),
-    }
+    blocks: ClassVar[ModelBlocks] = ModelBlocks(
+        block_features={
+            # Double-stream: the image and text attention outputs (one module, two outputs) and feed-forwards.
+            "FluxTransformerBlock": BlockFeatures(forecast=("attn", "ff", "ff_context")),
+            # Single-stream: the fused attention + MLP output (proj_out); its two inputs feed nothing else.
+            "FluxSingleTransformerBlock": BlockFeatures(forecast=("proj_out",), feeds_forecast=("attn", "proj_mlp")),
+        },
+        token_features={
+            # Text tokens come first in FLUX's joint attention. Double-stream: the feed-forwards per token (the
+            # attention output, projections included, reused whole). Single-stream: the MLP input projection and
+            # the fused output projection per token (the attention reused whole).
+            "FluxTransformerBlock": TokenwiseFeatures(
+                attention="attn", text_first=True, image=("ff",), text=("ff_context",), ratio_weight=0.4
+            ),
+            "FluxSingleTransformerBlock": TokenwiseFeatures(
+                attention="attn", text_first=True, joint=("proj_mlp", "proj_out"), ratio_weight=1.6
+            ),
+        },
+    )
 
     def cached_attention_problems(self, pipeline: Any) -> list[str]:
         return attention_problems(pipeline.transformer)

@@ -22,7 +22,7 @@ from ralu_core.adapter import FlopsProfile
 from ralu_core.arguments import PipelineArguments
 from ralu_core.dit import DiTAdapter, DiTCall
 from ralu_core.errors import CallError
-from ralu_core.strategies.base import BlockFeatures, StepInfo, TokenwiseFeatures
+from ralu_core.strategies.base import BlockFeatures, ModelBlocks, StepInfo, TokenwiseFeatures
 from ralu_core.tokens import TokenGrid, TokenState, dense_level, gather_tokens, image_to_tokens, tokens_to_image
 from ralu_sd3.attention import CachedKVJointProcessor, attention_modules, attention_problems
 from ralu_sd3.forward import strip_positions, tokens_to_strip
@@ -115,8 +115,13 @@ class SD3Call(DiTCall):
         # The pipeline's CFG layout: one batch of [uncond; cond].
         self.embeds = torch.cat([negative, embeds]) if self.cfg else embeds
         self.pooled = torch.cat([negative_pooled, pooled]) if self.cfg else pooled
-        self.mu = args.mu if args.mu is not None else self.resolution_shift(self.grid.num_tokens, max_shift=1.16)
-        self.default_shift = self.scheduler_shift
+        self.mu = args.mu if args.mu is not None else self.schedule.resolution_shift(self.grid.num_tokens, 1.16)
+        self.default_shift = self.schedule.shift(self.mu)
+        self.keep_keys_values(
+            lambda: attention_modules(pipe.transformer),
+            lambda original, layer: CachedKVJointProcessor(original, layer, lambda: self.kv_store),
+            slots=self.batch_size * (2 if self.cfg else 1),
+        )
 
     def initial_noise(self) -> torch.Tensor:
         if self.args.latents is not None:
@@ -184,23 +189,11 @@ class SD3Call(DiTCall):
             strip = self._evaluate(tokens_to_strip(values, self.grid.channels, self.patch), t, step, active)
         return image_to_tokens(strip, self.patch)
 
-    # --- RAS attention ------------------------------------------------------------------------------
-
-    @property
-    def kv_slots(self) -> int:
-        return self.batch_size * (2 if self.cfg else 1)
-
-    def attention_modules(self) -> dict[str, Any]:
-        return attention_modules(self.pipe.transformer)
-
-    def cached_processor(self, original: Any, layer: str) -> CachedKVJointProcessor:
-        return CachedKVJointProcessor(original, layer, lambda: self.kv_store)
-
     def finish(self, state: TokenState) -> Any:
         from diffusers.pipelines.stable_diffusion_3.pipeline_output import StableDiffusion3PipelineOutput
 
         latents = tokens_to_image(state.values, self.grid.rows, self.grid.cols, self.grid.channels, self.patch)
-        return self.pipeline_output(latents, latents, StableDiffusion3PipelineOutput)
+        return self.images.output(latents, latents, StableDiffusion3PipelineOutput)
 
 
 class SD3Adapter(DiTAdapter):
@@ -212,20 +205,21 @@ class SD3Adapter(DiTAdapter):
     embedded_models: ClassVar[tuple[str, ...]] = ("sd3-tiny", "sd35-tiny", "sd3-mid")
     Arguments = SD3Arguments
     architecture: ClassVar[str] = "SD3"
-    cached_attention: ClassVar[bool] = True
-    last_block_returns_text: ClassVar[bool] = False  # the last joint block is `context_pre_only`
-    block_features: ClassVar[Mapping[str, BlockFeatures]] = {
-        # Joint blocks: attention (image and text outputs), SD3.5's second image attention, the feed-forwards
-        # (the last block has no text feed-forward and SD3 no `attn2`: absent names are skipped).
-        "JointTransformerBlock": BlockFeatures(forecast=("attn", "attn2", "ff", "ff_context")),
-    }
-    token_features: ClassVar[Mapping[str, TokenwiseFeatures]] = {
-        # Image tokens come first in SD3's joint attention; the feed-forwards per token, the attentions
-        # (SD3.5's second, image-only one too) reused whole. ToCa has no official SD3 code: weight 1.
-        "JointTransformerBlock": TokenwiseFeatures(
-            attention="attn", text_first=False, image=("ff",), text=("ff_context",), also_reused=("attn2",)
-        ),
-    }
+    blocks: ClassVar[ModelBlocks] = ModelBlocks(
+        last_block_returns_text=False,  # the last joint block is `context_pre_only`
+        block_features={
+            # Joint blocks: attention (image and text outputs), SD3.5's second image attention, the feed-forwards
+            # (the last block has no text feed-forward and SD3 no `attn2`: absent names are skipped).
+            "JointTransformerBlock": BlockFeatures(forecast=("attn", "attn2", "ff", "ff_context")),
+        },
+        token_features={
+            # Image tokens come first in SD3's joint attention; the feed-forwards per token, the attentions
+            # (SD3.5's second, image-only one too) reused whole. ToCa has no official SD3 code: weight 1.
+            "JointTransformerBlock": TokenwiseFeatures(
+                attention="attn", text_first=False, image=("ff",), text=("ff_context",), also_reused=("attn2",)
+            ),
+        },
+    )
     long_text_tokenizer: ClassVar[str | None] = "tokenizer_3"  # T5
 
     def cached_attention_problems(self, pipeline: Any) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import attrs
 import torch
@@ -278,14 +278,38 @@ class TokenwiseFeatures:
     """The official ToCa code's weight on this block kind's fresh ratio (FLUX: 0.4 double, 1.6 single)."""
 
 
-class AdapterFacts(Protocol):
-    """What a model adapter declares about its models that a strategy may check a recipe against, with no
-    model loaded (every `ModelAdapter` provides these)."""
+@attrs.frozen(kw_only=True)
+class ModelBlocks:
+    """What an adapter declares about its model's blocks, for caches that reach inside them (adapter knowledge,
+    known with no model loaded)."""
 
-    name: ClassVar[str]
-    last_block_returns_text: ClassVar[bool]
-    block_features: ClassVar[Mapping[str, BlockFeatures]]
-    token_features: ClassVar[Mapping[str, TokenwiseFeatures]]
+    last_block_returns_text: bool = True
+    """Whether the denoiser's last block returns the text stream as well as the image stream (False for SD3,
+    whose last joint block is `context_pre_only`): caches that add a residual to both streams need it."""
+    block_features: Mapping[str, BlockFeatures] = attrs.field(factory=dict)
+    """Per block class name: what feature-level caches (TaylorSeer) may forecast in it; empty: refused."""
+    token_features: Mapping[str, TokenwiseFeatures] = attrs.field(factory=dict)
+    """Per block class name: what token-wise caches (ToCa) may reuse per token in it; empty: refused."""
+
+
+@attrs.frozen(kw_only=True)
+class AdapterFacts:
+    """What a strategy may check a recipe against: the adapter's name and its declared blocks."""
+
+    name: str
+    blocks: ModelBlocks = ModelBlocks()
+
+    @property
+    def last_block_returns_text(self) -> bool:
+        return self.blocks.last_block_returns_text
+
+    @property
+    def block_features(self) -> Mapping[str, BlockFeatures]:
+        return self.blocks.block_features
+
+    @property
+    def token_features(self) -> Mapping[str, TokenwiseFeatures]:
+        return self.blocks.token_features
 
 
 class FeatureCache(Strategy):
