@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -17,15 +15,6 @@ CALL = {"max_sequence_length": 16, "output_type": "np"}
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-@pytest.mark.parametrize(("steps", "height", "width"), [(1, 64, 64), (4, 64, 96), (9, 96, 64)])
-def test_baseline_recipe_reproduces_the_pipeline(pipe, steps: int, height: int, width: int) -> None:  # type: ignore[no-untyped-def]
-    kwargs = {**CALL, "height": height, "width": width, "num_inference_steps": steps}
-    expected = pipe("a red circle", generator=gen(0), **kwargs).images
-    actual = ralu_core.accelerate(pipe, "flux-baseline")("a red circle", generator=gen(0), **kwargs).images
-    assert actual.shape == expected.shape == (1, height, width, 3)
-    assert np.abs(actual - expected).max() < 1e-5
 
 
 def test_baseline_reproduces_true_cfg_and_latent_output(pipe) -> None:  # type: ignore[no-untyped-def]
@@ -42,58 +31,6 @@ def test_baseline_reproduces_true_cfg_and_latent_output(pipe) -> None:  # type: 
     actual = ralu_core.accelerate(pipe, "flux-baseline")("a red circle", generator=gen(1), **kwargs).images
     assert actual.shape == expected.shape == (1, 16, 64)
     assert torch.allclose(actual, expected, atol=1e-5)
-
-
-def snapshot(pipe) -> dict[str, object]:  # type: ignore[no-untyped-def]
-    weights = {}
-    for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
-        for key, value in getattr(pipe, name).state_dict().items():
-            weights[f"{name}.{key}"] = value.clone()
-    values = (int, float, str, bool, type(None), dict, list, tuple)
-    # Plain values by value; other objects (tokenizers, scheduler, processor) must stay the same objects.
-    plain = {k: copy.deepcopy(v) if isinstance(v, values) else v for k, v in vars(pipe).items()}
-    scheduler = {k: (v.clone() if torch.is_tensor(v) else copy.deepcopy(v)) for k, v in vars(pipe.scheduler).items()}
-    return {
-        "weights": weights,
-        "plain": plain,
-        "scheduler": scheduler,
-        "processors": dict(pipe.transformer.attn_processors),
-    }
-
-
-def assert_same(before: dict[str, object], after: dict[str, object]) -> None:
-    assert before.keys() == after.keys()
-    for key in before:
-        a, b = before[key], after[key]
-        if isinstance(a, dict):
-            assert isinstance(b, dict)
-            assert_same(a, b)
-        elif torch.is_tensor(a):
-            assert torch.is_tensor(b) and torch.equal(a, b)
-        elif isinstance(a, np.ndarray):
-            assert np.array_equal(a, b)
-        else:
-            assert a == b or a is b, key
-
-
-def test_the_users_pipeline_is_left_unchanged(pipe) -> None:  # type: ignore[no-untyped-def]
-    before = snapshot(pipe)
-    for recipe in ("ralu-flux-7x", "flux-baseline"):
-        ralu_core.accelerate(pipe, recipe)(["a", "b"], height=64, width=64, generator=seeded_generators(0, 1), **CALL)
-    assert_same(before, snapshot(pipe))
-    expected = pipe("a", height=64, width=64, num_inference_steps=2, generator=gen(0), **CALL).images
-    again = pipe("a", height=64, width=64, num_inference_steps=2, generator=gen(0), **CALL).images
-    assert np.array_equal(expected, again)
-
-
-@pytest.mark.parametrize("recipe", ["ralu-flux-7x", "ralu-flux-4x"])
-def test_a_batch_equals_single_calls(pipe, recipe: str) -> None:  # type: ignore[no-untyped-def]
-    fast = ralu_core.accelerate(pipe, recipe)
-    kwargs = {**CALL, "height": 128, "width": 96}
-    batch = fast(["a red circle", "a blue square"], generator=seeded_generators(3, 4), **kwargs).images
-    first = fast("a red circle", generator=seeded_generators(3), **kwargs).images
-    second = fast("a blue square", generator=seeded_generators(4), **kwargs).images
-    assert np.abs(batch - np.concatenate([first, second])).max() < 1e-5
 
 
 @pytest.mark.parametrize("recipe", ["flux-baseline", "ralu-flux-7x"])
@@ -143,14 +80,6 @@ def test_num_images_per_prompt_with_one_generator_per_image(pipe) -> None:  # ty
     single = fast("a red circle", generator=seeded_generators(6), height=64, width=64, **CALL).images
     assert images.shape == (2, 64, 64, 3)
     assert np.abs(images[1:] - single).max() < 1e-5 and np.abs(images[0] - images[1]).max() > 1e-3
-
-
-def test_a_seed_reproduces_an_image(pipe) -> None:  # type: ignore[no-untyped-def]
-    fast = ralu_core.accelerate(pipe, "ralu-flux-7x")
-    a = fast("a red circle", generator=gen(11), height=64, width=64, **CALL).images
-    b = fast("a red circle", generator=gen(11), height=64, width=64, **CALL).images
-    c = fast("a red circle", generator=gen(12), height=64, width=64, **CALL).images
-    assert np.array_equal(a, b) and np.abs(a - c).max() > 1e-3
 
 
 def record_image_ids(pipe):  # type: ignore[no-untyped-def]
@@ -229,16 +158,6 @@ def test_return_dict_false_returns_a_tuple(pipe) -> None:  # type: ignore[no-unt
         "a", return_dict=False, height=64, width=64, generator=gen(0), max_sequence_length=16
     )
     assert isinstance(out, tuple) and len(out) == 1 and out[0][0].size == (64, 64)
-
-
-def test_every_builtin_recipe_resolves_and_runs(pipe) -> None:  # type: ignore[no-untyped-def]
-    registry = ralu_core.Registry.collect(ralu_core.create_plugin_manager())
-    assert {"flux-baseline", "ralu-flux-4x", "ralu-flux-5x", "ralu-flux-7x"} <= set(registry.recipes)
-    for name in ("ralu-flux-4x", "ralu-flux-5x", "ralu-flux-7x"):
-        fast = ralu_core.accelerate(pipe, name)
-        assert fast.recipe.model == "flux"
-        image = fast("a", generator=gen(0), height=64, width=64, **CALL).images
-        assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
 
 
 def test_bfloat16_pipeline_runs_and_keeps_half_offsets_exact() -> None:

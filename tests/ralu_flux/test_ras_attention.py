@@ -45,16 +45,6 @@ def test_cached_attention_agrees_with_the_dense_forward(pipe, true_cfg: bool) ->
     assert out.cache_bytes == layers * 2 * slots * 24 * width * 4  # 64 x 96 px -> 4 x 6 tokens, float32
 
 
-def test_ras_run_restores_processors_and_batch_equals_singles(pipe) -> None:  # type: ignore[no-untyped-def]
-    processors = dict(pipe.transformer.attn_processors)
-    accelerated = ralu_core.accelerate(pipe, ras())
-    batch = accelerated(["a red circle", "a blue square"], generator=[gen(1), gen(2)], **CALL).images
-    assert dict(pipe.transformer.attn_processors) == processors
-    for row, (prompt, seed) in enumerate([("a red circle", 1), ("a blue square", 2)]):
-        single = accelerated(prompt, generator=gen(seed), **CALL).images
-        torch.testing.assert_close(batch[row : row + 1], single, rtol=1e-4, atol=1e-4)
-
-
 @pytest.mark.parametrize("true_cfg", [False, True])
 def test_a_batch_shares_one_transformer_call_per_step_and_branch(pipe, true_cfg: bool) -> None:  # type: ignore[no-untyped-def]
     """The images of a batch pick different tokens, yet run in one call per step: our own stand-in processors,

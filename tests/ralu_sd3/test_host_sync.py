@@ -5,22 +5,16 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-import pytest
 import torch
 
 import ralu_core
+from ralu_core.conformance import CANNY_SYNCS
 from ralu_core.host_sync import HostSyncRecorder
 from ralu_sd3.positions import SinCosGrid
 
 CALL = {"max_sequence_length": 8, "output_type": "latent", "height": 128, "width": 128}
 
-CANNY = Counter(
-    {
-        "ralu_core/strategies/selectors.py in CannyEdgeSelector._edges": 1,
-        "ralu_core/strategies/selectors.py in CannyEdgeSelector._gradients": 1,
-    }
-)
-"""OpenCV's edge and gradient maps, made on the CPU, go back to the device once per Canny transition."""
+CANNY = CANNY_SYNCS
 
 
 def loop_syncs(pipe: Any, recipe: str, batch: int = 1, **kwargs: Any) -> Counter[str]:
@@ -29,20 +23,6 @@ def loop_syncs(pipe: Any, recipe: str, batch: int = 1, **kwargs: Any) -> Counter
     with HostSyncRecorder.step_loop() as recorder:
         ralu_core.accelerate(pipe, recipe)(prompts, generator=generators, **CALL, **kwargs)
     return Counter(record.where for record in recorder.records)
-
-
-@pytest.mark.parametrize(
-    ("recipe", "expected"),
-    [
-        ("sd3-baseline", Counter()),
-        ("ralu-sd3-3x", CANNY),
-        ("ras-sd3", Counter()),
-        ("ralu-ras-sd3-3x", CANNY),
-    ],
-)
-def test_the_step_loop_of_each_recipe_waits_only_for_canny(sd3, recipe: str, expected: Counter[str]) -> None:  # type: ignore[no-untyped-def]
-    steps = {"num_inference_steps": 3} if recipe == "sd3-baseline" else {}
-    assert loop_syncs(sd3, recipe, **steps) == expected
 
 
 def test_a_batch_of_sd35_images_at_their_own_positions(sd35) -> None:  # type: ignore[no-untyped-def]

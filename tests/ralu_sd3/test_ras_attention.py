@@ -45,7 +45,7 @@ def test_cached_attention_agrees_with_the_dense_forward(request, variant: str, g
     assert out.cache_bytes == layers * 2 * slots * tokens * width * 4
 
 
-def test_ras_run_batch_equals_singles_and_leaves_the_processors(sd35) -> None:  # type: ignore[no-untyped-def]
+def test_ras_run_on_sd35_batch_equals_singles_and_leaves_the_processors(sd35) -> None:  # type: ignore[no-untyped-def]
     processors = dict(sd35.transformer.attn_processors)
     accelerated = ralu_core.accelerate(sd35, ras())
     batch = accelerated(["a red circle", "a blue square"], generator=[gen(1), gen(2)], **CALL).images

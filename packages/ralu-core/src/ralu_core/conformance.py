@@ -1,4 +1,5 @@
-"""Checks an adapter's RAS attention against its own dense forward: what a conforming adapter guarantees.
+"""What every model adapter guarantees, as checks each adapter's tests run (`AdapterConformance`), and its
+RAS attention checked against its own dense forward (`cached_attention_outputs`).
 
 An adapter that sets ``cached_attention`` stands its own processors in for the model's while a stage
 keeps keys and values. Three things must then hold, on any pipeline it drives (tests of each adapter
@@ -13,12 +14,20 @@ package, and of third-party ones, assert them on `cached_attention_outputs`):
 
 from __future__ import annotations
 
-from typing import Any
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import attrs
 import torch
 
-from ralu_core.adapter import ModelAdapter
+from ralu_core.accelerated import accelerate
+from ralu_core.accounting import recipe_cost
+from ralu_core.adapter import CachedAttention, ModelAdapter, adapter_facts, bind_to_adapter, counting
+from ralu_core.compiling import compile_denoiser, graphs_compiled
+from ralu_core.host_sync import HostSyncRecorder
+from ralu_core.plugins import Registry, create_plugin_manager
+from ralu_core.recipes import find_recipe, resolve_recipe
 from ralu_core.strategies.base import StageInfo
 from ralu_core.tokens import TokenState, gather_tokens
 
@@ -81,3 +90,228 @@ def cached_attention_outputs(
 def dense_at(outputs: CachedAttentionOutputs) -> torch.Tensor:
     """The dense step's velocity at the subset's tokens, to compare with `outputs.subset`."""
     return gather_tokens(outputs.plain, outputs.active)
+
+
+CANNY_SYNCS = Counter(
+    {
+        "ralu_core/strategies/selectors.py in CannyEdgeSelector._edges": 1,
+        "ralu_core/strategies/selectors.py in CannyEdgeSelector._gradients": 1,
+    }
+)
+"""The only waits for the device a step loop may have: OpenCV's edge and gradient maps, made on the CPU, go
+back to the device once per Canny transition."""
+
+PROMPTS = ("a red circle", "a blue square")
+
+
+class RecipeConformance:
+    """pytest mixin: every recipe that `recipe_plugins` registered for the adapter runs, and a batch of images
+    equals the same images made one by one (non-square, seeded per image). Subclass as ``Test...``, set the class
+    attributes, implement `make_pipeline` (a tiny random-weight pipeline, built offline)."""
+
+    adapter_name: ClassVar[str]
+    recipe_plugins: ClassVar[tuple[str, ...]]
+    """The plugins whose recipes are run (e.g. the adapter's own, or ``("caching",)``)."""
+    height: ClassVar[int] = 64
+    width: ClassVar[int] = 96
+    """A non-square size that fits every recipe's coarsest level."""
+    call: ClassVar[Mapping[str, Any]] = {}
+    """Arguments every call takes (a short text length, to keep the tiny model quick)."""
+
+    _pipelines: ClassVar[dict[type, Any]] = {}
+
+    def make_pipeline(self) -> Any:
+        raise NotImplementedError
+
+    def pipeline(self) -> Any:
+        """The class's pipeline, built once (tests must leave it as they found it)."""
+        cls = type(self)
+        if cls not in RecipeConformance._pipelines:
+            pipe = self.make_pipeline()
+            pipe.set_progress_bar_config(disable=True)
+            RecipeConformance._pipelines[cls] = pipe
+        return RecipeConformance._pipelines[cls]
+
+    def registry(self) -> Registry:
+        return Registry.collect(create_plugin_manager())
+
+    def recipes(self) -> list[str]:
+        registry = self.registry()
+        return sorted(
+            name
+            for name, entry in registry.recipes.items()
+            if entry.plugin in self.recipe_plugins and find_recipe(name, registry).model == self.adapter_name
+        )
+
+    def latents(self, recipe: str, prompts: Sequence[str], seeds: Sequence[int], **kwargs: Any) -> torch.Tensor:
+        """The final latents of `recipe` on the class's pipeline, one generator per image."""
+        fast = accelerate(self.pipeline(), recipe)
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        prompt: Any = prompts[0] if len(prompts) == 1 else list(prompts)
+        kwargs = {"height": self.height, "width": self.width, **self.call, **kwargs, "output_type": "latent"}
+        return fast(prompt, generator=generators, **kwargs).images  # type: ignore[no-any-return]
+
+    def test_every_recipe_runs_and_a_batch_equals_single_calls(self) -> None:
+        recipes = self.recipes()
+        assert recipes, f"no recipes of {self.recipe_plugins} for {self.adapter_name!r} pipelines"
+        for recipe in recipes:
+            batch = self.latents(recipe, PROMPTS, (3, 4))
+            singles = torch.cat([self.latents(recipe, [p], [s]) for p, s in zip(PROMPTS, (3, 4), strict=True)])
+            assert batch.shape == singles.shape and torch.isfinite(batch).all(), recipe
+            gap = float((batch - singles).abs().max())
+            assert gap <= 1e-5, f"{recipe}: a batch differs from single calls by {gap}"
+
+
+class AdapterConformance(RecipeConformance):
+    """pytest mixin: what every model adapter guarantees on the pipelines it drives, beyond its model knowledge.
+    Its own recipes (`recipe_plugins`) run and a batch equals single calls; besides:
+
+    * the baseline recipe reproduces the plain pipeline bit for bit;
+    * the user's pipeline is left as it was (weights, processors, hooks, scheduler, attributes);
+    * a seed reproduces an image, another seed changes it;
+    * RAS attention with cached keys and values equals the dense forward where it should;
+    * the step loop waits for the device only where a recipe's strategy must (the Canny selector);
+    * compiled blocks give the eager latents, and a second call compiles nothing;
+    * every recipe is counted at full size on the meta device, RALU and RAS with fewer FLOPs than the baseline.
+    """
+
+    baseline: ClassVar[str]
+    steps: ClassVar[int] = 3
+    """Steps of the baseline calls."""
+    full_size: ClassVar[str]
+    """An architecture `ralu flops` counts (``flux-dev``)."""
+
+    def adapter(self) -> ModelAdapter:
+        return self.registry().resolve_adapter(self.pipeline())
+
+    def test_the_baseline_recipe_is_the_plain_pipeline_bit_for_bit(self) -> None:
+        pipe = self.pipeline()
+        kwargs = {"height": self.height, "width": self.width, **self.call, "num_inference_steps": self.steps}
+        plain = pipe(
+            list(PROMPTS), generator=[torch.Generator().manual_seed(s) for s in (0, 1)], output_type="latent", **kwargs
+        )
+        ours = self.latents(self.baseline, PROMPTS, (0, 1), num_inference_steps=self.steps)
+        assert torch.equal(ours, plain.images)
+
+    def test_the_users_pipeline_is_left_as_it_was(self) -> None:
+        pipe = self.pipeline()
+        before = pipeline_snapshot(pipe)
+        for recipe in self.recipes():
+            self.latents(recipe, PROMPTS[:1], (0,))
+        assert_same_snapshot(before, pipeline_snapshot(pipe))
+
+    def test_a_seed_reproduces_an_image_and_another_seed_changes_it(self) -> None:
+        for recipe in self.recipes():
+            a, b = (self.latents(recipe, PROMPTS[:1], (11,)) for _ in range(2))
+            c = self.latents(recipe, PROMPTS[:1], (12,))
+            assert torch.equal(a, b) and (a - c).abs().max() > 1e-3, recipe
+
+    def test_ras_attention_keeps_exact_keys_and_values(self) -> None:
+        adapter = self.adapter()
+        if not isinstance(adapter, CachedAttention):
+            return  # the adapter keeps no keys and values: `inactive: kv-cache` is refused (adapter_problems)
+        kwargs = {"prompt": list(PROMPTS), "height": self.height, "width": self.width, **self.call}
+        outputs = cached_attention_outputs(adapter, self.pipeline(), kwargs)
+        assert torch.equal(outputs.recorded, outputs.plain)
+        torch.testing.assert_close(outputs.everything, outputs.plain, rtol=0, atol=1e-5)
+        torch.testing.assert_close(outputs.subset, dense_at(outputs), rtol=0, atol=1e-5)
+        assert not torch.allclose(outputs.dropped, dense_at(outputs), atol=1e-4)  # the kept ones matter
+        assert outputs.cache_bytes > 0
+
+    def test_the_step_loop_waits_for_the_device_only_where_a_strategy_must(self) -> None:
+        registry = self.registry()
+        for recipe in self.recipes():
+            runtime = resolve_recipe(find_recipe(recipe, registry), registry)
+            canny = any(stage.selector is not None and stage.selector.name == "canny-edge" for stage in runtime.stages)
+            with HostSyncRecorder.step_loop() as recorder:
+                self.latents(recipe, PROMPTS, (0, 1))
+            found = Counter(record.where for record in recorder.records)
+            assert found == (CANNY_SYNCS if canny else Counter()), f"{recipe}: {recorder.format_summary()}"
+
+    def test_compiled_blocks_give_the_eager_latents_and_compile_once(self) -> None:
+        torch._dynamo.reset()
+        pipe = self.make_pipeline()
+        pipe.set_progress_bar_config(disable=True)
+        binding = self.adapter().bind(pipe, 0, (), {"prompt": PROMPTS[0], **self.call})
+        fast = {recipe: accelerate(pipe, recipe) for recipe in self.recipes()}
+        kwargs = {"height": self.height, "width": self.width, **self.call, "output_type": "latent"}
+
+        def run(recipe: str) -> torch.Tensor:
+            generators = [torch.Generator().manual_seed(seed) for seed in (0, 1)]
+            return fast[recipe](list(PROMPTS), generator=generators, **kwargs).images  # type: ignore[no-any-return]
+
+        eager = {recipe: run(recipe) for recipe in fast}
+        assert compile_denoiser(binding.denoiser, backend="eager") > 0
+        for recipe in fast:
+            first = run(recipe)
+            compiled = graphs_compiled()
+            second = run(recipe)
+            assert graphs_compiled() == compiled, f"{recipe} compiled again on its second call"
+            assert torch.equal(first, eager[recipe]) and torch.equal(second, eager[recipe]), recipe
+
+    def test_every_recipe_is_counted_at_full_size_on_the_meta_device(self) -> None:
+        registry = self.registry()
+        adapter = self.adapter()
+        profile = counting(adapter).flops_profile(self.full_size)
+        height, width = 1024, 1024
+        base = resolve_recipe(find_recipe(self.baseline, registry), registry)
+        bind_to_adapter(adapter, base)
+        baseline = recipe_cost(base, profile, height, width).total.tflops(False)
+        assert baseline > 0
+        for recipe in self.recipes():
+            runtime = resolve_recipe(find_recipe(recipe, registry), registry)
+            bind_to_adapter(adapter, runtime)
+            cost = recipe_cost(runtime, profile, height, width).total.tflops(False)
+            assert 0 < cost < baseline or recipe == self.baseline, f"{recipe}: {cost} of {baseline} TFLOPs"
+        assert adapter_facts(adapter).name == self.adapter_name
+
+
+def pipeline_snapshot(pipe: Any) -> dict[str, Any]:
+    """What a call must leave as it was: every module's weights and its attributes (by value where plain, by
+    identity otherwise: processors, hooks, forward methods), the pipeline's and its scheduler's attributes."""
+    import copy
+
+    plain = (int, float, str, bool, type(None), dict, list, tuple)
+
+    def attributes(obj: Any) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for key, value in vars(obj).items():
+            if torch.is_tensor(value):
+                found[key] = value.clone()
+            elif isinstance(value, plain):
+                found[key] = copy.deepcopy(value)
+            elif not isinstance(value, torch.nn.Module):
+                found[key] = value
+        return found
+
+    modules = {name: getattr(pipe, name) for name in vars(pipe) if isinstance(getattr(pipe, name), torch.nn.Module)}
+    state: dict[str, Any] = {"pipeline": attributes(pipe), "scheduler": attributes(pipe.scheduler)}
+    for name, module in modules.items():
+        state[name] = {key: value.clone() for key, value in module.state_dict().items()}
+        for sub_name, sub in module.named_modules():
+            state[f"{name}.{sub_name}:attributes"] = {
+                key: copy.copy(value) if isinstance(value, dict | list) else value
+                for key, value in vars(sub).items()
+                if key not in ("_parameters", "_buffers", "_modules")
+            }
+    return state
+
+
+def assert_same_snapshot(before: Mapping[str, Any], after: Mapping[str, Any], where: str = "") -> None:
+    assert before.keys() == after.keys(), f"{where}: {sorted(set(before) ^ set(after))}"
+    for key, a in before.items():
+        b = after[key]
+        if isinstance(a, Mapping):
+            assert isinstance(b, Mapping), f"{where}.{key}"
+            assert_same_snapshot(a, b, f"{where}.{key}")
+        elif torch.is_tensor(a):
+            assert torch.is_tensor(b) and torch.equal(a, b), f"{where}.{key}"
+        else:
+            assert a is b or _equal(a, b), f"{where}.{key}: {a!r} became {b!r}"
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
