@@ -13,6 +13,7 @@ PACKAGES = {
     "ralu-core": ["packages/ralu-core"],
     "ralu-flux": ["packages/ralu-core", "packages/ralu-flux"],
     "ralu-sd3": ["packages/ralu-core", "packages/ralu-sd3"],
+    "ralu-lumina": ["packages/ralu-core", "packages/ralu-lumina"],
     "ralu-bench": [
         "packages/ralu-core",
         "packages/ralu-flux",
@@ -30,6 +31,7 @@ EVERYTHING = [
     "packages/ralu-sd3",
     "packages/ralu-bench",
     "packages/ralu-caching",
+    "packages/ralu-lumina",
 ]
 
 

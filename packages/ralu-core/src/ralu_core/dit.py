@@ -14,8 +14,8 @@ from __future__ import annotations
 import abc
 import math
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import partial
 from importlib.resources import files
 from pathlib import Path
@@ -101,6 +101,9 @@ class DiTCall(ModelCall):
     schedule, its images (VAE and output), its transformer's hooks and, where the model keeps them, RAS's keys
     and values. A model's call adds its knowledge: prompt encoding, noise, tokens, the transformer call."""
 
+    dtype: torch.dtype
+    """The prompt embeddings' dtype (the model's call sets it): the latents are drawn in it."""
+
     def __init__(self, pipe: Any, args: Any, height: int, width: int) -> None:
         self.pipe = pipe
         self.args = args
@@ -141,6 +144,20 @@ class DiTCall(ModelCall):
         """Around one transformer evaluation: diffusers' named cache context and current timestep."""
         return self.hooks.context(name, step, timestep)
 
+    def latent_image_noise(self) -> torch.Tensor:
+        """(B, C, h, w) initial latents of a pipeline whose latents are images (SD3, Lumina): its own
+        ``prepare_latents``, or the call's `latents` after checking their shape. Needs `grid` and `dtype`."""
+        grid, dtype = self.grid, self.dtype
+        if self.args.latents is None:
+            return self.pipe.prepare_latents(  # type: ignore[no-any-return]
+                self.batch_size, grid.channels, self.height, self.width, dtype, self.device, self.generator, None
+            )
+        latents: torch.Tensor = self.args.latents.to(device=self.device, dtype=dtype)
+        expected = (self.batch_size, grid.channels, *grid.latent_size)
+        if tuple(latents.shape) != expected:
+            raise CallError(f"`latents` must have shape {expected}, got {tuple(latents.shape)}")
+        return latents
+
     def custom_sigmas(self, steps: int) -> list[float] | None:
         """The sigmas the pipeline passes to its scheduler (None: the scheduler's own)."""
         return None
@@ -153,6 +170,18 @@ class DiTCall(ModelCall):
 
     def progress_bar(self, total: int) -> AbstractContextManager[ProgressBar]:
         return self.pipe.progress_bar(total=total)  # type: ignore[no-any-return]
+
+
+@contextmanager
+def swapped_submodule(module: Any, name: str, replacement: Any) -> Iterator[None]:
+    """While inside, `module.name` is `replacement` (a token-strip embedding in place of a patch embedding);
+    the original is put back on exit, even after an error."""
+    original = getattr(module, name)
+    setattr(module, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
 
 
 class DiTAdapter(ModelAdapter):

@@ -24,9 +24,11 @@ from transformers import CLIPTokenizer, T5Tokenizer
 
 __all__ = [
     "CLIP_MAX_LENGTH",
+    "GEMMA_MAX_LENGTH",
     "T5_MAX_LENGTH",
     "VOCABULARY",
     "make_clip_tokenizer",
+    "make_gemma_tokenizer",
     "make_t5_tokenizer",
     "seeded",
     "seeded_components",
@@ -224,21 +226,18 @@ def _bpe_segment(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[
     return symbols
 
 
-def _clip_vocab_and_merges(words: Sequence[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Deterministic BPE vocabulary in which every word of `words` is one ``word</w>`` token.
+def _whole_word_merges(vocab: dict[str, int], words: Sequence[list[str]]) -> list[tuple[str, str]]:
+    """BPE merges (appended to `vocab`'s pieces) that make each word, given as its initial symbols, one token.
 
     Merges are only ever appended, and each word is first segmented with the merges so far, then its
     pieces are chained left to right. Appending cannot change how earlier words encode (an earlier merge
     always outranks a new one), so every word stays a single token. Pure Python on ordered containers,
     hence identical in every process (``tokenizers``' BPE trainer is not: its ids vary run to run).
     """
-    alphabet = list(dict.fromkeys(string.ascii_lowercase + string.digits + string.punctuation))
-    tokens = [_CLIP_BOS, _CLIP_EOS, _CLIP_UNK, *alphabet, *(c + "</w>" for c in alphabet)]
-    vocab = {token: index for index, token in enumerate(tokens)}
     merges: list[tuple[str, str]] = []
     ranks: dict[tuple[str, str], int] = {}
-    for word in words:
-        while len(pieces := _bpe_segment([*word[:-1], word[-1] + "</w>"], ranks)) > 1:
+    for symbols in words:
+        while len(pieces := _bpe_segment(symbols, ranks)) > 1:
             head = pieces[0]
             for piece in pieces[1:]:
                 if (head, piece) not in ranks:
@@ -246,6 +245,15 @@ def _clip_vocab_and_merges(words: Sequence[str]) -> tuple[dict[str, int], list[t
                     merges.append((head, piece))
                 head += piece
                 vocab.setdefault(head, len(vocab))
+    return merges
+
+
+def _clip_vocab_and_merges(words: Sequence[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Deterministic BPE vocabulary in which every word of `words` is one ``word</w>`` token."""
+    alphabet = list(dict.fromkeys(string.ascii_lowercase + string.digits + string.punctuation))
+    tokens = [_CLIP_BOS, _CLIP_EOS, _CLIP_UNK, *alphabet, *(c + "</w>" for c in alphabet)]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    merges = _whole_word_merges(vocab, [[*word[:-1], word[-1] + "</w>"] for word in words])
     return vocab, merges
 
 
@@ -284,3 +292,26 @@ def make_t5_tokenizer(words: Sequence[str] | None = None) -> T5Tokenizer:
     for char in string.ascii_letters + string.digits + string.punctuation:
         pieces += [("\u2581" + char, -9.0), (char, -10.0)]
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=T5_MAX_LENGTH)
+
+
+GEMMA_MAX_LENGTH = 256
+
+
+def make_gemma_tokenizer(words: Sequence[str] | None = None) -> Any:
+    """A Gemma-style BPE tokenizer over `words` (default :data:`VOCABULARY`), built offline and
+    deterministically, in the class LuminaPipeline uses (``GemmaTokenizer``).
+
+    Ids 0-3 are ``<pad>``, ``<eos>``, ``<bos>``, ``<unk>`` as in Gemma; every vocabulary word is one token
+    both with the leading ``▁`` (Gemma's space) and without (the first word of a prompt); other ASCII
+    words split into pieces or characters. It adds ``<bos>``, as Gemma's does: an empty negative prompt then
+    still has one attended token (LuminaPipeline pools the text by its mask).
+    """
+    _require_tokenizers_backend()
+    from transformers import GemmaTokenizer
+
+    alphabet = list(dict.fromkeys("\u2581" + string.ascii_letters + string.digits + string.punctuation))
+    vocab = {token: index for index, token in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", *alphabet])}
+    chosen = VOCABULARY if words is None else tuple(dict.fromkeys(words))
+    merges = _whole_word_merges(vocab, [list(piece) for word in chosen for piece in ("\u2581" + word, word)])
+    pairs: Any = merges  # (left, right) pairs, as tokenizers' BPE takes them
+    return GemmaTokenizer(vocab=vocab, merges=pairs, model_max_length=GEMMA_MAX_LENGTH, add_bos_token=True)

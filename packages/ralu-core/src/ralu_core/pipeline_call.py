@@ -107,7 +107,7 @@ class DiffusersImages:
     def vae_latent(self, latent: torch.Tensor) -> torch.Tensor:
         """Model latent -> VAE latent (undo the pipeline's normalisation), on the VAE's device and dtype."""
         vae = self.pipe.vae
-        latent = latent / vae.config.scaling_factor + vae.config.shift_factor
+        latent = latent / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)  # SDXL's VAE has none
         return latent.to(device=vae.device, dtype=vae.dtype)
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:

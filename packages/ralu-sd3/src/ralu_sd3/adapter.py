@@ -21,7 +21,6 @@ import torch
 from ralu_core.adapter import FlopsProfile
 from ralu_core.arguments import PipelineArguments
 from ralu_core.dit import DiTAdapter, DiTCall
-from ralu_core.errors import CallError
 from ralu_core.strategies.base import BlockFeatures, ModelBlocks, StepInfo, TokenwiseFeatures
 from ralu_core.tokens import TokenGrid, TokenState, dense_level, gather_tokens, image_to_tokens, tokens_to_image
 from ralu_sd3.attention import CachedKVJointProcessor, attention_modules, attention_problems
@@ -124,23 +123,7 @@ class SD3Call(DiTCall):
         )
 
     def initial_noise(self) -> torch.Tensor:
-        if self.args.latents is not None:
-            latents = self.args.latents.to(device=self.device, dtype=self.dtype)
-            expected = (self.batch_size, self.grid.channels, *self.grid.latent_size)
-            if tuple(latents.shape) != expected:
-                raise CallError(f"`latents` must have shape {expected}, got {tuple(latents.shape)}")
-        else:
-            latents = self.pipe.prepare_latents(
-                self.batch_size,
-                self.grid.channels,
-                self.height,
-                self.width,
-                self.dtype,
-                self.device,
-                self.generator,
-                None,
-            )
-        return image_to_tokens(latents, self.patch)
+        return image_to_tokens(self.latent_image_noise(), self.patch)
 
     def _evaluate(
         self, latent: torch.Tensor, t: torch.Tensor, step: StepInfo | None, active: torch.Tensor | None = None

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ralu_core.dit import swapped_submodule
 from ralu_core.tokens import image_to_tokens, tokens_to_image
 
 
@@ -56,9 +57,5 @@ def tokens_to_strip(tokens: torch.Tensor, channels: int, patch: int) -> torch.Te
 def strip_positions(transformer: Any, position_embedding: torch.Tensor) -> Iterator[None]:
     """While inside, the transformer embeds a token strip with `position_embedding` (B or 1, N, D);
     its own patch embedding is put back on exit, even after an error."""
-    original = transformer.pos_embed
-    transformer.pos_embed = _StripEmbedding(original, position_embedding)
-    try:
+    with swapped_submodule(transformer, "pos_embed", _StripEmbedding(transformer.pos_embed, position_embedding)):
         yield
-    finally:
-        transformer.pos_embed = original

@@ -1,0 +1,1 @@
+"""ralu-lumina: the Lumina-Next adapter (diffusers' LuminaPipeline) and its recipes."""
