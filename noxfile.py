@@ -21,8 +21,14 @@ PACKAGES = {
         "packages/ralu-caching",
         "packages/ralu-bench",
     ],
-    # Its tests run the caches on FLUX and SD3 pipelines, so the adapters are test dependencies.
-    "ralu-caching": ["packages/ralu-core", "packages/ralu-caching", "packages/ralu-flux", "packages/ralu-sd3"],
+    # Its tests run the caches on FLUX, SD3 and Lumina pipelines, so the adapters are test dependencies.
+    "ralu-caching": [
+        "packages/ralu-core",
+        "packages/ralu-caching",
+        "packages/ralu-flux",
+        "packages/ralu-sd3",
+        "packages/ralu-lumina",
+    ],
 }
 TEST_DIRS = {package: f"tests/{package.replace('-', '_')}" for package in PACKAGES}
 EVERYTHING = [

@@ -52,8 +52,10 @@ def test_a_modules_hook_registry_its_order_and_the_wrapped_forward() -> None:
     private.refresh_child_registries(registry)
     registry.remove_hook("outer", recurse=False)
     registry.remove_hook("inner", recurse=False)
+    assert "forward" in vars(layer)  # diffusers leaves the class's own forward on the instance ...
     private.drop_hook_registry(layer)
     assert private.hook_registry(layer) is None
+    assert "forward" not in vars(layer)  # ... which dropping the registry removes: the module is as it was
     torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
 
 
@@ -105,6 +107,25 @@ def test_blocks_are_described_with_their_arguments_and_output_indices(
     assert private.block_argument(description, "hidden_states", (), {"hidden_states": hidden}) is hidden
     with pytest.raises(ValueError):
         private.block_outputs(torch.nn.Linear)
+
+
+def test_a_block_class_diffusers_does_not_describe_can_be_described() -> None:
+    class Block(torch.nn.Module):
+        def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+            return hidden_states + temb
+
+    with pytest.raises(ValueError):
+        private.block_outputs(Block)
+    private.describe_block(Block, image_index=0, text_index=None)
+    description = private.block_outputs(Block)
+    assert private.output_indices(description) == (0, None)
+    hidden = torch.zeros(1)
+    assert private.block_argument(description, "hidden_states", (hidden, hidden + 1), {}) is hidden
+    from diffusers.models.transformers.transformer_flux import FluxTransformerBlock
+
+    before = private.block_outputs(FluxTransformerBlock)
+    private.describe_block(FluxTransformerBlock, image_index=0, text_index=None)  # described: left alone
+    assert private.block_outputs(FluxTransformerBlock) is before and private.output_indices(before)[1] is not None
 
 
 def test_the_repeated_block_classes_of_a_model() -> None:

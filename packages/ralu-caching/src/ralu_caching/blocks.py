@@ -21,6 +21,7 @@ from ralu_core.diffusers_private import (
     block_argument,
     block_outputs,
     drop_hook_registry,
+    forget_class_forward,
     hook_names,
     hook_registry,
     output_indices,
@@ -110,7 +111,9 @@ def hooks_installed(
     left exactly as it was, even after an error."""
     from ralu_core.diffusers_private import HookRegistry
 
-    created = [m for m in {id(m): m for m in (denoiser, *(p[0] for p in placements))}.values() if not _has_registry(m)]
+    hooked = {id(m): m for m in (denoiser, *(p[0] for p in placements))}.values()
+    created = [m for m in hooked if not _has_registry(m)]
+    plain = [m for m in hooked if "forward" not in vars(m)]
     done: list[tuple[torch.nn.Module, str]] = []
     try:
         for module, hook, name in placements:
@@ -125,6 +128,10 @@ def hooks_installed(
             registry = hook_registry(module)
             if registry is not None and not registry.hooks:
                 drop_hook_registry(module)
+        for module in plain:
+            registry = hook_registry(module)
+            if registry is None or not registry.hooks:
+                forget_class_forward(module)
         _refresh(denoiser)
 
 
@@ -134,6 +141,7 @@ def hooks_added(denoiser: torch.nn.Module) -> Iterator[None]:
     are removed on exit, newest first, and registries created for them dropped; hooks that were there
     before (the user's own) stay as they were."""
     before = {id(m): set(registry_of(m).hooks) for m in denoiser.modules() if _has_registry(m)}
+    plain = {id(m) for m in denoiser.modules() if "forward" not in vars(m)}
     try:
         yield
     finally:
@@ -147,6 +155,8 @@ def hooks_added(denoiser: torch.nn.Module) -> Iterator[None]:
                     registry.remove_hook(name, recurse=False)
             if kept is None and not registry.hooks:
                 drop_hook_registry(module)
+            elif id(module) in plain and not registry.hooks:
+                forget_class_forward(module)
         _refresh(denoiser)
 
 

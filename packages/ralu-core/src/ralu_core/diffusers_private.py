@@ -47,8 +47,18 @@ def hook_registry(module: Any) -> Any:
 
 
 def drop_hook_registry(module: Any) -> None:
-    """Remove the (empty) registry diffusers attached to `module`, leaving the module as it was."""
+    """Remove the (empty) registry diffusers attached to `module`, leaving the module as it was: removing its
+    last hook leaves the class's own ``forward`` set on the instance, which goes too."""
     del module._diffusers_hook
+    forget_class_forward(module)
+
+
+def forget_class_forward(module: Any) -> None:
+    """Removing a module's last diffusers hook sets the class's own ``forward`` on the instance; remove that too
+    (a ``forward`` of the user's, an offloading hook's say, is left alone)."""
+    forward = vars(module).get("forward")
+    if forward is not None and getattr(forward, "__func__", None) is type(module).forward:
+        del module.forward
 
 
 def hook_names(registry: Any) -> tuple[str, ...]:
@@ -85,6 +95,22 @@ def block_outputs(block_class: type) -> Any:
     from diffusers.hooks._helpers import TransformerBlockRegistry
 
     return TransformerBlockRegistry.get(block_class)
+
+
+def describe_block(block_class: type, *, image_index: int, text_index: int | None) -> None:
+    """Tell diffusers' block registry which output of `block_class` is the image stream and which the text
+    stream (None: the block returns no text), for a block class diffusers does not describe: an adapter's model
+    knowledge, read by diffusers' caches and ralu's block-level caches alike. A described class is left alone."""
+    from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+
+    try:
+        TransformerBlockRegistry.get(block_class)
+    except ValueError:
+        text: Any = text_index  # diffusers types it int and uses None for "no text" (its own attention blocks)
+        metadata = TransformerBlockMetadata(
+            return_hidden_states_index=image_index, return_encoder_hidden_states_index=text
+        )
+        TransformerBlockRegistry.register(block_class, metadata)
 
 
 def block_argument(description: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -29,8 +29,9 @@ import attrs
 import numpy as np
 import torch
 
-from ralu_core.adapter import FlopsProfile
+from ralu_core.adapter import BoundCall, FlopsProfile
 from ralu_core.arguments import PipelineArguments
+from ralu_core.diffusers_private import describe_block
 from ralu_core.dit import DiTAdapter, DiTCall, swapped_submodule
 from ralu_core.errors import CallError
 from ralu_core.strategies.base import StepInfo
@@ -232,6 +233,14 @@ def strip_rope(transformer: Any, rope: torch.Tensor) -> AbstractContextManager[N
     return swapped_submodule(transformer, "patch_embedder", _StripPatchEmbed(transformer.patch_embedder, rope))
 
 
+def describe_lumina_blocks() -> None:
+    """diffusers does not describe LuminaNextDiTBlock for its caches: it returns the image stream alone (the text
+    is read by cross-attention and never changes). Said once, before caches hook into the blocks."""
+    from diffusers.models.transformers.lumina_nextdit2d import LuminaNextDiTBlock
+
+    describe_block(LuminaNextDiTBlock, image_index=0, text_index=None)
+
+
 class LuminaAdapter(DiTAdapter):
     """diffusers LuminaPipeline (Lumina-Next-SFT and models of the same architecture)."""
 
@@ -246,6 +255,10 @@ class LuminaAdapter(DiTAdapter):
 
     def cached_attention_problems(self, pipeline: Any) -> list[str]:
         return attention_problems(pipeline.transformer)
+
+    def bind(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> BoundCall:
+        describe_lumina_blocks()
+        return super().bind(pipeline, coarsest_level, args, kwargs)
 
     def size_rule(self, vae_factor: int, transformer: Mapping[str, Any], coarsest_level: int) -> tuple[int, str]:
         # LuminaPipeline's vae_scale_factor is 8 whatever the VAE (and checks sides against 8 x 2).

@@ -18,7 +18,7 @@ from ralu_core.flops import vae_decode_flops as core_vae_decode_flops
 from ralu_core.kv_store import counting_cached_attention
 from ralu_core.pipeline_call import read_component_configs
 from ralu_core.tokens import TokenGrid
-from ralu_lumina.adapter import PATCH, ROPE_GRID, strip_rope
+from ralu_lumina.adapter import PATCH, ROPE_GRID, describe_lumina_blocks, strip_rope
 from ralu_lumina.attention import CachedKVLuminaProcessor, attention_modules
 
 TEXT_TOKENS = 128
@@ -66,6 +66,7 @@ class LuminaFlopsProfile(FlopsProfile):
             reuse = counting_cached_attention(
                 reuse, attention_modules, CachedKVLuminaProcessor, attended_tokens, image_tokens
             )
+        describe_lumina_blocks()  # for the hooks of caches that reuse blocks
         model = cached_meta_module(LuminaNextDiT2DModel, self.transformer)
         meta = torch.device("meta")
         head_dim = model.head_dim

@@ -27,7 +27,7 @@ _TRANSFORMER = {
     "patch_size": 2,
     "in_channels": 4,
     "hidden_size": 64,
-    "num_layers": 2,
+    "num_layers": 3,
     "num_attention_heads": 4,
     "num_kv_heads": 2,
     "multiple_of": 16,
