@@ -84,9 +84,21 @@ def test_public_names_load_on_first_use_and_are_never_shadowed_by_a_module() -> 
     import importlib
 
     for path in ROOT.rglob("*.py"):
-        importlib.import_module(module_name(path))
+        if path.name != "__main__.py":  # runs the command line
+            importlib.import_module(module_name(path))
     for name in ralu_core.__all__:
         value = getattr(ralu_core, name)
         assert not inspect.ismodule(value), f"ralu_core.{name} is a module"
         assert getattr(value, "__name__", name) == name
     assert callable(ralu_core.accelerate)
+
+
+def test_the_cli_is_on_top_and_its_parser_is_light() -> None:
+    """The command line (one module per command) is the application layer: nothing else in the core imports
+    it, and its parser imports no command (so `ralu --help` loads neither torch nor a model library)."""
+    graph = import_graph()
+    cli = {m for m in graph if m == "ralu_core.cli" or m.startswith("ralu_core.cli.")}
+    assert {m for m in graph if graph[m] & cli} - cli == set()
+    assert graph["ralu_core.cli.parser"] <= {"ralu_core.compiling", "ralu_core.errors"}
+    commands = {"generate", "recipes", "plugins", "schedule", "flops", "bench", "compare"}
+    assert {m.rsplit(".", 1)[1] for m in cli} >= commands

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ralu_core import hookimpl
-from ralu_core.cli_commands import default_model, load_model
+from ralu_core.cli.common import default_model, load_model
 from ralu_core.errors import PluginError
 from ralu_core.models import NamedModel
 from ralu_core.plugins import Registry, create_plugin_manager

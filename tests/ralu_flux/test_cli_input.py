@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
-import ralu_core.cli_commands
+import ralu_core.cli.common
+import ralu_core.cli.flops
 from ralu_core.accelerated import AcceleratedPipeline
 from ralu_core.cli import main
 from ralu_core.model_sources import resolve_model_source
@@ -27,7 +29,7 @@ def no_loading(monkeypatch):  # type: ignore[no-untyped-def]
     def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise AssertionError("a model was loaded before the bad input was refused")
 
-    monkeypatch.setattr(ralu_core.cli_commands, "load_source", refuse)
+    monkeypatch.setattr(ralu_core.cli.common, "load_source", refuse)
 
 
 @pytest.mark.parametrize(
@@ -45,7 +47,7 @@ def no_loading(monkeypatch):  # type: ignore[no-untyped-def]
         (["--call-arg", "generator=1"], "set it with --seed"),
         (["--call-arg", "x=["], "cannot read the value"),
         (
-            ["--device", "cuda:7"] if not ralu_core.cli_commands.torch.cuda.is_available() else ["--device", "cuda:99"],
+            ["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "cuda:99"],
             "--device",
         ),
         (["--device", "toaster"], "is not a device name"),
@@ -131,8 +133,8 @@ def test_flops_refuses_a_recipe_for_another_model_family(capsys) -> None:  # typ
     from ralu_core.recipes import load_recipe_text
 
     sd3_recipe = load_recipe_text("name: for-sd3\nmodel: sd3\nschedule: uniform\nstages: [{level: 0}]\n")
-    with pytest.raises(ralu_core.cli_commands.RaluError, match="is for 'sd3' pipelines and flux-dev is a 'flux'"):
-        ralu_core.cli_commands.counted_runtime(ralu_core.cli_commands._registry(), "flux-dev", sd3_recipe)
+    with pytest.raises(ralu_core.RaluError, match="is for 'sd3' pipelines and flux-dev is a 'flux'"):
+        ralu_core.cli.flops.counted_runtime(ralu_core.cli.common.installed_registry(), "flux-dev", sd3_recipe)
     assert main(["flops", "--model", "flux-dve", "--recipe", "flux-baseline"]) == 2
     assert "(did you mean 'flux-dev'?)" in capsys.readouterr().err
 
@@ -166,7 +168,7 @@ def test_the_cli_shows_what_matters_once_and_no_library_notices(tmp_path: Path) 
 
 @pytest.mark.parametrize("model", ["flux-tiny", "flux-mid"])
 def test_the_size_rule_read_before_loading_is_the_one_the_call_applies(model: str) -> None:
-    registry = ralu_core.cli_commands._registry()
+    registry = ralu_core.cli.common.installed_registry()
     source = resolve_model_source(registry, model)
     pipe = source.adapter.embedded_pipeline(model)  # type: ignore[union-attr]
     for level in (0, 1):
@@ -200,7 +202,7 @@ def test_a_hub_model_is_checked_from_its_config_files_before_its_weights_load(ca
     monkeypatch.setattr(sources, "_hub_cached", lambda repo, filename: None)
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", metadata)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
-    monkeypatch.setattr(ralu_core.cli_commands, "load_source", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(ralu_core.cli.common, "load_source", lambda *a, **k: pytest.fail("loaded a model"))
     code = main(
         ["generate", PROMPT, "--model", "someone/tiny-flux", "--height", "100", "--out", str(tmp_path / "x.png")]
     )

@@ -82,9 +82,9 @@ def test_paper_recipes_run_the_published_schedule(capsys, recipe: str, shifts: l
 
 
 def test_generate_refuses_a_recipe_for_another_model_before_loading(capsys, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import ralu_core.cli_commands
+    import ralu_core.cli.common
 
-    monkeypatch.setattr(ralu_core.cli_commands, "load_source", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(ralu_core.cli.common, "load_source", lambda *a, **k: pytest.fail("loaded a model"))
     recipe = tmp_path / "for-flux.yaml"
     recipe.write_text("name: for-flux\nmodel: flux\nschedule: uniform\nstages: [{level: 0}]\n")
     code, _, err = run(
@@ -107,3 +107,14 @@ def test_the_size_rule_read_before_loading_is_the_one_the_call_applies(model: st
         assert source.size_rule(level) == SD3Adapter().size_rule(
             int(pipe.vae_scale_factor), {"patch_size": patch}, level
         )
+
+
+def test_without_a_recipe_the_models_adapter_recommends_one(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The CLI's defaults come from the installed adapters: an SD3 model gets SD3's recipe, and `ralu flops`
+    counts an SD3 recipe on SD3's architecture, with no FLUX name written into the command line."""
+    out = tmp_path / "sd3.png"
+    argv = ["generate", "a red circle", "--model", "sd3-tiny", "--height", "64", "--width", "64", "--out", str(out)]
+    code, _, stderr = run(capsys, *argv, "--call-arg", "max_sequence_length=16")
+    assert code == 0 and "recipe ralu-sd3-3x:" in stderr
+    code, out_text, _ = run(capsys, "flops", "--recipe", "ralu-sd3-2x", "--json")
+    assert code == 0 and json.loads(out_text)["model"] == "sd3-medium"

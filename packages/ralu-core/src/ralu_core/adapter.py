@@ -256,6 +256,15 @@ class LimitsRecipes(Protocol):
         ...
 
 
+@runtime_checkable
+class RecommendsRecipes(Protocol):
+    """Names the recipes the CLI uses for its pipelines when none are given: the baseline (exactly the pipeline)
+    and the default accelerated recipe."""
+
+    baseline_recipe: ClassVar[str]
+    default_recipe: ClassVar[str]
+
+
 def embedded_models(adapter: ModelAdapter) -> tuple[str, ...]:
     """The names of the pipelines `adapter` builds without weights (none where it has no such capability)."""
     embeds = adapter if isinstance(adapter, EmbedsModels) else None

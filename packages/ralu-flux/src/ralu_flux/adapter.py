@@ -308,6 +308,8 @@ class FluxAdapter(DiTAdapter):
     name: ClassVar[str] = "flux"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("FluxPipeline",)
     architectures: ClassVar[tuple[str, ...]] = ("flux-dev",)
+    baseline_recipe: ClassVar[str] = "flux-baseline"
+    default_recipe: ClassVar[str] = "ralu-flux-7x"
     Arguments = FluxArguments
     architecture: ClassVar[str] = "FLUX"
     size_rule_reads_transformer: ClassVar[bool] = False  # FLUX packs 2 x 2 latent pixels whatever its config

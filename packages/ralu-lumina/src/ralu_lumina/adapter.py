@@ -248,6 +248,8 @@ class LuminaAdapter(DiTAdapter):
     pipeline_classes: ClassVar[tuple[str, ...]] = ("LuminaPipeline",)
     architectures: ClassVar[tuple[str, ...]] = ("lumina-next-sft",)
     embedded_models: ClassVar[tuple[str, ...]] = ("lumina-tiny",)
+    baseline_recipe: ClassVar[str] = "lumina-baseline"
+    default_recipe: ClassVar[str] = "ralu-lumina-4x"
     Arguments = LuminaArguments
     architecture: ClassVar[str] = "Lumina-Next"
     size_rule_reads_transformer: ClassVar[bool] = False  # LuminaPipeline checks multiples of 16 whatever its config

@@ -186,6 +186,8 @@ class SD3Adapter(DiTAdapter):
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusion3Pipeline",)
     architectures: ClassVar[tuple[str, ...]] = ("sd3-medium", "sd35-large")
     embedded_models: ClassVar[tuple[str, ...]] = ("sd3-tiny", "sd35-tiny", "sd3-mid")
+    baseline_recipe: ClassVar[str] = "sd3-baseline"
+    default_recipe: ClassVar[str] = "ralu-sd3-3x"
     Arguments = SD3Arguments
     architecture: ClassVar[str] = "SD3"
     blocks: ClassVar[ModelBlocks] = ModelBlocks(

@@ -1,21 +1,12 @@
-"""The ``ralu`` command line: generate, recipes, plugins, schedule, flops, bench, compare.
-
-This module is only the parser: it imports neither torch nor any model library, so ``ralu --help`` and a
-mistyped option answer at once. Each command lives in `ralu_core.cli_commands`, imported after the
-arguments parse, and the commands that need no model (recipes, plugins, schedule) never import diffusers
-or transformers.
-"""
+"""The ``ralu`` command line's parser: it imports neither torch nor any model library, so ``ralu --help`` and
+a mistyped option answer at once. Each command runs from its own module of `ralu_core.cli`, imported after
+the arguments parse."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-import warnings
-from collections.abc import Sequence
 
 from ralu_core.compiling import COMPILE_MODES
-from ralu_core.errors import RaluError
 
 DTYPE_NAMES = ("bfloat16", "float16", "float32")
 
@@ -55,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--seeds", type=int, nargs="+", default=[0], help="with --prompts: the seeds of every prompt")
     gen.add_argument("--batch-size", type=int, default=1, help="with --prompts: images per pipeline call")
-    gen.add_argument("--recipe", default="ralu-flux-7x", help="built-in name or YAML path (default ralu-flux-7x)")
+    gen.add_argument(
+        "--recipe",
+        help="built-in name or YAML path (default: the recipe the model's adapter recommends, ralu-flux-7x for FLUX)",
+    )
     model_options(gen)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--num-images", type=int, default=1)
@@ -72,17 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write IMAGE-selection.png: per stage, the cells computed at full resolution (what the recipe's "
         "selectors chose) over the image",
     )
-    gen.set_defaults(command_function="cmd_generate")
 
     rec = sub.add_parser("recipes", help="list, show or validate recipes")
     rec_sub = rec.add_subparsers(dest="action", required=True)
     rec_sub.add_parser("list", help="built-in recipes")
     rec_sub.add_parser("show", help="print a recipe's YAML").add_argument("target", metavar="NAME")
     rec_sub.add_parser("validate", help="check a recipe file").add_argument("target", metavar="FILE")
-    rec.set_defaults(command_function="cmd_recipes")
 
-    plug = sub.add_parser("plugins", help="installed plugins and what they register")
-    plug.set_defaults(command_function="cmd_plugins")
+    sub.add_parser("plugins", help="installed plugins and what they register")
 
     sch = sub.add_parser(
         "schedule", help="the schedule a recipe runs (--recipe), or NT-DM solved for a stage plan (--steps, --ends)"
@@ -92,11 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     sch.add_argument("--ends", type=float, nargs="+", help="stage ends in t (0 noise, 1 data), the last 1.0")
     sch.add_argument("--base-shift", type=float, help="the model's base shift h0 (default: the recipe's, else 3.0)")
     sch.add_argument("--json", action="store_true")
-    sch.set_defaults(command_function="cmd_schedule")
 
     flo = sub.add_parser("flops", help="count a recipe's FLOPs on a full-size architecture (meta device)")
     flo.add_argument(
-        "--model", default="flux-dev", help="architecture (flux-dev), pipeline folder or named model (flux-shapes)"
+        "--model",
+        help="architecture (flux-dev, sd3-medium ...), pipeline folder or named model (flux-shapes); default: the "
+        "first architecture of the recipe's model family",
     )
     flo.add_argument("--recipe", required=True)
     flo.add_argument("--height", type=int, default=1024)
@@ -110,14 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="exclude: the RALU paper's convention (default); include: count attention too",
     )
     flo.add_argument("--json", action="store_true")
-    flo.set_defaults(command_function="cmd_flops")
 
     bench = sub.add_parser("bench", help="run recipes side by side on a prompt set: speed, FLOPs and quality")
     bench.add_argument(
         "--recipes",
         nargs="+",
-        default=["flux-baseline", "ralu-flux-7x"],
-        help="the first one is the baseline of every ratio and paired metric",
+        help="the first one is the baseline of every ratio and paired metric (default: the model adapter's "
+        "baseline and recommended recipe, flux-baseline and ralu-flux-7x for FLUX)",
     )
     model_options(bench)
     bench.add_argument("--prompt", action="append", help="a prompt (repeatable)")
@@ -151,7 +142,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--out", default="ralu-bench-report", help="folder for report.json, report.md, grid.png, speed_quality.png"
     )
-    bench.set_defaults(command_function="cmd_bench")
 
     cmp = sub.add_parser(
         "compare", help="two recipes of a bench report, prompt by prompt: who scores higher, and a sign test"
@@ -164,37 +154,4 @@ def build_parser() -> argparse.ArgumentParser:
         "--second-report", help="read B from this report instead (another run on the same prompts and seeds)"
     )
     cmp.add_argument("--json", action="store_true")
-    cmp.set_defaults(command_function="cmd_compare")
     return parser
-
-
-def quiet_third_party_notices() -> None:
-    """Deprecation notices, optional-backend hints and loading bars of diffusers, transformers and torch
-    are for library developers, not for someone generating an image; ralu says what matters itself, once.
-    Set through the environment, read when those libraries first load: importing them here to set their
-    loggers would cost seconds in commands that never load a model."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    for category in (FutureWarning, DeprecationWarning, UserWarning):
-        warnings.filterwarnings("ignore", category=category)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
-    quiet_third_party_notices()
-    try:
-        from ralu_core import cli_commands
-
-        return int(getattr(cli_commands, ns.command_function)(ns))
-    except KeyboardInterrupt:
-        print("interrupted; nothing half-written was left behind", file=sys.stderr)
-        return 130
-    except (RaluError, ValueError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
