@@ -27,8 +27,8 @@ import torch
 import ralu_core
 from ralu_bench.models import load_reference_pipeline, recommended_call
 from ralu_bench.plugin import shapes_prompts
-from ralu_core.engine import SamplingEngine
-from ralu_core.token_map import TokenMap
+from ralu_core.sampling.engine import SamplingEngine
+from ralu_core.sampling.token_map import TokenMap
 
 
 def _watched(transformer: Any) -> dict[str, torch.nn.Module]:

@@ -18,8 +18,8 @@ import torch
 
 import ralu_core
 from ralu_bench.models import load_reference_pipeline, recommended_call
-from ralu_core.compiling import compile_denoiser, graphs_compiled
-from ralu_core.host_sync import HostSyncRecorder
+from ralu_core.measurement.host_sync import HostSyncRecorder
+from ralu_core.pipelines.compiling import compile_denoiser, graphs_compiled
 
 backend = sys.argv[1] if len(sys.argv) > 1 else "inductor"
 device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 import ralu_core
-from ralu_core.accounting import recipe_cost
+from ralu_core.measurement.accounting import recipe_cost
 from ralu_core.plugins import Registry, create_plugin_manager
 from ralu_core.recipes import find_recipe, resolve_recipe
 from ralu_lumina.flops_profile import LuminaFlopsProfile

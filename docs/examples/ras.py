@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 
 import ralu_core
-from ralu_core.events import StageEvent
-from ralu_core.hookspecs import hookimpl
 from ralu_core.plugins import create_plugin_manager
+from ralu_core.plugins.hookspecs import hookimpl
 from ralu_core.recipes import load_recipe_text
+from ralu_core.sampling.events import StageEvent
 from ralu_flux.testing import make_flux_pipeline
 from ralu_sd3.testing import make_sd3_pipeline
 

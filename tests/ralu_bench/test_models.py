@@ -19,9 +19,9 @@ from ralu_bench.models import REFERENCE_MODELS, recommended_call, reference_mode
 from ralu_bench.plugin import shapes_prompts
 from ralu_bench.shapeeval import ShapeEval
 from ralu_core import accelerate
-from ralu_core.accounting import recipe_cost
-from ralu_core.bench import LABEL_WIDTH
 from ralu_core.cli import main
+from ralu_core.measurement.accounting import recipe_cost
+from ralu_core.measurement.bench import LABEL_WIDTH
 from ralu_core.plugins import Registry, create_plugin_manager
 
 PROMPT = "a red circle at the top left and a blue square at the bottom right on a white background"
@@ -153,7 +153,7 @@ def test_reference_baseline_draws_the_shapes_its_prompts_name(name: str, offline
 
 @pytest.mark.parametrize("name", ["flux-shapes", "sd3-shapes"])
 def test_named_models_size_rules_are_read_from_their_folders_before_loading(name: str) -> None:
-    from ralu_core.model_sources import resolve_model_source
+    from ralu_core.cli.model_sources import resolve_model_source
 
     source = resolve_model_source(Registry.collect(create_plugin_manager()), name)
     assert source.kind == "named" and source.folder is not None

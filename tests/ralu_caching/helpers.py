@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ralu_core.pipeline_call import cache_context
+from ralu_core.pipelines.pipeline_call import cache_context
 from ralu_core.recipes import Recipe, load_recipe_text
 
 

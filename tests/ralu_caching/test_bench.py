@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ralu_core
-from ralu_core.bench import BenchPlan, markdown_table, run_bench
+from ralu_core.measurement.bench import BenchPlan, markdown_table, run_bench
 
 from .helpers import with_cache
 

@@ -12,7 +12,7 @@ import torch
 
 import ralu_core
 from ralu_caching.plugin import RECIPES
-from ralu_core.compiling import compile_denoiser, graphs_compiled
+from ralu_core.pipelines.compiling import compile_denoiser, graphs_compiled
 from ralu_core.recipes import Recipe
 from ralu_core.testing import seeded_generators
 from ralu_flux.testing import make_flux_pipeline

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ralu_core.conformance import RecipeConformance
+from ralu_core.testing.conformance import RecipeConformance
 from ralu_flux.testing import make_flux_pipeline
 from ralu_sd3.testing import make_sd3_pipeline
 

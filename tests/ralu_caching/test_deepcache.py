@@ -8,11 +8,11 @@ import torch
 
 import ralu_core
 from ralu_caching.deepcache import DeepCacheConfig, DeepCacheDiT, full_step
-from ralu_core.accounting import recipe_cost
+from ralu_core.measurement.accounting import recipe_cost
+from ralu_core.pipelines.testing_hooks import hook_snapshot
 from ralu_core.plugins import Registry, create_plugin_manager
 from ralu_core.recipes import resolve_recipe
 from ralu_core.testing import seeded_generators
-from ralu_core.testing_hooks import hook_snapshot
 
 from .helpers import with_cache
 

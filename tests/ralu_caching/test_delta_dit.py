@@ -11,8 +11,8 @@ import torch
 
 import ralu_core
 from ralu_caching.delta_dit import DeltaDiTConfig, cached_range
-from ralu_core.accounting import recipe_cost
 from ralu_core.errors import ConfigFieldError
+from ralu_core.measurement.accounting import recipe_cost
 from ralu_core.plugins import Registry, create_plugin_manager
 from ralu_core.recipes import find_recipe, resolve_recipe
 from ralu_core.testing import seeded_generators

@@ -9,8 +9,8 @@ import yaml
 import ralu_core
 from ralu_caching.diffusers_caches import available_methods
 from ralu_core import RecipeError
+from ralu_core.pipelines.testing_hooks import hook_snapshot
 from ralu_core.testing import seeded_generators
-from ralu_core.testing_hooks import hook_snapshot
 
 from .helpers import with_cache
 

@@ -9,8 +9,8 @@ import torch
 import ralu_core
 from ralu_caching.first_block import FirstBlockCache, FirstBlockConfig
 from ralu_core import RecipeError
+from ralu_core.pipelines.testing_hooks import hook_snapshot
 from ralu_core.testing import seeded_generators
-from ralu_core.testing_hooks import hook_snapshot
 
 from .helpers import run_twice, sd3_inputs, with_cache
 

@@ -1,5 +1,6 @@
 """The caches on Lumina-Next, whose blocks diffusers does not describe (the adapter does): each runs, leaves the
-pipeline as it was, and a batch equals single calls; the ones that need block declarations are refused."""
+pipeline as it was, and a batch equals single calls; TaylorSeer forecasts the branches the adapter declares;
+ToCa, whose token-wise modules it does not declare yet, is refused."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import pytest
 import torch
 
 import ralu_core
-from ralu_core.conformance import assert_same_snapshot, pipeline_snapshot
 from ralu_core.errors import RecipeError
 from ralu_core.recipes import load_recipe_text
+from ralu_core.testing.conformance import assert_same_snapshot, pipeline_snapshot
 from ralu_lumina.testing import make_lumina_pipeline
 
 CALL = {"height": 64, "width": 96, "output_type": "latent", "clean_caption": False}
@@ -40,6 +41,7 @@ def recipe(cache: str) -> ralu_core.Recipe:
         "{name: delta-dit}",
         "{name: db-cache}",
         "{name: velocity-forecast}",
+        "{name: taylorseer}",
     ],
 )
 def test_a_cache_runs_on_lumina_and_a_batch_equals_single_calls(lumina, cache: str) -> None:  # type: ignore[no-untyped-def]
@@ -55,7 +57,22 @@ def test_a_cache_runs_on_lumina_and_a_batch_equals_single_calls(lumina, cache: s
     assert_same_snapshot(before, pipeline_snapshot(lumina))
 
 
-@pytest.mark.parametrize(("cache", "declaration"), [("taylorseer", "block_features"), ("toca", "token_features")])
-def test_caches_inside_the_blocks_are_refused_until_the_adapter_declares_them(lumina, cache, declaration) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(RecipeError, match=rf"the 'lumina' adapter does not declare .*\({declaration}\)"):
-        ralu_core.accelerate(lumina, recipe(f"{{name: {cache}}}"))
+def test_taylorseer_forecasts_the_gated_branches_and_skips_the_attentions_that_feed_them(lumina) -> None:  # type: ignore[no-untyped-def]
+    attention = lumina.transformer.layers[0].attn1
+    original, runs = attention.processor, []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        runs.append(1)
+        return original(*args, **kwargs)
+
+    attention.processor = counted
+    try:
+        ralu_core.accelerate(lumina, recipe("{name: taylorseer}"))("a", generator=torch.Generator(), **CALL)
+    finally:
+        attention.processor = original
+    assert 0 < len(runs) < 8  # 8 steps, the forecast ones without attention
+
+
+def test_toca_is_refused_until_the_adapter_declares_its_token_wise_modules(lumina) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(RecipeError, match=r"the 'lumina' adapter does not declare .*\(token_features\)"):
+        ralu_core.accelerate(lumina, recipe("{name: toca}"))

@@ -13,9 +13,9 @@ import ralu_core
 from ralu_caching.taylorseer import TaylorSeerCache, TaylorSeerConfig
 from ralu_caching.taylorseer_hooks import taylor_value, updated_factors
 from ralu_core import RecipeError
-from ralu_core.accounting import recipe_cost
-from ralu_core.adapter import bind_to_adapter
 from ralu_core.errors import ConfigFieldError, PluginError
+from ralu_core.measurement.accounting import recipe_cost
+from ralu_core.pipelines.adapter import bind_to_adapter
 from ralu_core.plugins import Registry, create_plugin_manager
 from ralu_core.recipes import find_recipe, resolve_recipe
 from ralu_core.testing import seeded_generators
@@ -161,7 +161,7 @@ def test_the_papers_rows_save_its_tflops_within_ten_percent(recipe: str) -> None
 
 def test_an_adapter_that_does_not_declare_its_blocks_is_refused(sd3) -> None:  # type: ignore[no-untyped-def]
     from ralu_caching.unet import UNetAdapter
-    from ralu_core.adapter import adapter_problems
+    from ralu_core.pipelines.adapter import adapter_problems
 
     registry = Registry.collect(create_plugin_manager())
     runtime = resolve_recipe(with_cache("sd3-baseline", "taylorseer"), registry)

@@ -16,9 +16,9 @@ from ralu_caching.attention_received import AttentionReceived, attention_receive
 from ralu_caching.toca import ToCaCache, ToCaConfig, fresh_ratio
 from ralu_caching.toca_hooks import _stream_part
 from ralu_core import RecipeError
-from ralu_core.accounting import recipe_cost
-from ralu_core.adapter import bind_to_adapter
 from ralu_core.errors import ConfigFieldError
+from ralu_core.measurement.accounting import recipe_cost
+from ralu_core.pipelines.adapter import bind_to_adapter
 from ralu_core.plugins import Registry, create_plugin_manager
 from ralu_core.recipes import find_recipe, resolve_recipe
 from ralu_core.testing import seeded_generators
@@ -199,7 +199,7 @@ def test_the_papers_row_saves_its_tflops_within_ten_percent() -> None:
 
 def test_bad_settings_and_models_are_refused_before_any_work(sd3) -> None:  # type: ignore[no-untyped-def]
     from ralu_caching.unet import UNetAdapter
-    from ralu_core.adapter import adapter_problems
+    from ralu_core.pipelines.adapter import adapter_problems
 
     with pytest.raises(ConfigFieldError, match=r"share of tokens reused \(R\), from 0.0 to 1.0, got 1.5"):
         ToCaConfig(cache_ratio=1.5)

@@ -10,7 +10,7 @@ import ralu_core
 from ralu_caching.forecast_schedule import computes
 from ralu_caching.velocity_forecast import VelocityForecastCache, VelocityForecastConfig, newton_forecast
 from ralu_core import RecipeError
-from ralu_core.accounting import recipe_cost
+from ralu_core.measurement.accounting import recipe_cost
 from ralu_core.plugins import Registry, create_plugin_manager
 from ralu_core.recipes import find_recipe, resolve_recipe
 from ralu_core.strategies.base import StageInfo, StepInfo

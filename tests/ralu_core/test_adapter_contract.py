@@ -8,20 +8,12 @@ import pytest
 import torch
 
 from ralu_core import RaluError, RecipeError, accelerate
-from ralu_core.adapter import (
-    BoundCall,
-    CachedAttention,
-    CountsFlops,
-    DescribesBlocks,
-    EmbedsModels,
-    ModelAdapter,
-    adapter_facts,
-    counting,
-    embedded_models,
-)
-from ralu_core.hookspecs import RegisterAdapter, hookimpl
+from ralu_core.measurement.profile import CountsFlops, counting
+from ralu_core.pipelines.adapter import CachedAttention, DescribesBlocks, EmbedsModels, adapter_facts, embedded_models
 from ralu_core.plugins import create_plugin_manager
+from ralu_core.plugins.hookspecs import RegisterAdapter, hookimpl
 from ralu_core.recipes import load_recipe_text
+from ralu_core.sampling.contract import BoundCall, ModelAdapter
 from ralu_core.testing import ToyAdapter, ToyPipeline, ToyPlugin, seeded_generators
 
 RAS_KV = "name: ras-kv\nschedule: uniform\nstages:\n  - {level: 0, steps: 6, step_tokens: {name: random, ratio: 0.5}}\n"

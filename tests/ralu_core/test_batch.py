@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ralu_core.batch import MANIFEST, OutputFolder, WorkItem, as_json, batches, plan_items, read_prompts, shard
+from ralu_core.cli.batch import MANIFEST, OutputFolder, WorkItem, as_json, batches, plan_items, read_prompts, shard
+from ralu_core.cli.preflight import check_seeds
 from ralu_core.errors import RaluError
-from ralu_core.preflight import check_seeds
 
 
 def test_text_and_jsonl_prompt_files(tmp_path: Path) -> None:

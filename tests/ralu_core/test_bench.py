@@ -9,10 +9,10 @@ import numpy as np
 from PIL import Image as PILImage
 
 from ralu_core import accelerate, hookimpl
-from ralu_core.bench import LABEL_WIDTH, BenchPlan, run_bench, write_outputs
-from ralu_core.image_metric import Image, ImageMetric
-from ralu_core.paired import compare
+from ralu_core.measurement.bench import LABEL_WIDTH, BenchPlan, run_bench, write_outputs
+from ralu_core.measurement.paired import compare
 from ralu_core.plugins import Registry, create_plugin_manager
+from ralu_core.plugins.image_metric import Image, ImageMetric
 from ralu_core.recipes import load_recipe_text
 from ralu_core.testing import ToyFlopsProfile, ToyPipeline, ToyPlugin
 

@@ -6,7 +6,7 @@ import diffusers
 import pytest
 import torch
 
-from ralu_core.diffusers_compat import dtype_argument
+from ralu_core.pipelines.diffusers_compat import dtype_argument
 
 
 @pytest.mark.parametrize(

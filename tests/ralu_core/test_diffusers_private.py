@@ -1,6 +1,6 @@
-"""Each private detail of diffusers that ralu reads (`ralu_core.diffusers_private`) still holds in the installed
-diffusers, one test per detail, so that a release which moves one fails here by name; and the installed
-diffusers is one the packages declare."""
+"""Each private detail of diffusers that ralu reads (`ralu_core.pipelines.diffusers_private`) still holds in the
+installed diffusers, one test per detail, so that a release which moves one fails here by name; and the
+installed diffusers is one the packages declare."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from packaging.specifiers import SpecifierSet
 
-from ralu_core import diffusers_private as private
+from ralu_core.pipelines import diffusers_private as private
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ralu_core import accelerate
-from ralu_core.engine import euler_step
 from ralu_core.recipes import load_recipe_text
+from ralu_core.sampling.engine import euler_step
 from ralu_core.testing import ToyPipeline, seeded_generators
 
 RALU = """

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ralu_core.flops import FlopCount, count_flops, meta_module
+from ralu_core.measurement.flops import FlopCount, count_flops, meta_module
 
 
 def test_flopcount_arithmetic() -> None:
@@ -89,7 +89,7 @@ def test_meta_module_allocates_nothing() -> None:
 
 def test_what_runs_not_counted_is_left_out_of_the_count_and_nothing_outside_one() -> None:
     """Caches count a reusing step by running the skipped modules for their shapes only."""
-    from ralu_core.flops import not_counted
+    from ralu_core.measurement.flops import not_counted
 
     layer = torch.nn.Linear(8, 4, device="meta")
     x = torch.empty(2, 8, device="meta")

@@ -65,12 +65,17 @@ def test_the_core_has_no_import_cycle() -> None:
 
 def test_the_engine_does_not_depend_on_plugins_recipes_or_the_cli() -> None:
     graph = import_graph()
-    reachable, todo = set(), ["ralu_core.engine"]
+    reachable, todo = set(), ["ralu_core.sampling.engine"]
     while todo:
         for target in graph[todo.pop()] - reachable:
             reachable.add(target)
             todo.append(target)
-    assert not reachable & {"ralu_core.plugins", "ralu_core.recipes.resolve", "ralu_core.bench", "ralu_core.cli"}
+    assert not reachable & {
+        "ralu_core.plugins",
+        "ralu_core.recipes.resolve",
+        "ralu_core.measurement.bench",
+        "ralu_core.cli",
+    }
 
 
 def test_the_cycle_finder_finds_cycles() -> None:
@@ -99,6 +104,41 @@ def test_the_cli_is_on_top_and_its_parser_is_light() -> None:
     graph = import_graph()
     cli = {m for m in graph if m == "ralu_core.cli" or m.startswith("ralu_core.cli.")}
     assert {m for m in graph if graph[m] & cli} - cli == set()
-    assert graph["ralu_core.cli.parser"] <= {"ralu_core.compiling", "ralu_core.errors"}
+    assert graph["ralu_core.cli.parser"] <= {"ralu_core.pipelines.compiling", "ralu_core.errors"}
     commands = {"generate", "recipes", "plugins", "schedule", "flops", "bench", "compare"}
     assert {m.rsplit(".", 1)[1] for m in cli} >= commands
+
+
+LAYERS = (
+    ("base", ("ralu_core.errors",)),
+    ("sampling core", ("ralu_core.sampling", "ralu_core.strategies", "ralu_core.recipes", "ralu_core.plugins")),
+    ("diffusers base", ("ralu_core.pipelines",)),
+    ("measurement", ("ralu_core.measurement",)),
+    ("application", ("ralu_core.cli", "ralu_core.testing")),
+)
+"""The core's groups, bottom to top: a module may import from its own group and the ones below, never above."""
+
+
+def layer_of(module: str) -> int | None:
+    if module == "ralu_core":  # the package's public names are the top of the stack (`accelerate`)
+        return len(LAYERS) - 1
+    for index, (_, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return index
+    return None
+
+
+def test_every_module_belongs_to_a_group_and_imports_only_downwards() -> None:
+    graph = import_graph()
+    unplaced = sorted(m for m in graph if m != "ralu_core" and layer_of(m) is None)
+    assert unplaced == [], f"modules outside every group: {unplaced}"
+    upward = sorted(
+        f"{m} ({LAYERS[layer_of(m) or 0][0]}) imports {t} ({LAYERS[layer_of(t) or 0][0]})"
+        for m, targets in graph.items()
+        for t in targets
+        if m != "ralu_core" and (layer_of(t) or 0) > (layer_of(m) or 0)
+    )
+    assert upward == [], "\n".join(upward)
+    groups = {m: m.split(".")[1] if "." in m else "" for m in graph}
+    apart = [(m, t) for m, ts in graph.items() for t in ts if {groups[m], groups[t]} == {"cli", "testing"}]
+    assert apart == []  # the command line and the test tools stand side by side

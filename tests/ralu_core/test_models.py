@@ -7,8 +7,8 @@ import pytest
 from ralu_core import hookimpl
 from ralu_core.cli.common import default_model, load_model
 from ralu_core.errors import PluginError
-from ralu_core.models import NamedModel
 from ralu_core.plugins import Registry, create_plugin_manager
+from ralu_core.plugins.models import NamedModel
 from ralu_core.recipes import load_recipe_text
 from ralu_core.testing import ToyPipeline, ToyPlugin
 

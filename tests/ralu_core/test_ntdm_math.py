@@ -1,4 +1,4 @@
-"""Tests for the NTDM math in ``ralu_core.ntdm`` (pure numpy/scipy, fast)."""
+"""Tests for the NTDM math in ``ralu_core.sampling.ntdm`` (pure numpy/scipy, fast)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from scipy.integrate import cumulative_trapezoid, quad  # type: ignore[import-untyped,unused-ignore]
 from scipy.spatial.distance import jensenshannon  # type: ignore[import-untyped,unused-ignore]
 
-from ralu_core import ntdm
-from ralu_core.ntdm import (
+from ralu_core.sampling import ntdm
+from ralu_core.sampling.ntdm import (
     NTDMSolution,
     StagePlan,
     fixed_ntdm,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ralu_core.outputs import default_image_paths, numbered_paths, prompt_slug
+from ralu_core.cli.outputs import default_image_paths, numbered_paths, prompt_slug
 
 
 @pytest.mark.parametrize(

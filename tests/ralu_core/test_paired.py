@@ -10,7 +10,7 @@ from scipy.stats import binomtest
 
 from ralu_core.cli import main
 from ralu_core.errors import RaluError
-from ralu_core.paired import compare, sign_test
+from ralu_core.measurement.paired import compare, sign_test
 
 
 @pytest.mark.parametrize(("wins", "losses"), [(3, 35), (8, 18), (12, 6), (0, 5), (7, 7), (1, 0), (600, 700)])
@@ -147,7 +147,7 @@ def test_a_report_is_standard_json_and_its_infinite_scores_compare_as_before(tmp
     """bench wrote Python's `Infinity` (not JSON) for the PSNR of an image identical to the baseline's."""
     import numpy as np
 
-    from ralu_core.paired import json_safe
+    from ralu_core.measurement.paired import json_safe
 
     samples = [
         ("a", "x", {"psnr": math.inf, "q": np.float32(0.5)}),

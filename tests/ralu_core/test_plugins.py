@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ralu_core import PluginError, UnsupportedPipelineError, accelerate, hookimpl, hookspecs
-from ralu_core.plugins import Registry, create_plugin_manager
+from ralu_core import PluginError, UnsupportedPipelineError, accelerate, hookimpl
+from ralu_core.plugins import Registry, create_plugin_manager, hookspecs
 from ralu_core.recipes import load_recipe_text
 from ralu_core.testing import ToyPipeline, ToyPlugin, seeded_generators
 
@@ -35,7 +35,7 @@ def installed_plus(*extra: metadata.EntryPoint) -> list[metadata.EntryPoint]:
 
 def test_core_registers_itself_through_its_entry_point() -> None:
     names = {ep.name: ep for ep in metadata.entry_points(group="ralu")}
-    assert names["core"].value == "ralu_core.builtin_plugin"
+    assert names["core"].value == "ralu_core.plugins.builtin"
     registry = Registry.collect(create_plugin_manager())
     assert registry.strategies["token_selector"]["canny-edge"].plugin == "core"
 
@@ -75,7 +75,8 @@ def test_a_plugin_whose_name_is_taken_is_a_plugin_error(monkeypatch) -> None:  #
 
     with pytest.raises(
         PluginError,
-        match=r"ralu plugin 'core' cannot be registered: another plugin holds that name \(<module 'ralu_core.builtin",
+        match=r"ralu plugin 'core' cannot be registered: another plugin holds that name "
+        r"\(<module 'ralu_core.plugins.builtin",
     ):
         create_plugin_manager(plugins=[Impostor()])
 

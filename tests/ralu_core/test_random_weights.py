@@ -7,7 +7,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
-import ralu_core.random_weights as rw
+import ralu_core.measurement.random_weights as rw
 from ralu_core.errors import RaluError
 
 VAE = {"block_out_channels": [8, 16], "norm_num_groups": 4, "latent_channels": 4, "layers_per_block": 1}

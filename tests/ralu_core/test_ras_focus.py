@@ -8,10 +8,10 @@ import torch
 from ralu_core import accelerate
 from ralu_core.errors import ConfigFieldError
 from ralu_core.recipes import load_recipe_text
+from ralu_core.sampling.tokens import TokenGrid, TokenState, render_latent
 from ralu_core.strategies.base import SelectionRequest
 from ralu_core.strategies.ras_focus import RASFocusConfig, RASFocusSelector, output_spread
 from ralu_core.testing import ToyPipeline, seeded_generators
-from ralu_core.tokens import TokenGrid, TokenState, render_latent
 
 GRID = TokenGrid(rows=2, cols=4, channels=4, patch=2)
 
@@ -180,7 +180,7 @@ def test_the_engine_computes_what_the_schedule_says_at_each_step(toy_pm, toy_plu
 
 
 def test_flops_count_each_step_at_its_token_count() -> None:
-    from ralu_core.accounting import recipe_cost
+    from ralu_core.measurement.accounting import recipe_cost
     from ralu_core.plugins import Registry, create_plugin_manager
     from ralu_core.recipes import resolve_recipe
     from ralu_core.testing import ToyPlugin

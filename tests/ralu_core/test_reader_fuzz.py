@@ -9,9 +9,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ralu_core.batch import read_prompts
+from ralu_core.cli.batch import read_prompts
 from ralu_core.errors import RaluError
-from ralu_core.paired import check_report, compare
+from ralu_core.measurement.paired import check_report, compare
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -7,10 +7,10 @@ import torch
 from PIL import Image
 
 from ralu_core import accelerate
+from ralu_core.measurement.selection_view import SelectionRecorder, full_resolution_map, selection_figure
 from ralu_core.recipes import load_recipe_text
-from ralu_core.selection_view import SelectionRecorder, full_resolution_map, selection_figure
+from ralu_core.sampling.tokens import TokenGrid, TokenState, downsample_nearest
 from ralu_core.testing import ToyPipeline, seeded_generators
-from ralu_core.tokens import TokenGrid, TokenState, downsample_nearest
 
 RALU = """
 name: toy-ralu

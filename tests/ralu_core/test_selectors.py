@@ -7,8 +7,8 @@ import attrs
 import pytest
 import torch
 
-from ralu_core.engine import select_with
 from ralu_core.errors import PluginError
+from ralu_core.sampling.engine import select_with
 from ralu_core.strategies.base import SelectionRequest
 from ralu_core.strategies.selectors import (
     AllSelector,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ralu_core.token_map import TokenMap, footprint_owner
-from ralu_core.tokens import TokenGrid, TokenState, downsample_nearest, to_raster, upsample_selected
+from ralu_core.sampling.token_map import TokenMap, footprint_owner
+from ralu_core.sampling.tokens import TokenGrid, TokenState, downsample_nearest, to_raster, upsample_selected
 
 GRID = TokenGrid(rows=4, cols=6, channels=2, patch=2)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ralu_core.tokens import (
+from ralu_core.sampling.tokens import (
     FULL,
     HALF,
     TokenGrid,

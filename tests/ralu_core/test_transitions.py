@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ralu_core.ntdm import rewind_start
+from ralu_core.sampling.ntdm import rewind_start
+from ralu_core.sampling.tokens import HALF, TokenGrid, TokenState, downsample_nearest, nearest_children
 from ralu_core.strategies.base import TransitionRequest
 from ralu_core.strategies.transitions import NaiveUpsample, NTDMUpsample, correlated_noise
-from ralu_core.tokens import HALF, TokenGrid, TokenState, downsample_nearest, nearest_children
 
 GRID = TokenGrid(rows=4, cols=4, channels=1, patch=2)  # 2 x 2 half-res tokens of 4 values each
 END, C = 0.3, 0.2

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ralu_core.bench import LABEL_WIDTH
 from ralu_core.cli import main
+from ralu_core.measurement.bench import LABEL_WIDTH
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]

@@ -14,9 +14,9 @@ from PIL import Image
 
 import ralu_core.cli.common
 import ralu_core.cli.flops
-from ralu_core.accelerated import AcceleratedPipeline
 from ralu_core.cli import main
-from ralu_core.model_sources import resolve_model_source
+from ralu_core.cli.model_sources import resolve_model_source
+from ralu_core.pipelines.accelerated import AcceleratedPipeline
 from ralu_flux.adapter import FluxAdapter
 
 PROMPT = "a red circle at the top left on a white background"
@@ -181,7 +181,7 @@ def test_a_hub_model_is_checked_from_its_config_files_before_its_weights_load(ca
     import huggingface_hub
     from huggingface_hub.errors import RepositoryNotFoundError
 
-    import ralu_core.model_sources as sources
+    import ralu_core.cli.model_sources as sources
     from ralu_flux.testing import make_flux_pipeline
 
     folder = tmp_path / "hub-copy"

@@ -11,8 +11,8 @@ import torch
 
 import ralu_core
 from ralu_core.cli import main
-from ralu_core.compiling import compile_denoiser, graphs_compiled, repeated_blocks
 from ralu_core.errors import RaluError
+from ralu_core.pipelines.compiling import compile_denoiser, graphs_compiled, repeated_blocks
 from ralu_flux.flops import load_flux_dev_config
 from ralu_flux.random_weights import RandomTextFluxPipeline, random_flux_pipeline
 from ralu_flux.testing import tiny_flux_pipeline

@@ -1,11 +1,11 @@
-"""The FLUX adapter against the conformance suite every adapter runs (`ralu_core.conformance`)."""
+"""The FLUX adapter against the conformance suite every adapter runs (`ralu_core.testing.conformance`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ralu_core.conformance import AdapterConformance
+from ralu_core.testing.conformance import AdapterConformance
 from ralu_flux.testing import make_flux_pipeline
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from diffusers import AutoencoderKL, FluxTransformer2DModel
 
-from ralu_core.flops import FlopCount, meta_module
+from ralu_core.measurement.flops import FlopCount, meta_module
 from ralu_flux.flops import load_flux_dev_config, transformer_forward_flops, vae_decode_flops
 
 

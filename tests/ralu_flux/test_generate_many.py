@@ -176,7 +176,7 @@ def test_a_folder_another_run_is_writing_is_refused_before_any_model_loads(
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from ralu_core.batch import OutputFolder; "
+            "import sys, time; from pathlib import Path; from ralu_core.cli.batch import OutputFolder; "
             "f = OutputFolder(Path(sys.argv[1])); f.prepare(); f.lock(); print('locked', flush=True); time.sleep(60)",
             str(out),
         ],
@@ -202,8 +202,8 @@ def test_a_full_disk_ends_the_run_in_one_line_and_the_folder_resumes(
 ) -> None:  # type: ignore[no-untyped-def]
     import errno
 
-    import ralu_core.outputs
-    from ralu_core.batch import OutputFolder
+    import ralu_core.cli.outputs
+    from ralu_core.cli.batch import OutputFolder
 
     def full(*args: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -211,7 +211,7 @@ def test_a_full_disk_ends_the_run_in_one_line_and_the_folder_resumes(
     out = tmp_path / "images"
     argv = ["generate", "--prompts", str(prompt_file), "--out", str(out), "--seeds", "0", *ARGS]
     with monkeypatch.context() as patch:  # full from the start: the probe writes data, not an empty file
-        patch.setattr(ralu_core.outputs.os, "fsync", full)
+        patch.setattr(ralu_core.cli.outputs.os, "fsync", full)
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert "cannot write there (No space left on device)" in err and "RANDOM weights" not in err

@@ -11,9 +11,9 @@ import torch
 
 import ralu_core
 from ralu_core.cli import main
-from ralu_core.conformance import CANNY_SYNCS
-from ralu_core.host_sync import HostSyncRecorder, record_syncs
-from ralu_core.tokens import TokenGrid, TokenState, dense_level, downsample_nearest
+from ralu_core.measurement.host_sync import HostSyncRecorder, record_syncs
+from ralu_core.sampling.tokens import TokenGrid, TokenState, dense_level, downsample_nearest
+from ralu_core.testing.conformance import CANNY_SYNCS
 from ralu_flux.adapter import FluxCall
 
 CALL = {"max_sequence_length": 16, "output_type": "latent", "height": 128, "width": 128}
@@ -52,7 +52,7 @@ def test_the_recorder_catches_a_scalar_read_and_a_mask_inside_the_loop(pipe, mon
     with HostSyncRecorder.step_loop() as recorder:
         ralu_core.accelerate(pipe, "flux-baseline")("a cat", generator=gen(0), num_inference_steps=3, **CALL)
     kinds = Counter((r.op, r.kind, r.where, str(r.caller).split(":")[0]) for r in recorder.records)
-    site = "ralu_core/engine.py in SamplingEngine._run_stage.<locals>.compute"  # ralu's frame that called it
+    site = "ralu_core/sampling/engine.py in SamplingEngine._run_stage.<locals>.compute"  # ralu's frame that called it
     assert kinds == {
         ("aten._local_scalar_dense", "scalar", site, "test_host_sync.py"): 3,
         ("aten.index", "dynamic-shape", site, "test_host_sync.py"): 3,

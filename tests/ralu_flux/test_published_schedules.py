@@ -9,9 +9,9 @@ import pytest
 
 from ralu_core import accelerate
 from ralu_core.cli import main
-from ralu_core.hookspecs import hookimpl
-from ralu_core.ntdm import rewind_start
 from ralu_core.plugins import create_plugin_manager
+from ralu_core.plugins.hookspecs import hookimpl
+from ralu_core.sampling.ntdm import rewind_start
 
 # Published values (RALU, arXiv 2507.08422; 4x from the authors' release): shifts per stage, c, ends.
 PUBLISHED = {

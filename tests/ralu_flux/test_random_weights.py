@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 import ralu_core
-import ralu_core.random_weights as rw
+import ralu_core.measurement.random_weights as rw
 from ralu_core.cli import main
 from ralu_flux.flops import load_flux_dev_config
 from ralu_flux.random_weights import RandomTextFluxPipeline, flux_dev_random, random_flux_pipeline

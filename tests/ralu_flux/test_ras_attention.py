@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import ralu_core
-from ralu_core.conformance import cached_attention_outputs, dense_at
 from ralu_core.errors import RecipeError, UnsupportedPipelineError
 from ralu_core.recipes import load_recipe_text
+from ralu_core.testing.conformance import cached_attention_outputs, dense_at
 from ralu_flux.adapter import FluxAdapter
 
 CALL = {"max_sequence_length": 16, "output_type": "latent", "height": 64, "width": 96}
@@ -132,7 +132,7 @@ def test_inactive_needs_step_tokens_and_a_known_mode(pipe) -> None:  # type: ign
 
 
 def test_bench_reports_the_memory_of_the_token_caches(pipe) -> None:  # type: ignore[no-untyped-def]
-    from ralu_core.bench import BenchPlan, markdown_table, run_bench
+    from ralu_core.measurement.bench import BenchPlan, markdown_table, run_bench
     from ralu_core.plugins import Registry, create_plugin_manager
 
     registry = Registry.collect(create_plugin_manager())

@@ -136,7 +136,7 @@ def test_a_saved_pipeline_loads_in_the_asked_dtype_without_a_deprecation_notice(
     it): the weights load in that dtype, and no FutureWarning says the keyword is deprecated."""
     import warnings
 
-    from ralu_core.diffusers_compat import dtype_argument
+    from ralu_core.pipelines.diffusers_compat import dtype_argument
 
     make_flux_pipeline("tiny", seed=0).save_pretrained(tmp_path)
     with warnings.catch_warnings():

@@ -16,8 +16,8 @@ from diffusers.hooks import (
 )
 
 import ralu_core
+from ralu_core.pipelines.testing_hooks import hook_snapshot, install_audit, remove_audit
 from ralu_core.testing import seeded_generators
-from ralu_core.testing_hooks import hook_snapshot, install_audit, remove_audit
 
 CALL = {"height": 128, "width": 128, "output_type": "latent"}
 
@@ -116,7 +116,7 @@ def test_the_step_each_evaluation_serves_reaches_the_hooks(pipe, audit) -> None:
 
 def test_without_the_engines_reset_a_hook_would_see_two_token_sets(pipe, audit, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The audit itself can fail: skip the reset at stage changes and it reports the mixed token sets."""
-    from ralu_core.pipeline_call import DiffusersHooks
+    from ralu_core.pipelines.pipeline_call import DiffusersHooks
 
     monkeypatch.setattr(DiffusersHooks, "begin_stage", lambda self, stage: None)
     with pytest.raises(AssertionError, match="without a reset"):

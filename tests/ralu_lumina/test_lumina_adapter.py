@@ -9,7 +9,7 @@ import torch
 
 import ralu_core
 from ralu_core.errors import CallError
-from ralu_core.tokens import TokenState, downsample_nearest, gather_tokens, image_to_tokens
+from ralu_core.sampling.tokens import TokenState, downsample_nearest, gather_tokens, image_to_tokens
 from ralu_lumina.adapter import LuminaAdapter
 from ralu_lumina.flops_profile import LuminaFlopsProfile, load_lumina_config
 from ralu_lumina.testing import make_lumina_pipeline

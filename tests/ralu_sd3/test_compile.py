@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ralu_core
-from ralu_core.compiling import compile_denoiser, graphs_compiled
+from ralu_core.pipelines.compiling import compile_denoiser, graphs_compiled
 from ralu_sd3.flops import load_sd3_config
 from ralu_sd3.random_weights import RandomTextSD3Pipeline, random_sd3_pipeline
 

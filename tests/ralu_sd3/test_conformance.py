@@ -1,4 +1,4 @@
-"""The SD3 adapter against the conformance suite every adapter runs (`ralu_core.conformance`). SD3.5's
+"""The SD3 adapter against the conformance suite every adapter runs (`ralu_core.testing.conformance`). SD3.5's
 differences (dual attention, q/k norms) are model knowledge, tested in test_sd3_adapter.py and
 test_ras_attention.py."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ralu_core.conformance import AdapterConformance
+from ralu_core.testing.conformance import AdapterConformance
 from ralu_sd3.testing import make_sd3_pipeline
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 
 import ralu_core
-from ralu_core.conformance import CANNY_SYNCS
-from ralu_core.host_sync import HostSyncRecorder
+from ralu_core.measurement.host_sync import HostSyncRecorder
+from ralu_core.testing.conformance import CANNY_SYNCS
 from ralu_sd3.positions import SinCosGrid
 
 CALL = {"max_sequence_length": 8, "output_type": "latent", "height": 128, "width": 128}

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import ralu_core
-from ralu_core.conformance import cached_attention_outputs, dense_at
 from ralu_core.errors import UnsupportedPipelineError
 from ralu_core.recipes import load_recipe_text
+from ralu_core.testing.conformance import cached_attention_outputs, dense_at
 from ralu_sd3.adapter import SD3Adapter
 
 CALL = {"max_sequence_length": 8, "output_type": "latent", "height": 64, "width": 96}

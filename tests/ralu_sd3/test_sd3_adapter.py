@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import ralu_core
+from ralu_core.sampling.tokens import image_to_tokens
 from ralu_core.testing import seeded_generators
-from ralu_core.tokens import image_to_tokens
 from ralu_sd3 import adapter as sd3_adapter
 from ralu_sd3.forward import embed_tokens, strip_positions, tokens_to_strip
 from ralu_sd3.positions import SinCosGrid, sincos_1d

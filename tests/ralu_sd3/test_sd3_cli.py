@@ -97,7 +97,7 @@ def test_generate_refuses_a_recipe_for_another_model_before_loading(capsys, tmp_
 
 @pytest.mark.parametrize("model", ["sd3-tiny", "sd35-tiny", "sd3-mid"])
 def test_the_size_rule_read_before_loading_is_the_one_the_call_applies(model: str) -> None:
-    from ralu_core.model_sources import resolve_model_source
+    from ralu_core.cli.model_sources import resolve_model_source
     from ralu_sd3.adapter import SD3Adapter
 
     source = resolve_model_source(Registry.collect(create_plugin_manager()), model)

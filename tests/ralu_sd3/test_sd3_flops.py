@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, SD3Transformer2DModel
 
-from ralu_core.flops import FlopCount, count_flops, meta_module
+from ralu_core.measurement.flops import FlopCount, count_flops, meta_module
 from ralu_sd3.flops import DEFAULT_TEXT_TOKENS, load_sd3_config, transformer_forward_flops, vae_decode_flops
 
 

@@ -19,8 +19,8 @@ from diffusers.hooks import (
 )
 
 import ralu_core
+from ralu_core.pipelines.testing_hooks import hook_snapshot, install_audit, remove_audit
 from ralu_core.testing import seeded_generators
-from ralu_core.testing_hooks import hook_snapshot, install_audit, remove_audit
 
 CALL = {"height": 128, "width": 96, "output_type": "latent", "guidance_scale": 5.0}
 

@@ -22,12 +22,12 @@ from PIL import Image, ImageDraw
 
 from ralu_bench.models import load_reference_pipeline, recommended_call
 from ralu_core import accelerate
-from ralu_core.hookspecs import hookimpl
 from ralu_core.plugins import Registry, create_plugin_manager
+from ralu_core.plugins.hookspecs import hookimpl
 from ralu_core.recipes import find_recipe
+from ralu_core.sampling.tokens import HALF, gather_tokens
 from ralu_core.strategies.base import SelectionRequest
 from ralu_core.strategies.selectors import CannyEdgeSelector
-from ralu_core.tokens import HALF, gather_tokens
 
 SCALE = 4  # pixels of the figure per pixel of the decoded half-resolution image
 

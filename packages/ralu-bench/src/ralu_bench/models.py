@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from ralu_bench.shapes import CAPTION_WORDS, COLOURS, KINDS
-from ralu_core.diffusers_compat import dtype_argument
-from ralu_core.models import NamedModel
+from ralu_core.pipelines.diffusers_compat import dtype_argument
+from ralu_core.plugins.models import NamedModel
 
 __all__ = [
     "REFERENCE_MODELS",

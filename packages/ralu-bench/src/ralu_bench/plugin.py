@@ -10,8 +10,8 @@ from typing import Any, ClassVar
 from ralu_bench import metrics
 from ralu_bench.models import reference_models
 from ralu_bench.shapes import ShapesDataset
-from ralu_core.hookspecs import RegisterMetric, RegisterModel, RegisterPromptSet, RegisterRecipe, hookimpl
-from ralu_core.image_metric import Image, ImageMetric
+from ralu_core.plugins.hookspecs import RegisterMetric, RegisterModel, RegisterPromptSet, RegisterRecipe, hookimpl
+from ralu_core.plugins.image_metric import Image, ImageMetric
 
 
 class PSNR(ImageMetric):

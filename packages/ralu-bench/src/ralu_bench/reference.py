@@ -47,7 +47,7 @@ from transformers import (
 )
 
 from ralu_bench.shapes import CAPTION_WORDS, ShapesDataset
-from ralu_core.offline import CLIP_MAX_LENGTH, make_clip_tokenizer, make_t5_tokenizer, seeded_components
+from ralu_core.pipelines.offline import CLIP_MAX_LENGTH, make_clip_tokenizer, make_t5_tokenizer, seeded_components
 
 __all__ = [
     "COMPONENT_ORDER",

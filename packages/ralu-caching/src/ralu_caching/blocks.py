@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ralu_core.diffusers_private import (
+from ralu_core.pipelines.diffusers_private import (
     block_argument,
     block_outputs,
     drop_hook_registry,
@@ -29,7 +29,7 @@ from ralu_core.diffusers_private import (
 )
 
 if TYPE_CHECKING:
-    from ralu_core.diffusers_private import ModelHook
+    from ralu_core.pipelines.diffusers_private import ModelHook
 
 BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks", "blocks", "layers")
 
@@ -109,7 +109,7 @@ def hooks_installed(
     """Register each (module, hook, name) for the duration of the block, then remove them newest first
     (the only order diffusers removes cleanly) and drop the registries created for them, so the model is
     left exactly as it was, even after an error."""
-    from ralu_core.diffusers_private import HookRegistry
+    from ralu_core.pipelines.diffusers_private import HookRegistry
 
     hooked = {id(m): m for m in (denoiser, *(p[0] for p in placements))}.values()
     created = [m for m in hooked if not _has_registry(m)]

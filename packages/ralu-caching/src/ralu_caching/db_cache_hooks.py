@@ -13,7 +13,7 @@ import torch
 
 from ralu_caching.blocks import BlockIO, hooks_installed, minus, plus, standard_blocks
 from ralu_caching.stats import ReuseCounter
-from ralu_core.diffusers_private import BaseState, ModelHook, StateManager, original_forward
+from ralu_core.pipelines.diffusers_private import BaseState, ModelHook, StateManager, original_forward
 
 if TYPE_CHECKING:
     from ralu_caching.db_cache import DBCacheConfig

@@ -14,7 +14,7 @@ from ralu_caching.blocks import BlockIO, hooks_installed, minus, plus, standard_
 from ralu_caching.deepcache import DeepCacheConfig, full_step
 from ralu_caching.pass_through import PassThrough
 from ralu_caching.step_clock import ClockState, StepClock
-from ralu_core.diffusers_private import ModelHook, StateManager, original_forward
+from ralu_core.pipelines.diffusers_private import ModelHook, StateManager, original_forward
 
 HOOK = "ralu_deepcache"
 

@@ -16,7 +16,7 @@ from ralu_caching.delta_dit import FRONT, REAR, cached_range
 from ralu_caching.forecast_schedule import computes
 from ralu_caching.pass_through import PassThrough
 from ralu_caching.step_clock import ClockState, StepClock
-from ralu_core.diffusers_private import ModelHook, StateManager, original_forward
+from ralu_core.pipelines.diffusers_private import ModelHook, StateManager, original_forward
 
 if TYPE_CHECKING:
     from ralu_caching.delta_dit import DeltaDiTCache

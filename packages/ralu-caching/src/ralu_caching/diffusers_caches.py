@@ -24,7 +24,7 @@ import attrs
 
 from ralu_caching.blocks import hooks_added, standard_blocks
 from ralu_core.errors import ConfigFieldError, did_you_mean
-from ralu_core.pipeline_call import current_timestep
+from ralu_core.pipelines.pipeline_call import current_timestep
 from ralu_core.strategies.base import AdapterFacts, FeatureCache
 
 METHODS: dict[str, tuple[str, str]] = {

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ralu_caching.blocks import BlockIO
-from ralu_core.diffusers_private import ModelHook
+from ralu_core.pipelines.diffusers_private import ModelHook
 
 
 class PassThrough(ModelHook):

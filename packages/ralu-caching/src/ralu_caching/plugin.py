@@ -16,8 +16,8 @@ from ralu_caching.taylorseer import TaylorSeerCache
 from ralu_caching.toca import ToCaCache
 from ralu_caching.unet import DeepCacheUNet, UNetAdapter
 from ralu_caching.velocity_forecast import VelocityForecastCache
-from ralu_core.adapter import ModelAdapter
-from ralu_core.hookspecs import RegisterAdapter, RegisterCache, RegisterRecipe, hookimpl
+from ralu_core.plugins.hookspecs import RegisterAdapter, RegisterCache, RegisterRecipe, hookimpl
+from ralu_core.sampling.contract import ModelAdapter
 
 RECIPES = (
     "ralu-flux-5x-delta-dit",

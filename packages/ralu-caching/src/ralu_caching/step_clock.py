@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from ralu_core.diffusers_private import BaseState, ModelHook, StateManager, original_forward
-from ralu_core.flops import not_counted
+from ralu_core.measurement.flops import not_counted
+from ralu_core.pipelines.diffusers_private import BaseState, ModelHook, StateManager, original_forward
 
 
 class ClockState(BaseState):

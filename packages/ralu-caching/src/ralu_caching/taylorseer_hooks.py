@@ -15,8 +15,8 @@ from ralu_caching.blocks import hooks_installed, standard_blocks
 from ralu_caching.forecast_schedule import computes
 from ralu_caching.step_clock import ClockState, StepClock, Uncounted
 from ralu_caching.taylorseer import TaylorSeerConfig
-from ralu_core.diffusers_private import ModelHook, StateManager, original_forward
-from ralu_core.pipeline_call import current_timestep
+from ralu_core.pipelines.diffusers_private import ModelHook, StateManager, original_forward
+from ralu_core.pipelines.pipeline_call import current_timestep
 from ralu_core.strategies.base import BlockFeatures
 
 HOOK = "ralu_taylorseer"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ralu_core.offline import make_clip_tokenizer, seeded_components, small_clip, small_vae
+from ralu_core.pipelines.offline import make_clip_tokenizer, seeded_components, small_clip, small_vae
 
 
 def _unet(**conditioning: Any) -> Any:

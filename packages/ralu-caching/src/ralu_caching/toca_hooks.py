@@ -17,7 +17,7 @@ from ralu_caching.blocks import hooks_installed, standard_blocks
 from ralu_caching.forecast_schedule import computes
 from ralu_caching.step_clock import ClockState, StepClock, Uncounted
 from ralu_caching.toca import ToCaConfig, fresh_ratio
-from ralu_core.diffusers_private import ModelHook, StateManager, original_forward
+from ralu_core.pipelines.diffusers_private import ModelHook, StateManager, original_forward
 from ralu_core.strategies.base import TokenwiseFeatures
 
 HOOK = "ralu_toca"

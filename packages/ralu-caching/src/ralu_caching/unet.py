@@ -17,9 +17,10 @@ from typing import Any, ClassVar
 
 import attrs
 
-from ralu_core.adapter import BoundCall, ModelAdapter, is_diffusers_pipeline
 from ralu_core.errors import ConfigFieldError
-from ralu_core.runtime import RecipeRuntime
+from ralu_core.pipelines.adapter import is_diffusers_pipeline
+from ralu_core.sampling.contract import BoundCall, ModelAdapter
+from ralu_core.sampling.runtime import RecipeRuntime
 from ralu_core.strategies.base import FeatureCache
 
 UNET_CACHES = ("deepcache-unet", "none")

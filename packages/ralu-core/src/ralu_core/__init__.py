@@ -15,7 +15,6 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ralu_core.accelerated import AcceleratedPipeline, accelerate
     from ralu_core.errors import (
         CallArgumentError,
         CallError,
@@ -25,11 +24,12 @@ if TYPE_CHECKING:
         UnsupportedArgumentError,
         UnsupportedPipelineError,
     )
-    from ralu_core.hookspecs import hookimpl
-    from ralu_core.pipeline_call import current_timestep
+    from ralu_core.pipelines.accelerated import AcceleratedPipeline, accelerate
+    from ralu_core.pipelines.pipeline_call import current_timestep
     from ralu_core.plugins import Registry, create_plugin_manager
+    from ralu_core.plugins.hookspecs import hookimpl
     from ralu_core.recipes import Recipe, Stage, StrategyRef, load_recipe_file, load_recipe_text
-    from ralu_core.tokens import TokenGrid, TokenState
+    from ralu_core.sampling.tokens import TokenGrid, TokenState
 
 try:
     __version__ = version("ralu-core")
@@ -37,8 +37,8 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0.0.0"
 
 _EXPORTS = {
-    "AcceleratedPipeline": "ralu_core.accelerated",
-    "accelerate": "ralu_core.accelerated",
+    "AcceleratedPipeline": "ralu_core.pipelines.accelerated",
+    "accelerate": "ralu_core.pipelines.accelerated",
     "CallArgumentError": "ralu_core.errors",
     "CallError": "ralu_core.errors",
     "PluginError": "ralu_core.errors",
@@ -46,8 +46,8 @@ _EXPORTS = {
     "RecipeError": "ralu_core.errors",
     "UnsupportedArgumentError": "ralu_core.errors",
     "UnsupportedPipelineError": "ralu_core.errors",
-    "hookimpl": "ralu_core.hookspecs",
-    "current_timestep": "ralu_core.pipeline_call",
+    "hookimpl": "ralu_core.plugins.hookspecs",
+    "current_timestep": "ralu_core.pipelines.pipeline_call",
     "Registry": "ralu_core.plugins",
     "create_plugin_manager": "ralu_core.plugins",
     "Recipe": "ralu_core.recipes",
@@ -55,8 +55,8 @@ _EXPORTS = {
     "StrategyRef": "ralu_core.recipes",
     "load_recipe_file": "ralu_core.recipes",
     "load_recipe_text": "ralu_core.recipes",
-    "TokenGrid": "ralu_core.tokens",
-    "TokenState": "ralu_core.tokens",
+    "TokenGrid": "ralu_core.sampling.tokens",
+    "TokenState": "ralu_core.sampling.tokens",
 }
 
 __all__ = [

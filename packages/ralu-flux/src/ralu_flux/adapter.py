@@ -18,12 +18,13 @@ import attrs
 import numpy as np
 import torch
 
-from ralu_core.adapter import FlopsProfile, iter_chunks
-from ralu_core.arguments import PipelineArguments
-from ralu_core.dit import DiTAdapter, DiTCall
 from ralu_core.errors import CallError
+from ralu_core.measurement.profile import FlopsProfile
+from ralu_core.pipelines.adapter import iter_chunks
+from ralu_core.pipelines.arguments import PipelineArguments
+from ralu_core.pipelines.dit import DiTAdapter, DiTCall
+from ralu_core.sampling.tokens import TokenGrid, TokenState, gather_tokens
 from ralu_core.strategies.base import BlockFeatures, ModelBlocks, StepInfo, TokenwiseFeatures
-from ralu_core.tokens import TokenGrid, TokenState, gather_tokens
 from ralu_flux.attention import FluxTokenProcessor, Rotary, attention_modules, attention_problems
 
 PATCH = 2  # FLUX packs 2 x 2 latent pixels per token

@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from ralu_core.diffusers_private import attention_dispatch_options
-from ralu_core.kv_store import KVStore, StandInProcessor, processor_problems
+from ralu_core.pipelines.diffusers_private import attention_dispatch_options
+from ralu_core.pipelines.kv_store import KVStore, StandInProcessor, processor_problems
 
 DEFAULT_PROCESSOR = "FluxAttnProcessor"
 

@@ -4,7 +4,7 @@ Why: RALU's savings come from running early steps on fewer image tokens; reporti
 the cost of one transformer forward at any token count, and of the VAE decode, for the real FLUX.1-dev
 architecture -- without its 24 GB of weights. The configs of FLUX.1-dev ship with this package
 (``data/flux-dev/*.json``) and the models are instantiated on the meta device (no memory, no init), then
-counted with :func:`ralu_core.flops.count_flops` (1 multiply-add = 2 FLOPs; matmuls, convolutions and
+counted with :func:`ralu_core.measurement.flops.count_flops` (1 multiply-add = 2 FLOPs; matmuls, convolutions and
 attention products only).
 
 The text encoders (CLIP-L and T5-XXL) are excluded everywhere: they run once per prompt, not per
@@ -21,8 +21,8 @@ from typing import Any, Literal
 import torch
 from diffusers import AutoencoderKL, FluxTransformer2DModel
 
-from ralu_core.flops import FlopCount, cached_meta_module, count_flops
-from ralu_core.flops import vae_decode_flops as core_vae_decode_flops
+from ralu_core.measurement.flops import FlopCount, cached_meta_module, count_flops
+from ralu_core.measurement.flops import vae_decode_flops as core_vae_decode_flops
 
 __all__ = ["load_flux_dev_config", "transformer_forward_flops", "vae_decode_flops"]
 

@@ -7,11 +7,12 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from ralu_core.adapter import FlopsProfile, check_image_size
-from ralu_core.flops import FlopCount
-from ralu_core.kv_store import counting_cached_attention
-from ralu_core.pipeline_call import read_component_configs
-from ralu_core.tokens import TokenGrid
+from ralu_core.measurement.flops import FlopCount
+from ralu_core.measurement.profile import FlopsProfile
+from ralu_core.pipelines.adapter import check_image_size
+from ralu_core.pipelines.kv_store import counting_cached_attention
+from ralu_core.pipelines.pipeline_call import read_component_configs
+from ralu_core.sampling.tokens import TokenGrid
 from ralu_flux.attention import FluxTokenProcessor, attention_modules
 from ralu_flux.flops import load_flux_dev_config, transformer_forward_flops, vae_decode_flops
 

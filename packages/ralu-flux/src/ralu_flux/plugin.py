@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ralu_core.dit import AdapterPlugin
-from ralu_core.models import NamedModel
+from ralu_core.pipelines.dit import AdapterPlugin
+from ralu_core.plugins.models import NamedModel
 from ralu_flux.adapter import FluxAdapter
 
 RECIPES = ("flux-baseline", "ralu-flux-4x", "ralu-flux-5x", "ralu-flux-7x", "ras-flux", "ralu-ras-flux-7x")

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
-from ralu_core.diffusers_private import execution_device
-from ralu_core.random_weights import check_fits, random_module, random_text
+from ralu_core.measurement.random_weights import check_fits, random_module, random_text
+from ralu_core.pipelines.diffusers_private import execution_device
 from ralu_flux.flops import load_flux_dev_config
 
 __all__ = ["RandomTextFluxPipeline", "flux_dev_random", "random_flux_pipeline"]

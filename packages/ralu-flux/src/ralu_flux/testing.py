@@ -4,7 +4,7 @@ Why this exists: ralu's FLUX adapter must be exercised end to end (prompt encodi
 flow-matching scheduler, the transformer, VAE decoding, ``save_pretrained``/``from_pretrained``) in
 environments where no model weights or tokenizer files can be downloaded. Every component is therefore
 built here from an in-code config with deterministic random weights (``seed`` -> bit-identical
-weights), and the two tokenizers come from :mod:`ralu_core.offline` (a small hand-written
+weights), and the two tokenizers come from :mod:`ralu_core.pipelines.offline` (a small hand-written
 vocabulary, no files, in the very classes FLUX.1 uses), so ``FluxPipeline.encode_prompt`` runs unchanged.
 ``VOCABULARY``, ``make_clip_tokenizer`` and ``make_t5_tokenizer`` are re-exported here for existing imports.
 
@@ -38,7 +38,7 @@ from transformers import (
     T5Tokenizer,
 )
 
-from ralu_core.offline import (
+from ralu_core.pipelines.offline import (
     VOCABULARY,
     make_clip_tokenizer,
     make_t5_tokenizer,

@@ -29,13 +29,14 @@ import attrs
 import numpy as np
 import torch
 
-from ralu_core.adapter import BoundCall, FlopsProfile
-from ralu_core.arguments import PipelineArguments
-from ralu_core.diffusers_private import describe_block
-from ralu_core.dit import DiTAdapter, DiTCall, swapped_submodule
 from ralu_core.errors import CallError
-from ralu_core.strategies.base import StepInfo
-from ralu_core.tokens import TokenGrid, TokenState, gather_tokens, image_to_tokens, tokens_to_image
+from ralu_core.measurement.profile import FlopsProfile
+from ralu_core.pipelines.arguments import PipelineArguments
+from ralu_core.pipelines.diffusers_private import describe_block
+from ralu_core.pipelines.dit import DiTAdapter, DiTCall, swapped_submodule
+from ralu_core.sampling.contract import BoundCall
+from ralu_core.sampling.tokens import TokenGrid, TokenState, gather_tokens, image_to_tokens, tokens_to_image
+from ralu_core.strategies.base import BlockFeatures, ModelBlocks, StepInfo
 from ralu_lumina.attention import CachedKVLuminaProcessor, attention_modules, attention_problems
 
 PATCH = 2
@@ -254,6 +255,16 @@ class LuminaAdapter(DiTAdapter):
     architecture: ClassVar[str] = "Lumina-Next"
     size_rule_reads_transformer: ClassVar[bool] = False  # LuminaPipeline checks multiples of 16 whatever its config
     long_text_tokenizer: ClassVar[str | None] = None  # Gemma reads up to 256 tokens, cut by the pipeline
+    blocks: ClassVar[ModelBlocks] = ModelBlocks(
+        block_features={
+            # The attention branch (self- and cross-attention mixed by a per-head gate, one output projection,
+            # then `norm2`) and the feed-forward branch (`ffn_norm2`) join the residual through tanh gates; the two
+            # attentions and the feed-forward feed only them.
+            "LuminaNextDiTBlock": BlockFeatures(
+                forecast=("norm2", "ffn_norm2"), feeds_forecast=("attn1", "attn2", "feed_forward")
+            ),
+        },
+    )
 
     def cached_attention_problems(self, pipeline: Any) -> list[str]:
         return attention_problems(pipeline.transformer)

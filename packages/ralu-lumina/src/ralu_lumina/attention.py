@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ralu_core.kv_store import StandInProcessor, processor_problems
+from ralu_core.pipelines.kv_store import StandInProcessor, processor_problems
 
 DEFAULT_PROCESSOR = "LuminaAttnProcessor2_0"
 

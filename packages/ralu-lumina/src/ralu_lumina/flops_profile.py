@@ -12,12 +12,13 @@ from typing import Any
 
 import torch
 
-from ralu_core.adapter import FlopsProfile, check_image_size
-from ralu_core.flops import FlopCount, cached_meta_module, count_flops
-from ralu_core.flops import vae_decode_flops as core_vae_decode_flops
-from ralu_core.kv_store import counting_cached_attention
-from ralu_core.pipeline_call import read_component_configs
-from ralu_core.tokens import TokenGrid
+from ralu_core.measurement.flops import FlopCount, cached_meta_module, count_flops
+from ralu_core.measurement.flops import vae_decode_flops as core_vae_decode_flops
+from ralu_core.measurement.profile import FlopsProfile
+from ralu_core.pipelines.adapter import check_image_size
+from ralu_core.pipelines.kv_store import counting_cached_attention
+from ralu_core.pipelines.pipeline_call import read_component_configs
+from ralu_core.sampling.tokens import TokenGrid
 from ralu_lumina.adapter import PATCH, ROPE_GRID, describe_lumina_blocks, strip_rope
 from ralu_lumina.attention import CachedKVLuminaProcessor, attention_modules
 

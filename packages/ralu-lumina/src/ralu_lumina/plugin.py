@@ -3,7 +3,7 @@ recipes. Registering imports no diffusers."""
 
 from __future__ import annotations
 
-from ralu_core.dit import AdapterPlugin
+from ralu_core.pipelines.dit import AdapterPlugin
 from ralu_lumina.adapter import LuminaAdapter
 
 RECIPES = ("lumina-baseline", "ras-lumina", "ralu-lumina-4x")

@@ -3,7 +3,7 @@
 Every component is built from an in-code config with deterministic random weights (``seed`` ->
 bit-identical weights): a LuminaNextDiT2DModel with grouped-query attention, as Lumina-Next-SFT's (8 key/value
 heads for 32 query heads there, 2 for 4 here), a Gemma text encoder of two layers (the pipeline reads the
-second-to-last hidden state) with the offline Gemma tokenizer of :mod:`ralu_core.offline`, an SDXL-style
+second-to-last hidden state) with the offline Gemma tokenizer of :mod:`ralu_core.pipelines.offline`, an SDXL-style
 4-channel VAE (scaling 0.13025, no shift) and the flow-matching Euler scheduler. Two initialisations differ
 from the model's own: the per-head cross-attention gates start at zero in Lumina (tanh(0) = 0: the prompt
 would reach the image only through the time-caption embedding), and ``pad_token`` is left uninitialised by
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ralu_core.offline import make_gemma_tokenizer, seeded_components, small_vae
+from ralu_core.pipelines.offline import make_gemma_tokenizer, seeded_components, small_vae
 
 __all__ = ["make_lumina_pipeline", "size_config"]
 

@@ -18,11 +18,18 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from ralu_core.adapter import FlopsProfile
-from ralu_core.arguments import PipelineArguments
-from ralu_core.dit import DiTAdapter, DiTCall
+from ralu_core.measurement.profile import FlopsProfile
+from ralu_core.pipelines.arguments import PipelineArguments
+from ralu_core.pipelines.dit import DiTAdapter, DiTCall
+from ralu_core.sampling.tokens import (
+    TokenGrid,
+    TokenState,
+    dense_level,
+    gather_tokens,
+    image_to_tokens,
+    tokens_to_image,
+)
 from ralu_core.strategies.base import BlockFeatures, ModelBlocks, StepInfo, TokenwiseFeatures
-from ralu_core.tokens import TokenGrid, TokenState, dense_level, gather_tokens, image_to_tokens, tokens_to_image
 from ralu_sd3.attention import CachedKVJointProcessor, attention_modules, attention_problems
 from ralu_sd3.forward import strip_positions, tokens_to_strip
 from ralu_sd3.positions import SinCosGrid

@@ -4,7 +4,7 @@ Why: RALU's savings come from running early steps on fewer image tokens; reporti
 the cost of one transformer forward at any token count, and of the VAE decode, for the real SD3-medium
 and SD3.5-large architectures -- without their weights. Their diffusers configs ship with this package
 (``data/<arch>/{transformer,vae}.json``); the models are instantiated on the meta device (no memory, no
-init) and counted with :func:`ralu_core.flops.count_flops` (1 multiply-add = 2 FLOPs; matmuls,
+init) and counted with :func:`ralu_core.measurement.flops.count_flops` (1 multiply-add = 2 FLOPs; matmuls,
 convolutions and attention products only).
 
 Token path, not dense image: ralu evaluates SD3 on arbitrary token sets (mixed resolutions), so a
@@ -36,8 +36,8 @@ from typing import Any, Literal
 import torch
 from diffusers import AutoencoderKL, SD3Transformer2DModel
 
-from ralu_core.flops import FlopCount, cached_meta_module, count_flops
-from ralu_core.flops import vae_decode_flops as core_vae_decode_flops
+from ralu_core.measurement.flops import FlopCount, cached_meta_module, count_flops
+from ralu_core.measurement.flops import vae_decode_flops as core_vae_decode_flops
 
 __all__ = ["DEFAULT_TEXT_TOKENS", "load_sd3_config", "transformer_forward_flops", "vae_decode_flops"]
 

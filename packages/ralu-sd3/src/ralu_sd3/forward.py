@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from ralu_core.dit import swapped_submodule
-from ralu_core.tokens import image_to_tokens, tokens_to_image
+from ralu_core.pipelines.dit import swapped_submodule
+from ralu_core.sampling.tokens import image_to_tokens, tokens_to_image
 
 
 def embed_tokens(patch_embed: Any, tokens: torch.Tensor, position_embedding: torch.Tensor) -> torch.Tensor:

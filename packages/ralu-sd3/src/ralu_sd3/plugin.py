@@ -10,8 +10,8 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from ralu_core.dit import AdapterPlugin
-from ralu_core.models import NamedModel
+from ralu_core.pipelines.dit import AdapterPlugin
+from ralu_core.plugins.models import NamedModel
 from ralu_sd3.adapter import SD3Adapter
 
 RECIPES = ("sd3-baseline", "ralu-sd3-2x", "ralu-sd3-3x", "ras-sd3", "ras-sd3-fast", "ralu-ras-sd3-3x")

@@ -21,8 +21,8 @@ from diffusers import (
     StableDiffusion3Pipeline,
 )
 
-from ralu_core.diffusers_private import execution_device
-from ralu_core.random_weights import check_fits, random_module, random_text
+from ralu_core.measurement.random_weights import check_fits, random_module, random_text
+from ralu_core.pipelines.diffusers_private import execution_device
 from ralu_sd3.flops import load_sd3_config
 
 __all__ = ["RandomTextSD3Pipeline", "published_random", "random_sd3_pipeline"]

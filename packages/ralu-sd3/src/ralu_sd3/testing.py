@@ -5,7 +5,7 @@ classifier-free guidance, the cropped position embedding, the flow-matching sche
 VAE decoding, ``save_pretrained``/``from_pretrained``) where no weights or tokenizer files can be
 downloaded. Every component is built here from an in-code config with deterministic random weights
 (``seed`` -> bit-identical weights); the two CLIP tokenizers and the T5 tokenizer come from
-:mod:`ralu_core.offline` (a hand-written vocabulary in the very classes SD3 uses).
+:mod:`ralu_core.pipelines.offline` (a hand-written vocabulary in the very classes SD3 uses).
 
 The architecture mirrors SD3-medium: a 16-channel VAE with SD3's scaling/shift factors (1.5305/0.0609),
 8x downsampling and no quant convs; patch size 2; a flow-matching Euler scheduler with static shift 3.0;
@@ -53,7 +53,14 @@ from transformers import (
     T5Tokenizer,
 )
 
-from ralu_core.offline import make_clip_tokenizer, make_t5_tokenizer, seeded_components, small_clip, small_t5, small_vae
+from ralu_core.pipelines.offline import (
+    make_clip_tokenizer,
+    make_t5_tokenizer,
+    seeded_components,
+    small_clip,
+    small_t5,
+    small_vae,
+)
 
 __all__ = ["Variant", "make_sd3_pipeline", "variant_config"]
 

@@ -14,8 +14,8 @@ import attrs
 import torch
 
 import ralu_core
+from ralu_core.sampling.tokens import gather_tokens
 from ralu_core.strategies.selectors import RatioSelector
-from ralu_core.tokens import gather_tokens
 
 
 @attrs.frozen(kw_only=True)

@@ -7,10 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ralu_core.accelerated import accelerate
-from ralu_core.adapter import (
-    counting,
-)
 from ralu_core.cli import common
 from ralu_core.cli.common import (
     apply_threads,
@@ -22,14 +18,16 @@ from ralu_core.cli.common import (
     resolve_device,
     say_if_busy,
 )
-from ralu_core.compiling import compile_denoiser
-from ralu_core.errors import RaluError
-from ralu_core.model_sources import resolve_model_source
-from ralu_core.plugins import Registry
-from ralu_core.preflight import (
+from ralu_core.cli.model_sources import resolve_model_source
+from ralu_core.cli.preflight import (
     check_seeds,
     parse_call_args,
 )
+from ralu_core.errors import RaluError
+from ralu_core.measurement.profile import counting
+from ralu_core.pipelines.accelerated import accelerate
+from ralu_core.pipelines.compiling import compile_denoiser
+from ralu_core.plugins import Registry
 from ralu_core.recipes import Recipe, find_recipe, resolve_recipe
 
 
@@ -100,7 +98,7 @@ class TqdmBenchProgress:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from ralu_core.bench import BenchPlan, run_bench, write_outputs
+    from ralu_core.measurement.bench import BenchPlan, run_bench, write_outputs
 
     ns.device = resolve_device(ns.device)
     apply_threads(ns.threads)

@@ -10,12 +10,13 @@ from typing import Any, cast
 
 import torch
 
-from ralu_core.adapter import EmbedsModels, ModelAdapter, RecommendsRecipes, embedded_models
-from ralu_core.diffusers_compat import dtype_argument
+from ralu_core.cli.model_sources import ModelSource, resolve_model_source
 from ralu_core.errors import RaluError
-from ralu_core.model_sources import ModelSource, resolve_model_source
+from ralu_core.pipelines.adapter import EmbedsModels, RecommendsRecipes, embedded_models
+from ralu_core.pipelines.diffusers_compat import dtype_argument
 from ralu_core.plugins import Registry, create_plugin_manager
 from ralu_core.recipes import Recipe
+from ralu_core.sampling.contract import ModelAdapter
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

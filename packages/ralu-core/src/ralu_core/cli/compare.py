@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ralu_core.errors import RaluError
-from ralu_core.paired import check_report, compare
+from ralu_core.measurement.paired import check_report, compare
 
 
 def _read_report(name: str) -> dict[str, Any]:

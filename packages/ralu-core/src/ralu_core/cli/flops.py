@@ -6,18 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from ralu_core.accounting import recipe_cost
-from ralu_core.adapter import (
-    FlopsProfile,
-    ModelAdapter,
-    architectures,
-    bind_to_adapter,
-    counting,
-)
 from ralu_core.cli.common import default_adapter, installed_registry
 from ralu_core.errors import RaluError, did_you_mean
+from ralu_core.measurement.accounting import recipe_cost
+from ralu_core.measurement.profile import FlopsProfile, architectures, counting
+from ralu_core.pipelines.adapter import bind_to_adapter
 from ralu_core.plugins import Registry
 from ralu_core.recipes import Recipe, RecipeRuntime, find_recipe, resolve_recipe
+from ralu_core.sampling.contract import ModelAdapter
 
 
 def counted_runtime(registry: Registry, model: str, recipe: Recipe) -> tuple[RecipeRuntime, FlopsProfile]:

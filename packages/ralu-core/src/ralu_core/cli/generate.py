@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from ralu_core.accelerated import accelerate
-from ralu_core.batch import (
+from ralu_core.cli import common
+from ralu_core.cli.batch import (
     MANIFEST,
     OutputFolder,
     Processes,
@@ -23,7 +23,6 @@ from ralu_core.batch import (
     read_prompts,
     shard,
 )
-from ralu_core.cli import common
 from ralu_core.cli.common import (
     apply_threads,
     default_model,
@@ -34,11 +33,15 @@ from ralu_core.cli.common import (
     say,
     say_if_busy,
 )
-from ralu_core.errors import RaluError
-from ralu_core.model_sources import ModelSource, resolve_model_source
-from ralu_core.outputs import check_writable, default_image_paths, image_format, numbered_paths, save_image_atomically
-from ralu_core.plugins import Registry
-from ralu_core.preflight import (
+from ralu_core.cli.model_sources import ModelSource, resolve_model_source
+from ralu_core.cli.outputs import (
+    check_writable,
+    default_image_paths,
+    image_format,
+    numbered_paths,
+    save_image_atomically,
+)
+from ralu_core.cli.preflight import (
     check_call_args,
     check_counts,
     check_device,
@@ -47,8 +50,11 @@ from ralu_core.preflight import (
     check_sizes,
     parse_call_args,
 )
+from ralu_core.errors import RaluError
+from ralu_core.measurement.selection_view import SelectionRecorder, selection_figure
+from ralu_core.pipelines.accelerated import accelerate
+from ralu_core.plugins import Registry
 from ralu_core.recipes import Recipe, find_recipe, resolve_recipe
-from ralu_core.selection_view import SelectionRecorder, selection_figure
 
 
 def run(ns: argparse.Namespace) -> int:

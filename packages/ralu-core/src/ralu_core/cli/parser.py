@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from ralu_core.compiling import COMPILE_MODES
+from ralu_core.pipelines.compiling import COMPILE_MODES
 
 DTYPE_NAMES = ("bfloat16", "float16", "float32")
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ralu_core.adapter import (
-    embedded_models,
-)
 from ralu_core.cli.common import installed_registry
+from ralu_core.pipelines.adapter import embedded_models
 from ralu_core.plugins import KIND_LABELS, plugin_info
 
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ralu_core.adapter import (
-    adapter_problems,
-)
 from ralu_core.cli.common import installed_registry
 from ralu_core.errors import RecipeError
+from ralu_core.pipelines.adapter import adapter_problems
 from ralu_core.recipes import find_recipe, resolve_recipe
 
 

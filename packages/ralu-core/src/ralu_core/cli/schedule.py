@@ -8,9 +8,9 @@ from typing import Any
 
 from ralu_core.cli.common import installed_registry
 from ralu_core.errors import RaluError
-from ralu_core.ntdm import solve_ntdm
+from ralu_core.measurement.schedule_report import published_for, recipe_schedule
 from ralu_core.recipes import find_recipe, resolve_recipe
-from ralu_core.schedule_report import published_for, recipe_schedule
+from ralu_core.sampling.ntdm import solve_ntdm
 
 
 def _print_stages(data: dict[str, Any]) -> None:

@@ -3,7 +3,7 @@
 from ralu_core.recipes.loader import dump_recipe, load_recipe_file, load_recipe_text
 from ralu_core.recipes.model import Recipe, Stage, StrategyRef
 from ralu_core.recipes.resolve import find_recipe, resolve_recipe
-from ralu_core.runtime import RecipeRuntime, RuntimeStage
+from ralu_core.sampling.runtime import RecipeRuntime, RuntimeStage
 
 __all__ = [
     "Recipe",

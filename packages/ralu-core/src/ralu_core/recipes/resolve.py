@@ -23,12 +23,12 @@ from ralu_core.recipes.loader import (
 )
 from ralu_core.recipes.model import Recipe, Stage, StrategyRef
 from ralu_core.recipes.yaml_source import YamlProblem, parse_recipe_yaml
-from ralu_core.runtime import RecipeRuntime, RuntimeCache, RuntimeStage
+from ralu_core.sampling.runtime import RecipeRuntime, RuntimeCache, RuntimeStage
+from ralu_core.sampling.tokens import FULL, HALF
 from ralu_core.strategies.base import (
     StagePlanSpec,
     TimestepSchedule,
 )
-from ralu_core.tokens import FULL, HALF
 
 MAX_STAGE_STEPS = 1000
 """Euler steps per stage; flow-matching schedulers are trained on 1000 timesteps, so more is a typo."""

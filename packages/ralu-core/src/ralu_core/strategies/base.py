@@ -16,9 +16,9 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from ralu_core.randomness import GeneratorArg
-from ralu_core.token_map import TokenMap
-from ralu_core.tokens import TokenState
+from ralu_core.sampling.randomness import GeneratorArg
+from ralu_core.sampling.token_map import TokenMap
+from ralu_core.sampling.tokens import TokenState
 
 
 @attrs.frozen(kw_only=True)

@@ -25,7 +25,7 @@ import attrs
 import torch
 
 from ralu_core.errors import ConfigFieldError
-from ralu_core.randomness import rand
+from ralu_core.sampling.randomness import rand
 from ralu_core.strategies.base import SelectionRequest, TokenSelector
 from ralu_core.strategies.selectors import rank_top
 

@@ -17,7 +17,7 @@ import attrs
 import torch
 
 from ralu_core.errors import ConfigFieldError
-from ralu_core.ntdm import NTDMSolution, fixed_ntdm, solve_ntdm, unrewound_schedule
+from ralu_core.sampling.ntdm import NTDMSolution, fixed_ntdm, solve_ntdm, unrewound_schedule
 from ralu_core.strategies.base import ScheduleContext, SchedulePlan, StagePlanSpec, TimestepSchedule
 
 

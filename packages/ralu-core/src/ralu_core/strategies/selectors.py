@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from ralu_core.errors import ConfigFieldError, PluginError
-from ralu_core.randomness import GeneratorArg, rand
+from ralu_core.sampling.randomness import GeneratorArg, rand
+from ralu_core.sampling.tokens import FULL, HALF, TokenState, gather_tokens
 from ralu_core.strategies.base import SelectionRequest, TokenSelector
-from ralu_core.tokens import FULL, HALF, TokenState, gather_tokens
 
 GREY_WEIGHTS = (0.299, 0.587, 0.114)
 """ITU-R BT.601 luma, what OpenCV's RGB -> grey conversion uses (and the paper with it)."""

@@ -14,10 +14,10 @@ from typing import ClassVar
 
 import torch
 
-from ralu_core.ntdm import injection_coefficients
-from ralu_core.randomness import randn
+from ralu_core.sampling.ntdm import injection_coefficients
+from ralu_core.sampling.randomness import randn
+from ralu_core.sampling.tokens import TokenState, gather_tokens, nearest_children, sum_over_copies, upsample_selected
 from ralu_core.strategies.base import ResolutionTransition, TransitionRequest
-from ralu_core.tokens import TokenState, gather_tokens, nearest_children, sum_over_copies, upsample_selected
 
 
 def correlated_noise(eps: torch.Tensor, c: float, channels: int, patch: int) -> torch.Tensor:

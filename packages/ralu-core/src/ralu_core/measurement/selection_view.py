@@ -16,9 +16,9 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from ralu_core.events import StageEvent
-from ralu_core.hookspecs import hookimpl
-from ralu_core.tokens import FULL, TokenState
+from ralu_core.plugins.hookspecs import hookimpl
+from ralu_core.sampling.events import StageEvent
+from ralu_core.sampling.tokens import FULL, TokenState
 
 __all__ = ["SelectionRecorder", "full_resolution_map", "selection_figure"]
 

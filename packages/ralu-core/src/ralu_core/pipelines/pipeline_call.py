@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ralu_core.diffusers_private import (
+from ralu_core.pipelines.diffusers_private import (
     drop_hook_registry,
     hook_registry,
     named_cache_context,

@@ -19,11 +19,22 @@ from typing import Any
 import attrs
 import torch
 
-from ralu_core.adapter import ModelCall
 from ralu_core.errors import PluginError
-from ralu_core.events import StageEvent, StepEvent
-from ralu_core.randomness import GeneratorArg, generators_from_noise
-from ralu_core.runtime import RecipeRuntime, RuntimeStage
+from ralu_core.sampling.contract import ModelCall
+from ralu_core.sampling.events import StageEvent, StepEvent
+from ralu_core.sampling.randomness import GeneratorArg, generators_from_noise
+from ralu_core.sampling.runtime import RecipeRuntime, RuntimeStage
+from ralu_core.sampling.token_map import TokenMap
+from ralu_core.sampling.token_plan import check_selection, step_counts
+from ralu_core.sampling.tokens import (
+    FULL,
+    HALF,
+    TokenState,
+    downsample_nearest,
+    gather_tokens,
+    render_latent,
+    to_raster,
+)
 from ralu_core.strategies.base import (
     ScheduleContext,
     SchedulePlan,
@@ -33,9 +44,6 @@ from ralu_core.strategies.base import (
     TokenSelector,
     TransitionRequest,
 )
-from ralu_core.token_map import TokenMap
-from ralu_core.token_plan import check_selection, step_counts
-from ralu_core.tokens import FULL, HALF, TokenState, downsample_nearest, gather_tokens, render_latent, to_raster
 
 
 def euler_step(

@@ -13,10 +13,10 @@ import attrs
 import torch
 
 from ralu_core.errors import RaluError
-from ralu_core.ntdm import NTDMSolution, solve_ntdm
 from ralu_core.plugins import Registry
 from ralu_core.recipes.resolve import find_recipe, resolve_recipe
-from ralu_core.runtime import RecipeRuntime
+from ralu_core.sampling.ntdm import NTDMSolution, solve_ntdm
+from ralu_core.sampling.runtime import RecipeRuntime
 from ralu_core.strategies.base import ScheduleContext
 from ralu_core.strategies.schedules import NTDMSchedule
 

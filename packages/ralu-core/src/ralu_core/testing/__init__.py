@@ -17,13 +17,15 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from ralu_core.adapter import BoundCall, FlopsProfile, ModelAdapter, ModelCall, ProgressBar, check_image_size
-from ralu_core.flops import FlopCount
-from ralu_core.hookspecs import RegisterAdapter, hookimpl
-from ralu_core.randomness import GeneratorArg, per_image_generators, randn
+from ralu_core.measurement.flops import FlopCount
+from ralu_core.measurement.profile import FlopsProfile
+from ralu_core.pipelines.adapter import check_image_size
+from ralu_core.plugins.hookspecs import RegisterAdapter, hookimpl
+from ralu_core.sampling.contract import BoundCall, ModelAdapter, ModelCall, ProgressBar
+from ralu_core.sampling.randomness import GeneratorArg, per_image_generators, randn
+from ralu_core.sampling.tokens import TokenGrid, TokenState, downsample_nearest, render_latent
 from ralu_core.strategies.base import SelectionRequest, StageInfo, StepInfo, TokenSelector
 from ralu_core.strategies.selectors import RatioSelector
-from ralu_core.tokens import TokenGrid, TokenState, downsample_nearest, render_latent
 
 
 @attrs.frozen(kw_only=True)

@@ -24,26 +24,18 @@ from typing import Any, ClassVar, cast
 import attrs
 import torch
 
-from ralu_core.adapter import (
-    BoundCall,
-    ConfigReader,
-    FlopsProfile,
-    ModelAdapter,
-    ModelCall,
-    ProgressBar,
-    check_image_size,
-    is_diffusers_pipeline,
-)
-from ralu_core.arguments import PipelineArguments
-from ralu_core.diffusers_private import execution_device
 from ralu_core.errors import CallError
-from ralu_core.hookspecs import RegisterAdapter, RegisterModel, RegisterRecipe, hookimpl
-from ralu_core.kv_store import KeysValues, KVStore
-from ralu_core.models import NamedModel
-from ralu_core.pipeline_call import DiffusersHooks, DiffusersImages, default_num_inference_steps
-from ralu_core.randomness import GeneratorArg, per_image_generators
+from ralu_core.pipelines.adapter import ConfigReader, check_image_size, is_diffusers_pipeline
+from ralu_core.pipelines.arguments import PipelineArguments
+from ralu_core.pipelines.diffusers_private import execution_device
+from ralu_core.pipelines.kv_store import KeysValues, KVStore
+from ralu_core.pipelines.pipeline_call import DiffusersHooks, DiffusersImages, default_num_inference_steps
+from ralu_core.plugins.hookspecs import RegisterAdapter, RegisterModel, RegisterRecipe, hookimpl
+from ralu_core.plugins.models import NamedModel
+from ralu_core.sampling.contract import BoundCall, ModelAdapter, ModelCall, ProgressBar
+from ralu_core.sampling.randomness import GeneratorArg, per_image_generators
+from ralu_core.sampling.tokens import TokenGrid
 from ralu_core.strategies.base import StepInfo
-from ralu_core.tokens import TokenGrid
 
 
 class PipelineSchedule:
@@ -186,8 +178,9 @@ def swapped_submodule(module: Any, name: str, replacement: Any) -> Iterator[None
 
 class DiTAdapter(ModelAdapter):
     """Base of the adapters for diffusers DiT pipelines: binds a call like the pipeline, checks its size
-    against the recipe, runs the pipeline's own input checks; counts FLOPs, checks stored configs before
-    loading and builds embedded random-weight pipelines (the optional capabilities every DiT adapter has)."""
+    against the recipe, runs the pipeline's own input checks; checks stored configs before loading and builds
+    embedded random-weight pipelines (capabilities every DiT adapter has). Counting FLOPs
+    (`ralu_core.measurement.profile.CountsFlops`) is each model's own."""
 
     Arguments: ClassVar[type[PipelineArguments]]
     architecture: ClassVar[str]
@@ -214,14 +207,6 @@ class DiTAdapter(ModelAdapter):
     @abc.abstractmethod
     def make_call(self, pipeline: Any, bound: Any, height: int, width: int) -> ModelCall:
         """Encode the prompts and return the prepared call."""
-
-    @abc.abstractmethod
-    def flops_profile(self, source: str | Path) -> FlopsProfile:
-        """Counting profile for a known architecture name or a local pipeline directory."""
-
-    @abc.abstractmethod
-    def pipeline_flops_profile(self, pipeline: Any, call_kwargs: dict[str, Any]) -> FlopsProfile:
-        """Counting profile for a loaded pipeline's architecture, for calls made with `call_kwargs`."""
 
     def supports(self, pipeline: Any) -> bool:
         return is_diffusers_pipeline(pipeline, self.pipeline_classes)

@@ -16,9 +16,10 @@ from typing import Any
 
 import attrs
 
-from ralu_core.adapter import ChecksBeforeLoading, EmbedsModels, ModelAdapter, embedded_models
 from ralu_core.errors import RaluError, did_you_mean
+from ralu_core.pipelines.adapter import ChecksBeforeLoading, EmbedsModels, embedded_models
 from ralu_core.plugins import Registry
+from ralu_core.sampling.contract import ModelAdapter
 
 
 @attrs.frozen(kw_only=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from ralu_core.tokens import TokenState
+from ralu_core.sampling.tokens import TokenState
 
 
 @attrs.frozen(kw_only=True)

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 import yaml
 
-from ralu_core.adapter import ChecksBeforeLoading, check_image_size, image_side
+from ralu_core.cli.model_sources import ModelSource
 from ralu_core.errors import RaluError, did_you_mean
-from ralu_core.model_sources import ModelSource
+from ralu_core.pipelines.adapter import ChecksBeforeLoading, check_image_size, image_side
 
 SET_BY_THE_CLI = {
     "prompt": "the positional PROMPT",

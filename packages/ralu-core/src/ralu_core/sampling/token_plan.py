@@ -14,9 +14,9 @@ import attrs
 import torch
 
 from ralu_core.errors import PluginError, RecipeError
-from ralu_core.runtime import RecipeRuntime
+from ralu_core.sampling.runtime import RecipeRuntime
+from ralu_core.sampling.tokens import HALF
 from ralu_core.strategies.base import TokenSelector
-from ralu_core.tokens import HALF
 
 
 @attrs.frozen(kw_only=True)

@@ -24,8 +24,8 @@ from typing import IO, Any
 
 import attrs
 
+from ralu_core.cli.outputs import probe_writing, remove_stale_partials, save_image_atomically, write_atomically
 from ralu_core.errors import RaluError
-from ralu_core.outputs import probe_writing, remove_stale_partials, save_image_atomically, write_atomically
 
 RECORDS = ".ralu-records"
 LOCK = ".ralu-lock"

@@ -21,15 +21,17 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from ralu_core.accelerated import accelerate
-from ralu_core.accounting import recipe_cost
-from ralu_core.adapter import CachedAttention, ModelAdapter, adapter_facts, bind_to_adapter, counting
-from ralu_core.compiling import compile_denoiser, graphs_compiled
-from ralu_core.host_sync import HostSyncRecorder
+from ralu_core.measurement.accounting import recipe_cost
+from ralu_core.measurement.host_sync import HostSyncRecorder
+from ralu_core.measurement.profile import counting
+from ralu_core.pipelines.accelerated import accelerate
+from ralu_core.pipelines.adapter import CachedAttention, adapter_facts, bind_to_adapter
+from ralu_core.pipelines.compiling import compile_denoiser, graphs_compiled
 from ralu_core.plugins import Registry, create_plugin_manager
 from ralu_core.recipes import find_recipe, resolve_recipe
+from ralu_core.sampling.contract import ModelAdapter
+from ralu_core.sampling.tokens import TokenState, gather_tokens
 from ralu_core.strategies.base import StageInfo
-from ralu_core.tokens import TokenState, gather_tokens
 
 
 @attrs.frozen

@@ -202,7 +202,8 @@ def _require_tokenizers_backend() -> None:
     major = int(transformers.__version__.split(".")[0])
     if major < 5:
         raise RuntimeError(
-            f"ralu_core.offline needs transformers>=5 for its offline tokenizers; found {transformers.__version__}"
+            "ralu_core.pipelines.offline needs transformers>=5 for its offline tokenizers; "
+            f"found {transformers.__version__}"
         )
 
 

@@ -75,7 +75,7 @@ class SyncRecord:
     kind: str
     """``scalar``, ``dynamic-shape``, ``host-data`` or ``device-copy`` (see the module docstring)."""
     site: str
-    """The innermost frame in ralu's packages: ``ralu_core/tokens.py:97 in TokenState.coarsest_level``."""
+    """The innermost frame in ralu's packages: ``ralu_core/sampling/tokens.py:97 in TokenState.coarsest_level``."""
     via: str | None = None
     """The innermost diffusers frame, where the op ran inside diffusers; None otherwise."""
     caller: str | None = None
@@ -84,7 +84,7 @@ class SyncRecord:
 
     @property
     def where(self) -> str:
-        """The site without its line number: ``ralu_core/tokens.py in TokenState.coarsest_level``."""
+        """The site without its line number: ``ralu_core/sampling/tokens.py in TokenState.coarsest_level``."""
         place, _, function = self.site.partition(" in ")
         return f"{place.rsplit(':', 1)[0]} in {function}"
 
@@ -173,7 +173,7 @@ class HostSyncRecorder(TorchDispatchMode):  # type: ignore[no-untyped-call]  # t
     @classmethod
     def step_loop(cls) -> HostSyncRecorder:
         """A recorder scoped to the sampling engine's loop over stages and steps."""
-        from ralu_core.engine import SamplingEngine
+        from ralu_core.sampling.engine import SamplingEngine
 
         return cls(scope=[SamplingEngine.run_stages.__code__])
 

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from ralu_core.adapter import ModelAdapter
-    from ralu_core.events import StageEvent, StepEvent
-    from ralu_core.image_metric import ImageMetric
-    from ralu_core.models import NamedModel
+    from ralu_core.plugins.image_metric import ImageMetric
+    from ralu_core.plugins.models import NamedModel
+    from ralu_core.sampling.contract import ModelAdapter
+    from ralu_core.sampling.events import StageEvent, StepEvent
     from ralu_core.strategies.base import FeatureCache, ResolutionTransition, TimestepSchedule, TokenSelector
 
 PROJECT = "ralu"
@@ -96,7 +96,7 @@ def ralu_register_recipes(register: RegisterRecipe) -> None:
 def ralu_register_image_metrics(register: RegisterMetric) -> None:
     """Register image quality metrics for ``ralu bench``: ``register(metric)``.
 
-    A metric (:class:`ralu_core.image_metric.ImageMetric`) scores one generated image, either against the
+    A metric (:class:`ralu_core.plugins.image_metric.ImageMetric`) scores one generated image, either against the
     baseline recipe's image of the same prompt and seed (paired: PSNR, SSIM...) or against its
     prompt (unpaired: text alignment). It may decline an image by returning None.
     """
@@ -114,7 +114,7 @@ def ralu_register_prompt_sets(register: RegisterPromptSet) -> None:
 def ralu_register_models(register: RegisterModel) -> None:
     """Register pipelines that can be loaded offline by name: ``register(NamedModel(...))``.
 
-    A :class:`ralu_core.models.NamedModel` names its adapter, a loader, the call arguments it was
+    A :class:`ralu_core.plugins.models.NamedModel` names its adapter, a loader, the call arguments it was
     trained for, and whether it is the default model of ``ralu generate`` / ``ralu bench`` for its
     adapter's recipes (ralu-bench registers its trained reference models this way).
     """

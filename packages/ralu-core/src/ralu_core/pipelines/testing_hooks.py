@@ -12,7 +12,14 @@ from typing import Any
 
 import torch
 
-from ralu_core.diffusers_private import BaseState, HookRegistry, ModelHook, StateManager, hook_names, hook_registry
+from ralu_core.pipelines.diffusers_private import (
+    BaseState,
+    HookRegistry,
+    ModelHook,
+    StateManager,
+    hook_names,
+    hook_registry,
+)
 
 AUDIT_HOOK = "ralu_context_audit"
 

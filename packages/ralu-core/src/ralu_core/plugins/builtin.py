@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ralu_core.hookspecs import RegisterCache, RegisterSchedule, RegisterSelector, RegisterTransition, hookimpl
+from ralu_core.plugins.hookspecs import RegisterCache, RegisterSchedule, RegisterSelector, RegisterTransition, hookimpl
 from ralu_core.strategies.base import TokenSelector
 from ralu_core.strategies.caches import BUILTIN_CACHES
 from ralu_core.strategies.ras_focus import RASFocusSelector

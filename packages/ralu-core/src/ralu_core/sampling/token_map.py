@@ -11,7 +11,7 @@ from __future__ import annotations
 import attrs
 import torch
 
-from ralu_core.tokens import TokenState, gather_tokens
+from ralu_core.sampling.tokens import TokenState, gather_tokens
 
 
 @attrs.frozen(kw_only=True)

@@ -17,11 +17,11 @@ from typing import Any
 
 import attrs
 
-from ralu_core.adapter import FlopsProfile
-from ralu_core.flops import FlopCount
-from ralu_core.runtime import RecipeRuntime, RuntimeStage
+from ralu_core.measurement.flops import FlopCount
+from ralu_core.measurement.profile import FlopsProfile
+from ralu_core.sampling.runtime import RecipeRuntime, RuntimeStage
+from ralu_core.sampling.token_plan import plan_tokens, step_counts
 from ralu_core.strategies.base import FULL_STEP, FeatureCache, PlannedStep
-from ralu_core.token_plan import plan_tokens, step_counts
 
 
 @attrs.frozen(kw_only=True)

@@ -20,15 +20,15 @@ import attrs
 import numpy as np
 import torch
 
-from ralu_core.accelerated import AcceleratedPipeline
-from ralu_core.accounting import recipe_cost
-from ralu_core.adapter import FlopsProfile
-from ralu_core.compiling import graphs_compiled
-from ralu_core.events import StageEvent
-from ralu_core.hookspecs import hookimpl
-from ralu_core.host_sync import HostSyncRecorder
-from ralu_core.image_metric import Image, ImageMetric
-from ralu_core.paired import json_safe
+from ralu_core.measurement.accounting import recipe_cost
+from ralu_core.measurement.host_sync import HostSyncRecorder
+from ralu_core.measurement.paired import json_safe
+from ralu_core.measurement.profile import FlopsProfile
+from ralu_core.pipelines.accelerated import AcceleratedPipeline
+from ralu_core.pipelines.compiling import graphs_compiled
+from ralu_core.plugins.hookspecs import hookimpl
+from ralu_core.plugins.image_metric import Image, ImageMetric
+from ralu_core.sampling.events import StageEvent
 
 
 @attrs.frozen(kw_only=True)

@@ -20,14 +20,15 @@ from typing import Any
 import pluggy
 import torch
 
-from ralu_core.adapter import CachedAttention, ModelAdapter, adapter_facts, bind_to_adapter
-from ralu_core.engine import SamplingEngine
 from ralu_core.errors import CallError, PluginError, RaluError, RecipeError, UnsupportedPipelineError
-from ralu_core.pipeline_call import user_cache_problems
+from ralu_core.pipelines.adapter import CachedAttention, adapter_facts, bind_to_adapter
+from ralu_core.pipelines.pipeline_call import user_cache_problems
 from ralu_core.plugins import Registry, create_plugin_manager
 from ralu_core.recipes import Recipe, RecipeRuntime, find_recipe, resolve_recipe
+from ralu_core.sampling.contract import ModelAdapter
+from ralu_core.sampling.engine import SamplingEngine
+from ralu_core.sampling.token_plan import check_call_plan
 from ralu_core.strategies.base import FeatureCache
-from ralu_core.token_plan import check_call_plan
 
 
 class AcceleratedPipeline:

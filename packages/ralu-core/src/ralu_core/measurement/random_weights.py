@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ralu_core.errors import RaluError
-from ralu_core.flops import meta_module
+from ralu_core.measurement.flops import meta_module
 
 __all__ = ["check_fits", "free_memory", "random_module", "random_text", "weight_bytes"]
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ralu_core.diffusers_private import repeated_block_names
 from ralu_core.errors import RaluError
+from ralu_core.pipelines.diffusers_private import repeated_block_names
 
 if TYPE_CHECKING:
     import torch

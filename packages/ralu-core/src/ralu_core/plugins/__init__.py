@@ -20,11 +20,11 @@ from typing import Any
 import attrs
 import pluggy
 
-from ralu_core import hookspecs
-from ralu_core.adapter import ModelAdapter
 from ralu_core.errors import PluginError, UnsupportedPipelineError
-from ralu_core.image_metric import ImageMetric
-from ralu_core.models import NamedModel
+from ralu_core.plugins import hookspecs
+from ralu_core.plugins.image_metric import ImageMetric
+from ralu_core.plugins.models import NamedModel
+from ralu_core.sampling.contract import ModelAdapter
 from ralu_core.strategies.base import STRATEGY_KINDS, Strategy
 
 ENTRY_POINT_GROUP = "ralu"
