@@ -3,9 +3,32 @@ that package and its declared dependencies installed, so an undeclared import fa
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import nox
 
-nox.options.default_venv_backend = "venv"
+
+def _pip_find_links() -> str:
+    """The wheel folders pip is configured to look in (where this machine keeps its CPU torch).
+    uv does not read pip's configuration, so nox's uv backend is given them explicitly."""
+    if os.environ.get("PIP_FIND_LINKS"):
+        return os.environ["PIP_FIND_LINKS"]
+    found = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "get", "global.find-links"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return found.stdout.strip() if found.returncode == 0 else ""
+
+
+# uv creates and fills each environment in seconds where pip takes most of a minute; without uv
+# installed (`./dev` installs it), nox falls back to venv and pip.
+nox.options.default_venv_backend = "uv|venv"
+if _pip_find_links():
+    os.environ.setdefault("UV_FIND_LINKS", _pip_find_links())
 nox.options.sessions = ["lint", "tests"]
 
 TORCH = "torch==2.13.0"  # the CPU build that pip finds locally; a bare `torch` would pull a CUDA build

@@ -59,10 +59,12 @@ def _compiled_graphs(recipe: str, double: int, single: int) -> int:
     return compiled
 
 
-@pytest.mark.parametrize("recipe", ["ralu-flux-7x", "ras-flux"])
-def test_compiled_blocks_give_the_same_latents_and_one_set_of_graphs_per_shape(recipe: str) -> None:
+def test_compiled_blocks_give_the_same_latents_and_one_set_of_graphs_per_shape() -> None:
     """Graphs are per block class and token count, shared by every block of the class: a deeper model
-    compiles no more (FLUX.1-dev's 57 blocks would otherwise each compile their own, past dynamo's limit)."""
+    compiles no more (FLUX.1-dev's 57 blocks would otherwise each compile their own, past dynamo's limit).
+    Shown under RAS (its stand-in processors inside the blocks); the conformance suite compiles every recipe,
+    and SD3's test shows the same under RALU."""
+    recipe = "ras-flux"
     shallow = _compiled_graphs(recipe, 1, 2)
     assert shallow >= 4  # two block classes, at least two token counts
     assert _compiled_graphs(recipe, 2, 4) == shallow

@@ -4,7 +4,6 @@ dynamo's capture and guards without code generation, seconds on a CPU."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 import ralu_core
@@ -49,8 +48,10 @@ def _compiled_graphs(recipe: str, layers: int) -> int:
     return compiled
 
 
-@pytest.mark.parametrize("recipe", ["ralu-sd3-3x", "ras-sd3"])
-def test_compiled_joint_blocks_give_the_same_latents_and_one_set_of_graphs_per_shape(recipe: str) -> None:
+def test_compiled_joint_blocks_give_the_same_latents_and_one_set_of_graphs_per_shape() -> None:
+    """Shown under RALU (three token counts); the conformance suite compiles every recipe, and FLUX's test
+    shows the same under RAS."""
+    recipe = "ralu-sd3-3x"
     shallow = _compiled_graphs(recipe, 3)
     assert shallow >= 2
     assert _compiled_graphs(recipe, 5) == shallow

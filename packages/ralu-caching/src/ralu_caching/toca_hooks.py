@@ -208,18 +208,26 @@ def _layout(denoiser: Any, features: Mapping[str, TokenwiseFeatures], config: To
                 f"toca does not know the token-wise modules of {kind} blocks (the adapter declares: {known})"
             )
         layer = depth[kind] = depth.get(kind, -1) + 1
-        module = getattr(block, declared.attention, None)
-        if not isinstance(module, torch.nn.Module):
+        module = _child(block, declared.attention)
+        if module is None:
             raise ValueError(f"toca: {kind} blocks have no attention module {declared.attention!r}")
         attention.append((module, index))
-        reused += [m for name in declared.also_reused if isinstance(m := getattr(block, name, None), torch.nn.Module)]
+        reused += [m for name in declared.also_reused if (m := _child(block, name)) is not None]
         for stream in STREAMS:
             names: tuple[str, ...] = getattr(declared, stream)
-            modules = tuple(m for name in names if isinstance(m := getattr(block, name, None), torch.nn.Module))
+            modules = tuple(m for name in names if (m := _child(block, name)) is not None)
             if modules and len(modules) == len(names):
                 ratio = fresh_ratio(config, layer, declared.ratio_weight)
                 chains.append(_Chain(len(chains), index, stream, declared.text_first, ratio, modules))
     return _Layout(blocks[0], tuple(attention), tuple(reused), tuple(chains))
+
+
+def _child(block: torch.nn.Module, name: str) -> torch.nn.Module | None:
+    """The block's child module at `name` (a dotted path, as `attn2.to_out.0`), or None where it has none."""
+    try:
+        return block.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 @contextmanager

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from ralu_core.measurement.dit_profile import DiTFlopsProfile, Reuse
 from ralu_core.measurement.flops import FlopCount
-from ralu_core.measurement.profile import FlopsProfile
 from ralu_core.pipelines.adapter import check_image_size
-from ralu_core.pipelines.kv_store import counting_cached_attention
 from ralu_core.pipelines.pipeline_call import read_component_configs
 from ralu_core.sampling.tokens import TokenGrid
 from ralu_flux.attention import FluxTokenProcessor, attention_modules
@@ -19,7 +17,7 @@ from ralu_flux.flops import load_flux_dev_config, transformer_forward_flops, vae
 PATCH = 2
 
 
-class FluxFlopsProfile(FlopsProfile):
+class FluxFlopsProfile(DiTFlopsProfile):
     """Counts FluxTransformer2DModel forwards and AutoencoderKL decodes on the meta device."""
 
     def __init__(
@@ -53,17 +51,11 @@ class FluxFlopsProfile(FlopsProfile):
             rows=height // unit, cols=width // unit, channels=self.transformer["in_channels"] // 4, patch=PATCH
         )
 
-    def forward(
-        self,
-        image_tokens: int,
-        reuse: Callable[[Any], AbstractContextManager[None]] | None = None,
-        attended_tokens: int | None = None,
-    ) -> FlopCount:
-        if attended_tokens is not None:
-            reuse = counting_cached_attention(
-                reuse, attention_modules, FluxTokenProcessor, attended_tokens, image_tokens
-            )
+    def transformer_forward(self, image_tokens: int, reuse: Reuse | None) -> FlopCount:
         return transformer_forward_flops(self.transformer, image_tokens, self.text_tokens, reuse=reuse)
+
+    def cached_attention(self) -> tuple[Callable[[Any], Any], Callable[..., Any]]:
+        return attention_modules, FluxTokenProcessor
 
     def decode(self, latent_height: int, latent_width: int) -> FlopCount:
         return vae_decode_flops(self.vae, latent_height, latent_width)

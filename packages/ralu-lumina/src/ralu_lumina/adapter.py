@@ -36,7 +36,7 @@ from ralu_core.pipelines.diffusers_private import describe_block
 from ralu_core.pipelines.dit import DiTAdapter, DiTCall, swapped_submodule
 from ralu_core.sampling.contract import BoundCall
 from ralu_core.sampling.tokens import TokenGrid, TokenState, gather_tokens, image_to_tokens, tokens_to_image
-from ralu_core.strategies.base import BlockFeatures, ModelBlocks, StepInfo
+from ralu_core.strategies.base import BlockFeatures, ModelBlocks, StepInfo, TokenwiseFeatures
 from ralu_lumina.attention import CachedKVLuminaProcessor, attention_modules, attention_problems
 
 PATCH = 2
@@ -262,6 +262,14 @@ class LuminaAdapter(DiTAdapter):
             # attentions and the feed-forward feed only them.
             "LuminaNextDiTBlock": BlockFeatures(
                 forecast=("norm2", "ffn_norm2"), feeds_forecast=("attn1", "attn2", "feed_forward")
+            ),
+        },
+        token_features={
+            # Self-attention is over the image tokens alone (text enters by cross-attention). Both attentions
+            # and their shared output projection are reused whole; the feed-forward runs per token. No
+            # official ToCa code for Lumina: weight 1.
+            "LuminaNextDiTBlock": TokenwiseFeatures(
+                attention="attn1", text_first=False, image=("feed_forward",), also_reused=("attn2", "attn2.to_out.0")
             ),
         },
     )

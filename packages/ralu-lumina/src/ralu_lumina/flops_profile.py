@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from contextlib import AbstractContextManager, ExitStack, nullcontext
+from contextlib import ExitStack, nullcontext
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ralu_core.measurement.dit_profile import DiTFlopsProfile, Reuse
 from ralu_core.measurement.flops import FlopCount, cached_meta_module, count_flops
 from ralu_core.measurement.flops import vae_decode_flops as core_vae_decode_flops
-from ralu_core.measurement.profile import FlopsProfile
 from ralu_core.pipelines.adapter import check_image_size
-from ralu_core.pipelines.kv_store import counting_cached_attention
 from ralu_core.pipelines.pipeline_call import read_component_configs
 from ralu_core.sampling.tokens import TokenGrid
 from ralu_lumina.adapter import PATCH, ROPE_GRID, describe_lumina_blocks, strip_rope
@@ -34,7 +33,7 @@ def load_lumina_config(part: str) -> dict[str, Any]:
     return config
 
 
-class LuminaFlopsProfile(FlopsProfile):
+class LuminaFlopsProfile(DiTFlopsProfile):
     """Counts LuminaNextDiT2DModel forwards (one batch row: CFG doubles every count alike) and AutoencoderKL
     decodes on the meta device."""
 
@@ -55,18 +54,12 @@ class LuminaFlopsProfile(FlopsProfile):
         check_image_size(height, width, 8 * PATCH, "for Lumina-Next (VAE factor 8 x patch 2)")
         return TokenGrid(rows=height // 16, cols=width // 16, channels=self.transformer["in_channels"], patch=PATCH)
 
-    def forward(
-        self,
-        image_tokens: int,
-        reuse: Callable[[Any], AbstractContextManager[None]] | None = None,
-        attended_tokens: int | None = None,
-    ) -> FlopCount:
+    def cached_attention(self) -> tuple[Callable[[Any], Any], Callable[..., Any]]:
+        return attention_modules, CachedKVLuminaProcessor
+
+    def transformer_forward(self, image_tokens: int, reuse: Reuse | None) -> FlopCount:
         from diffusers import LuminaNextDiT2DModel
 
-        if attended_tokens is not None:
-            reuse = counting_cached_attention(
-                reuse, attention_modules, CachedKVLuminaProcessor, attended_tokens, image_tokens
-            )
         describe_lumina_blocks()  # for the hooks of caches that reuse blocks
         model = cached_meta_module(LuminaNextDiT2DModel, self.transformer)
         meta = torch.device("meta")

@@ -8,14 +8,12 @@ a batch of two ([uncond; cond]), so it is counted twice; the VAE decodes once. T
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from ralu_core.measurement.dit_profile import DiTFlopsProfile, Reuse
 from ralu_core.measurement.flops import FlopCount
-from ralu_core.measurement.profile import FlopsProfile
 from ralu_core.pipelines.adapter import check_image_size
-from ralu_core.pipelines.kv_store import counting_cached_attention
 from ralu_core.pipelines.pipeline_call import read_component_configs
 from ralu_core.sampling.tokens import TokenGrid
 from ralu_sd3.attention import CachedKVJointProcessor, attention_modules
@@ -26,7 +24,7 @@ Architecture = Literal["sd3-medium", "sd35-large"]
 ARCHITECTURES = {"sd3-medium": 28, "sd35-large": 28}  # name -> baseline steps (the pipeline default, as in the paper)
 
 
-class SD3FlopsProfile(FlopsProfile):
+class SD3FlopsProfile(DiTFlopsProfile):
     """Counts SD3Transformer2DModel forwards and AutoencoderKL decodes on the meta device."""
 
     def __init__(
@@ -79,19 +77,13 @@ class SD3FlopsProfile(FlopsProfile):
             rows=height // unit, cols=width // unit, channels=int(self.transformer["in_channels"]), patch=self.patch
         )
 
-    def forward(
-        self,
-        image_tokens: int,
-        reuse: Callable[[Any], AbstractContextManager[None]] | None = None,
-        attended_tokens: int | None = None,
-    ) -> FlopCount:
-        if attended_tokens is not None:
-            reuse = counting_cached_attention(
-                reuse, attention_modules, CachedKVJointProcessor, attended_tokens, image_tokens, self.cfg_batch
-            )
+    def transformer_forward(self, image_tokens: int, reuse: Reuse | None) -> FlopCount:
         return transformer_forward_flops(
             self.transformer, image_tokens, self.text_tokens, batch=self.cfg_batch, reuse=reuse
         )
+
+    def cached_attention(self) -> tuple[Callable[[Any], Any], Callable[..., Any]]:
+        return attention_modules, CachedKVJointProcessor
 
     def decode(self, latent_height: int, latent_width: int) -> FlopCount:
         return vae_decode_flops(self.vae, latent_height, latent_width)

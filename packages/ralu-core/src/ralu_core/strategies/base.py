@@ -264,8 +264,9 @@ class TokenwiseFeatures:
     the tokens (the attention each token receives). The chains name the children computed for the fresh
     tokens only, in call order: the first reads the block's tokens of that stream (image tokens, text tokens,
     or the joint text + image sequence), the last one's output joins the residual stream through a gate and is
-    kept per token. `also_reused` are other children reused whole (SD3.5's second attention). Names a block
-    lacks are ignored (SD3's last block has no text feed-forward)."""
+    kept per token. `also_reused` are other children reused whole (SD3.5's second attention). Names are dotted
+    paths below the block (`attn2.to_out.0`); names a block lacks are ignored (SD3's last block has no text
+    feed-forward)."""
 
     attention: str
     text_first: bool
