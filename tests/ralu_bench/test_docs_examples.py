@@ -76,3 +76,12 @@ def test_an_example_run_as_the_docs_say_prints_no_library_notices() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert len(done.stdout.splitlines()) == 5
+
+
+def test_the_tune_example_runs(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["tune.py", "tuned", "3"])  # 3 candidates: the docs use 12
+    runpy.run_path(str(EXAMPLES / "tune.py"), run_name="__main__")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("3x: ") and "held-out PSNR" in lines[1] and lines[2] == "tuned/example.png"
+    assert {"tuned-3x.yaml", "report.md", "pareto.png", "tune.json"} <= {p.name for p in (tmp_path / "tuned").iterdir()}

@@ -110,10 +110,11 @@ def test_the_cli_is_on_top_and_its_parser_is_light() -> None:
 
 
 LAYERS = (
-    ("base", ("ralu_core.errors",)),
+    ("base", ("ralu_core.errors", "ralu_core.files")),
     ("sampling core", ("ralu_core.sampling", "ralu_core.strategies", "ralu_core.recipes", "ralu_core.plugins")),
     ("diffusers base", ("ralu_core.pipelines",)),
     ("measurement", ("ralu_core.measurement",)),
+    ("tuning", ("ralu_core.tuning",)),
     ("application", ("ralu_core.cli", "ralu_core.testing")),
 )
 """The core's groups, bottom to top: a module may import from its own group and the ones below, never above."""

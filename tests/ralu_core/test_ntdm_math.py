@@ -367,3 +367,14 @@ def test_error_messages_mention_offending_value() -> None:
 def test_stage_sigmas_validation(args: tuple[float, float, int, float], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         stage_sigmas(*args)
+
+
+def test_a_quarter_rewind_survives_the_float32_schedule() -> None:
+    """A plan solved at c = 1/4 reaches the transition through float32 sigmas, a few ulps off: still accepted,
+    and c is held at 1/4 (ralu tune found this on a solved 3-stage plan: end 0.45 gave c = 0.25000008)."""
+    end = 0.45
+    start = ntdm.rewind_start(end, ntdm.C_MAX)
+    rounded_end, rounded_start = float(np.float32(end)), float(np.float32(start))
+    assert ntdm.injection_coefficients(rounded_end, rounded_start)[2] == ntdm.C_MAX
+    with pytest.raises(ValueError, match="the rewind is too short"):
+        ntdm.injection_coefficients(end, start * 1.001)

@@ -202,7 +202,7 @@ def test_a_full_disk_ends_the_run_in_one_line_and_the_folder_resumes(
 ) -> None:  # type: ignore[no-untyped-def]
     import errno
 
-    import ralu_core.cli.outputs
+    import ralu_core.files
     from ralu_core.cli.batch import OutputFolder
 
     def full(*args: object) -> None:
@@ -211,7 +211,7 @@ def test_a_full_disk_ends_the_run_in_one_line_and_the_folder_resumes(
     out = tmp_path / "images"
     argv = ["generate", "--prompts", str(prompt_file), "--out", str(out), "--seeds", "0", *ARGS]
     with monkeypatch.context() as patch:  # full from the start: the probe writes data, not an empty file
-        patch.setattr(ralu_core.cli.outputs.os, "fsync", full)
+        patch.setattr(ralu_core.files.os, "fsync", full)
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert "cannot write there (No space left on device)" in err and "RANDOM weights" not in err

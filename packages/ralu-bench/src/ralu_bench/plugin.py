@@ -13,10 +13,21 @@ from ralu_bench.shapes import ShapesDataset
 from ralu_core.plugins.hookspecs import RegisterMetric, RegisterModel, RegisterPromptSet, RegisterRecipe, hookimpl
 from ralu_core.plugins.image_metric import Image, ImageMetric
 
+PSNR_CEILING = 50.0
+"""dB at which two images count as the same for ``ralu tune`` (the reference models' 20 of 28 steps give 50 dB)."""
+
+
+def psnr_unit(value: float) -> float:
+    """PSNR on [0, 1] for ``ralu tune``: dB / 50, capped (identical images, infinite dB, give 1)."""
+    return min(1.0, max(0.0, value / PSNR_CEILING))
+
 
 class PSNR(ImageMetric):
     name: ClassVar[str] = "psnr"
     paired: ClassVar[bool] = True
+
+    def unit_score(self, value: float) -> float:
+        return psnr_unit(value)
 
     def score(self, image: Image, reference: Image | None, prompt: str) -> float | None:
         return None if reference is None else metrics.psnr(image, reference)
@@ -35,6 +46,9 @@ class EdgePSNR(ImageMetric):
 
     name: ClassVar[str] = "edge_psnr"
     paired: ClassVar[bool] = True
+
+    def unit_score(self, value: float) -> float:
+        return psnr_unit(value)
 
     def score(self, image: Image, reference: Image | None, prompt: str) -> float | None:
         return None if reference is None else metrics.edge_psnr(image, reference)
@@ -59,6 +73,9 @@ class LPIPSMetric(ImageMetric):
         return self._model(image, reference)
 
     def note(self) -> str:
+        return "" if self.available else self.reason
+
+    def unavailable(self) -> str:
         return "" if self.available else self.reason
 
 

@@ -15,6 +15,7 @@ and validating the cache imports no diffusers.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
@@ -54,6 +55,7 @@ class DeepCacheDiT(FeatureCache):
     """Run the first and last blocks every step; reuse the middle blocks' contribution between full steps."""
 
     name: ClassVar[str] = "deepcache"
+    tune_space: ClassVar[Mapping[str, tuple[Any, ...]] | None] = {"interval": (2, 3)}
     keeps_block_features: ClassVar[bool] = True
     Config = DeepCacheConfig
 

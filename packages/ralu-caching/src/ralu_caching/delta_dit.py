@@ -74,6 +74,7 @@ class DeltaDiTCache(FeatureCache):
     """Skip a range of blocks between full steps and add the deviation it made at the last one."""
 
     name: ClassVar[str] = "delta-dit"
+    tune_space: ClassVar[Mapping[str, tuple[Any, ...]] | None] = {"interval": (2, 3)}
     keeps_block_features: ClassVar[bool] = True
     Config = DeltaDiTConfig
 

@@ -56,6 +56,7 @@ class TaylorSeerCache(FeatureCache):
     """Forecast each block's gated branch outputs with a Taylor series between full steps."""
 
     name: ClassVar[str] = "taylorseer"
+    tune_space: ClassVar[Mapping[str, tuple[Any, ...]] | None] = {"interval": (2, 3), "order": (1, 2)}
     keeps_block_features: ClassVar[bool] = True
     Config = TaylorSeerConfig
 

@@ -82,6 +82,7 @@ class ToCaCache(FeatureCache):
     """Reuse the attention and most tokens' feed-forward outputs; recompute the tokens the attention map picks."""
 
     name: ClassVar[str] = "toca"
+    tune_space: ClassVar[Mapping[str, tuple[Any, ...]] | None] = {"cache_ratio": (0.7, 0.9)}
     keeps_block_features: ClassVar[bool] = True
     Config = ToCaConfig
 

@@ -15,7 +15,7 @@ forecasts the rest. Everything is elementwise, so batches equal singles.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import attrs
 import torch
@@ -56,6 +56,7 @@ class VelocityForecastCache(FeatureCache):
     """Forecast the velocity (orders 0-2, in sigma) between full computations every `interval` steps."""
 
     name: ClassVar[str] = "velocity-forecast"
+    tune_space: ClassVar[Mapping[str, tuple[Any, ...]] | None] = {"interval": (2, 3)}
     Config = VelocityForecastConfig
     forecasts: ClassVar[bool] = True
 

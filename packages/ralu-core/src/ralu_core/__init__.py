@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ralu_core.plugins.hookspecs import hookimpl
     from ralu_core.recipes import Recipe, Stage, StrategyRef, load_recipe_file, load_recipe_text
     from ralu_core.sampling.tokens import TokenGrid, TokenState
+    from ralu_core.tuning import TuneResult, tune
 
 try:
     __version__ = version("ralu-core")
@@ -57,6 +58,8 @@ _EXPORTS = {
     "load_recipe_text": "ralu_core.recipes",
     "TokenGrid": "ralu_core.sampling.tokens",
     "TokenState": "ralu_core.sampling.tokens",
+    "TuneResult": "ralu_core.tuning",
+    "tune": "ralu_core.tuning",
 }
 
 __all__ = [
@@ -72,6 +75,7 @@ __all__ = [
     "StrategyRef",
     "TokenGrid",
     "TokenState",
+    "TuneResult",
     "UnsupportedArgumentError",
     "UnsupportedPipelineError",
     "accelerate",
@@ -80,6 +84,7 @@ __all__ = [
     "hookimpl",
     "load_recipe_file",
     "load_recipe_text",
+    "tune",
 ]
 
 

@@ -24,8 +24,8 @@ from typing import IO, Any
 
 import attrs
 
-from ralu_core.cli.outputs import probe_writing, remove_stale_partials, save_image_atomically, write_atomically
 from ralu_core.errors import RaluError
+from ralu_core.files import lock_folder, probe_writing, remove_stale_partials, save_image_atomically, write_atomically
 
 RECORDS = ".ralu-records"
 LOCK = ".ralu-lock"
@@ -145,36 +145,9 @@ class OutputFolder:
             raise RaluError(f"--out {self.root}: cannot write there ({exc.strerror or exc})") from None
 
     def lock(self) -> None:
-        """Own the folder until `unlock()` or this process ends (an OS lock, released by the kernel however the
-        process dies): a second run on the same folder at the same time is refused, so it never claims images
-        it did not make, nor mixes its images with another run's. Where the platform has no `fcntl`, nothing is
-        locked."""
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows
-            return
-        path = self.root / LOCK
-        try:  # never through a link someone placed there
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        except OSError as exc:
-            raise RaluError(
-                f"--out {self.root}: cannot open its lock file {path.name} ({exc.strerror or exc})"
-            ) from None
-        handle = os.fdopen(fd, "r+", encoding="utf-8")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise RaluError(
-                f"--out {self.root}: another ralu run is writing to this folder ({holder}); wait for it to end, "
-                "or give another --out"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}\n")
-        handle.flush()
-        self._lock = handle
+        """Own the folder until `unlock()` or this process ends: a second run on the same folder at the same
+        time is refused, so it never claims images it did not make, nor mixes its images with another run's."""
+        self._lock = lock_folder(self.root, LOCK, "--out")
 
     def unlock(self) -> None:
         handle = self._lock

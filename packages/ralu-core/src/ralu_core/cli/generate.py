@@ -34,13 +34,7 @@ from ralu_core.cli.common import (
     say_if_busy,
 )
 from ralu_core.cli.model_sources import ModelSource, resolve_model_source
-from ralu_core.cli.outputs import (
-    check_writable,
-    default_image_paths,
-    image_format,
-    numbered_paths,
-    save_image_atomically,
-)
+from ralu_core.cli.outputs import default_image_paths, numbered_paths
 from ralu_core.cli.preflight import (
     check_call_args,
     check_counts,
@@ -51,6 +45,7 @@ from ralu_core.cli.preflight import (
     parse_call_args,
 )
 from ralu_core.errors import RaluError
+from ralu_core.files import check_writable, image_format, save_image_atomically
 from ralu_core.measurement.selection_view import SelectionRecorder, selection_figure
 from ralu_core.pipelines.accelerated import accelerate
 from ralu_core.plugins import Registry

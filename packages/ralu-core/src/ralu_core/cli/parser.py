@@ -11,6 +11,13 @@ from ralu_core.pipelines.compiling import COMPILE_MODES
 DTYPE_NAMES = ("bfloat16", "float16", "float32")
 
 
+def prompt_options(p: argparse.ArgumentParser) -> None:
+    """Prompts given one by one, or from a registered prompt set (`bench` and `tune`)."""
+    p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    p.add_argument("--prompt-set", help="a registered prompt set (e.g. shapes, from ralu-bench)")
+    p.add_argument("--num-prompts", type=int, default=8, help="prompts taken from --prompt-set")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ralu", description="Training-free acceleration of diffusion transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,9 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         "baseline and recommended recipe, flux-baseline and ralu-flux-7x for FLUX)",
     )
     model_options(bench)
-    bench.add_argument("--prompt", action="append", help="a prompt (repeatable)")
-    bench.add_argument("--prompt-set", help="a registered prompt set (e.g. shapes, from ralu-bench)")
-    bench.add_argument("--num-prompts", type=int, default=8, help="prompts taken from --prompt-set")
+    prompt_options(bench)
     bench.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds per prompt")
     bench.add_argument("--steps", type=int, default=50, help="steps of single-stage recipes (default 50)")
     bench.add_argument("--warmup", type=int, default=1)
@@ -142,6 +147,34 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--out", default="ralu-bench-report", help="folder for report.json, report.md, grid.png, speed_quality.png"
     )
+
+    tune = sub.add_parser(
+        "tune",
+        help="search the registered strategies for the fastest recipe that keeps quality on your model and prompts",
+    )
+    model_options(tune)
+    prompt_options(tune)
+    tune.add_argument("--prompts", help="a file of prompts (one per line, or .jsonl)")
+    tune.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds per prompt; the last third are held out"
+    )
+    tune.add_argument(
+        "--speedup",
+        type=float,
+        nargs="+",
+        required=True,
+        help="FLOPs speed-ups over the model's own sampler to tune for (e.g. 3 5), each within ± 5 %%",
+    )
+    tune.add_argument("--out", required=True, help="folder for tuned-<N>x.yaml, report.md, pareto.png, tune.json")
+    tune.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        metavar="NAME[:WEIGHT]",
+        help="an image metric and its weight in the score (repeatable); default: every registered one that can run",
+    )
+    tune.add_argument("--max-candidates", type=int, default=36, help="candidates scored per speed-up (the first round)")
+    tune.add_argument("--max-minutes", type=float, help="time budget: later rounds stop early and keep the best so far")
 
     cmp = sub.add_parser(
         "compare", help="two recipes of a bench report, prompt by prompt: who scores higher, and a sign test"

@@ -221,11 +221,19 @@ def cache_plan(caches: tuple[FeatureCache, ...], steps: int, adaptive: list[str]
     return tuple(combined)
 
 
-def _stacked(reuses: list[Any]) -> Any:
-    def enter(model: Any) -> AbstractContextManager[Any]:
+@attrs.frozen
+class StackedReuse:
+    """Several caches' counting hooks entered together, comparable by its parts (so that equal stacks share a
+    count)."""
+
+    parts: tuple[Any, ...]
+
+    def __call__(self, model: Any) -> AbstractContextManager[Any]:
         stack = ExitStack()
-        for reuse in reuses:
+        for reuse in self.parts:
             stack.enter_context(reuse(model))
         return stack
 
-    return enter
+
+def _stacked(reuses: list[Any]) -> Any:
+    return StackedReuse(tuple(reuses))

@@ -31,3 +31,14 @@ class ImageMetric(abc.ABC):
     def note(self) -> str:
         """A line for the report (e.g. why the metric was skipped)."""
         return ""
+
+    def unavailable(self) -> str:
+        """Why this metric cannot score anything here (its weights are missing), or "" where it can."""
+        return ""
+
+    def unit_score(self, value: float) -> float:
+        """`value` on [0, 1], higher better, so that ``ralu tune`` can average metrics of different scales.
+        Default: the value clamped to [0, 1] (flipped where lower is better); metrics on other scales (PSNR in
+        dB) override it."""
+        unit = min(1.0, max(0.0, value))
+        return unit if self.higher_is_better else 1.0 - unit

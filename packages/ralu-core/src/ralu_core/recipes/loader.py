@@ -7,6 +7,7 @@ Strict means: unknown keys are errors, and scalars keep their YAML type (``steps
 
 from __future__ import annotations
 
+import functools
 import math
 import typing
 from collections.abc import Callable, Mapping
@@ -114,6 +115,14 @@ def make_converter() -> cattrs.Converter:
     return converter
 
 
+@functools.cache
+def shared_converter() -> cattrs.Converter:
+    """One `make_converter()` for the process: building one costs about a millisecond per class it structures
+    (its hooks are generated on first use), which ``ralu tune`` would pay for each of thousands of candidates.
+    Nothing registers hooks on it after it is made."""
+    return make_converter()
+
+
 def _structure_ref(value: Any, _: type) -> StrategyRef:
     return structure_strategy_ref(value)
 
@@ -207,7 +216,7 @@ def structure_strict(data: Any, cls: type[Any], source: str, path: str = "$") ->
     if not isinstance(data, Mapping):
         raise RecipeError(source, [f"{path}: expected a mapping, got {type(data).__name__} {_short(data)}"])
     try:
-        return make_converter().structure(dict(data), cls)
+        return shared_converter().structure(dict(data), cls)
     except (ClassValidationError, IterableValidationError) as exc:
         raise RecipeError(source, error_messages(exc, path)) from None
     except ConfigFieldError as exc:

@@ -16,7 +16,7 @@ from ralu_core.errors import RecipeError, did_you_mean
 from ralu_core.plugins import KIND_LABELS, Registry
 from ralu_core.recipes.loader import (
     load_recipe_file,
-    make_converter,
+    shared_converter,
     structure_cache_list,
     structure_strategy_ref,
     structure_strict,
@@ -102,7 +102,7 @@ def _named_strategy_problems(path: Path, registry: Registry) -> list[str]:
         build(cache.strategy.to_yaml(), "feature_cache", f"$.cache[{index}]")
     raw_stages = data.get("stages")
     try:
-        stages: tuple[Stage, ...] = make_converter().structure(raw_stages, tuple[Stage, ...])
+        stages: tuple[Stage, ...] = shared_converter().structure(raw_stages, tuple[Stage, ...])
     except Exception:  # the stages are malformed: check what each names, the loader reports the rest
         for index, stage in enumerate(raw_stages if isinstance(raw_stages, list) else []):
             if isinstance(stage, Mapping):

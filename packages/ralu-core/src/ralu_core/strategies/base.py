@@ -33,6 +33,10 @@ class Strategy(abc.ABC):
     name: ClassVar[str]
     Config: ClassVar[type[Any]] = NoConfig
 
+    tune_space: ClassVar[Mapping[str, tuple[Any, ...]] | None] = None
+    """What ``ralu tune`` tries of this strategy: config field -> the values to try (a field not named keeps
+    its default; ``{}``: the defaults alone). None: tune does not search this strategy (the report says so)."""
+
     plugin: str | None = None
     """The plugin that registered this strategy (set when a recipe builds it), for error messages."""
 
@@ -85,6 +89,9 @@ class TokenSelector(Strategy):
 
     kind: ClassVar[str] = "token_selector"
     covers_all: ClassVar[bool] = False
+    tune_roles: ClassVar[tuple[str, ...]] = ("upsample",)
+    """Where ``ralu tune`` tries this selector: ``upsample`` (a transition's selector of the tokens to bring
+    to full resolution) and/or ``step`` (a stage's `step_tokens`, the tokens each step computes)."""
     decodes: ClassVar[bool] = False
     """Whether `select` runs the VAE decoder (counted in FLOPs reports)."""
 

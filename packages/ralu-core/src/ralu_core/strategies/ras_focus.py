@@ -19,7 +19,8 @@ every token; the sparse steps compute `ratio` of them, or a ratio going linearly
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import torch
@@ -97,6 +98,8 @@ class RASFocusSelector(TokenSelector):
 
     name: ClassVar[str] = "ras-focus"
     Config = RASFocusConfig
+    tune_roles: ClassVar[tuple[str, ...]] = ("step",)
+    tune_space: ClassVar[Mapping[str, tuple[Any, ...]] | None] = {"ratio": (0.25, 0.5, 0.75), "dense_warmup": (2, 4)}
 
     def __init__(self, config: RASFocusConfig | None = None) -> None:
         super().__init__(config)

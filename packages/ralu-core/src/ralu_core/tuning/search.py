@@ -1,0 +1,392 @@
+"""``ralu tune``'s search: exact FLOPs first, then successive halving on images, then held-out numbers.
+
+1. Every candidate of the space (`space.py`) is counted on the meta device; those within ± 5 % of a requested
+   speed-up serve it. Up to `max_candidates` per speed-up are kept, taken in turn from each family (fewer
+   steps, RALU, RAS, their combinations with caches, the built-in recipes), nearest in FLOPs first.
+2. The prompts and seeds are split: every third prompt, and the last third of the seeds, are held out. The
+   candidates are scored on the others by successive halving: all of them on `first_samples` samples, the best
+   third on twice as many, and so on, until one is left.
+3. The best fewer-steps control of the speed-up is scored on every selection sample too: where it scores at
+   least as well as the winner, the control is what tune recommends.
+4. The recommendation, the control and the best built-in recipe of the speed-up are then scored on the held-out
+   samples, which chose nothing: those are the numbers reported.
+
+Everything is ordered by content (scores, then candidate keys), so the same inputs give the same result.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+from ralu_core.errors import RaluError
+from ralu_core.tuning.cost import CostCounter, Costed, reachable, serves
+from ralu_core.tuning.journal import SampleKey
+from ralu_core.tuning.scoring import SCORE, Scorer, combined
+from ralu_core.tuning.space import BUILTIN, FEWER_STEPS, ModelSpace, Searched, make_candidate, structural_candidates
+
+MAX_COMBINATION_GAIN = 4.0
+"""A cache or RAS added to a plan is counted only where the plan alone is at least 1/4 of the slowest speed-up
+asked for (no registered cache skips more than three quarters of a plan's work)."""
+FAMILY_ORDER = (FEWER_STEPS, "ralu", "ras", "ralu + ras", "ralu + cache", "fewer steps + cache", BUILTIN)
+
+
+@attrs.frozen(kw_only=True)
+class TuneSettings:
+    """What defines a tune: a folder made with other settings is refused on resume."""
+
+    model: str
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    speedups: tuple[float, ...]
+    metrics: tuple[str, ...]
+    height: int
+    width: int
+    steps: int
+    max_candidates: int = 36
+    first_samples: int = 2
+    keep_share: int = 3
+    include_attention: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self, recurse=False) | {
+            "prompts": list(self.prompts),
+            "seeds": list(self.seeds),
+            "speedups": list(self.speedups),
+            "metrics": list(self.metrics),
+        }
+
+
+def split_samples(prompts: int, seeds: Sequence[int]) -> tuple[list[SampleKey], list[SampleKey]]:
+    """(selection samples in a fixed shuffled order, held-out samples): every third prompt and the last third of
+    the seeds are held out, so no held-out number comes from a prompt or seed the choice was made on."""
+    if prompts < 2:
+        raise RaluError(
+            "ralu tune needs at least 2 prompts: it chooses on some and reports on others (give --prompt more "
+            "than once, --prompts FILE, or --prompt-set NAME --num-prompts N)"
+        )
+    if len(seeds) < 2:
+        raise RaluError(
+            "ralu tune needs at least 2 seeds: it chooses on some and reports on others (e.g. --seeds 0 1 2)"
+        )
+    held_prompts = set(range(2, prompts, 3)) or {prompts - 1}
+    held_seed_count = max(1, len(seeds) // 3)
+    held_seeds = set(seeds[-held_seed_count:])
+    selection = [SampleKey(p, s) for s in seeds if s not in held_seeds for p in range(prompts) if p not in held_prompts]
+    held = [SampleKey(p, s) for s in seeds if s in held_seeds for p in range(prompts) if p in held_prompts]
+    random.Random(0).shuffle(selection)
+    return selection, held
+
+
+@attrs.define
+class Evaluated:
+    """A candidate's part in one speed-up's search."""
+
+    costed: Costed
+    target: float
+    rounds: list[tuple[int, float]] = attrs.field(factory=list)
+    """(samples, mean score) for each round it ran in."""
+    dropped_at: int | None = None
+    """The round after which it was dropped; None: it won (or was scored as a control)."""
+
+    @property
+    def key(self) -> str:
+        return self.costed.candidate.key
+
+    @property
+    def last_score(self) -> float | None:
+        return self.rounds[-1][1] if self.rounds else None
+
+
+@attrs.frozen(kw_only=True)
+class HeldOut:
+    label: str
+    key: str
+    family: str
+    speedup: float
+    selection_score: float | None
+    metrics: dict[str, tuple[float, float]]
+    """Metric (and ``score``) -> (mean, standard deviation) over the held-out samples."""
+
+
+@attrs.frozen(kw_only=True)
+class TargetResult:
+    target: float
+    chosen: Costed
+    selection_score: float
+    held_out: tuple[HeldOut, ...]
+    """The recommendation first, then the fewer-steps control and the best built-in recipe where there are."""
+    note: str = ""
+    candidates: int = 0
+    rounds: tuple[int, ...] = ()
+    """Candidates scored in each round."""
+
+
+@attrs.define
+class TuneResult:
+    settings: TuneSettings
+    costed: list[Costed]
+    evaluated: dict[float, list[Evaluated]]
+    targets: list[TargetResult]
+    notes: list[str]
+    selection: list[SampleKey]
+    held: list[SampleKey]
+    seconds: float = 0.0
+    images_made: int = 0
+
+    def target(self, speedup: float) -> TargetResult:
+        return next(t for t in self.targets if t.target == speedup)
+
+
+def count_candidates(
+    model: ModelSpace, searched: Searched, counter: CostCounter, speedups: Sequence[float]
+) -> tuple[list[Costed], int]:
+    """Every candidate's FLOPs, skipping combinations whose plan is already too fast or far too slow; returns
+    them and how many were skipped so."""
+    slowest, fastest = min(speedups), max(speedups)
+    base_costs: dict[str, Costed] = {}
+    seen: set[str] = set()
+    costed: list[Costed] = []
+    skipped = 0
+    for candidate, base in structural_candidates(model, searched):
+        if candidate.key in seen:
+            continue
+        seen.add(candidate.key)
+        if base is not None:
+            plan = make_candidate(base, "plan", "plan")
+            if plan.key not in base_costs:
+                base_costs[plan.key] = counter.cost(plan)
+            plan_speed = base_costs[plan.key].speedup
+            if plan_speed is None or plan_speed > fastest * 1.05 or plan_speed * MAX_COMBINATION_GAIN < slowest:
+                skipped += 1
+                continue
+        costed.append(counter.cost(candidate))
+    return costed, skipped
+
+
+def pick(pool: Sequence[Costed], target: float, limit: int) -> list[Costed]:
+    """Up to `limit` of `pool`, one family after another in turn, nearest to `target` in FLOPs first; every
+    built-in recipe of the pool is kept."""
+    families: dict[str, list[Costed]] = {}
+    for c in sorted(pool, key=lambda c: (abs((c.speedup or 0) - target), c.candidate.key)):
+        families.setdefault(c.candidate.family, []).append(c)
+    chosen = list(families.pop(BUILTIN, []))
+    order = [f for f in FAMILY_ORDER if f in families] + sorted(set(families) - set(FAMILY_ORDER))
+    while len(chosen) < limit and any(families.get(f) for f in order):
+        for family in order:
+            if families.get(family) and len(chosen) < limit:
+                chosen.append(families[family].pop(0))
+    return chosen
+
+
+def round_sizes(candidates: int, samples: int, first: int, keep_share: int) -> list[tuple[int, int]]:
+    """(candidates, samples) of each round of successive halving."""
+    sizes = []
+    alive, used = candidates, min(first, samples)
+    while True:
+        sizes.append((alive, used))
+        if alive <= 1:
+            return sizes
+        kept = max(1, math.ceil(alive / keep_share))
+        if used >= samples and kept == alive:
+            return sizes
+        alive, used = kept, min(samples, used * 2)
+
+
+class Progress:
+    """Told about each image scored (or read back), for a progress bar with an ETA."""
+
+    def start(self, total: int) -> None:
+        pass
+
+    def advance(self, done: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def halving(
+    entries: list[Evaluated],
+    samples: Sequence[SampleKey],
+    score: Callable[[Evaluated, SampleKey], float],
+    first: int,
+    keep_share: int,
+    deadline: float | None = None,
+) -> tuple[Evaluated, str]:
+    """Successive halving over `entries`; returns the winner and a note where the deadline cut it short."""
+    alive = list(entries)
+    note = ""
+    for round_index, (_, used) in enumerate(round_sizes(len(alive), len(samples), first, keep_share)):
+        for entry in alive:
+            values = [score(entry, s) for s in samples[:used]]
+            entry.rounds.append((used, statistics.fmean(values)))
+        alive.sort(key=lambda e: (-(e.last_score or 0.0), e.key))
+        if len(alive) == 1:
+            break
+        kept = max(1, math.ceil(len(alive) / keep_share))
+        if deadline is not None and time.monotonic() > deadline:
+            kept, note = 1, f"stopped by the time budget after round {round_index + 1}"
+        for entry in alive[kept:]:
+            entry.dropped_at = round_index
+        alive = alive[:kept]
+        if note:
+            break
+    return alive[0], note
+
+
+def held_out_numbers(
+    scorer: Scorer,
+    costed: Costed,
+    label: str,
+    held: Sequence[SampleKey],
+    selection_score: float | None,
+    advance: Callable[[], None] = lambda: None,
+) -> HeldOut:
+    per_sample = []
+    for sample in held:
+        per_sample.append(scorer.scores(costed.candidate.key, costed.candidate.recipe, sample))
+        advance()
+    names = sorted({name for values in per_sample for name in values})
+    metrics: dict[str, tuple[float, float]] = {}
+    for name in names:
+        values = [v[name] for v in per_sample if name in v and math.isfinite(v[name])]
+        if values:
+            metrics[name] = (statistics.fmean(values), statistics.pstdev(values))
+    combined_values = [combined(v, scorer.metrics) for v in per_sample]
+    metrics[SCORE] = (statistics.fmean(combined_values), statistics.pstdev(combined_values))
+    return HeldOut(
+        label=label,
+        key=costed.candidate.key,
+        family=costed.candidate.family,
+        speedup=costed.speedup or 0.0,
+        selection_score=selection_score,
+        metrics=metrics,
+    )
+
+
+def check_targets(costed: Sequence[Costed], speedups: Sequence[float], steps: int) -> None:
+    """Refuse a speed-up no candidate serves, saying which are reachable."""
+    lowest, highest = reachable(costed)
+    missing = [t for t in speedups if not any(serves(c.speedup, t) for c in costed)]
+    if missing:
+        shown = ", ".join(f"{t:g}x" for t in missing)
+        raise RaluError(
+            f"no candidate reaches {shown} (within ± 5 % of its FLOPs): the candidates of this model span "
+            f"{lowest:.2f}x to {highest:.2f}x fewer FLOPs than its sampler at {steps} steps; ask for speed-ups in "
+            "that range"
+        )
+
+
+def run_search(
+    settings: TuneSettings,
+    model: ModelSpace,
+    searched: Searched,
+    counter: CostCounter,
+    scorer: Scorer,
+    progress: Progress | None = None,
+    max_minutes: float | None = None,
+    costed: list[Costed] | None = None,
+) -> TuneResult:
+    started = time.monotonic()
+    progress = progress or Progress()
+    notes = list(f"not searched: {line}" for line in searched.left_out)
+    if costed is None:
+        costed, skipped = count_candidates(model, searched, counter, settings.speedups)
+        notes.append(f"{skipped} combinations skipped before counting (their plan alone is too fast or too slow)")
+    check_targets(costed, settings.speedups, settings.steps)
+    selection, held = split_samples(len(settings.prompts), settings.seeds)
+    pools = {
+        t: pick([c for c in costed if serves(c.speedup, t)], t, settings.max_candidates) for t in settings.speedups
+    }
+    controls = {t: _best_control(costed, t) for t in settings.speedups}
+    total = sum(
+        alive * used
+        for pool in pools.values()
+        for alive, used in round_sizes(len(pool), len(selection), settings.first_samples, settings.keep_share)
+    )
+    total += len(selection) + len(held)  # the baseline's images
+    total += sum(len(selection) + len(held) * 3 for _ in settings.speedups)  # controls, held-out numbers
+    progress.start(total)
+    done = [0]
+
+    def advance() -> None:
+        done[0] += 1
+        progress.advance(done[0])
+
+    for sample in [*selection, *held]:
+        scorer.baseline(sample)
+        advance()
+    deadline = None if max_minutes is None else started + 60.0 * max_minutes
+
+    def score(entry: Evaluated, sample: SampleKey) -> float:
+        value = scorer.score(entry.key, entry.costed.candidate.recipe, sample)
+        advance()
+        return value
+
+    evaluated: dict[float, list[Evaluated]] = {}
+    targets = []
+    for target in settings.speedups:
+        entries = [Evaluated(costed=c, target=target) for c in pools[target]]
+        evaluated[target] = entries
+        winner, note = halving(entries, selection, score, settings.first_samples, settings.keep_share, deadline)
+        winner_score = statistics.fmean(score(winner, s) for s in selection)
+        chosen, chosen_score = winner.costed, winner_score
+        control = controls[target]
+        control_score = None
+        if control is not None:
+            control_score = statistics.fmean(score(Evaluated(costed=control, target=target), s) for s in selection)
+            if control.candidate.key != winner.key and control_score >= winner_score:
+                chosen, chosen_score = control, control_score
+                note = (note + "; " if note else "") + (
+                    f"fewer steps ({control.candidate.label}) scored at least as well as every other candidate: "
+                    "tune recommends them"
+                )
+        shown = [held_out_numbers(scorer, chosen, "recommended", held, chosen_score, advance)]
+        if control is not None and control.candidate.key != chosen.candidate.key:
+            shown.append(held_out_numbers(scorer, control, "fewer-steps control", held, control_score, advance))
+        builtin = _best_builtin(entries)
+        if builtin is not None and builtin.key != chosen.candidate.key:
+            shown.append(held_out_numbers(scorer, builtin.costed, "best built-in", held, builtin.last_score, advance))
+        targets.append(
+            TargetResult(
+                target=target,
+                chosen=chosen,
+                selection_score=chosen_score,
+                held_out=tuple(shown),
+                note=note,
+                candidates=len(entries),
+                rounds=tuple(
+                    a for a, _ in round_sizes(len(entries), len(selection), settings.first_samples, settings.keep_share)
+                ),
+            )
+        )
+    progress.close()
+    return TuneResult(
+        settings=settings,
+        costed=costed,
+        evaluated=evaluated,
+        targets=targets,
+        notes=notes,
+        selection=selection,
+        held=held,
+        seconds=time.monotonic() - started,
+        images_made=scorer.calls,
+    )
+
+
+def _best_control(costed: Sequence[Costed], target: float) -> Costed | None:
+    """The fewer-steps control nearest the target (and the faster of two equally near)."""
+    controls = [c for c in costed if c.candidate.family == FEWER_STEPS and serves(c.speedup, target)]
+    return min(controls, key=lambda c: (abs((c.speedup or 0) - target), -(c.speedup or 0)), default=None)
+
+
+def _best_builtin(entries: Sequence[Evaluated]) -> Evaluated | None:
+    builtins = [e for e in entries if e.costed.candidate.family == BUILTIN and e.rounds]
+    return min(builtins, key=lambda e: (-len(e.rounds), -(e.last_score or 0.0), e.key), default=None)

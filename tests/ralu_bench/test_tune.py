@@ -1,0 +1,231 @@
+"""`ralu tune` and `ralu_core.tune`: the search space from the registry (a third-party selector joins it), every
+scored candidate within ± 5 % of its speed-up, held-out samples that chose nothing, fewer steps recommended where
+they do as well, outputs that load back, a killed tune resumed without remaking an image, the same inputs giving
+the same result, and bad input refused before any image is made."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import torch
+
+import ralu_core
+from ralu_core.cli import main
+from ralu_core.errors import RaluError
+from ralu_core.measurement.profile import counting
+from ralu_core.plugins import Registry, create_plugin_manager
+from ralu_core.plugins.hookspecs import hookimpl
+from ralu_core.recipes import load_recipe_file
+from ralu_core.strategies.base import SelectionRequest
+from ralu_core.strategies.selectors import RatioSelector
+from ralu_core.tuning import model_space
+from ralu_core.tuning.cost import WINDOW, CostCounter
+from ralu_core.tuning.journal import SampleKey
+from ralu_core.tuning.search import (
+    TuneSettings,
+    _best_control,
+    count_candidates,
+    round_sizes,
+    run_search,
+    split_samples,
+)
+from ralu_core.tuning.space import searched_strategies
+from ralu_flux.testing import make_flux_pipeline
+
+PROMPTS = ["a red circle", "a blue square", "a green triangle"]
+SIZE = {"height": 64, "width": 64}
+CALL = {"max_sequence_length": 16}
+
+
+class Checkerboard(RatioSelector):
+    """A third party's upsample selector: every other token by position."""
+
+    name: ClassVar[str] = "checkerboard"
+    tune_space: ClassVar[dict[str, tuple[Any, ...]] | None] = {"ratio": (0.25,)}
+
+    def scores(self, request: SelectionRequest) -> torch.Tensor:
+        return (torch.arange(request.candidates.shape[1]) % 2).float().expand(request.candidates.shape[0], -1)
+
+
+class CheckerboardPlugin:
+    @hookimpl
+    def ralu_register_token_selectors(self, register: Any) -> None:
+        register(Checkerboard)
+
+
+@pytest.fixture(scope="module")
+def flux() -> Any:
+    pipe = make_flux_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def small_tune(pipe: Any, **options: Any) -> ralu_core.TuneResult:
+    settings: dict[str, Any] = {
+        "speedups": [1.8],
+        "seeds": [0, 1],
+        "metrics": ["psnr", "ssim"],
+        "max_candidates": 4,
+        "call_kwargs": CALL,
+        **SIZE,
+        **options,
+    }
+    return ralu_core.tune(pipe, PROMPTS, **settings)
+
+
+def test_the_search_space_comes_from_the_registry_and_a_third_party_selector_joins_it() -> None:
+    registry = Registry.collect(create_plugin_manager(plugins=[CheckerboardPlugin()]))
+    searched = searched_strategies(registry)
+    upsample = {name for name, _ in searched.upsample}
+    assert {"canny-edge", "latent-gradient", "random", "checkerboard"} <= upsample
+    assert {name for name, _ in searched.step} == {"ras-focus"}
+    assert {"deepcache", "taylorseer", "toca", "delta-dit", "velocity-forecast"} <= {n for n, _ in searched.caches}
+    left_out = " ".join(searched.left_out)
+    assert "'first-block'" in left_out and "'db-cache'" in left_out  # adaptive: FLOPs known only after a run
+    assert ("checkerboard", {"ratio": 0.25}) in searched.upsample
+
+
+def test_held_out_samples_share_no_prompt_and_no_seed_with_the_selection() -> None:
+    selection, held = split_samples(7, [0, 1, 2, 3, 4, 5])
+    assert {s.prompt for s in selection}.isdisjoint({s.prompt for s in held})
+    assert {s.seed for s in selection}.isdisjoint({s.seed for s in held})
+    assert {s.prompt for s in held} == {2, 5} and {s.seed for s in held} == {4, 5}
+    assert len(selection) == 5 * 4 and selection == split_samples(7, [0, 1, 2, 3, 4, 5])[0]  # shuffled, fixed
+    assert SampleKey(0, 0) in selection
+
+
+def test_successive_halving_keeps_a_third_on_twice_the_samples() -> None:
+    assert round_sizes(27, 16, 2, 3) == [(27, 2), (9, 4), (3, 8), (1, 16)]
+    assert round_sizes(4, 2, 2, 3) == [(4, 2), (2, 2), (1, 2)]
+
+
+def test_a_tune_writes_a_recipe_that_serves_its_speedup_and_resumes_without_remaking_images(flux, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "tuned"
+    first = small_tune(flux, out=out)
+    assert first.images_made > 0
+    target = first.target(1.8)
+    assert all(abs((e.costed.speedup or 0) - 1.8) <= WINDOW * 1.8 for e in first.evaluated[1.8])
+    assert target.held_out[0].label == "recommended" and target.rounds[0] == len(first.evaluated[1.8]) == 4
+    names = {p.name for p in out.iterdir()}
+    assert {"tuned-1.8x.yaml", "report.md", "pareto.png", "tune.json", "settings.json", "scores.jsonl"} <= names
+    recipe = load_recipe_file(out / "tuned-1.8x.yaml")
+    assert recipe.name == "tuned-1.8x"
+    header = (out / "tuned-1.8x.yaml").read_text().splitlines()[:4]
+    assert header[0].startswith("# ralu tune, ") and "fewer than the model's sampler" in header[1]
+    image = ralu_core.accelerate(flux, recipe)(
+        "a red circle", generator=torch.Generator().manual_seed(0), **SIZE, **CALL
+    )
+    assert image.images[0] is not None
+    report = (out / "report.md").read_text()
+    assert target.chosen.candidate.key in report and "dropped after round 1" in report
+
+    again = small_tune(flux, out=out)  # what a restarted tune does: read back every score, make nothing
+    assert again.images_made == 0
+    saved = json.loads((out / "tune.json").read_text())
+    assert saved["targets"][0]["chosen"] == target.chosen.candidate.key
+    assert [t.held_out[0].metrics for t in again.targets] == [t.held_out[0].metrics for t in first.targets]
+
+
+def test_the_same_inputs_give_the_same_result(flux) -> None:  # type: ignore[no-untyped-def]
+    one, two = small_tune(flux), small_tune(flux)
+    assert [(t.chosen.candidate.key, t.selection_score) for t in one.targets] == [
+        (t.chosen.candidate.key, t.selection_score) for t in two.targets
+    ]
+
+
+class ScriptedScorer:
+    """Scores by rule instead of by image: the fewer-steps control scores 0 on the first two selection samples
+    (so the halving drops it) and 1 on the others; every other candidate 0.4 everywhere."""
+
+    metrics: ClassVar[list[Any]] = []
+    calls = 0
+
+    def __init__(self, control: str, first: list[SampleKey]) -> None:
+        self.control, self.first = control, first
+
+    def baseline(self, sample: SampleKey) -> None:
+        return None
+
+    def score(self, key: str, recipe: Any, sample: SampleKey) -> float:
+        if key == self.control:
+            return 0.0 if sample in self.first else 1.0
+        return 0.4
+
+    def scores(self, key: str, recipe: Any, sample: SampleKey) -> dict[str, float]:
+        return {}
+
+
+def test_where_fewer_steps_do_as_well_tune_recommends_them(flux) -> None:  # type: ignore[no-untyped-def]
+    registry = Registry.collect(create_plugin_manager())
+    adapter = registry.resolve_adapter(flux)
+    profile = counting(adapter).pipeline_flops_profile(flux, {**SIZE, **CALL})
+    model = model_space(registry, adapter, 28, True)
+    counter = CostCounter(registry, adapter, profile, 64, 64, 28)
+    prompts = ("a", "b", "c", "d")
+    settings = TuneSettings(
+        model="tiny",
+        prompts=prompts,
+        seeds=(0, 1, 2),
+        speedups=(1.8,),
+        metrics=(),
+        height=64,
+        width=64,
+        steps=28,
+        max_candidates=4,
+    )
+    costed, _ = count_candidates(model, searched_strategies(registry), counter, [1.8])
+    control = _best_control(costed, 1.8)
+    assert control is not None
+    selection, _ = split_samples(4, [0, 1, 2])
+    scorer = ScriptedScorer(control.candidate.key, selection[:2])
+    result = run_search(settings, model, searched_strategies(registry), counter, scorer, costed=costed)  # type: ignore[arg-type]
+    target = result.target(1.8)
+    dropped = next(e for e in result.evaluated[1.8] if e.key == control.candidate.key)
+    assert dropped.dropped_at == 0  # the halving dropped it in the first round ...
+    assert target.chosen.candidate.key == control.candidate.key  # ... and it is still what tune recommends
+    assert "fewer steps" in target.note and target.selection_score == pytest.approx(4 / 6)
+
+
+def test_bad_input_is_refused_before_any_image(flux, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(RaluError, match=r"no candidate reaches 500x .* span \d+\.\d+x to \d+\.\d+x"):
+        small_tune(flux, speedups=[500.0])
+    with pytest.raises(RaluError, match="at least 2 prompts"):
+        ralu_core.tune(flux, PROMPTS[:1], speedups=[3.0], **SIZE)
+    with pytest.raises(RaluError, match="at least 2 seeds"):
+        small_tune(flux, seeds=[0])
+    with pytest.raises(RaluError, match="no image metric 'sharpness' is registered"):
+        small_tune(flux, metrics=["sharpness"])
+    with pytest.raises(RaluError, match="a FLOPs ratio above 1"):
+        small_tune(flux, speedups=[0.5])
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "settings.json").write_text(json.dumps({"model": "someone else's"}))
+    with pytest.raises(RaluError, match="was made by a different tune"):
+        small_tune(flux, out=other)
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "holiday.jpg").write_bytes(b"")
+    with pytest.raises(RaluError, match="holds files that no tune wrote"):
+        small_tune(flux, out=stranger)
+
+
+def test_the_command_tunes_a_named_model_and_prints_each_recommendation(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "cli"
+    code = main(
+        [
+            "tune",
+            "--model",
+            "flux-tiny",
+            *("--prompt", "a red circle", "--prompt", "a blue square", "--prompt", "a green triangle"),
+            *("--seeds", "0", "1", "--speedup", "1.8", "--max-candidates", "3", "--metric", "psnr"),
+            *("--height", "64", "--width", "64", "--call-arg", "max_sequence_length=16", "--out", str(out)),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert printed.startswith("1.8x: ") and str(out / "tuned-1.8x.yaml") in printed
+    assert main(["tune", "--model", "flux-tiny", "--prompt", "a", "--speedup", "3", "--out", str(out)]) == 2
+    assert "at least 2 prompts" in capsys.readouterr().err
