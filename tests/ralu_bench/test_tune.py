@@ -200,6 +200,8 @@ def test_bad_input_is_refused_before_any_image(flux, tmp_path) -> None:  # type:
         small_tune(flux, metrics=["sharpness"])
     with pytest.raises(RaluError, match="a FLOPs ratio above 1"):
         small_tune(flux, speedups=[0.5])
+    with pytest.raises(RaluError, match=r"--max-minutes: the first round alone needs about .* --max-candidates 1"):
+        small_tune(flux, max_minutes=1e-4)  # after the baseline's images, which time the model
     other = tmp_path / "other"
     other.mkdir()
     (other / "settings.json").write_text(json.dumps({"model": "someone else's"}))

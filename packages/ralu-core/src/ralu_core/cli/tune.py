@@ -21,7 +21,7 @@ from ralu_core.cli.common import (
     say_if_busy,
 )
 from ralu_core.cli.model_sources import resolve_model_source
-from ralu_core.cli.preflight import check_seeds, parse_call_args
+from ralu_core.cli.preflight import check_prompt_lengths, check_seeds, parse_call_args
 from ralu_core.errors import RaluError
 from ralu_core.plugins import Registry
 from ralu_core.recipes import find_recipe
@@ -87,12 +87,14 @@ def run(ns: argparse.Namespace) -> int:
     source = given or resolve_model_source(registry, model)
     known = known_call_defaults(registry, source)
     height, width = ns.height or known.get("height"), ns.width or known.get("width")
+    call_args = parse_call_args(ns.call_arg)
+    check_prompt_lengths(source, prompts, {**known, **call_args})
     out = Path(ns.out)
     precheck_folder(out, {"model": model, "prompts": prompts, "seeds": list(ns.seeds), "speedups": list(speedups)})
     say_if_busy(ns.threads, ns.device)
     pipe, defaults = common.load_source(registry, source, ns.device, ns.dtype, prompts=prompts)
     pipe.set_progress_bar_config(disable=True)
-    call = {**defaults, **parse_call_args(ns.call_arg)}
+    call = {**defaults, **call_args}
     call.pop("height", None), call.pop("width", None), call.pop("num_inference_steps", None)
     result = tune(
         pipe,

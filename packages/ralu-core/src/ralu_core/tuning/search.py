@@ -284,6 +284,21 @@ def check_targets(costed: Sequence[Costed], speedups: Sequence[float], steps: in
         )
 
 
+def check_budget(pools: dict[float, list[Costed]], first: int, per_image: float, left: float) -> None:
+    """Refuse a time budget that cannot finish the first round, saying how many candidates would fit. The
+    estimate: a candidate's image costs the baseline's over its FLOPs speed-up."""
+    need = sum(first * per_image / (c.speedup or 1.0) for pool in pools.values() for c in pool)
+    if need <= left:
+        return
+    average = need / max(1, sum(len(pool) for pool in pools.values()))
+    fitting = int(left / average) // max(1, len(pools)) if average > 0 else 0
+    raise RaluError(
+        f"--max-minutes: the first round alone needs about {need / 60:.1f} minutes here ({per_image:.2f} s per "
+        f"baseline image), {max(0.0, left) / 60:.1f} are left; give more minutes, or --max-candidates "
+        f"{max(1, fitting)} (what fits)" + ("" if fitting >= 1 else ", or fewer speed-ups")
+    )
+
+
 def run_search(
     settings: TuneSettings,
     model: ModelSpace,
@@ -320,10 +335,16 @@ def run_search(
         done[0] += 1
         progress.advance(done[0])
 
+    baseline_started = time.monotonic()
+    made_before = scorer.calls
     for sample in [*selection, *held]:
         scorer.baseline(sample)
         advance()
     deadline = None if max_minutes is None else started + 60.0 * max_minutes
+    if deadline is not None and scorer.calls > made_before:
+        per_image = (time.monotonic() - baseline_started) / (scorer.calls - made_before)
+        first = min(settings.first_samples, len(selection))
+        check_budget(pools, first, per_image, deadline - time.monotonic())
 
     def score(entry: Evaluated, sample: SampleKey) -> float:
         value = scorer.score(entry.key, entry.costed.candidate.recipe, sample)
