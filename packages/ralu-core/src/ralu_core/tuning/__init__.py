@@ -8,6 +8,8 @@ See `search.py` for how, `space.py` for what is searched and `scoring.py` for th
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,7 +22,6 @@ from ralu_core.errors import RaluError
 from ralu_core.measurement.profile import counting
 from ralu_core.pipelines.adapter import RecommendsRecipes
 from ralu_core.plugins import Registry, create_plugin_manager
-from ralu_core.recipes.model import Recipe
 from ralu_core.recipes.resolve import find_recipe
 from ralu_core.sampling.contract import ModelAdapter
 from ralu_core.tuning.cost import CostCounter
@@ -86,6 +87,31 @@ def check_speedups(speedups: Sequence[float]) -> tuple[float, ...]:
     return tuple(sorted(chosen))
 
 
+def check_distinct_prompts(prompts: Sequence[str]) -> None:
+    """A prompt given twice could be chosen on and reported on: refused."""
+    first: dict[str, int] = {}
+    for index, prompt in enumerate(prompts):
+        if prompt in first:
+            raise RaluError(
+                f"prompt {index + 1} repeats prompt {first[prompt] + 1} ({prompt[:60]!r}); tune holds some prompts "
+                "out to report on, so each must be given once"
+            )
+        first[prompt] = index
+
+
+def call_fingerprint(pipe: Any, denoiser: Any, call_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """What else makes two tunes different although their prompts and seeds agree: the pipeline's checkpoint,
+    its denoiser's config and dtype, and the call's arguments (guidance, sequence length ...)."""
+    config = dict(getattr(denoiser, "config", {}) or {})
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=repr).encode("utf-8")).hexdigest()[:16]
+    return {
+        "checkpoint": str(getattr(pipe, "name_or_path", "") or ""),
+        "denoiser": f"{type(denoiser).__name__} {digest}",
+        "dtype": str(getattr(denoiser, "dtype", "")),
+        "call": json.loads(json.dumps(dict(call_kwargs), sort_keys=True, default=repr)),
+    }
+
+
 def tune(
     pipe: Any,
     prompts: Sequence[str],
@@ -112,6 +138,7 @@ def tune(
     if len(set(seeds)) != len(seeds):
         raise RaluError(f"seeds must be distinct, got {list(seeds)}")
     split_samples(len(prompts), list(seeds))
+    check_distinct_prompts(prompts)
     if max_candidates < 1:
         raise RaluError(f"max_candidates must be at least 1, got {max_candidates}")
     size = (height, width) if height and width else default_size(pipe)
@@ -136,6 +163,7 @@ def tune(
         width=size[1],
         steps=steps,
         max_candidates=max_candidates,
+        fingerprint=call_fingerprint(pipe, bound.denoiser, kwargs),
     )
     counter = CostCounter(registry, adapter, profile, size[0], size[1], steps)
     journal: Journal = MemoryJournal()
@@ -152,10 +180,3 @@ def tune(
         if isinstance(journal, FolderJournal):
             journal.close()
     return result
-
-
-def recipes_of(result: TuneResult) -> dict[float, Recipe]:
-    """The recommended recipe of each speed-up, named as in the folder (``tuned-5x``)."""
-    from ralu_core.tuning.report import recipe_name
-
-    return {t.target: attrs.evolve(t.chosen.candidate.recipe, name=recipe_name(t.target)) for t in result.targets}

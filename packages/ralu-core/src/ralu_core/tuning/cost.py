@@ -21,6 +21,7 @@ from ralu_core.pipelines.adapter import bind_to_adapter
 from ralu_core.plugins import Registry
 from ralu_core.recipes.resolve import resolve_recipe
 from ralu_core.sampling.contract import ModelAdapter
+from ralu_core.sampling.runtime import RecipeRuntime
 from ralu_core.sampling.tokens import TokenGrid
 from ralu_core.tuning.space import Candidate, flops_signature
 
@@ -116,18 +117,22 @@ class CostCounter:
         self.profile = SharedCounts(self.profile)
 
     def cost(self, candidate: Candidate) -> Costed:
-        """The candidate's FLOPs ratio, counted once per FLOPs signature (plans that differ only in their stage
-        ends or schedule cost the same)."""
-        signature = flops_signature(candidate.recipe)
-        known = self._known.get(signature)
-        if known is None:
-            known = self._known[signature] = self._count(candidate)
-        return attrs.evolve(known, candidate=candidate)
-
-    def _count(self, candidate: Candidate) -> Costed:
+        """The candidate's FLOPs ratio. Each candidate is checked on its own (its recipe resolved and bound to the
+        adapter); the counting is shared by candidates of one FLOPs signature (plans that differ only in their
+        stage ends or schedule parameters cost the same)."""
         try:
             runtime = resolve_recipe(candidate.recipe, self.registry)
             bind_to_adapter(self.adapter, runtime)
+        except (RaluError, ValueError) as exc:
+            return Costed(candidate=candidate, speedup=None, problem=str(exc).splitlines()[-1].strip(" -"))
+        signature = flops_signature(candidate.recipe)
+        known = self._known.get(signature)
+        if known is None:
+            known = self._known[signature] = self._count(candidate, runtime)
+        return attrs.evolve(known, candidate=candidate)
+
+    def _count(self, candidate: Candidate, runtime: RecipeRuntime) -> Costed:
+        try:
             counted = recipe_cost(
                 runtime, self.profile, self.height, self.width, steps=self.steps, baseline_steps=self.steps
             )

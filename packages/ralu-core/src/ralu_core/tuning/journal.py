@@ -108,13 +108,21 @@ class FolderJournal(MemoryJournal):
         if root.exists() and not root.is_dir():
             raise RaluError(f"{self.label} {root}: is a file; give a folder for the tune's outputs")
         try:
-            (root / BASELINE).mkdir(parents=True, exist_ok=True)
+            root.mkdir(parents=True, exist_ok=True)
             probe_writing(root)
-            for folder in (root, root / BASELINE):
-                remove_stale_partials(folder)
         except OSError as exc:
             raise RaluError(f"{self.label} {root}: cannot write there ({exc.strerror or exc})") from None
-        self._lock = lock_folder(root, LOCK, self.label)
+        self._lock = lock_folder(root, LOCK, self.label)  # first: then no other tune writes here
+        planted = [name for name in (BASELINE, SETTINGS, SCORES) if (root / name).is_symlink()]
+        if planted or ((root / BASELINE).exists() and not (root / BASELINE).is_dir()):
+            self.close()
+            raise RaluError(
+                f"{self.label} {root}: {', '.join(planted) or BASELINE} is a link or not what a tune writes; a tune "
+                "never writes through one. Give a new folder"
+            )
+        (root / BASELINE).mkdir(exist_ok=True)
+        for folder in (root, root / BASELINE):
+            remove_stale_partials(folder)
         settings_path = root / SETTINGS
         if settings_path.is_file() and not settings_path.is_symlink():
             self._check_same_tune(settings_path)
@@ -147,10 +155,17 @@ class FolderJournal(MemoryJournal):
             )
 
     def _read_scores(self) -> None:
+        """Read the journal back; a last line cut by a kill is dropped from the file, so that the next record
+        starts a line of its own."""
         path = self.root / SCORES
-        if not path.is_file() or path.is_symlink():
+        if not path.is_file():
             return
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            data = data[: data.rfind(b"\n") + 1]
+            with open(path, "r+b") as handle:
+                handle.truncate(len(data))
+        for line in data.decode("utf-8", errors="replace").splitlines():
             try:
                 entry = json.loads(line)
                 key = (str(entry["candidate"]), SampleKey(int(entry["prompt"]), int(entry["seed"])))

@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 
 from ralu_core.errors import RaluError
-from ralu_core.tuning.cost import CostCounter, Costed, reachable, serves
+from ralu_core.tuning.cost import WINDOW, CostCounter, Costed, reachable, serves
 from ralu_core.tuning.journal import SampleKey
 from ralu_core.tuning.scoring import SCORE, Scorer, combined
 from ralu_core.tuning.space import BUILTIN, FEWER_STEPS, ModelSpace, Searched, make_candidate, structural_candidates
@@ -53,6 +53,8 @@ class TuneSettings:
     first_samples: int = 2
     keep_share: int = 3
     include_attention: bool = True
+    fingerprint: dict[str, Any] = attrs.field(factory=dict, hash=False)
+    """The checkpoint, the denoiser's config and dtype, the call's arguments (see `call_fingerprint`)."""
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self, recurse=False) | {
@@ -64,22 +66,25 @@ class TuneSettings:
 
 
 def split_samples(prompts: int, seeds: Sequence[int]) -> tuple[list[SampleKey], list[SampleKey]]:
-    """(selection samples in a fixed shuffled order, held-out samples): every third prompt and the last third of
-    the seeds are held out, so no held-out number comes from a prompt or seed the choice was made on."""
-    if prompts < 2:
+    """(selection samples in a fixed shuffled order, held-out samples): every third prompt counted from the last,
+    and the last third of the seeds, are held out, so no held-out number comes from a prompt or seed the choice
+    was made on. At least 2 held-out samples, so that their spread means something."""
+    if prompts < 2 or len(seeds) < 2:
         raise RaluError(
-            "ralu tune needs at least 2 prompts: it chooses on some and reports on others (give --prompt more "
-            "than once, --prompts FILE, or --prompt-set NAME --num-prompts N)"
+            "ralu tune needs at least 2 prompts and 2 seeds: it chooses on some and reports on others (give "
+            "--prompt more than once, --prompts FILE or --prompt-set NAME --num-prompts N, and e.g. --seeds 0 1 2)"
         )
-    if len(seeds) < 2:
-        raise RaluError(
-            "ralu tune needs at least 2 seeds: it chooses on some and reports on others (e.g. --seeds 0 1 2)"
-        )
-    held_prompts = set(range(2, prompts, 3)) or {prompts - 1}
-    held_seed_count = max(1, len(seeds) // 3)
-    held_seeds = set(seeds[-held_seed_count:])
-    selection = [SampleKey(p, s) for s in seeds if s not in held_seeds for p in range(prompts) if p not in held_prompts]
+    held_prompts = set(range(prompts - 1, -1, -3))
+    held_seeds = set(seeds[-max(1, len(seeds) // 3) :])
+    selection = [
+        SampleKey(p, s) for s in seeds if s not in held_seeds for p in range(prompts) if p not in held_prompts
+    ]
     held = [SampleKey(p, s) for s in seeds if s in held_seeds for p in range(prompts) if p in held_prompts]
+    if len(held) < 2 or not selection:
+        raise RaluError(
+            f"ralu tune holds out every third prompt and the last third of the seeds, and {prompts} prompts with "
+            f"{len(seeds)} seeds leave {len(held)} held-out sample(s); give at least 4 prompts (or 6 seeds)"
+        )
     random.Random(0).shuffle(selection)
     return selection, held
 
@@ -170,13 +175,17 @@ def count_candidates(
     return costed, skipped
 
 
-def pick(pool: Sequence[Costed], target: float, limit: int) -> list[Costed]:
-    """Up to `limit` of `pool`, one family after another in turn, nearest to `target` in FLOPs first; every
-    built-in recipe of the pool is kept."""
+def pick(pool: Sequence[Costed], target: float, limit: int, control: Costed | None = None) -> list[Costed]:
+    """`limit` of `pool`, one family after another in turn, nearest to `target` in FLOPs first, plus every
+    built-in recipe of the pool and the fewer-steps control where it is in the pool (these may exceed `limit`)."""
     families: dict[str, list[Costed]] = {}
+    kept = {control.candidate.key} if control is not None else set()
+    chosen = [c for c in pool if c.candidate.key in kept]
     for c in sorted(pool, key=lambda c: (abs((c.speedup or 0) - target), c.candidate.key)):
-        families.setdefault(c.candidate.family, []).append(c)
-    chosen = list(families.pop(BUILTIN, []))
+        if c.candidate.key not in kept:
+            families.setdefault(c.candidate.family, []).append(c)
+    chosen += families.pop(BUILTIN, [])
+    limit += len(chosen)
     order = [f for f in FAMILY_ORDER if f in families] + sorted(set(families) - set(FAMILY_ORDER))
     while len(chosen) < limit and any(families.get(f) for f in order):
         for family in order:
@@ -317,17 +326,18 @@ def run_search(
         notes.append(f"{skipped} combinations skipped before counting (their plan alone is too fast or too slow)")
     check_targets(costed, settings.speedups, settings.steps)
     selection, held = split_samples(len(settings.prompts), settings.seeds)
-    pools = {
-        t: pick([c for c in costed if serves(c.speedup, t)], t, settings.max_candidates) for t in settings.speedups
-    }
     controls = {t: _best_control(costed, t) for t in settings.speedups}
+    pools = {
+        t: pick([c for c in costed if serves(c.speedup, t)], t, settings.max_candidates, controls[t])
+        for t in settings.speedups
+    }
     total = sum(
         alive * used
         for pool in pools.values()
         for alive, used in round_sizes(len(pool), len(selection), settings.first_samples, settings.keep_share)
     )
     total += len(selection) + len(held)  # the baseline's images
-    total += sum(len(selection) + len(held) * 3 for _ in settings.speedups)  # controls, held-out numbers
+    total += len(settings.speedups) * (3 * len(selection) + 3 * len(held))  # winner, control, built-in: all of them
     progress.start(total)
     done = [0]
 
@@ -357,35 +367,14 @@ def run_search(
         entries = [Evaluated(costed=c, target=target) for c in pools[target]]
         evaluated[target] = entries
         winner, note = halving(entries, selection, score, settings.first_samples, settings.keep_share, deadline)
-        winner_score = statistics.fmean(score(winner, s) for s in selection)
-        chosen, chosen_score = winner.costed, winner_score
-        control = controls[target]
-        control_score = None
-        if control is not None:
-            control_score = statistics.fmean(score(Evaluated(costed=control, target=target), s) for s in selection)
-            if control.candidate.key != winner.key and control_score >= winner_score:
-                chosen, chosen_score = control, control_score
-                note = (note + "; " if note else "") + (
-                    f"fewer steps ({control.candidate.label}) scored at least as well as every other candidate: "
-                    "tune recommends them"
-                )
-        shown = [held_out_numbers(scorer, chosen, "recommended", held, chosen_score, advance)]
-        if control is not None and control.candidate.key != chosen.candidate.key:
-            shown.append(held_out_numbers(scorer, control, "fewer-steps control", held, control_score, advance))
-        builtin = _best_builtin(entries)
-        if builtin is not None and builtin.key != chosen.candidate.key:
-            shown.append(held_out_numbers(scorer, builtin.costed, "best built-in", held, builtin.last_score, advance))
+        outcome = _settle(winner, controls[target], _best_builtin(entries), selection, held, scorer, score, advance)
         targets.append(
-            TargetResult(
+            attrs.evolve(
+                outcome,
                 target=target,
-                chosen=chosen,
-                selection_score=chosen_score,
-                held_out=tuple(shown),
-                note=note,
+                note="; ".join(n for n in (note, outcome.note) if n),
                 candidates=len(entries),
-                rounds=tuple(
-                    a for a, _ in round_sizes(len(entries), len(selection), settings.first_samples, settings.keep_share)
-                ),
+                rounds=tuple(sum(1 for e in entries if len(e.rounds) > r) for r in range(len(winner.rounds))),
             )
         )
     progress.close()
@@ -402,10 +391,53 @@ def run_search(
     )
 
 
+def _settle(
+    winner: Evaluated,
+    control: Costed | None,
+    builtin: Evaluated | None,
+    selection: Sequence[SampleKey],
+    held: Sequence[SampleKey],
+    scorer: Scorer,
+    score: Callable[[Evaluated, SampleKey], float],
+    advance: Callable[[], None],
+) -> TargetResult:
+    """The recommendation: the halving's winner, unless the fewer-steps control scores at least as well on every
+    selection sample; then the held-out numbers of it, the control and the best built-in recipe."""
+
+    def full_score(costed: Costed) -> float:
+        return statistics.fmean(score(Evaluated(costed=costed, target=0.0), s) for s in selection)
+
+    chosen, chosen_score, notes = winner.costed, full_score(winner.costed), []
+    control_score = None
+    if control is None:
+        notes.append("no fewer-steps control spends at most these FLOPs: none was compared")
+    else:
+        control_score = full_score(control)
+        if control.candidate.key != chosen.candidate.key and control_score >= chosen_score:
+            notes.append(
+                f"fewer steps ({control.candidate.label}) scored at least as well as the halving's winner "
+                f"({chosen.candidate.label}) on every selection sample: tune recommends them"
+            )
+            chosen, chosen_score = control, control_score
+    shown = [held_out_numbers(scorer, chosen, "recommended", held, chosen_score, advance)]
+    if control is not None and control.candidate.key != chosen.candidate.key:
+        shown.append(held_out_numbers(scorer, control, "fewer-steps control", held, control_score, advance))
+        if shown[-1].metrics[SCORE][0] > shown[0].metrics[SCORE][0]:
+            notes.append("on the held-out samples the fewer-steps control scored higher than the recommendation")
+    if builtin is not None and builtin.key != chosen.candidate.key:
+        builtin_score = full_score(builtin.costed)
+        shown.append(held_out_numbers(scorer, builtin.costed, "best built-in", held, builtin_score, advance))
+    return TargetResult(
+        target=0.0, chosen=chosen, selection_score=chosen_score, held_out=tuple(shown), note="; ".join(notes)
+    )
+
+
 def _best_control(costed: Sequence[Costed], target: float) -> Costed | None:
-    """The fewer-steps control nearest the target (and the faster of two equally near)."""
-    controls = [c for c in costed if c.candidate.family == FEWER_STEPS and serves(c.speedup, target)]
-    return min(controls, key=lambda c: (abs((c.speedup or 0) - target), -(c.speedup or 0)), default=None)
+    """The fewer-steps control with the most steps that still spends no more FLOPs than the speed-up's window
+    allows (so fewer steps are always compared, even where no step count falls inside the window)."""
+    floor = target * (1 - WINDOW)
+    controls = [c for c in costed if c.candidate.family == FEWER_STEPS and (c.speedup or 0) >= floor]
+    return min(controls, key=lambda c: (c.speedup or 0, c.candidate.key), default=None)
 
 
 def _best_builtin(entries: Sequence[Evaluated]) -> Evaluated | None:
