@@ -32,7 +32,7 @@ from ralu_core.tuning.search import (
     run_search,
     split_samples,
 )
-from ralu_core.tuning.space import searched_strategies
+from ralu_core.tuning.space import FEWER_STEPS, searched_strategies
 from ralu_flux.testing import make_flux_pipeline
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle", "a pink square"]
@@ -155,12 +155,12 @@ class ScriptedScorer:
     def baseline(self, sample: SampleKey) -> None:
         return None
 
-    def score(self, key: str, recipe: Any, sample: SampleKey) -> float:
+    def combined_score(self, key: str, recipe: Any, sample: SampleKey) -> float:
         if key == self.control:
             return 0.0 if sample in self.first else 1.0
         return 0.4
 
-    def scores(self, key: str, recipe: Any, sample: SampleKey) -> dict[str, float]:
+    def metric_values(self, key: str, recipe: Any, sample: SampleKey) -> dict[str, float]:
         return {}
 
 
@@ -183,6 +183,8 @@ def test_where_fewer_steps_do_as_well_tune_recommends_them(flux) -> None:  # typ
         max_candidates=4,
     )
     costed, _ = count_candidates(model, searched_strategies(registry), counter, [1.8])
+    named = next(c.candidate for c in costed if c.candidate.builtin == "flux-baseline-5steps")
+    assert named.family == FEWER_STEPS and named.label.endswith("(= flux-baseline-5steps)")  # one candidate, not two
     control = _best_control(costed, 1.8)
     assert control is not None
     selection, _ = split_samples(4, [0, 1, 2])

@@ -122,7 +122,7 @@ class Scorer:
             self.journal.keep_baseline(sample, image)
         return image
 
-    def scores(self, key: str, recipe: Recipe, sample: SampleKey) -> dict[str, float]:
+    def metric_values(self, key: str, recipe: Recipe, sample: SampleKey) -> dict[str, float]:
         """The metric values of candidate `key` (whose recipe is `recipe`) on `sample`."""
         kept = self.journal.scored(key, sample)
         if kept is not None:
@@ -138,5 +138,5 @@ class Scorer:
         self.journal.record(key, sample, values)
         return values
 
-    def score(self, key: str, recipe: Recipe, sample: SampleKey) -> float:
-        return combined(self.scores(key, recipe, sample), self.metrics)
+    def combined_score(self, key: str, recipe: Recipe, sample: SampleKey) -> float:
+        return combined(self.metric_values(key, recipe, sample), self.metrics)

@@ -29,12 +29,24 @@ from ralu_core.errors import RaluError
 from ralu_core.tuning.cost import WINDOW, CostCounter, Costed, reachable, serves
 from ralu_core.tuning.journal import SampleKey
 from ralu_core.tuning.scoring import SCORE, Scorer, combined
-from ralu_core.tuning.space import BUILTIN, FEWER_STEPS, ModelSpace, Searched, make_candidate, structural_candidates
+from ralu_core.tuning.space import (
+    BUILTIN,
+    FEWER_STEPS,
+    RALU,
+    RALU_CACHE,
+    RALU_RAS,
+    RAS,
+    STEPS_CACHE,
+    ModelSpace,
+    Searched,
+    make_candidate,
+    structural_candidates,
+)
 
 MAX_COMBINATION_GAIN = 4.0
 """A cache or RAS added to a plan is counted only where the plan alone is at least 1/4 of the slowest speed-up
 asked for (no registered cache skips more than three quarters of a plan's work)."""
-FAMILY_ORDER = (FEWER_STEPS, "ralu", "ras", "ralu + ras", "ralu + cache", "fewer steps + cache", BUILTIN)
+FAMILY_ORDER = (FEWER_STEPS, RALU, RAS, RALU_RAS, RALU_CACHE, STEPS_CACHE, BUILTIN)
 
 
 @attrs.frozen(kw_only=True)
@@ -76,9 +88,7 @@ def split_samples(prompts: int, seeds: Sequence[int]) -> tuple[list[SampleKey], 
         )
     held_prompts = set(range(prompts - 1, -1, -3))
     held_seeds = set(seeds[-max(1, len(seeds) // 3) :])
-    selection = [
-        SampleKey(p, s) for s in seeds if s not in held_seeds for p in range(prompts) if p not in held_prompts
-    ]
+    selection = [SampleKey(p, s) for s in seeds if s not in held_seeds for p in range(prompts) if p not in held_prompts]
     held = [SampleKey(p, s) for s in seeds if s in held_seeds for p in range(prompts) if p in held_prompts]
     if len(held) < 2 or not selection:
         raise RaluError(
@@ -157,9 +167,17 @@ def count_candidates(
     slowest, fastest = min(speedups), max(speedups)
     base_costs: dict[str, Costed] = {}
     seen: set[str] = set()
+    position: dict[str, int] = {}
     costed: list[Costed] = []
     skipped = 0
     for candidate, base in structural_candidates(model, searched):
+        if candidate.key in position and candidate.builtin is not None:  # a built-in recipe tune generated too
+            known = costed[position[candidate.key]]
+            named = attrs.evolve(
+                known.candidate, builtin=candidate.builtin, label=f"{known.candidate.label} (= {candidate.builtin})"
+            )
+            costed[position[candidate.key]] = attrs.evolve(known, candidate=named)
+            continue
         if candidate.key in seen:
             continue
         seen.add(candidate.key)
@@ -171,6 +189,7 @@ def count_candidates(
             if plan_speed is None or plan_speed > fastest * 1.05 or plan_speed * MAX_COMBINATION_GAIN < slowest:
                 skipped += 1
                 continue
+        position[candidate.key] = len(costed)
         costed.append(counter.cost(candidate))
     return costed, skipped
 
@@ -260,7 +279,7 @@ def held_out_numbers(
 ) -> HeldOut:
     per_sample = []
     for sample in held:
-        per_sample.append(scorer.scores(costed.candidate.key, costed.candidate.recipe, sample))
+        per_sample.append(scorer.metric_values(costed.candidate.key, costed.candidate.recipe, sample))
         advance()
     names = sorted({name for values in per_sample for name in values})
     metrics: dict[str, tuple[float, float]] = {}
@@ -357,7 +376,7 @@ def run_search(
         check_budget(pools, first, per_image, deadline - time.monotonic())
 
     def score(entry: Evaluated, sample: SampleKey) -> float:
-        value = scorer.score(entry.key, entry.costed.candidate.recipe, sample)
+        value = scorer.combined_score(entry.key, entry.costed.candidate.recipe, sample)
         advance()
         return value
 

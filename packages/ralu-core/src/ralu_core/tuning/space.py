@@ -187,9 +187,14 @@ def ralu_label(steps: Sequence[int], ends: Sequence[float], selector: tuple[str,
 
 def structural_candidates(model: ModelSpace, searched: Searched) -> Iterator[tuple[Candidate, Recipe | None]]:
     """Every candidate, each with the recipe whose FLOPs bound it from above where it adds a cache or RAS to
-    one (so that combinations of a plan already too slow can be skipped before counting)."""
+    one (so that combinations of a plan already too slow can be skipped before counting). The built-in recipes
+    come last: one that a generated candidate already is (``flux-baseline-5steps``) names that candidate."""
+    yield from _generated(model, searched)
     for recipe in model.builtins:
         yield make_candidate(recipe, BUILTIN, recipe.description or recipe.name, builtin=recipe.name), None
+
+
+def _generated(model: ModelSpace, searched: Searched) -> Iterator[tuple[Candidate, Recipe | None]]:
     for steps in range(1, model.default_steps):
         yield make_candidate(fewer_steps(model, steps), FEWER_STEPS, f"{steps} steps of the model's sampler"), None
     for steps in sorted({max(2, round(model.default_steps * share)) for share in RAS_STEP_SHARES}):
