@@ -6,6 +6,9 @@ the same result, and bad input refused before any image is made."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -155,6 +158,15 @@ class ScriptedScorer:
     def baseline(self, sample: SampleKey) -> None:
         return None
 
+    def share(self, samples: Any, workers: Any) -> None:
+        pass
+
+    def owns(self, sample: SampleKey) -> bool:
+        return True
+
+    def fill(self, wanted: Any) -> None:
+        pass
+
     def combined_score(self, key: str, recipe: Any, sample: SampleKey) -> float:
         if key == self.control:
             return 0.0 if sample in self.first else 1.0
@@ -247,3 +259,40 @@ def test_the_command_tunes_a_named_model_and_prints_each_recommendation(tmp_path
     assert printed.startswith("1.8x: ") and str(out / "tuned-1.8x.yaml") in printed
     assert main(["tune", "--model", "flux-tiny", "--prompt", "a", "--speedup", "3", "--out", str(out)]) == 2
     assert "at least 2 prompts" in capsys.readouterr().err
+
+
+def test_two_launched_processes_choose_what_one_process_chooses(tmp_path: Path) -> None:
+    """`torchrun` with two CPU processes: each makes the images of its samples, they exchange scores, and the
+    folder holds the recipes and numbers of a single process's tune (each process's scores in its own file)."""
+    args = [
+        "tune",
+        "--model",
+        "flux-tiny",
+        *(arg for prompt in PROMPTS for arg in ("--prompt", prompt)),
+        *("--seeds", "0", "1", "--speedup", "1.8", "--max-candidates", "3", "--metric", "psnr"),
+        *("--height", "64", "--width", "64", "--call-arg", "max_sequence_length=16"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    both = tmp_path / "two"
+    done = subprocess.run(
+        [*launcher, "-m", "ralu_core.cli", *args, "--out", str(both)], env=env, capture_output=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    one = tmp_path / "one"
+    assert main([*args, "--out", str(one)]) == 0
+
+    def outcome(folder: Path) -> Any:
+        saved = json.loads((folder / "tune.json").read_text())
+        return [(t["chosen"], t["selection_score"], t["held_out"], t["candidates"]) for t in saved["targets"]]
+
+    assert outcome(both) == outcome(one)
+    assert (both / "tuned-1.8x.yaml").read_text() == (one / "tuned-1.8x.yaml").read_text()
+
+    def scored(path: Path) -> set[tuple[str, int, int]]:
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        return {(line["candidate"], line["prompt"], line["seed"]) for line in lines}
+
+    first, second = scored(both / "scores.jsonl"), scored(both / "scores.1.jsonl")
+    assert first and second and first.isdisjoint(second)  # each image made by one process only
+    assert {(p, s) for _, p, s in first}.isdisjoint({(p, s) for _, p, s in second})  # split by sample

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ralu_core.cli import common
-from ralu_core.cli.batch import read_prompts
+from ralu_core.cli.batch import Processes, launched_processes, read_prompts
 from ralu_core.cli.common import (
     apply_threads,
     default_model,
@@ -47,6 +47,20 @@ def tune_prompts(registry: Registry, ns: argparse.Namespace) -> list[str]:
             raise RaluError(f"unknown prompt set {ns.prompt_set!r}; installed: {known}")
         return list(entry.obj(ns.num_prompts))
     return list(ns.prompt)
+
+
+class LaunchedWorkers:
+    """The processes of ``accelerate launch`` / ``torchrun`` as a tune's workers."""
+
+    def __init__(self, processes: Processes) -> None:
+        self.index, self.count = processes.index, processes.count
+
+    def exchange(self, mine: Any) -> list[Any]:
+        if self.count == 1:
+            return [mine]
+        from accelerate.utils import gather_object
+
+        return list(gather_object([mine]))
 
 
 class TqdmProgress(Progress):
@@ -91,27 +105,38 @@ def run(ns: argparse.Namespace) -> int:
     check_prompt_lengths(source, prompts, {**known, **call_args})
     out = Path(ns.out)
     precheck_folder(out, {"model": model, "prompts": prompts, "seeds": list(ns.seeds), "speedups": list(speedups)})
-    say_if_busy(ns.threads, ns.device)
-    pipe, defaults = common.load_source(registry, source, ns.device, ns.dtype, prompts=prompts)
-    pipe.set_progress_bar_config(disable=True)
-    call = {**defaults, **call_args}
-    call.pop("height", None), call.pop("width", None), call.pop("num_inference_steps", None)
-    result = tune(
-        pipe,
-        prompts,
-        speedups=speedups,
-        seeds=ns.seeds,
-        metrics=ns.metric or None,
-        out=out,
-        height=height,
-        width=width,
-        call_kwargs=call,
-        max_candidates=ns.max_candidates,
-        max_minutes=ns.max_minutes,
-        model_name=model,
-        progress=TqdmProgress(),
-        plugin_manager=registry.pm,
-    )
+    processes = launched_processes()
+    try:
+        if processes.is_main:
+            say_if_busy(ns.threads, ns.device)
+        device = processes.device if processes.count > 1 and processes.device else ns.device  # one device each
+        pipe, defaults = common.load_source(
+            registry, source, device, ns.dtype, announce=processes.is_main, prompts=prompts
+        )
+        pipe.set_progress_bar_config(disable=True)
+        call = {**defaults, **call_args}
+        call.pop("height", None), call.pop("width", None), call.pop("num_inference_steps", None)
+        result = tune(
+            pipe,
+            prompts,
+            speedups=speedups,
+            seeds=ns.seeds,
+            metrics=ns.metric or None,
+            out=out,
+            height=height,
+            width=width,
+            call_kwargs=call,
+            max_candidates=ns.max_candidates,
+            max_minutes=ns.max_minutes,
+            model_name=model,
+            progress=TqdmProgress() if processes.is_main else None,
+            plugin_manager=registry.pm,
+            workers=LaunchedWorkers(processes),
+        )
+    finally:
+        processes.close()
+    if not processes.is_main:
+        return 0
     for line in summary_lines(result):
         print(line)
     for name in sorted(p.name for p in out.iterdir() if p.suffix in (".yaml", ".md", ".png", ".json")):

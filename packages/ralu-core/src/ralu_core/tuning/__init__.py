@@ -30,6 +30,7 @@ from ralu_core.tuning.report import write_outputs
 from ralu_core.tuning.scoring import Scorer, choose_metrics
 from ralu_core.tuning.search import Progress, TuneResult, TuneSettings, run_search, split_samples
 from ralu_core.tuning.space import ModelSpace, fewer_steps, searched_strategies
+from ralu_core.tuning.workers import OneProcess, Workers
 
 __all__ = ["TuneResult", "tune"]
 
@@ -128,10 +129,14 @@ def tune(
     model_name: str | None = None,
     progress: Progress | None = None,
     plugin_manager: pluggy.PluginManager | None = None,
+    workers: Workers | None = None,
 ) -> TuneResult:
     """Search the registered strategies for the recipe that scores best against `pipe`'s own sampler at each of
     `speedups` (FLOPs ratios), choosing on some of `prompts` x `seeds` and reporting on the others. With `out`, the
-    recipes, report, plot and JSON are written there, and a killed tune resumes from what it scored."""
+    recipes, report, plot and JSON are written there, and a killed tune resumes from what it scored. Under a
+    launch of several processes, each calls this with its share of the work given by `workers`; the first one
+    writes the outputs."""
+    workers = workers or OneProcess()
     registry = Registry.collect(plugin_manager if plugin_manager is not None else create_plugin_manager())
     adapter = registry.resolve_adapter(pipe)
     chosen_speedups = check_speedups(speedups)
@@ -168,13 +173,24 @@ def tune(
     counter = CostCounter(registry, adapter, profile, size[0], size[1], steps)
     journal: Journal = MemoryJournal()
     if out is not None:
-        journal = FolderJournal(Path(out), settings.to_json())
-        journal.open()
+        journal = FolderJournal(Path(out), settings.to_json(), rank=workers.index)
+        opened = None
+        if workers.index == 0:
+            try:
+                journal.open()
+            except RaluError as exc:
+                opened = str(exc)
+        refused = [r for r in workers.exchange(opened) if r]  # every process stops where the first was refused
+        if refused:
+            raise RaluError(refused[0])
+        if workers.index > 0:
+            journal.join()
     try:
         scorer = Scorer(pipe, registry, prompts, kwargs, weighted, journal, model.baseline)
-        result = run_search(settings, model, searched_strategies(registry), counter, scorer, progress, max_minutes)
+        searched = searched_strategies(registry)
+        result = run_search(settings, model, searched, counter, scorer, progress, max_minutes, workers=workers)
         result.notes[:0] = notes
-        if out is not None:
+        if out is not None and workers.index == 0:
             write_outputs(result, Path(out))
     finally:
         if isinstance(journal, FolderJournal):

@@ -40,7 +40,13 @@ class Journal(Protocol):
         """The metric values kept for this candidate and sample, or None."""
         ...
 
-    def record(self, candidate: str, sample: SampleKey, scores: dict[str, float]) -> None: ...
+    def record(self, candidate: str, sample: SampleKey, scores: dict[str, float]) -> None:
+        """Keep what this process measured (in a folder: in its own scores file)."""
+        ...
+
+    def remember(self, candidate: str, sample: SampleKey, scores: dict[str, float]) -> None:
+        """Keep, in memory only, what another process measured (its own file holds it)."""
+        ...
 
     def baseline(self, sample: SampleKey) -> Image | None: ...
 
@@ -60,6 +66,9 @@ class MemoryJournal:
     def record(self, candidate: str, sample: SampleKey, scores: dict[str, float]) -> None:
         self.scores[(candidate, sample)] = dict(scores)
 
+    def remember(self, candidate: str, sample: SampleKey, scores: dict[str, float]) -> None:
+        self.scores[(candidate, sample)] = dict(scores)
+
     def baseline(self, sample: SampleKey) -> Image | None:
         return self.images.get(sample)
 
@@ -73,6 +82,12 @@ def _score_value(value: Any) -> float:
 
 def _json_score(value: float) -> Any:
     return "Infinity" if value == float("inf") else "-Infinity" if value == float("-inf") else value
+
+
+def _is_scores_file(name: str) -> bool:
+    """``scores.jsonl`` (the first process's) or ``scores.<rank>.jsonl``."""
+    parts = name.split(".")
+    return name == SCORES or (len(parts) == 3 and parts[0] == "scores" and parts[1].isdigit() and parts[2] == "jsonl")
 
 
 def precheck_folder(root: Path, known: dict[str, Any], label: str = "--out") -> None:
@@ -96,11 +111,25 @@ def precheck_folder(root: Path, known: dict[str, Any], label: str = "--out") -> 
 class FolderJournal(MemoryJournal):
     """The journal of a tune in `root` (see the module's docstring)."""
 
-    def __init__(self, root: Path, settings: dict[str, Any], label: str = "--out") -> None:
+    def __init__(self, root: Path, settings: dict[str, Any], label: str = "--out", rank: int = 0) -> None:
         super().__init__()
-        self.root, self.label = root, label
+        self.root, self.label, self.rank = root, label, rank
         self._lock: IO[str] | None = None
         self._settings = json.loads(json.dumps(settings, sort_keys=True))
+
+    @property
+    def scores_path(self) -> Path:
+        """This process's scores file (one per process of a launch, so that none appends to another's)."""
+        return self.root / (SCORES if self.rank == 0 else f"scores.{self.rank}.jsonl")
+
+    def join(self) -> None:
+        """For the other processes of a launch, once the first has opened the folder: check its settings and read
+        every score kept so far."""
+        settings_path = self.root / SETTINGS
+        if self.scores_path.is_symlink() or not settings_path.is_file() or settings_path.is_symlink():
+            raise RaluError(f"{self.label} {self.root}: process {self.rank} found no settings or a planted link")
+        self._check_same_tune(settings_path)
+        self._read_scores()
 
     def open(self) -> None:
         """Make, check and lock the folder, then read what an earlier run of the same tune kept."""
@@ -113,7 +142,8 @@ class FolderJournal(MemoryJournal):
         except OSError as exc:
             raise RaluError(f"{self.label} {root}: cannot write there ({exc.strerror or exc})") from None
         self._lock = lock_folder(root, LOCK, self.label)  # first: then no other tune writes here
-        planted = [name for name in (BASELINE, SETTINGS, SCORES) if (root / name).is_symlink()]
+        planted = [name for name in (BASELINE, SETTINGS) if (root / name).is_symlink()]
+        planted += sorted(p.name for p in root.iterdir() if _is_scores_file(p.name) and p.is_symlink())
         if planted or ((root / BASELINE).exists() and not (root / BASELINE).is_dir()):
             self.close()
             raise RaluError(
@@ -137,7 +167,7 @@ class FolderJournal(MemoryJournal):
 
     def _foreign_entries(self) -> list[str]:
         ours = {BASELINE, LOCK}
-        return sorted(p.name for p in self.root.iterdir() if p.name not in ours)
+        return sorted(p.name for p in self.root.iterdir() if p.name not in ours and not _is_scores_file(p.name))
 
     def _check_same_tune(self, path: Path, only_known: bool = False) -> None:
         try:
@@ -157,15 +187,17 @@ class FolderJournal(MemoryJournal):
     def _read_scores(self) -> None:
         """Read the journal back; a last line cut by a kill is dropped from the file, so that the next record
         starts a line of its own."""
-        path = self.root / SCORES
-        if not path.is_file():
-            return
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            data = data[: data.rfind(b"\n") + 1]
-            with open(path, "r+b") as handle:
-                handle.truncate(len(data))
-        for line in data.decode("utf-8", errors="replace").splitlines():
+        own = self.scores_path
+        if own.is_file() and not own.is_symlink():
+            data = own.read_bytes()
+            if data and not data.endswith(b"\n"):
+                with open(own, "r+b") as handle:
+                    handle.truncate(data.rfind(b"\n") + 1)
+        lines: list[str] = []
+        for path in sorted(self.root.iterdir()):
+            if _is_scores_file(path.name) and path.is_file() and not path.is_symlink():
+                lines += path.read_text(encoding="utf-8", errors="replace").splitlines()
+        for line in lines:
             try:
                 entry = json.loads(line)
                 key = (str(entry["candidate"]), SampleKey(int(entry["prompt"]), int(entry["seed"])))
@@ -187,7 +219,7 @@ class FolderJournal(MemoryJournal):
             "seed": sample.seed,
             "scores": {k: _json_score(v) for k, v in sorted(scores.items())},
         }
-        path = self.root / SCORES
+        path = self.scores_path
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
         fd = os.open(path, flags, 0o644)  # never through a link someone placed there
         try:

@@ -24,6 +24,7 @@ from ralu_core.plugins import Registry
 from ralu_core.plugins.image_metric import Image, ImageMetric
 from ralu_core.recipes.model import Recipe
 from ralu_core.tuning.journal import Journal, SampleKey
+from ralu_core.tuning.workers import OneProcess, Workers
 
 SCORE = "score"
 """The combined score's name in reports."""
@@ -103,8 +104,32 @@ class Scorer:
         self.call_kwargs, self.metrics, self.journal = dict(call_kwargs), list(metrics), journal
         self.baseline_recipe = baseline
         self._accelerated: tuple[str, AcceleratedPipeline] | None = None
+        self.workers: Workers = OneProcess()
+        self.owned: set[SampleKey] = set()
         self.calls = 0
         """Images made by this scorer (not read from the journal)."""
+
+    def share(self, samples: Sequence[SampleKey], workers: Workers) -> None:
+        """Split `samples` over `workers`: this process makes the images of every `count`-th one."""
+        self.workers = workers
+        self.owned = {sample for i, sample in enumerate(samples) if i % workers.count == workers.index}
+
+    def owns(self, sample: SampleKey) -> bool:
+        return sample in self.owned if self.workers.count > 1 else True
+
+    def fill(self, wanted: Sequence[tuple[str, Recipe, SampleKey]]) -> None:
+        """Make sure the journal holds the metric values of every (candidate key, recipe, sample) in `wanted`:
+        this process measures those of its samples, then the processes exchange theirs (a collective: every
+        process calls it with the same `wanted`)."""
+        measured: dict[tuple[str, int, int], dict[str, float]] = {}
+        for key, recipe, sample in wanted:
+            if self.journal.scored(key, sample) is None and self.owns(sample):
+                measured[(key, sample.prompt, sample.seed)] = self.metric_values(key, recipe, sample)
+        if self.workers.count > 1:
+            for others in self.workers.exchange(measured):
+                for (key, prompt, seed), values in others.items():
+                    if self.journal.scored(key, SampleKey(prompt, seed)) is None:
+                        self.journal.remember(key, SampleKey(prompt, seed), values)
 
     def image(self, recipe: Recipe, sample: SampleKey) -> Image:
         if self._accelerated is None or self._accelerated[0] != recipe.name:

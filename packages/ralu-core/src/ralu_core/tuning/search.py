@@ -42,6 +42,7 @@ from ralu_core.tuning.space import (
     make_candidate,
     structural_candidates,
 )
+from ralu_core.tuning.workers import OneProcess, Workers
 
 MAX_COMBINATION_GAIN = 4.0
 """A cache or RAS added to a plan is counted only where the plan alone is at least 1/4 of the slowest speed-up
@@ -247,11 +248,16 @@ def halving(
     first: int,
     keep_share: int,
     deadline: float | None = None,
+    prepare: Callable[[Sequence[Evaluated], Sequence[SampleKey]], None] = lambda entries, samples: None,
+    past: Callable[[float | None], bool] = lambda deadline: deadline is not None and time.monotonic() > deadline,
 ) -> tuple[Evaluated, str]:
-    """Successive halving over `entries`; returns the winner and a note where the deadline cut it short."""
+    """Successive halving over `entries`; returns the winner and a note where the deadline cut it short.
+    `prepare` measures a round's scores before they are read (split over processes); `past` tells, the same in
+    every process, whether the deadline has passed."""
     alive = list(entries)
     note = ""
     for round_index, (_, used) in enumerate(round_sizes(len(alive), len(samples), first, keep_share)):
+        prepare(alive, samples[:used])
         for entry in alive:
             values = [score(entry, s) for s in samples[:used]]
             entry.rounds.append((used, statistics.fmean(values)))
@@ -259,7 +265,7 @@ def halving(
         if len(alive) == 1:
             break
         kept = max(1, math.ceil(len(alive) / keep_share))
-        if deadline is not None and time.monotonic() > deadline:
+        if past(deadline):
             kept, note = 1, f"stopped by the time budget after round {round_index + 1}"
         for entry in alive[kept:]:
             entry.dropped_at = round_index
@@ -336,9 +342,11 @@ def run_search(
     progress: Progress | None = None,
     max_minutes: float | None = None,
     costed: list[Costed] | None = None,
+    workers: Workers | None = None,
 ) -> TuneResult:
     started = time.monotonic()
     progress = progress or Progress()
+    workers = workers or OneProcess()
     notes = list(f"not searched: {line}" for line in searched.left_out)
     if costed is None:
         costed, skipped = count_candidates(model, searched, counter, settings.speedups)
@@ -364,16 +372,25 @@ def run_search(
         done[0] += 1
         progress.advance(done[0])
 
+    scorer.share([*selection, *held], workers)
     baseline_started = time.monotonic()
     made_before = scorer.calls
     for sample in [*selection, *held]:
-        scorer.baseline(sample)
+        if scorer.owns(sample):
+            scorer.baseline(sample)
         advance()
     deadline = None if max_minutes is None else started + 60.0 * max_minutes
-    if deadline is not None and scorer.calls > made_before:
-        per_image = (time.monotonic() - baseline_started) / (scorer.calls - made_before)
+    made = scorer.calls - made_before
+    timed = [t for t in workers.exchange((time.monotonic() - baseline_started) / made if made else None) if t]
+    if deadline is not None and timed:
         first = min(settings.first_samples, len(selection))
-        check_budget(pools, first, per_image, deadline - time.monotonic())
+        check_budget(pools, first, max(timed), deadline - time.monotonic())
+
+    def prepare(entries: Sequence[Evaluated], samples: Sequence[SampleKey]) -> None:
+        scorer.fill([(e.key, e.costed.candidate.recipe, s) for e in entries for s in samples])
+
+    def past(deadline: float | None) -> bool:
+        return any(workers.exchange(deadline is not None and time.monotonic() > deadline))
 
     def score(entry: Evaluated, sample: SampleKey) -> float:
         value = scorer.combined_score(entry.key, entry.costed.candidate.recipe, sample)
@@ -385,8 +402,12 @@ def run_search(
     for target in settings.speedups:
         entries = [Evaluated(costed=c, target=target) for c in pools[target]]
         evaluated[target] = entries
-        winner, note = halving(entries, selection, score, settings.first_samples, settings.keep_share, deadline)
-        outcome = _settle(winner, controls[target], _best_builtin(entries), selection, held, scorer, score, advance)
+        winner, note = halving(
+            entries, selection, score, settings.first_samples, settings.keep_share, deadline, prepare, past
+        )
+        outcome = _settle(
+            winner, controls[target], _best_builtin(entries), selection, held, scorer, score, advance, prepare
+        )
         targets.append(
             attrs.evolve(
                 outcome,
@@ -419,9 +440,12 @@ def _settle(
     scorer: Scorer,
     score: Callable[[Evaluated, SampleKey], float],
     advance: Callable[[], None],
+    prepare: Callable[[Sequence[Evaluated], Sequence[SampleKey]], None],
 ) -> TargetResult:
     """The recommendation: the halving's winner, unless the fewer-steps control scores at least as well on every
     selection sample; then the held-out numbers of it, the control and the best built-in recipe."""
+    compared = [winner.costed, *(c for c in (control, builtin.costed if builtin else None) if c is not None)]
+    prepare([Evaluated(costed=c, target=0.0) for c in compared], [*selection, *held])
 
     def full_score(costed: Costed) -> float:
         return statistics.fmean(score(Evaluated(costed=costed, target=0.0), s) for s in selection)
