@@ -3,7 +3,7 @@
 Runs offline on the CPU with `flux-shapes`, the small trained FLUX-architecture model that ships in ralu-bench.
 For your model, load it as usual (FluxPipeline.from_pretrained(...)) and give your own prompts:
 
-    ./dev python docs/examples/tune.py [OUT_FOLDER] [CANDIDATES]
+    ./dev python docs/examples/tune.py [OUT_FOLDER] [CANDIDATES] [PROMPTS]   (with PROMPTS, seeds 0 and 1 only)
 
 The folder gets tuned-3x.yaml, report.md, pareto.png and tune.json; run it again and it resumes (nothing that was
 scored is made again). The same search from the command line:
@@ -30,12 +30,12 @@ def main() -> None:
     call = recommended_call("flux-shapes")
     size = {"height": call.pop("height"), "width": call.pop("width")}
     call.pop("num_inference_steps", None)
-    prompts = shapes_prompts(6)  # held-out scene captions: prompts the model never saw
+    prompts = shapes_prompts(int(sys.argv[3]) if len(sys.argv) > 3 else 6)  # scene captions the model never saw
     result = ralu_core.tune(
         pipe,
         prompts,
         speedups=[3.0],
-        seeds=[0, 1, 2],
+        seeds=[0, 1, 2] if len(sys.argv) <= 3 else [0, 1],
         out=out,
         call_kwargs=call,
         max_candidates=candidates,

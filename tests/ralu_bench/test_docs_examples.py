@@ -80,7 +80,9 @@ def test_an_example_run_as_the_docs_say_prints_no_library_notices() -> None:
 
 def test_the_tune_example_runs(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("sys.argv", ["tune.py", "tuned", "3"])  # 3 candidates: the docs use 12
+    monkeypatch.setattr(
+        "sys.argv", ["tune.py", "tuned", "3", "4"]
+    )  # 3 candidates, 4 prompts x 2 seeds: the docs 12, 6 x 3
     runpy.run_path(str(EXAMPLES / "tune.py"), run_name="__main__")
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("3x: ") and "held-out PSNR" in lines[1] and lines[2] == "tuned/example.png"
