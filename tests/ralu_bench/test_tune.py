@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
+import attrs
 import pytest
 import torch
 
@@ -21,8 +22,8 @@ from ralu_core.errors import RaluError
 from ralu_core.measurement.profile import counting
 from ralu_core.plugins import Registry, create_plugin_manager
 from ralu_core.plugins.hookspecs import hookimpl
-from ralu_core.recipes import load_recipe_file
-from ralu_core.strategies.base import SelectionRequest
+from ralu_core.recipes import find_recipe, load_recipe_file
+from ralu_core.strategies.base import FeatureCache, PlannedStep, SelectionRequest
 from ralu_core.strategies.selectors import RatioSelector
 from ralu_core.tuning import model_space
 from ralu_core.tuning.cost import WINDOW, CostCounter
@@ -35,7 +36,15 @@ from ralu_core.tuning.search import (
     run_search,
     split_samples,
 )
-from ralu_core.tuning.space import FEWER_STEPS, searched_strategies
+from ralu_core.tuning.space import (
+    FEWER_STEPS,
+    RALU,
+    RALU_CACHE,
+    STEPS_CACHE,
+    ModelSpace,
+    searched_strategies,
+    structural_candidates,
+)
 from ralu_flux.testing import make_flux_pipeline
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle", "a pink square"]
@@ -53,10 +62,30 @@ class Checkerboard(RatioSelector):
         return (torch.arange(request.candidates.shape[1]) % 2).float().expand(request.candidates.shape[0], -1)
 
 
+@attrs.frozen
+class EveryConfig:
+    every: int = 2
+
+
+class EveryOther(FeatureCache):
+    """A third party's cache (it reuses nothing; what matters here is that tune finds it)."""
+
+    name: ClassVar[str] = "every-other"
+    Config = EveryConfig
+    tune_space: ClassVar[dict[str, tuple[Any, ...]] | None] = {"every": (2, 3)}
+
+    def planned_steps(self, steps: int) -> tuple[PlannedStep, ...]:
+        return (PlannedStep(),) * steps
+
+
 class CheckerboardPlugin:
     @hookimpl
     def ralu_register_token_selectors(self, register: Any) -> None:
         register(Checkerboard)
+
+    @hookimpl
+    def ralu_register_feature_caches(self, register: Any) -> None:
+        register(EveryOther)
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +118,11 @@ def test_the_search_space_comes_from_the_registry_and_a_third_party_selector_joi
     left_out = " ".join(searched.left_out)
     assert "'first-block'" in left_out and "'db-cache'" in left_out  # adaptive: FLOPs known only after a run
     assert ("checkerboard", {"ratio": 0.25}) in searched.upsample
+    assert ("every-other", {"every": 2}) in searched.caches and ("every-other", {"every": 3}) in searched.caches
+    model = ModelSpace(adapter="flux", baseline=find_recipe("flux-baseline", registry), default_steps=28)
+    labels = {(c.family, c.label) for c, _ in structural_candidates(model, searched)}
+    joined = {family for family, label in labels if "every-other" in label or "checkerboard" in label}
+    assert joined == {RALU, STEPS_CACHE, RALU_CACHE}  # the selector in RALU plans, the cache on plans and steps
 
 
 def test_held_out_samples_share_no_prompt_and_no_seed_with_the_selection() -> None:
