@@ -29,6 +29,7 @@ from ralu_core.tuning import model_space
 from ralu_core.tuning.cost import WINDOW, CostCounter
 from ralu_core.tuning.journal import SampleKey
 from ralu_core.tuning.search import (
+    Progress,
     TuneSettings,
     _best_control,
     count_candidates,
@@ -310,3 +311,35 @@ def test_two_launched_processes_choose_what_one_process_chooses(tmp_path: Path, 
     first, second = scored(both / "scores.jsonl"), scored(both / "scores.1.jsonl")
     assert first and second and first.isdisjoint(second)  # each image made by one process only
     assert {(p, s) for _, p, s in first}.isdisjoint({(p, s) for _, p, s in second})  # split by sample
+
+
+def test_a_tune_on_sd3_recommends_a_recipe_of_its_speedup() -> None:
+    """The same search on another adapter (SD3: CFG, its own baseline and built-in recipes), and the progress it
+    reports: images, with the round's candidates."""
+    from ralu_sd3.testing import make_sd3_pipeline
+
+    pipe = make_sd3_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    stages: list[str] = []
+
+    class Recorded(Progress):
+        def describe(self, stage: str) -> None:
+            stages.append(stage)
+
+    result = ralu_core.tune(
+        pipe,
+        PROMPTS,
+        speedups=[1.5],
+        seeds=[0, 1],
+        metrics=["psnr"],
+        max_candidates=3,
+        call_kwargs={"max_sequence_length": 8},
+        height=64,
+        width=64,
+        progress=Recorded(),
+    )
+    chosen = result.target(1.5).chosen
+    assert chosen.candidate.recipe.model in ("sd3", None)
+    assert (chosen.speedup or 0) >= 1.5 * (1 - WINDOW)  # in the window, or the control (which may be cheaper)
+    ralu_core.accelerate(pipe, chosen.candidate.recipe)  # a valid SD3 recipe
+    assert stages[0].startswith("1.5x: ") and "candidates on 2 samples" in stages[0]

@@ -64,7 +64,8 @@ class LaunchedWorkers:
 
 
 class TqdmProgress(Progress):
-    """A progress bar of images scored (read back from an earlier run or made), with tqdm's ETA."""
+    """A progress bar of images scored (read back from an earlier run or made), with tqdm's ETA, and where the
+    search is (the speed-up, the round and its candidates)."""
 
     def __init__(self) -> None:
         self._bar: Any = None
@@ -77,6 +78,10 @@ class TqdmProgress(Progress):
     def advance(self, done: int) -> None:
         if self._bar is not None:
             self._bar.update(done - self._bar.n)
+
+    def describe(self, stage: str) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix_str(stage)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -237,6 +237,9 @@ class Progress:
     def advance(self, done: int) -> None:
         pass
 
+    def describe(self, stage: str) -> None:
+        """Where the search is: the speed-up, the round and the candidates scored in it."""
+
     def close(self) -> None:
         pass
 
@@ -402,9 +405,15 @@ def run_search(
     for target in settings.speedups:
         entries = [Evaluated(costed=c, target=target) for c in pools[target]]
         evaluated[target] = entries
+
+        def described(entries: Sequence[Evaluated], samples: Sequence[SampleKey], target: float = target) -> None:
+            progress.describe(f"{target:g}x: {len(entries)} candidates on {len(samples)} samples")
+            prepare(entries, samples)
+
         winner, note = halving(
-            entries, selection, score, settings.first_samples, settings.keep_share, deadline, prepare, past
+            entries, selection, score, settings.first_samples, settings.keep_share, deadline, described, past
         )
+        progress.describe(f"{target:g}x: the winner, the control and the held-out samples")
         outcome = _settle(
             winner, controls[target], _best_builtin(entries), selection, held, scorer, score, advance, prepare
         )
