@@ -43,6 +43,8 @@ from ralu_core.tuning.space import (
     RALU_CACHE,
     STEPS_CACHE,
     ModelSpace,
+    Searched,
+    check_searchable,
     searched_strategies,
     structural_candidates,
 )
@@ -124,6 +126,11 @@ def test_the_search_space_comes_from_the_registry_and_a_third_party_selector_joi
     labels = {(c.family, c.label) for c, _ in structural_candidates(model, searched)}
     joined = {family for family, label in labels if "every-other" in label or "checkerboard" in label}
     assert joined == {RALU, STEPS_CACHE, RALU_CACHE}  # the selector in RALU plans, the cache on plans and steps
+
+
+def test_a_family_with_nothing_to_search_is_refused() -> None:
+    with pytest.raises(RaluError, match="no installed strategy for the 'toy' adapter declares a tune_space"):
+        check_searchable(Searched(upsample=(), step=(), caches=(), left_out=()), "toy")
 
 
 def test_held_out_samples_share_no_prompt_and_no_seed_with_the_selection() -> None:

@@ -29,7 +29,7 @@ from ralu_core.tuning.journal import FolderJournal, Journal, MemoryJournal
 from ralu_core.tuning.report import write_outputs
 from ralu_core.tuning.scoring import Scorer, choose_metrics
 from ralu_core.tuning.search import Progress, TuneResult, TuneSettings, run_search, split_samples
-from ralu_core.tuning.space import ModelSpace, fewer_steps, searched_strategies
+from ralu_core.tuning.space import ModelSpace, check_searchable, fewer_steps, searched_strategies
 from ralu_core.tuning.workers import OneProcess, Workers
 
 __all__ = ["TuneResult", "tune"]
@@ -188,6 +188,7 @@ def tune(
     try:
         scorer = Scorer(pipe, registry, prompts, kwargs, weighted, journal, model.baseline)
         searched = searched_strategies(registry)
+        check_searchable(searched, adapter.name)
         result = run_search(settings, model, searched, counter, scorer, progress, max_minutes, workers=workers)
         result.notes[:0] = notes
         if out is not None and workers.index == 0:

@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 
+from ralu_core.errors import RaluError
 from ralu_core.plugins import Registry
 from ralu_core.recipes.model import CacheRef, Recipe, Stage, StrategyRef
 
@@ -127,6 +128,15 @@ def searched_strategies(registry: Registry) -> Searched:
             continue
         caches += [(name, params) for params in variants(cls)]
     return Searched(upsample=tuple(upsample), step=tuple(step), caches=tuple(caches), left_out=tuple(left_out))
+
+
+def check_searchable(searched: Searched, adapter: str) -> None:
+    """Refuse a model family none of whose strategies tune may try: it could only compare fewer steps."""
+    if not (searched.upsample or searched.step or searched.caches):
+        raise RaluError(
+            f"no installed strategy for the {adapter!r} adapter declares a tune_space (what ralu tune may try), so "
+            "tune could compare nothing but fewer steps; install ralu-core's selectors or a strategy plugin"
+        )
 
 
 @attrs.frozen(kw_only=True)
