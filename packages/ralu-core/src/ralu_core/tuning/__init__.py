@@ -46,11 +46,8 @@ def model_space(registry: Registry, adapter: ModelAdapter, steps: int, half_reso
         )
     baseline = find_recipe(recommends.baseline_recipe, registry)
     pinned = fewer_steps(ModelSpace(adapter=adapter.name, baseline=baseline, default_steps=steps), steps)
-    builtins = tuple(
-        find_recipe(name, registry)
-        for name, entry in sorted(registry.recipes.items())
-        if name != recommends.baseline_recipe and _recipe_model(entry.obj) == adapter.name
-    )
+    others = (find_recipe(name, registry) for name in sorted(registry.recipes) if name != recommends.baseline_recipe)
+    builtins = tuple(recipe for recipe in others if recipe.model == adapter.name)
     return ModelSpace(
         adapter=adapter.name,
         baseline=attrs.evolve(pinned, name=recommends.baseline_recipe),
@@ -58,14 +55,6 @@ def model_space(registry: Registry, adapter: ModelAdapter, steps: int, half_reso
         half_resolution=half_resolution,
         builtins=builtins,
     )
-
-
-def _recipe_model(path: Path) -> str | None:
-    """The `model:` line of a registered recipe file, read without resolving it."""
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("model:"):
-            return line.split(":", 1)[1].strip() or None
-    return None
 
 
 def default_size(pipe: Any) -> tuple[int, int] | None:
