@@ -26,7 +26,7 @@ from ralu_core.recipes import find_recipe, load_recipe_file
 from ralu_core.strategies.base import FeatureCache, PlannedStep, SelectionRequest
 from ralu_core.strategies.selectors import RatioSelector
 from ralu_core.tuning import model_space
-from ralu_core.tuning.cost import WINDOW, CostCounter
+from ralu_core.tuning.cost import WINDOW, CostCounter, serves
 from ralu_core.tuning.journal import SampleKey
 from ralu_core.tuning.search import (
     Progress,
@@ -128,6 +128,27 @@ def test_the_search_space_comes_from_the_registry_and_a_third_party_selector_joi
     assert joined == {RALU, STEPS_CACHE, RALU_CACHE}  # the selector in RALU plans, the cache on plans and steps
 
 
+def test_skipping_combinations_before_counting_loses_no_candidate_of_a_speedup(flux) -> None:  # type: ignore[no-untyped-def]
+    """Combinations of a plan with a cache or RAS are skipped where the plan is too fast, or too slow even with
+    the most that addition gained on the model's sampler: counting everything finds no more candidates."""
+    registry = Registry.collect(create_plugin_manager())
+    adapter = registry.resolve_adapter(flux)
+    profile = counting(adapter).pipeline_flops_profile(flux, {**SIZE, **CALL})
+    model = model_space(registry, adapter, 28, True)
+    searched = searched_strategies(registry)
+    speedups = [1.6, 1.9]
+
+    def serving(prune: bool) -> tuple[set[str], int]:
+        counter = CostCounter(registry, adapter, profile, 64, 64, 28)
+        costed, skipped = count_candidates(model, searched, counter, speedups, prune=prune)
+        return {c.candidate.key for c in costed if any(serves(c.speedup, t) for t in speedups)}, skipped
+
+    pruned, skipped = serving(True)
+    everything, none_skipped = serving(False)
+    assert skipped > 0 and none_skipped == 0
+    assert pruned == everything
+
+
 def test_a_family_with_nothing_to_search_is_refused() -> None:
     with pytest.raises(RaluError, match="no installed strategy for the 'toy' adapter declares a tune_space"):
         check_searchable(Searched(upsample=(), step=(), caches=(), left_out=()), "toy")
@@ -145,8 +166,9 @@ def test_held_out_samples_share_no_prompt_and_no_seed_with_the_selection() -> No
 
 
 def test_successive_halving_keeps_a_third_on_twice_the_samples() -> None:
-    assert round_sizes(27, 16, 2, 3) == [(27, 2), (9, 4), (3, 8), (1, 16)]
-    assert round_sizes(4, 2, 2, 3) == [(4, 2), (2, 2), (1, 2)]
+    assert round_sizes(27, 16, 2, 3) == [(27, 2), (9, 4), (3, 8)]  # the best of the last 3 wins
+    assert round_sizes(4, 2, 2, 3) == [(4, 2), (2, 2)]
+    assert round_sizes(1, 16, 2, 3) == [(1, 2)]
 
 
 def test_a_tune_writes_a_recipe_that_serves_its_speedup_and_resumes_without_remaking_images(flux, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -179,6 +201,12 @@ def test_a_tune_writes_a_recipe_that_serves_its_speedup_and_resumes_without_rema
     assert saved["targets"][0]["chosen"] == target.chosen.candidate.key
     assert [t.held_out[0].metrics for t in again.targets] == [t.held_out[0].metrics for t in first.targets]
 
+    # The earlier runs' time counts against a resumed tune's budget: as if they had spent 1000 s per image.
+    slow = [json.loads(line) | {"seconds": 1000.0} for line in journal.read_text().splitlines()]
+    journal.write_text("".join(json.dumps(line) + "\n" for line in slow))
+    late = small_tune(flux, out=out, max_minutes=1.0)
+    assert "stopped by the time budget after round 1" in late.target(1.8).note
+
 
 class ScriptedScorer:
     """Scores by rule instead of by image: the fewer-steps control scores 0 on the first two selection samples
@@ -186,6 +214,7 @@ class ScriptedScorer:
 
     metrics: ClassVar[list[Any]] = []
     calls = 0
+    spent_before = 0.0
 
     def __init__(self, control: str, first: list[SampleKey]) -> None:
         self.control, self.first = control, first
@@ -199,7 +228,7 @@ class ScriptedScorer:
     def owns(self, sample: SampleKey) -> bool:
         return True
 
-    def fill(self, wanted: Any) -> None:
+    def fill(self, wanted: Any, advance: Any = None) -> None:
         pass
 
     def combined_score(self, key: str, recipe: Any, sample: SampleKey) -> float:
@@ -320,16 +349,32 @@ def test_two_launched_processes_choose_what_one_process_chooses(tmp_path: Path, 
     assert {(p, s) for _, p, s in first}.isdisjoint({(p, s) for _, p, s in second})  # split by sample
 
 
-def test_a_tune_on_sd3_recommends_a_recipe_of_its_speedup() -> None:
-    """The same search on another adapter (SD3: CFG, its own baseline and built-in recipes), and the progress it
-    reports: images, with the round's candidates."""
-    from ralu_sd3.testing import make_sd3_pipeline
+def other_adapters_pipeline(family: str) -> tuple[Any, dict[str, Any]]:
+    if family == "sd3":
+        from ralu_sd3.testing import make_sd3_pipeline
 
-    pipe = make_sd3_pipeline(seed=0)
+        return make_sd3_pipeline(seed=0), {"max_sequence_length": 8}
+    from ralu_lumina.testing import make_lumina_pipeline
+
+    return make_lumina_pipeline(seed=0), {"max_sequence_length": 8}
+
+
+@pytest.mark.parametrize("family", ["sd3", "lumina"])
+def test_a_tune_on_another_adapter_recommends_a_recipe_of_its_speedup(family: str) -> None:
+    """The same search on the other adapters (SD3: CFG, its own baseline and built-in recipes; Lumina-Next: its
+    own attention and text encoder), and the progress it reports: images, with the round's candidates."""
+    pipe, call = other_adapters_pipeline(family)
     pipe.set_progress_bar_config(disable=True)
     stages: list[str] = []
+    seen: list[int] = []
 
     class Recorded(Progress):
+        def start(self, total: int) -> None:
+            seen.append(total)
+
+        def advance(self, done: int) -> None:
+            seen.append(done)
+
         def describe(self, stage: str) -> None:
             stages.append(stage)
 
@@ -340,13 +385,17 @@ def test_a_tune_on_sd3_recommends_a_recipe_of_its_speedup() -> None:
         seeds=[0, 1],
         metrics=["psnr"],
         max_candidates=3,
-        call_kwargs={"max_sequence_length": 8},
+        call_kwargs=call,
         height=64,
         width=64,
         progress=Recorded(),
     )
     chosen = result.target(1.5).chosen
-    assert chosen.candidate.recipe.model in ("sd3", None)
+    assert chosen.candidate.recipe.model in (family, None)
     assert (chosen.speedup or 0) >= 1.5 * (1 - WINDOW)  # in the window, or the control (which may be cheaper)
-    ralu_core.accelerate(pipe, chosen.candidate.recipe)  # a valid SD3 recipe
+    families = {e.costed.candidate.family for e in result.evaluated[1.5]}
+    assert RALU in families  # half resolution works on each model's grid
+    ralu_core.accelerate(pipe, chosen.candidate.recipe)  # a valid recipe of the family
     assert stages[0].startswith("1.5x: ") and "candidates on 2 samples" in stages[0]
+    total, steps = seen[0], seen[1:]
+    assert steps == list(range(1, total + 1))  # the bar moves image by image and ends full

@@ -4,12 +4,14 @@ A tune is deterministic given its scores, so the scores (per candidate, prompt a
 images are all that is kept: a restarted tune counts the FLOPs again, reads the scores it has, and runs only
 the rest. In a folder, each score is one line of ``scores.jsonl``, appended and synced (a line cut by a kill
 is ignored), and each baseline image is written atomically; the folder is locked while a tune runs, and one
-made by a different tune (other model, prompts, seeds, size or metrics) is refused.
+made by a different tune (other model, prompts, seeds, size or metrics) is refused. Each score line also keeps the
+seconds its image took, so that a resumed tune's time budget counts the time the earlier runs spent.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -40,8 +42,13 @@ class Journal(Protocol):
         """The metric values kept for this candidate and sample, or None."""
         ...
 
-    def record(self, candidate: str, sample: SampleKey, scores: dict[str, float]) -> None:
-        """Keep what this process measured (in a folder: in its own scores file)."""
+    def record(self, candidate: str, sample: SampleKey, scores: dict[str, float], seconds: float = 0.0) -> None:
+        """Keep what this process measured, and the seconds it took (in a folder: in its own scores file)."""
+        ...
+
+    @property
+    def spent_before(self) -> float:
+        """Seconds this process's earlier runs of the same tune spent making the images kept here."""
         ...
 
     def remember(self, candidate: str, sample: SampleKey, scores: dict[str, float]) -> None:
@@ -63,8 +70,12 @@ class MemoryJournal:
     def scored(self, candidate: str, sample: SampleKey) -> dict[str, float] | None:
         return self.scores.get((candidate, sample))
 
-    def record(self, candidate: str, sample: SampleKey, scores: dict[str, float]) -> None:
+    def record(self, candidate: str, sample: SampleKey, scores: dict[str, float], seconds: float = 0.0) -> None:
         self.scores[(candidate, sample)] = dict(scores)
+
+    @property
+    def spent_before(self) -> float:
+        return 0.0
 
     def remember(self, candidate: str, sample: SampleKey, scores: dict[str, float]) -> None:
         self.scores[(candidate, sample)] = dict(scores)
@@ -115,6 +126,7 @@ class FolderJournal(MemoryJournal):
         super().__init__()
         self.root, self.label, self.rank = root, label, rank
         self._lock: IO[str] | None = None
+        self._spent_before = 0.0
         self._settings = json.loads(json.dumps(settings, sort_keys=True))
 
     @property
@@ -193,31 +205,41 @@ class FolderJournal(MemoryJournal):
             if data and not data.endswith(b"\n"):
                 with open(own, "r+b") as handle:
                     handle.truncate(data.rfind(b"\n") + 1)
-        lines: list[str] = []
+        lines: list[tuple[bool, str]] = []
         for path in sorted(self.root.iterdir()):
             if _is_scores_file(path.name) and path.is_file() and not path.is_symlink():
-                lines += path.read_text(encoding="utf-8", errors="replace").splitlines()
-        for line in lines:
+                text = path.read_text(encoding="utf-8", errors="replace")
+                lines += [(path.name == own.name, line) for line in text.splitlines()]
+        self._spent_before = 0.0
+        for mine, line in lines:
             try:
                 entry = json.loads(line)
                 key = (str(entry["candidate"]), SampleKey(int(entry["prompt"]), int(entry["seed"])))
                 values = {str(k): _score_value(v) for k, v in dict(entry["scores"]).items()}
-            except (ValueError, KeyError, TypeError):
+                seconds = float(entry.get("seconds", 0.0))
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # a line cut short by a kill
             self.scores[key] = values
+            if mine and math.isfinite(seconds) and seconds > 0:
+                self._spent_before += seconds
+
+    @property
+    def spent_before(self) -> float:
+        return self._spent_before
 
     def close(self) -> None:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
 
-    def record(self, candidate: str, sample: SampleKey, scores: dict[str, float]) -> None:
+    def record(self, candidate: str, sample: SampleKey, scores: dict[str, float], seconds: float = 0.0) -> None:
         super().record(candidate, sample, scores)
         entry = {
             "candidate": candidate,
             "prompt": sample.prompt,
             "seed": sample.seed,
             "scores": {k: _json_score(v) for k, v in sorted(scores.items())},
+            "seconds": round(seconds, 3),
         }
         path = self.scores_path
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)

@@ -26,8 +26,18 @@ def recipe_name(target: float) -> str:
     return f"tuned-{target:g}x"
 
 
-def _spread(metrics: dict[str, tuple[float, float]]) -> str:
-    return ", ".join(f"{name} {mean:.4g} ± {std:.2g}" for name, (mean, std) in sorted(metrics.items()))
+def _spread(metrics: dict[str, tuple[float, float]], identical: dict[str, int] | None = None) -> str:
+    """``psnr 31.2 ± 2.1 (2 identical: infinite, left out of the mean)``: a metric's infinite values are counted,
+    not averaged."""
+    identical = identical or {}
+    shown = []
+    for name in sorted(set(metrics) | set(identical)):
+        mean, std = metrics.get(name, (math.nan, math.nan))
+        text = f"{name} {mean:.4g} ± {std:.2g}" if name in metrics else f"{name} -"
+        if identical.get(name):
+            text += f" ({identical[name]} identical to the baseline: infinite, left out of the mean)"
+        shown.append(text)
+    return ", ".join(shown)
 
 
 def tuned_recipe_text(result: TuneResult, target: TargetResult, today: str) -> str:
@@ -47,7 +57,8 @@ def tuned_recipe_text(result: TuneResult, target: TargetResult, today: str) -> s
         f"{settings.width}x{settings.height}",
         f"chosen as: {chosen.candidate.family} ({chosen.candidate.label}), selection score "
         f"{target.selection_score:.4f} on {len(result.selection)} samples",
-        f"held out ({len(result.held)} samples it was not chosen on): {_spread(target.held_out[0].metrics)}",
+        f"held out ({len(result.held)} samples it was not chosen on): "
+        f"{_spread(target.held_out[0].metrics, target.held_out[0].identical)}",
         f"prompts ({len(settings.prompts)}): {'; '.join(shown)}",
         f"seeds: {' '.join(map(str, settings.seeds))}; metrics: {' '.join(settings.metrics)}",
     ]
@@ -110,7 +121,7 @@ def _held_row(target: TargetResult, entry: HeldOut) -> str:
     selection = "" if entry.selection_score is None else f"{entry.selection_score:.4f}"
     return (
         f"| {target.target:g}x | {entry.label} ({entry.key}) | {entry.speedup:.3f}x | {entry.family} | {selection} | "
-        f"{mean:.4f} ± {std:.3f} | {_spread(others)} |"
+        f"{mean:.4f} ± {std:.3f} | {_spread(others, entry.identical)} |"
     )
 
 
@@ -129,10 +140,18 @@ def tune_json(result: TuneResult) -> Any:
                     "label": t.chosen.candidate.label,
                     "flops_speedup": t.chosen.speedup,
                     "selection_score": t.selection_score,
+                    "first_round_score": t.first_score,
                     "note": t.note,
                     "rounds": list(t.rounds),
                     "held_out": [
-                        {"label": h.label, "key": h.key, "flops_speedup": h.speedup, "metrics": h.metrics}
+                        {
+                            "label": h.label,
+                            "key": h.key,
+                            "flops_speedup": h.speedup,
+                            "metrics": h.metrics,
+                            "identical": h.identical,
+                            "samples": h.samples,
+                        }
                         for h in t.held_out
                     ],
                     "candidates": [
@@ -162,18 +181,20 @@ MARGIN = 56
 
 
 def pareto_png(result: TuneResult) -> bytes:
-    """FLOPs speed-up (x) against selection score (y) of every scored candidate; built-in recipes as squares,
-    recommendations as large rings. Drawn with PIL (no plotting library needed)."""
+    """FLOPs speed-up (x) against the score on the first round's samples (y), which every scored candidate ran,
+    so that all points rest on the same samples; built-in recipes as squares, recommendations as large rings.
+    Drawn with PIL (no plotting library needed)."""
     from PIL import Image as PILImage
     from PIL import ImageDraw, ImageFont
 
     points = [
-        (e.costed.speedup or 0.0, e.last_score or 0.0, e.costed.candidate.family, e.key)
+        (e.costed.speedup or 0.0, e.rounds[0][1], e.costed.candidate.family, e.key)
         for entries in result.evaluated.values()
         for e in entries
         if e.rounds
     ]
-    chosen = {(t.chosen.speedup or 0.0, t.selection_score) for t in result.targets}
+    chosen = {(t.chosen.speedup or 0.0, t.first_score) for t in result.targets if t.first_score is not None}
+    first = min((e.rounds[0][0] for entries in result.evaluated.values() for e in entries if e.rounds), default=0)
     image = PILImage.new("RGB", PLOT_SIZE, (255, 255, 255))
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
@@ -200,7 +221,7 @@ def pareto_png(result: TuneResult) -> bytes:
     draw.text(
         (width / 2, height - 14), "FLOPs speed-up over the model's sampler", fill=(0, 0, 0), font=font, anchor="mm"
     )
-    draw.text((8, 8), "selection score (higher is better)", fill=(0, 0, 0), font=font)
+    draw.text((8, 8), f"score on the first {first} selection samples (higher is better)", fill=(0, 0, 0), font=font)
     for x, y, family, _ in sorted(points, key=lambda p: p[3]):
         px, py = at(x, y)
         if family == BUILTIN:

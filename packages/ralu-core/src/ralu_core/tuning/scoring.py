@@ -11,7 +11,8 @@ weights) is refused with its reason, never dropped in silence.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -117,19 +118,24 @@ class Scorer:
     def owns(self, sample: SampleKey) -> bool:
         return sample in self.owned if self.workers.count > 1 else True
 
-    def fill(self, wanted: Sequence[tuple[str, Recipe, SampleKey]]) -> None:
+    def fill(self, wanted: Sequence[tuple[str, Recipe, SampleKey]], advance: Callable[[], None] = lambda: None) -> None:
         """Make sure the journal holds the metric values of every (candidate key, recipe, sample) in `wanted`:
         this process measures those of its samples, then the processes exchange theirs (a collective: every
-        process calls it with the same `wanted`)."""
+        process calls it with the same `wanted`). `advance` is told of each one as it is done, for a progress
+        bar that moves image by image."""
         measured: dict[tuple[str, int, int], dict[str, float]] = {}
         for key, recipe, sample in wanted:
-            if self.journal.scored(key, sample) is None and self.owns(sample):
-                measured[(key, sample.prompt, sample.seed)] = self.metric_values(key, recipe, sample)
+            if self.owns(sample):
+                if self.journal.scored(key, sample) is None:
+                    measured[(key, sample.prompt, sample.seed)] = self.metric_values(key, recipe, sample)
+                advance()
         if self.workers.count > 1:
             for others in self.workers.exchange(measured):
                 for (key, prompt, seed), values in others.items():
                     if self.journal.scored(key, SampleKey(prompt, seed)) is None:
                         self.journal.remember(key, SampleKey(prompt, seed), values)
+            for _ in range(sum(1 for _, _, sample in wanted if not self.owns(sample))):
+                advance()
 
     def image(self, recipe: Recipe, sample: SampleKey) -> Image:
         if self._accelerated is None or self._accelerated[0] != recipe.name:
@@ -152,6 +158,7 @@ class Scorer:
         kept = self.journal.scored(key, sample)
         if kept is not None:
             return kept
+        started = time.monotonic()
         reference = self.baseline(sample)
         image = self.image(recipe, sample)
         prompt = self.prompts[sample.prompt]
@@ -160,8 +167,17 @@ class Scorer:
             value = entry.metric.score(image, reference if entry.metric.paired else None, prompt)
             if value is not None:
                 values[entry.metric.name] = float(value)
-        self.journal.record(key, sample, values)
+        self.journal.record(key, sample, values, seconds=time.monotonic() - started)
         return values
+
+    def kept(self, key: str, sample: SampleKey) -> bool:
+        """Whether the journal holds this candidate's values on `sample` (they cost no image)."""
+        return self.journal.scored(key, sample) is not None
+
+    @property
+    def spent_before(self) -> float:
+        """Seconds earlier runs of this tune spent on the images this process kept (see the journal)."""
+        return self.journal.spent_before
 
     def combined_score(self, key: str, recipe: Recipe, sample: SampleKey) -> float:
         return combined(self.metric_values(key, recipe, sample), self.metrics)

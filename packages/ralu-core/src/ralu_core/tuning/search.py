@@ -39,15 +39,20 @@ from ralu_core.tuning.space import (
     STEPS_CACHE,
     ModelSpace,
     Searched,
+    addition,
     make_candidate,
     structural_candidates,
 )
 from ralu_core.tuning.workers import OneProcess, Workers
 
-MAX_COMBINATION_GAIN = 4.0
-"""A cache or RAS added to a plan is counted only where the plan alone is at least 1/4 of the slowest speed-up
-asked for (no registered cache skips more than three quarters of a plan's work)."""
+GAIN_MARGIN = 1.25
+"""A cache or RAS added to a RALU plan is counted only where the plan alone, sped up by the most that addition
+gained on the model's sampler (times this margin), could reach the slowest speed-up asked for. A cache gains
+less in a plan than on the sampler: each stage starts with full steps, and a plan's decode weighs more."""
 FAMILY_ORDER = (FEWER_STEPS, RALU, RAS, RALU_RAS, RALU_CACHE, STEPS_CACHE, BUILTIN)
+ON_THE_SAMPLER = (RAS, STEPS_CACHE)
+"""Additions counted on the model's own sampler (which `structural_candidates` yields before the plans)."""
+COMBINED_WITH_PLANS = (RALU_RAS, RALU_CACHE)
 
 
 @attrs.frozen(kw_only=True)
@@ -128,7 +133,11 @@ class HeldOut:
     speedup: float
     selection_score: float | None
     metrics: dict[str, tuple[float, float]]
-    """Metric (and ``score``) -> (mean, standard deviation) over the held-out samples."""
+    """Metric (and ``score``) -> (mean, standard deviation) over the held-out samples. A metric's infinite values
+    (PSNR of an image equal to the baseline's) are left out of its mean and counted in `identical`."""
+    identical: dict[str, int] = attrs.field(factory=dict)
+    """Metric -> held-out samples on which it was infinite (the image equals the baseline's)."""
+    samples: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -139,6 +148,9 @@ class TargetResult:
     held_out: tuple[HeldOut, ...]
     """The recommendation first, then the fewer-steps control and the best built-in recipe where there are."""
     note: str = ""
+    first_score: float | None = None
+    """The recommendation's score on the first round's samples, which every candidate of the speed-up ran (what
+    ``pareto.png`` plots, so that its points rest on the same samples)."""
     candidates: int = 0
     rounds: tuple[int, ...] = ()
     """Candidates scored in each round."""
@@ -161,12 +173,15 @@ class TuneResult:
 
 
 def count_candidates(
-    model: ModelSpace, searched: Searched, counter: CostCounter, speedups: Sequence[float]
+    model: ModelSpace, searched: Searched, counter: CostCounter, speedups: Sequence[float], prune: bool = True
 ) -> tuple[list[Costed], int]:
-    """Every candidate's FLOPs, skipping combinations whose plan is already too fast or far too slow; returns
-    them and how many were skipped so."""
+    """Every candidate's FLOPs, skipping (where `prune`) combinations whose plan is already too fast, or too slow
+    for what the addition gained on the model's sampler (`GAIN_MARGIN`); returns them and how many were skipped
+    so."""
     slowest, fastest = min(speedups), max(speedups)
     base_costs: dict[str, Costed] = {}
+    gains: dict[str, float] = {}
+    """What each addition (a cache or RAS) gained on the model's own sampler at most: speed-up with / without."""
     seen: set[str] = set()
     position: dict[str, int] = {}
     costed: list[Costed] = []
@@ -182,16 +197,25 @@ def count_candidates(
         if candidate.key in seen:
             continue
         seen.add(candidate.key)
-        if base is not None:
+        plan_speed = None
+        if base is not None and prune:
             plan = make_candidate(base, "plan", "plan")
             if plan.key not in base_costs:
                 base_costs[plan.key] = counter.cost(plan)
             plan_speed = base_costs[plan.key].speedup
-            if plan_speed is None or plan_speed > fastest * 1.05 or plan_speed * MAX_COMBINATION_GAIN < slowest:
+            if plan_speed is None or plan_speed > fastest * (1 + WINDOW):
+                skipped += 1
+                continue
+            gain = gains.get(addition(candidate.recipe)) if candidate.family in COMBINED_WITH_PLANS else None
+            if gain is not None and plan_speed * gain * GAIN_MARGIN < slowest * (1 - WINDOW):
                 skipped += 1
                 continue
         position[candidate.key] = len(costed)
         costed.append(counter.cost(candidate))
+        speed = costed[-1].speedup
+        if candidate.family in ON_THE_SAMPLER and plan_speed and speed:
+            key = addition(candidate.recipe)
+            gains[key] = max(gains.get(key, 0.0), speed / plan_speed)
     return costed, skipped
 
 
@@ -223,8 +247,8 @@ def round_sizes(candidates: int, samples: int, first: int, keep_share: int) -> l
         if alive <= 1:
             return sizes
         kept = max(1, math.ceil(alive / keep_share))
-        if used >= samples and kept == alive:
-            return sizes
+        if kept == 1:
+            return sizes  # this round's best wins (and is then scored on every selection sample)
         alive, used = kept, min(samples, used * 2)
 
 
@@ -259,7 +283,8 @@ def halving(
     every process, whether the deadline has passed."""
     alive = list(entries)
     note = ""
-    for round_index, (_, used) in enumerate(round_sizes(len(alive), len(samples), first, keep_share)):
+    sizes = round_sizes(len(alive), len(samples), first, keep_share)
+    for round_index, (_, used) in enumerate(sizes):
         prepare(alive, samples[:used])
         for entry in alive:
             values = [score(entry, s) for s in samples[:used]]
@@ -267,7 +292,7 @@ def halving(
         alive.sort(key=lambda e: (-(e.last_score or 0.0), e.key))
         if len(alive) == 1:
             break
-        kept = max(1, math.ceil(len(alive) / keep_share))
+        kept = 1 if round_index == len(sizes) - 1 else max(1, math.ceil(len(alive) / keep_share))
         if past(deadline):
             kept, note = 1, f"stopped by the time budget after round {round_index + 1}"
         for entry in alive[kept:]:
@@ -284,18 +309,18 @@ def held_out_numbers(
     label: str,
     held: Sequence[SampleKey],
     selection_score: float | None,
-    advance: Callable[[], None] = lambda: None,
 ) -> HeldOut:
-    per_sample = []
-    for sample in held:
-        per_sample.append(scorer.metric_values(costed.candidate.key, costed.candidate.recipe, sample))
-        advance()
+    per_sample = [scorer.metric_values(costed.candidate.key, costed.candidate.recipe, sample) for sample in held]
     names = sorted({name for values in per_sample for name in values})
     metrics: dict[str, tuple[float, float]] = {}
+    identical: dict[str, int] = {}
     for name in names:
         values = [v[name] for v in per_sample if name in v and math.isfinite(v[name])]
+        infinite = sum(1 for v in per_sample if name in v and math.isinf(v[name]))
         if values:
             metrics[name] = (statistics.fmean(values), statistics.pstdev(values))
+        if infinite:
+            identical[name] = infinite
     combined_values = [combined(v, scorer.metrics) for v in per_sample]
     metrics[SCORE] = (statistics.fmean(combined_values), statistics.pstdev(combined_values))
     return HeldOut(
@@ -305,33 +330,62 @@ def held_out_numbers(
         speedup=costed.speedup or 0.0,
         selection_score=selection_score,
         metrics=metrics,
+        identical=identical,
+        samples=len(per_sample),
     )
 
 
 def check_targets(costed: Sequence[Costed], speedups: Sequence[float], steps: int) -> None:
-    """Refuse a speed-up no candidate serves, saying which are reachable."""
+    """Refuse a speed-up no candidate serves, saying which are reachable: the whole range, and for a speed-up
+    that falls in a gap between candidates, the nearest ratios on either side."""
     lowest, highest = reachable(costed)
     missing = [t for t in speedups if not any(serves(c.speedup, t) for c in costed)]
-    if missing:
-        shown = ", ".join(f"{t:g}x" for t in missing)
-        raise RaluError(
-            f"no candidate reaches {shown} (within ± 5 % of its FLOPs): the candidates of this model span "
-            f"{lowest:.2f}x to {highest:.2f}x fewer FLOPs than its sampler at {steps} steps; ask for speed-ups in "
-            "that range"
-        )
+    if not missing:
+        return
+    speeds = sorted({round(c.speedup, 2) for c in costed if c.speedup is not None})
+    gaps = []
+    for target in missing:
+        below = [s for s in speeds if s < target]
+        above = [s for s in speeds if s > target]
+        if below and above:
+            gaps.append(f"{target:g}x falls between {below[-1]:.2f}x and {above[0]:.2f}x")
+    shown = ", ".join(f"{t:g}x" for t in missing)
+    raise RaluError(
+        f"no candidate reaches {shown} (within ± 5 % of its FLOPs): the candidates of this model span "
+        f"{lowest:.2f}x to {highest:.2f}x fewer FLOPs than its sampler at {steps} steps"
+        + (f", and {'; '.join(gaps)}" if gaps else "")
+        + "; ask for speed-ups the candidates reach"
+    )
 
 
-def check_budget(pools: dict[float, list[Costed]], first: int, per_image: float, left: float) -> None:
-    """Refuse a time budget that cannot finish the first round, saying how many candidates would fit. The
-    estimate: a candidate's image costs the baseline's over its FLOPs speed-up."""
-    need = sum(first * per_image / (c.speedup or 1.0) for pool in pools.values() for c in pool)
+def check_budget(
+    pools: dict[float, list[Costed]],
+    first: Sequence[SampleKey],
+    per_image: float,
+    left: float,
+    spent_before: float = 0.0,
+    kept: Callable[[str, SampleKey], bool] = lambda key, sample: False,
+) -> None:
+    """Refuse a time budget that cannot finish the first round (on the `first` samples; images an earlier run
+    `kept` cost nothing), saying how many candidates would fit. The estimate: a candidate's image costs the
+    baseline's over its FLOPs speed-up."""
+    need = sum(
+        per_image / (c.speedup or 1.0)
+        for pool in pools.values()
+        for c in pool
+        for sample in first
+        if not kept(c.candidate.key, sample)
+    )
     if need <= left:
         return
-    average = need / max(1, sum(len(pool) for pool in pools.values()))
+    average = len(first) * per_image * sum(1 / (c.speedup or 1.0) for pool in pools.values() for c in pool)
+    average /= max(1, sum(len(pool) for pool in pools.values()))
     fitting = int(left / average) // max(1, len(pools)) if average > 0 else 0
     raise RaluError(
         f"--max-minutes: the first round alone needs about {need / 60:.1f} minutes here ({per_image:.2f} s per "
-        f"baseline image), {max(0.0, left) / 60:.1f} are left; give more minutes, or --max-candidates "
+        f"baseline image), {max(0.0, left) / 60:.1f} are left"
+        + (f" (earlier runs of this tune spent {spent_before / 60:.1f})" if spent_before > 0 else "")
+        + "; give more minutes, or --max-candidates "
         f"{max(1, fitting)} (what fits)" + ("" if fitting >= 1 else ", or fewer speed-ups")
     )
 
@@ -367,7 +421,9 @@ def run_search(
         for alive, used in round_sizes(len(pool), len(selection), settings.first_samples, settings.keep_share)
     )
     total += len(selection) + len(held)  # the baseline's images
-    total += len(settings.speedups) * (3 * len(selection) + 3 * len(held))  # winner, control, built-in: all of them
+    for target in settings.speedups:  # the winner, the control and the best built-in, on every sample
+        settled = 1 + (controls[target] is not None) + any(c.candidate.family == BUILTIN for c in pools[target])
+        total += settled * (len(selection) + len(held))
     progress.start(total)
     done = [0]
 
@@ -382,23 +438,24 @@ def run_search(
         if scorer.owns(sample):
             scorer.baseline(sample)
         advance()
-    deadline = None if max_minutes is None else started + 60.0 * max_minutes
+    # The budget counts what earlier runs of this tune spent on the images they kept (the slowest process's).
+    spent_before = max(workers.exchange(scorer.spent_before))
+    deadline = None if max_minutes is None else started + 60.0 * max_minutes - spent_before
     made = scorer.calls - made_before
     timed = [t for t in workers.exchange((time.monotonic() - baseline_started) / made if made else None) if t]
     if deadline is not None and timed:
-        first = min(settings.first_samples, len(selection))
-        check_budget(pools, first, max(timed), deadline - time.monotonic())
+        first = selection[: settings.first_samples]
+        left = deadline - time.monotonic()
+        check_budget(pools, first, max(timed), left, spent_before, scorer.kept)
 
     def prepare(entries: Sequence[Evaluated], samples: Sequence[SampleKey]) -> None:
-        scorer.fill([(e.key, e.costed.candidate.recipe, s) for e in entries for s in samples])
+        scorer.fill([(e.key, e.costed.candidate.recipe, s) for e in entries for s in samples], advance)
 
     def past(deadline: float | None) -> bool:
         return any(workers.exchange(deadline is not None and time.monotonic() > deadline))
 
     def score(entry: Evaluated, sample: SampleKey) -> float:
-        value = scorer.combined_score(entry.key, entry.costed.candidate.recipe, sample)
-        advance()
-        return value
+        return scorer.combined_score(entry.key, entry.costed.candidate.recipe, sample)
 
     evaluated: dict[float, list[Evaluated]] = {}
     targets = []
@@ -415,7 +472,15 @@ def run_search(
         )
         progress.describe(f"{target:g}x: the winner, the control and the held-out samples")
         outcome = _settle(
-            winner, controls[target], _best_builtin(entries), selection, held, scorer, score, advance, prepare
+            winner,
+            controls[target],
+            _best_builtin(entries),
+            selection,
+            held,
+            scorer,
+            score,
+            prepare,
+            settings.first_samples,
         )
         targets.append(
             attrs.evolve(
@@ -448,11 +513,11 @@ def _settle(
     held: Sequence[SampleKey],
     scorer: Scorer,
     score: Callable[[Evaluated, SampleKey], float],
-    advance: Callable[[], None],
     prepare: Callable[[Sequence[Evaluated], Sequence[SampleKey]], None],
+    first: int = 2,
 ) -> TargetResult:
-    """The recommendation: the halving's winner, unless the fewer-steps control scores at least as well on every
-    selection sample; then the held-out numbers of it, the control and the best built-in recipe."""
+    """The recommendation: the halving's winner, unless the fewer-steps control scores at least as well over the
+    whole selection; then the held-out numbers of it, the control and the best built-in recipe."""
     compared = [winner.costed, *(c for c in (control, builtin.costed if builtin else None) if c is not None)]
     prepare([Evaluated(costed=c, target=0.0) for c in compared], [*selection, *held])
 
@@ -468,19 +533,25 @@ def _settle(
         if control.candidate.key != chosen.candidate.key and control_score >= chosen_score:
             notes.append(
                 f"fewer steps ({control.candidate.label}) scored at least as well as the halving's winner "
-                f"({chosen.candidate.label}) on every selection sample: tune recommends them"
+                f"({chosen.candidate.label}) over the whole selection: tune recommends them"
             )
             chosen, chosen_score = control, control_score
-    shown = [held_out_numbers(scorer, chosen, "recommended", held, chosen_score, advance)]
+    shown = [held_out_numbers(scorer, chosen, "recommended", held, chosen_score)]
     if control is not None and control.candidate.key != chosen.candidate.key:
-        shown.append(held_out_numbers(scorer, control, "fewer-steps control", held, control_score, advance))
+        shown.append(held_out_numbers(scorer, control, "fewer-steps control", held, control_score))
         if shown[-1].metrics[SCORE][0] > shown[0].metrics[SCORE][0]:
             notes.append("on the held-out samples the fewer-steps control scored higher than the recommendation")
     if builtin is not None and builtin.key != chosen.candidate.key:
         builtin_score = full_score(builtin.costed)
-        shown.append(held_out_numbers(scorer, builtin.costed, "best built-in", held, builtin_score, advance))
+        shown.append(held_out_numbers(scorer, builtin.costed, "best built-in", held, builtin_score))
+    first_score = statistics.fmean(score(Evaluated(costed=chosen, target=0.0), s) for s in selection[:first])
     return TargetResult(
-        target=0.0, chosen=chosen, selection_score=chosen_score, held_out=tuple(shown), note="; ".join(notes)
+        target=0.0,
+        chosen=chosen,
+        selection_score=chosen_score,
+        held_out=tuple(shown),
+        note="; ".join(notes),
+        first_score=first_score,
     )
 
 

@@ -28,6 +28,13 @@ STAGE_ENDS = ((0.2, 0.3), (0.25, 0.3), (0.3, 0.45))
 """Where the first two stages end in t (the published plans' three pairs)."""
 RAS_STEP_SHARES = (1.0, 0.75, 0.5)
 """RAS runs on the model's own sampler at these shares of its default steps."""
+CACHE_STAGES: tuple[tuple[tuple[int, ...] | None, str], ...] = (
+    (None, "every stage"),
+    ((2,), "the last stage"),
+    ((0, 2), "the first and last stages"),
+)
+"""Where a cache acts in a RALU plan: everywhere, at full resolution only, or in the two stages whose token set
+stays fixed (the built-in rows of the RALU paper's Table 2 cache there)."""
 
 FEWER_STEPS = "fewer steps"
 RALU = "ralu"
@@ -68,6 +75,14 @@ def flops_signature(recipe: Recipe) -> str:
     data["schedule"] = schedule if isinstance(schedule, str) else schedule["name"]
     data["stages"] = [{k: v for k, v in stage.items() if k != "end"} for stage in data["stages"]]
     return json.dumps(data, sort_keys=True)
+
+
+def addition(recipe: Recipe) -> str:
+    """What a candidate adds to its plan, by content: its caches (without their stages) and the step selector of
+    its stages. Candidates that add the same thing to different plans share it (see ``count_candidates``)."""
+    caches = [{"name": c.name, "params": dict(c.params)} for c in recipe.cache]
+    steps = [stage.step_tokens.to_yaml() for stage in recipe.stages if stage.step_tokens is not None]
+    return json.dumps({"caches": caches, "step_tokens": steps[-1:]}, sort_keys=True, default=repr)
 
 
 def make_candidate(recipe: Recipe, family: str, label: str, builtin: str | None = None) -> Candidate:
@@ -231,7 +246,6 @@ def _generated(model: ModelSpace, searched: Searched) -> Iterator[tuple[Candidat
         for step_tokens in searched.step:
             recipe = ralu_plan(model, plan, ends, selector, step_tokens)
             yield make_candidate(recipe, RALU_RAS, f"{label}, last stage {describe(*step_tokens)}"), base
-        for cache, stages in itertools.product(searched.caches, (None, (2,))):
-            where = "every stage" if stages is None else "the last stage"
+        for cache, (stages, where) in itertools.product(searched.caches, CACHE_STAGES):
             recipe = with_cache(base, cache, stages)
             yield make_candidate(recipe, RALU_CACHE, f"{label}, {describe(*cache)} in {where}"), base
