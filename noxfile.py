@@ -42,6 +42,7 @@ PACKAGES = {
         "packages/ralu-flux",
         "packages/ralu-sd3",
         "packages/ralu-caching",
+        "packages/ralu-lumina",
         "packages/ralu-bench",
     ],
     # Its tests run the caches on FLUX, SD3 and Lumina pipelines, so the adapters are test dependencies.
@@ -54,6 +55,10 @@ PACKAGES = {
     ],
 }
 TEST_DIRS = {package: f"tests/{package.replace('-', '_')}" for package in PACKAGES}
+# What users load on top of a pipeline, which the adapters' tests load too: LoRAs (PEFT) and torchao's
+# quantized weights (docs/compatibility.md).
+USER_STACK = ["peft", "torchao"]
+TEST_EXTRAS = {"ralu-flux": USER_STACK, "ralu-sd3": USER_STACK}
 EVERYTHING = [
     "packages/ralu-core",
     "packages/ralu-flux",
@@ -73,14 +78,15 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install(TORCH, "mypy", "types-PyYAML", *[f"-e{p}" for p in EVERYTHING])
+    session.install(TORCH, "mypy", "types-PyYAML", *USER_STACK, *[f"-e{p}" for p in EVERYTHING])
     session.run("mypy")
 
 
 @nox.session
 @nox.parametrize("package", list(PACKAGES))
 def tests(session: nox.Session, package: str) -> None:
-    session.install(TORCH, "pytest", "hypothesis", *[f"-e{p}" for p in PACKAGES[package]])
+    extras = TEST_EXTRAS.get(package, [])
+    session.install(TORCH, "pytest", "hypothesis", *extras, *[f"-e{p}" for p in PACKAGES[package]])
     session.run("pytest", TEST_DIRS[package], *session.posargs, env={"HF_HUB_OFFLINE": "1"})
 
 
