@@ -17,3 +17,12 @@ def test_example_runs(script: str, tmp_path, monkeypatch, capsys) -> None:  # ty
     runpy.run_path(str(EXAMPLES / script), run_name="__main__")
     out = capsys.readouterr().out
     assert "(256, 256)" in out or "(128, 128)" in out
+
+
+def test_the_lora_example_shows_the_scale_and_the_fused_lora_honoured(capsys) -> None:  # type: ignore[no-untyped-def]
+    runpy.run_path(str(EXAMPLES / "lora.py"), run_name="__main__")
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["ralu-flux-7x", "ras-flux", "fused LoRA, ralu-flux-7x"]
+    assert all(line.endswith("at scale 0 by 0e+00") and "move by 0.00;" not in line for line in lines[:2])
+    fused = float(lines[2].split(": ")[1].split(" ")[0])
+    assert fused < 1e-4

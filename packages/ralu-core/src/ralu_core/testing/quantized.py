@@ -1,0 +1,127 @@
+"""What an adapter guarantees for a pipeline whose transformer a user quantized (`QuantizedConformance`): with
+torchao's weight-only int8 or float8 (both run on a CPU), the baseline recipe equals the plain quantized
+pipeline, RALU and RAS recipes run and stay near their unquantized images, the quantized weights are left as
+they were, and FLOPs are counted as before (ralu counts the architecture's operations, not its number format).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import attrs
+import torch
+
+from ralu_core.measurement.accounting import recipe_cost
+from ralu_core.measurement.profile import counting
+from ralu_core.pipelines.accelerated import accelerate
+from ralu_core.pipelines.adapter import bind_to_adapter
+from ralu_core.plugins import Registry, create_plugin_manager
+from ralu_core.recipes import find_recipe, resolve_recipe
+from ralu_core.recipes.model import Recipe, StrategyRef
+from ralu_core.testing.conformance import PROMPTS
+
+
+def quantize_weights(transformer: torch.nn.Module, kind: str) -> None:
+    """torchao's weight-only ``int8`` or ``float8``, in place, as a user would apply it (``quantize_``)."""
+    from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+
+    configs = {"int8": Int8WeightOnlyConfig, "float8": Float8WeightOnlyConfig}
+    quantize_(transformer, configs[kind]())
+
+
+def weights_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every weight as a plain tensor (a quantized one dequantized), to tell whether a call changed any."""
+    found = {}
+    for name, tensor in module.state_dict().items():
+        plain = tensor.dequantize() if hasattr(tensor, "dequantize") and type(tensor) is not torch.Tensor else tensor
+        found[name] = plain.detach().clone()
+    return found
+
+
+def picking_by_chance(name: str) -> Recipe:
+    """Recipe `name` with its upsample selectors replaced by ``random`` at the same ratio. Which tokens an edge
+    selector picks is a threshold on the image: on a tiny random model, int8 rounding can flip a few picks and
+    then those tokens differ by a whole stage. Picked by a seeded draw instead, the int8 and float images can
+    be compared token by token."""
+    registry = Registry.collect(create_plugin_manager())
+    recipe = find_recipe(name, registry)
+    stages = []
+    for stage in recipe.stages:
+        ratio = stage.selector.params.get("ratio") if stage.selector is not None else None
+        if ratio is not None:
+            stage = attrs.evolve(stage, selector=StrategyRef(name="random", params={"ratio": ratio}))
+        stages.append(stage)
+    return attrs.evolve(recipe, name=f"{name}-random-picks", stages=tuple(stages))
+
+
+QUANTIZED = ("int8", "float8")
+
+
+class QuantizedConformance:
+    """pytest mixin: the adapter's baseline, RALU and RAS recipes on a pipeline whose transformer holds torchao
+    int8 or float8 weights. Subclass as ``Test...``, set the class attributes and implement `make_pipeline`."""
+
+    baseline: ClassVar[str]
+    recipes: ClassVar[tuple[str, ...]]
+    height: ClassVar[int] = 64
+    width: ClassVar[int] = 96
+    steps: ClassVar[int] = 3
+    call: ClassVar[Mapping[str, Any]] = {}
+    close: ClassVar[Mapping[str, float]] = {"int8": 0.1, "float8": 0.3}
+    """How far (max abs, latents of unit scale) a quantized recipe's latents may lie from the unquantized ones:
+    float8 (e4m3) keeps 3 mantissa bits per weight, int8 8 bits per channel, so float8 strays further."""
+
+    def make_pipeline(self) -> Any:
+        raise NotImplementedError
+
+    def quantized(self, kind: str) -> Any:
+        pipe = self.make_pipeline()
+        pipe.set_progress_bar_config(disable=True)
+        quantize_weights(pipe.transformer, kind)
+        kinds = {type(p.data).__name__ for p in pipe.transformer.parameters()}
+        assert kinds - {"Tensor"}, f"torchao left every weight a plain tensor ({kinds})"
+        return pipe
+
+    def run(self, pipe: Any, recipe: str | Recipe | None) -> torch.Tensor:
+        kwargs: dict[str, Any] = {"height": self.height, "width": self.width, **self.call, "output_type": "latent"}
+        generators = [torch.Generator().manual_seed(seed) for seed in (0, 1)]
+        if recipe is None or recipe == self.baseline:
+            kwargs["num_inference_steps"] = self.steps
+        call = pipe if recipe is None else accelerate(pipe, recipe)
+        return call(list(PROMPTS), generator=generators, **kwargs).images  # type: ignore[no-any-return]
+
+    def test_the_baseline_is_the_plain_quantized_pipeline(self) -> None:
+        for kind in QUANTIZED:
+            pipe = self.quantized(kind)
+            assert torch.equal(self.run(pipe, self.baseline), self.run(pipe, None)), kind
+
+    def test_recipes_run_on_quantized_weights_and_leave_them_as_they_were(self) -> None:
+        plain = self.make_pipeline()
+        plain.set_progress_bar_config(disable=True)
+        references = {recipe: self.run(plain, picking_by_chance(recipe)) for recipe in self.recipes}
+        for kind in QUANTIZED:
+            pipe = self.quantized(kind)
+            before = weights_of(pipe.transformer)
+            for recipe in self.recipes:
+                assert torch.isfinite(self.run(pipe, recipe)).all(), recipe
+                gap = float((self.run(pipe, picking_by_chance(recipe)) - references[recipe]).abs().max())
+                assert gap < self.close[kind], f"{recipe}: {kind} weights moved the latents by {gap}"
+            after = weights_of(pipe.transformer)
+            assert before.keys() == after.keys()
+            assert all(torch.equal(before[name], after[name]) for name in before), kind
+
+    def test_flops_are_counted_as_for_the_unquantized_model(self) -> None:
+        registry = Registry.collect(create_plugin_manager())
+        plain, pipe = self.make_pipeline(), self.quantized("int8")
+        adapter = registry.resolve_adapter(pipe)
+        kwargs = {"height": self.height, "width": self.width, **self.call}
+        for recipe in (self.baseline, *self.recipes):
+            counts = []
+            for each in (plain, pipe):
+                runtime = resolve_recipe(find_recipe(recipe, registry), registry)
+                bind_to_adapter(adapter, runtime)
+                profile = counting(adapter).pipeline_flops_profile(each, kwargs)
+                cost = recipe_cost(runtime, profile, self.height, self.width, steps=28, baseline_steps=28)
+                counts.append(cost.total.tflops(True))
+            assert counts[0] == counts[1] > 0, recipe
