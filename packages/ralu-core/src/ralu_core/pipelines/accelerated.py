@@ -23,6 +23,7 @@ import torch
 from ralu_core.errors import CallError, PluginError, RaluError, RecipeError, UnsupportedPipelineError
 from ralu_core.pipelines.adapter import CachedAttention, adapter_facts, bind_to_adapter
 from ralu_core.pipelines.pipeline_call import user_cache_problems
+from ralu_core.pipelines.schedulers import scheduler_problems
 from ralu_core.plugins import Registry, create_plugin_manager
 from ralu_core.recipes import Recipe, RecipeRuntime, find_recipe, resolve_recipe
 from ralu_core.sampling.contract import ModelAdapter
@@ -66,6 +67,11 @@ class AcceleratedPipeline:
                     attach_cache(attached, slot.cache, bound.denoiser)
                 return bound.run_pipeline()
             assert bound.grid is not None and bound.prepare is not None
+            problems = scheduler_problems(
+                getattr(self.pipeline, "scheduler", None), self.runtime.schedule, self.recipe.name
+            )
+            if problems:
+                raise UnsupportedPipelineError("; ".join(problems))
             check_call_plan(self.runtime, bound.grid.num_tokens, bound.steps)
             if self.runtime.cached_attention:
                 self.check_cached_attention()

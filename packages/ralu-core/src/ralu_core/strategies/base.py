@@ -189,6 +189,9 @@ class TimestepSchedule(Strategy):
 
     kind: ClassVar[str] = "schedule"
     accepts_requested_steps: ClassVar[bool] = False
+    follows_pipeline_sigmas: ClassVar[bool] = False
+    """Whether its stages take the pipeline's own sigmas (then a user's sigma spacing is followed); a schedule
+    that spaces its own refuses a scheduler configured for another spacing (`ralu_core.pipelines.schedulers`)."""
 
     @property
     def rewinds(self) -> bool:

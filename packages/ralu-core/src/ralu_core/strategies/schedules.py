@@ -141,6 +141,7 @@ class UniformSchedule(TimestepSchedule):
     name: ClassVar[str] = "uniform"
     Config: ClassVar[type[UniformConfig]] = UniformConfig
     accepts_requested_steps: ClassVar[bool] = True
+    follows_pipeline_sigmas: ClassVar[bool] = True
 
     def check(self, stages: Sequence[StagePlanSpec]) -> list[str]:
         if len(stages) != 1:

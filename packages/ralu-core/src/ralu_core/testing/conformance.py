@@ -15,13 +15,15 @@ package, and of third-party ones, assert them on `cached_attention_outputs`):
 from __future__ import annotations
 
 import functools
+import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import attrs
 import torch
 
+from ralu_core.errors import UnsupportedPipelineError
 from ralu_core.measurement.accounting import recipe_cost
 from ralu_core.measurement.host_sync import HostSyncRecorder
 from ralu_core.measurement.profile import counting
@@ -185,6 +187,8 @@ class AdapterConformance(RecipeConformance):
     * RAS attention with cached keys and values equals the dense forward where it should;
     * the step loop waits for the device only where a recipe's strategy must (the Canny selector);
     * compiled blocks give the eager latents, and a second call compiles nothing;
+    * a scheduler the user swapped in is followed (Karras, exponential, beta sigmas) or refused (NT-DM's own
+      spacing against them, Heun's stepping, stochastic sampling);
     * every recipe is counted at full size on the meta device, RALU and RAS with fewer FLOPs than the baseline.
     """
 
@@ -255,6 +259,49 @@ class AdapterConformance(RecipeConformance):
             assert graphs_compiled() == compiled, f"{recipe} compiled again on its second call"
             assert torch.equal(first, eager[recipe]) and torch.equal(second, eager[recipe]), recipe
 
+    def test_a_scheduler_the_user_swapped_in_is_followed_or_refused(self) -> None:
+        """Karras, exponential and beta sigmas: the baseline equals the plain pipeline, every recipe whose
+        schedule takes the pipeline's sigmas runs, and one that spaces its own (NT-DM) is refused, naming the
+        spacing. Heun's stepping and stochastic sampling: refused for every recipe, before any model runs."""
+        import diffusers
+
+        euler: Any = diffusers.FlowMatchEulerDiscreteScheduler
+        heun: Any = diffusers.FlowMatchHeunDiscreteScheduler
+
+        pipe = self.make_pipeline()
+        pipe.set_progress_bar_config(disable=True)
+        registry = self.registry()
+        default = pipe.scheduler
+        kwargs = {"height": self.height, "width": self.width, **self.call, "output_type": "latent"}
+
+        def run(recipe: str | None, steps: int | None = None) -> torch.Tensor:
+            call = pipe if recipe is None else accelerate(pipe, recipe)
+            extra = {} if steps is None else {"num_inference_steps": steps}
+            return call(PROMPTS[0], generator=torch.Generator().manual_seed(0), **kwargs, **extra).images  # type: ignore[no-any-return]
+
+        for flag, label in (
+            ("use_karras_sigmas", "Karras"),
+            ("use_exponential_sigmas", "exponential"),
+            ("use_beta_sigmas", "beta"),
+        ):
+            pipe.scheduler = euler.from_config(default.config, **{flag: True})
+            assert torch.equal(run(self.baseline, self.steps), run(None, self.steps)), flag
+            for recipe in self.recipes():
+                runtime = resolve_recipe(find_recipe(recipe, registry), registry)
+                if runtime.schedule.follows_pipeline_sigmas:
+                    assert torch.isfinite(run(recipe)).all(), (recipe, flag)
+                else:
+                    assert_refused(functools.partial(run, recipe), f"would ignore the scheduler's {label} sigmas")
+        refused = {
+            "FlowMatchHeunDiscreteScheduler \\(two model calls per step\\)": heun.from_config(default.config),
+            "stochastic_sampling=True": euler.from_config(default.config, stochastic_sampling=True),
+        }
+        for message, scheduler in refused.items():
+            pipe.scheduler = scheduler
+            for recipe in self.recipes():
+                assert_refused(functools.partial(run, recipe), message)
+        pipe.scheduler = default
+
     def test_every_recipe_is_counted_at_full_size_on_the_meta_device(self) -> None:
         registry = self.registry()
         adapter = self.adapter()
@@ -272,6 +319,17 @@ class AdapterConformance(RecipeConformance):
             cost = recipe_cost(runtime, profile, height, width).total.tflops(False)
             assert 0 < cost < baseline or recipe == self.baseline, f"{recipe}: {cost} of {baseline} TFLOPs"
         assert adapter_facts(adapter).name == self.adapter_name
+
+
+def assert_refused(call: Callable[[], Any], pattern: str) -> None:
+    """`call` raises UnsupportedPipelineError with a message matching `pattern` (pytest.raises, without pytest at
+    import time: this module ships in ralu-core)."""
+    try:
+        call()
+    except UnsupportedPipelineError as exc:
+        assert re.search(pattern, str(exc)), f"refused, but not saying {pattern!r}: {exc}"
+        return
+    raise AssertionError(f"not refused (expected {pattern!r})")
 
 
 def pipeline_snapshot(pipe: Any) -> dict[str, Any]:
