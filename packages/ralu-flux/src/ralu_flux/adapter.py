@@ -308,6 +308,13 @@ class FluxAdapter(DiTAdapter):
 
     name: ClassVar[str] = "flux"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("FluxPipeline",)
+    variants_not_driven: ClassVar[Mapping[str, str]] = {
+        "FluxImg2ImgPipeline": "its sampling starts from the input image's latent at the sigma `strength` leaves",
+        "FluxInpaintPipeline": "it starts from the image's latent and keeps the unmasked region at every step",
+        "FluxFillPipeline": "its transformer reads the masked image and the mask as extra channels of every token",
+        "FluxKontextPipeline": "the reference image's tokens ride along with the generated ones at every step",
+        "FluxControlNetPipeline": "a ControlNet adds its residuals to the transformer's blocks, token by token",
+    }
     architectures: ClassVar[tuple[str, ...]] = ("flux-dev",)
     baseline_recipe: ClassVar[str] = "flux-baseline"
     default_recipe: ClassVar[str] = "ralu-flux-7x"

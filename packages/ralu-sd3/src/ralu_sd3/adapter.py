@@ -191,6 +191,14 @@ class SD3Adapter(DiTAdapter):
 
     name: ClassVar[str] = "sd3"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusion3Pipeline",)
+    variants_not_driven: ClassVar[Mapping[str, str]] = {
+        "StableDiffusion3Img2ImgPipeline": "its sampling starts from the input image's latent at the sigma "
+        "`strength` leaves",
+        "StableDiffusion3InpaintPipeline": "it starts from the image's latent and keeps the unmasked region at "
+        "every step",
+        "StableDiffusion3ControlNetPipeline": "a ControlNet adds its residuals to the transformer's blocks, token by "
+        "token",
+    }
     architectures: ClassVar[tuple[str, ...]] = ("sd3-medium", "sd35-large")
     embedded_models: ClassVar[tuple[str, ...]] = ("sd3-tiny", "sd35-tiny", "sd3-mid")
     baseline_recipe: ClassVar[str] = "sd3-baseline"

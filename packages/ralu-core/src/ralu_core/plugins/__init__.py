@@ -237,6 +237,16 @@ class Registry:
         with _credited(hook, "ralu_resolve_model_adapter", check=_is_adapter_or_none):
             adapter: ModelAdapter | None = hook(pipeline=pipeline)  # firstresult: the first answer not None
         if adapter is None:
+            name = type(pipeline).__name__
+            for entry in self.adapters.values():
+                adds = getattr(entry.obj, "variants_not_driven", {}).get(name)
+                if adds is not None:
+                    plain = " or ".join(entry.obj.pipeline_classes)
+                    raise UnsupportedPipelineError(
+                        f"{name} is a variant of {plain} that ralu's {entry.obj.name!r} adapter does not drive yet: "
+                        f"{adds}. Accelerate the {plain} itself ({entry.obj.pipeline_classes[0]}.from_pipe(pipe) "
+                        "shares this pipeline's components); docs/compatibility.md lists what is supported"
+                    )
             known = (
                 ", ".join(f"{a.obj.name} ({', '.join(a.obj.pipeline_classes)})" for a in self.adapters.values())
                 or "none installed"

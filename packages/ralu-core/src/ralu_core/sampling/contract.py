@@ -7,7 +7,7 @@ pipeline's own output), composed of `CallPart`s. Optional capabilities live with
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any, ClassVar, Protocol
 
@@ -129,6 +129,9 @@ class ModelAdapter(abc.ABC):
 
     name: ClassVar[str]
     pipeline_classes: ClassVar[tuple[str, ...]]
+    variants_not_driven: ClassVar[Mapping[str, str]] = {}
+    """Pipeline classes of the same model that the adapter does not drive yet -> what they add that it would have
+    to follow (named in the refusal, so that a user knows why and what to use instead)."""
 
     @abc.abstractmethod
     def supports(self, pipeline: Any) -> bool:
