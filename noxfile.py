@@ -58,7 +58,7 @@ TEST_DIRS = {package: f"tests/{package.replace('-', '_')}" for package in PACKAG
 # What users load on top of a pipeline, which the adapters' tests load too: LoRAs (PEFT) and torchao's
 # quantized weights (docs/compatibility.md).
 USER_STACK = ["peft", "torchao"]
-TEST_EXTRAS = {"ralu-flux": USER_STACK, "ralu-sd3": USER_STACK}
+TEST_EXTRAS = {package: USER_STACK for package in ("ralu-flux", "ralu-sd3", "ralu-lumina", "ralu-caching")}
 EVERYTHING = [
     "packages/ralu-core",
     "packages/ralu-flux",

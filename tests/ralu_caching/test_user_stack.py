@@ -1,0 +1,62 @@
+"""The caches under what users load: LoRAs (unfused, scaled per call, fused, mixed, hot-swapped under
+torch.compile), torchao's int8 and float8 weights, and offloading (model CPU offload; group offloading, whose
+diffusers hooks share the blocks with the block-level caches' hooks). The same mixins the adapters run
+(`ralu_core.testing.lora`, `.quantized`, `.offload`), on the caching recipes: all of them on FLUX, offloading on
+SD3 (DeepCache needs the deeper `sd3-mid`, which makes every run slower)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import pytest
+
+from ralu_core.testing.lora import LoraConformance
+from ralu_core.testing.offload import OffloadConformance
+from ralu_flux.testing import make_flux_pipeline
+from ralu_sd3.testing import make_sd3_pipeline
+
+
+class FluxCaches:
+    baseline = "flux-baseline"
+    recipes = ("ralu-flux-5x-taylorseer", "ralu-flux-5x-toca")
+    call: ClassVar[Mapping[str, Any]] = {"max_sequence_length": 16}
+
+    def make_pipeline(self) -> Any:
+        return make_flux_pipeline("tiny", seed=0)
+
+
+class SD3Caches:
+    baseline = "sd3-baseline"
+    recipes = ("ralu-sd3-3x-deepcache",)
+    call: ClassVar[Mapping[str, Any]] = {"max_sequence_length": 8}
+
+    def make_pipeline(self) -> Any:
+        return make_sd3_pipeline("sd3-mid", seed=0)  # DeepCache keeps a head and a tail: more than 2 blocks
+
+
+class TestFluxCachesWithLora(FluxCaches, LoraConformance):
+    pass
+
+
+class TestFluxCachesOffloaded(FluxCaches, OffloadConformance):
+    pass
+
+
+class TestSD3CachesOffloaded(SD3Caches, OffloadConformance):
+    pass
+
+
+try:
+    import torchao  # noqa: F401
+except ImportError:
+    pass
+else:
+    from ralu_core.testing.quantized import QuantizedConformance
+
+    class TestFluxCachesQuantized(FluxCaches, QuantizedConformance):
+        pass
+
+
+def test_torchao_is_there_where_nox_runs_these_tests() -> None:
+    pytest.importorskip("torchao", reason="the nox test session installs torchao; ./dev's environment does not")
