@@ -9,6 +9,7 @@ recipes benched) come from the installed adapters, not from this package.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 import warnings
@@ -31,6 +32,11 @@ def quiet_third_party_notices() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     for category in (FutureWarning, DeprecationWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category)
+    # torchao, where installed, is imported by diffusers and logs that its GPU kernels do not load on a CPU, and
+    # the torch version it was built for logs a deprecation for each of its enums: library notices too.
+    # A filter, not a level: torch sets its own loggers' levels when it loads.
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).addFilter(lambda record: record.levelno >= logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
