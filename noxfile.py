@@ -55,9 +55,9 @@ PACKAGES = {
     ],
 }
 TEST_DIRS = {package: f"tests/{package.replace('-', '_')}" for package in PACKAGES}
-# What users load on top of a pipeline, which the adapters' tests load too: LoRAs (PEFT) and torchao's
-# quantized weights (docs/compatibility.md).
-USER_STACK = ["peft", "torchao"]
+# What users load on top of a pipeline, which the adapters' tests load too: LoRAs (PEFT), torchao's quantized
+# weights and GGUF checkpoints (docs/compatibility.md).
+USER_STACK = ["peft", "torchao", "gguf"]
 TEST_EXTRAS = {package: USER_STACK for package in ("ralu-flux", "ralu-sd3", "ralu-lumina", "ralu-caching")}
 EVERYTHING = [
     "packages/ralu-core",

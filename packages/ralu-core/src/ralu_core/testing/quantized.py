@@ -1,13 +1,15 @@
 """What an adapter guarantees for a pipeline whose transformer a user quantized (`QuantizedConformance`): with
-torchao's weight-only int8 or float8 (both run on a CPU), the baseline recipe equals the plain quantized
-pipeline, RALU and RAS recipes run and stray from their unquantized images about as far as the baseline does,
-the quantized weights are left as they were, and FLOPs are counted as before (ralu counts the architecture's
-operations, not its number format).
+torchao's weight-only int8 or float8, or loaded from a GGUF checkpoint (all run on a CPU), the baseline recipe
+equals the plain quantized pipeline, RALU and RAS recipes run and stray from their unquantized images about as far
+as the baseline does, the quantized weights are left as they were, and FLOPs are counted as before (ralu counts
+the architecture's operations, not its number format).
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import attrs
@@ -29,6 +31,43 @@ def quantize_weights(transformer: torch.nn.Module, kind: str) -> None:
 
     configs = {"int8": Int8WeightOnlyConfig, "float8": Float8WeightOnlyConfig}
     quantize_(transformer, configs[kind]())
+
+
+_GGUF_FOLDERS: list[tempfile.TemporaryDirectory[str]] = []
+"""Where the GGUF files of this process live until it exits (the loaded weights may map them)."""
+
+
+def gguf_transformer(transformer: Any) -> Any:
+    """`transformer` written to a GGUF file (its matrices as Q8_0, the rest float32, under diffusers' own names)
+    and loaded back as a user loads a GGUF checkpoint: ``from_single_file`` with a ``GGUFQuantizationConfig``."""
+    import diffusers
+    import gguf
+    import numpy as np
+
+    folder = tempfile.TemporaryDirectory(prefix="ralu-gguf-")
+    _GGUF_FOLDERS.append(folder)
+    root = Path(folder.name)
+    transformer.save_config(root / "transformer")
+    writer = gguf.GGUFWriter(str(root / "transformer.gguf"), arch="ralu-test")
+    for name, tensor in transformer.state_dict().items():
+        array = tensor.detach().float().cpu().numpy()
+        if array.ndim == 2 and array.shape[-1] % 32 == 0:  # Q8_0 packs blocks of 32 values
+            packed = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
+            writer.add_tensor(name, packed, raw_shape=packed.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(name, array.astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return type(transformer).from_single_file(
+        str(root / "transformer.gguf"),
+        quantization_config=diffusers.GGUFQuantizationConfig(compute_dtype=torch.float32),  # type: ignore[no-untyped-call]
+        config=str(root),
+        subfolder="transformer",
+        torch_dtype=torch.float32,
+        local_files_only=True,
+    )
 
 
 def weights_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -56,12 +95,14 @@ def picking_by_chance(name: str) -> Recipe:
     return attrs.evolve(recipe, name=f"{name}-random-picks", stages=tuple(stages))
 
 
-QUANTIZED = ("int8", "float8")
+QUANTIZED = ("int8", "float8", "gguf")
+"""torchao's weight-only int8 and float8, and a GGUF checkpoint in Q8_0 loaded through diffusers."""
 
 
 class QuantizedConformance:
     """pytest mixin: the adapter's baseline, RALU and RAS recipes on a pipeline whose transformer holds torchao
-    int8 or float8 weights. Subclass as ``Test...``, set the class attributes and implement `make_pipeline`."""
+    int8 or float8 weights, or GGUF Q8_0 ones. Subclass as ``Test...``, set the class attributes and implement
+    `make_pipeline`."""
 
     baseline: ClassVar[str]
     recipes: ClassVar[tuple[str, ...]]
@@ -69,6 +110,8 @@ class QuantizedConformance:
     width: ClassVar[int] = 96
     steps: ClassVar[int] = 3
     call: ClassVar[Mapping[str, Any]] = {}
+    gguf: ClassVar[bool] = True
+    """Whether the transformer class loads single files (``from_single_file``), so a GGUF checkpoint."""
     drift: ClassVar[float] = 5.0
     """How much further a quantized recipe's latents may lie from its float ones than the quantized baseline's
     from its own (max abs): the recipes run more steps than the 3-step baseline, and each adds its rounding."""
@@ -79,7 +122,10 @@ class QuantizedConformance:
     def quantized(self, kind: str) -> Any:
         pipe = self.make_pipeline()
         pipe.set_progress_bar_config(disable=True)
-        quantize_weights(pipe.transformer, kind)
+        if kind == "gguf":
+            pipe.transformer = gguf_transformer(pipe.transformer)
+        else:
+            quantize_weights(pipe.transformer, kind)
         kinds = {type(p.data).__name__ for p in pipe.transformer.parameters()}
         assert kinds - {"Tensor"}, f"torchao left every weight a plain tensor ({kinds})"
         return pipe
@@ -92,8 +138,11 @@ class QuantizedConformance:
         call = pipe if recipe is None else accelerate(pipe, recipe)
         return call(list(PROMPTS), generator=generators, **kwargs).images  # type: ignore[no-any-return]
 
+    def kinds(self) -> tuple[str, ...]:
+        return QUANTIZED if self.gguf else QUANTIZED[:2]
+
     def test_the_baseline_is_the_plain_quantized_pipeline(self) -> None:
-        for kind in QUANTIZED:
+        for kind in self.kinds():
             pipe = self.quantized(kind)
             assert torch.equal(self.run(pipe, self.baseline), self.run(pipe, None)), kind
 
@@ -102,7 +151,7 @@ class QuantizedConformance:
         plain.set_progress_bar_config(disable=True)
         references = {recipe: self.run(plain, picking_by_chance(recipe)) for recipe in self.recipes}
         float_baseline = self.run(plain, self.baseline)
-        for kind in QUANTIZED:
+        for kind in self.kinds():
             pipe = self.quantized(kind)
             before = weights_of(pipe.transformer)
             own = float((self.run(pipe, self.baseline) - float_baseline).abs().max())  # the format's own drift
