@@ -26,3 +26,12 @@ def test_the_lora_example_shows_the_scale_and_the_fused_lora_honoured(capsys) ->
     assert all(line.endswith("at scale 0 by 0e+00") and "move by 0.00;" not in line for line in lines[:2])
     fused = float(lines[2].split(": ")[1].split(" ")[0])
     assert fused < 1e-4
+
+
+def test_the_img2img_example_starts_every_recipe_from_the_image(capsys) -> None:  # type: ignore[no-untyped-def]
+    runpy.run_path(str(EXAMPLES / "img2img.py"), run_name="__main__")
+    assert capsys.readouterr().out.splitlines() == [
+        "flux-baseline equals FluxImg2ImgPipeline: True",
+        "ralu-flux-7x: latents (1, 24, 64)",
+        "ras-flux: latents (1, 24, 64)",
+    ]

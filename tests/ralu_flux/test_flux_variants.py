@@ -11,7 +11,7 @@ import ralu_core
 from ralu_core.errors import UnsupportedPipelineError
 from ralu_flux.testing import make_flux_pipeline
 
-VARIANTS = ["FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxKontextPipeline"]
+VARIANTS = ["FluxInpaintPipeline", "FluxKontextPipeline", "FluxFillPipeline"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -21,7 +21,7 @@ def test_a_variant_is_refused_saying_why_and_its_plain_pipeline_runs(variant: st
     with pytest.raises(
         UnsupportedPipelineError,
         match=rf"{variant} is a variant of FluxPipeline that ralu's 'flux' adapter does not drive yet: "
-        rf".+\(FluxPipeline\.from_pipe\(pipe\)",
+        rf".+: FluxPipeline\.from_pipe\(pipe\) shares",
     ):
         ralu_core.accelerate(other, "ralu-flux-7x")
     plain = diffusers.FluxPipeline.from_pipe(other)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import attrs
 import numpy as np
@@ -20,7 +20,7 @@ import torch
 
 from ralu_core.errors import CallError
 from ralu_core.measurement.profile import FlopsProfile
-from ralu_core.pipelines.adapter import iter_chunks
+from ralu_core.pipelines.adapter import is_diffusers_pipeline, iter_chunks
 from ralu_core.pipelines.arguments import PipelineArguments
 from ralu_core.pipelines.dit import DiTAdapter, DiTCall
 from ralu_core.sampling.tokens import TokenGrid, TokenState, gather_tokens
@@ -71,6 +71,26 @@ class FluxArguments(PipelineArguments):
     callback_on_step_end: Any = None
     callback_on_step_end_tensor_inputs: Any = None
     max_sequence_length: int = 512
+
+
+@attrs.frozen(kw_only=True)
+class FluxImg2ImgArguments(FluxArguments):
+    """FluxImg2ImgPipeline.__call__'s arguments: FluxPipeline's, an input `image` and its `strength`."""
+
+    pipeline_name: ClassVar[str] = "FluxImg2ImgPipeline"
+    positional_order: ClassVar[tuple[str, ...] | None] = (
+        *("prompt", "prompt_2", "negative_prompt", "negative_prompt_2", "true_cfg_scale", "image", "height"),
+        *("width", "strength", "num_inference_steps", "sigmas", "guidance_scale", "num_images_per_prompt"),
+        *("generator", "latents", "prompt_embeds", "pooled_prompt_embeds", "ip_adapter_image"),
+        *("ip_adapter_image_embeds", "negative_ip_adapter_image", "negative_ip_adapter_image_embeds"),
+        *("negative_prompt_embeds", "negative_pooled_prompt_embeds", "output_type", "return_dict"),
+        *("joint_attention_kwargs", "callback_on_step_end", "callback_on_step_end_tensor_inputs"),
+        "max_sequence_length",
+    )
+
+    image: Any = None
+    strength: float = 0.6
+    guidance_scale: float = 7.0
 
 
 class FluxCall(DiTCall):
@@ -154,6 +174,12 @@ class FluxCall(DiTCall):
             self.batch_size, channels, self.height, self.width, self.dtype, self.device, self.generator, None
         )
         return latents
+
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        """(B, C, h, w) of the unpacked latents, as FLUX's pipelines size them."""
+        factor = int(self.pipe.vae_scale_factor) * PATCH
+        channels = self.pipe.transformer.config.in_channels // 4
+        return self.batch_size, channels, PATCH * (self.height // factor), PATCH * (self.width // factor)
 
     def _ids(self, positions: torch.Tensor) -> torch.Tensor:
         ids = torch.zeros(positions.shape[0], 3, dtype=torch.float64, device=self.device)
@@ -303,13 +329,31 @@ def _one_negative_for_every_prompt(negative: torch.Tensor, batch: int, per_promp
     )
 
 
+class FluxImg2ImgCall(FluxCall):
+    """One prepared FluxImg2ImgPipeline call: FluxPipeline's, starting from the input image's latents."""
+
+    def __init__(self, pipe: Any, args: FluxImg2ImgArguments, height: int, width: int) -> None:
+        super().__init__(pipe, args, height, width)
+        self.strength = args.strength
+
+    def start_image(self) -> torch.Tensor:
+        latents = self.encoded_image(lambda image: self.pipe._encode_vae_image(image=image, generator=self.generator))
+        return self.pipe._pack_latents(latents, *latents.shape)  # type: ignore[no-any-return]
+
+    def initial_noise(self) -> torch.Tensor:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        shape = self.latent_shape()
+        noise = randn_tensor(shape, generator=cast(Any, self.generator), device=self.device, dtype=self.dtype)
+        return self.pipe._pack_latents(noise, *shape)  # type: ignore[no-any-return]
+
+
 class FluxAdapter(DiTAdapter):
     """diffusers FluxPipeline (FLUX.1-dev, FLUX.1-schnell and models of the same architecture)."""
 
     name: ClassVar[str] = "flux"
-    pipeline_classes: ClassVar[tuple[str, ...]] = ("FluxPipeline",)
+    pipeline_classes: ClassVar[tuple[str, ...]] = ("FluxPipeline", "FluxImg2ImgPipeline")
     variants_not_driven: ClassVar[Mapping[str, str]] = {
-        "FluxImg2ImgPipeline": "its sampling starts from the input image's latent at the sigma `strength` leaves",
         "FluxInpaintPipeline": "it starts from the image's latent and keeps the unmasked region at every step",
         "FluxFillPipeline": "its transformer reads the masked image and the mask as extra channels of every token",
         "FluxKontextPipeline": "the reference image's tokens ride along with the generated ones at every step",
@@ -354,10 +398,15 @@ class FluxAdapter(DiTAdapter):
     def grid(self, pipeline: Any, height: int, width: int) -> TokenGrid:
         return flux_grid(pipeline, height, width)
 
+    def arguments_for(self, pipeline: Any) -> Any:
+        return FluxImg2ImgArguments if is_diffusers_pipeline(pipeline, ("FluxImg2ImgPipeline",)) else FluxArguments
+
     def check_call(self, pipeline: Any, bound: FluxArguments, height: int, width: int) -> None:
+        strength = (bound.strength,) if isinstance(bound, FluxImg2ImgArguments) else ()
         pipeline.check_inputs(
             bound.prompt,
             bound.prompt_2,
+            *strength,
             height,
             width,
             negative_prompt=bound.negative_prompt,
@@ -370,6 +419,8 @@ class FluxAdapter(DiTAdapter):
         )
 
     def make_call(self, pipeline: Any, bound: FluxArguments, height: int, width: int) -> FluxCall:
+        if isinstance(bound, FluxImg2ImgArguments):
+            return FluxImg2ImgCall(pipeline, bound, height, width)
         return FluxCall(pipeline, bound, height, width)
 
     def flops_profile(self, source: str | Path) -> FlopsProfile:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import attrs
 import torch
 
 from ralu_core.measurement.profile import FlopsProfile
+from ralu_core.pipelines.adapter import is_diffusers_pipeline
 from ralu_core.pipelines.arguments import PipelineArguments
 from ralu_core.pipelines.dit import DiTAdapter, DiTCall
 from ralu_core.sampling.tokens import (
@@ -82,6 +83,25 @@ class SD3Arguments(PipelineArguments):
     mu: float | None = None
 
 
+@attrs.frozen(kw_only=True)
+class SD3Img2ImgArguments(SD3Arguments):
+    """StableDiffusion3Img2ImgPipeline.__call__'s arguments: the text-to-image ones (less skip-layer guidance,
+    which it lacks), an input `image` and its `strength`."""
+
+    pipeline_name: ClassVar[str] = "StableDiffusion3Img2ImgPipeline"
+    positional_order: ClassVar[tuple[str, ...] | None] = (
+        *("prompt", "prompt_2", "prompt_3", "height", "width", "image", "strength", "num_inference_steps"),
+        *("sigmas", "guidance_scale", "negative_prompt", "negative_prompt_2", "negative_prompt_3"),
+        *("num_images_per_prompt", "generator", "latents", "prompt_embeds", "negative_prompt_embeds"),
+        *("pooled_prompt_embeds", "negative_pooled_prompt_embeds", "output_type", "ip_adapter_image"),
+        *("ip_adapter_image_embeds", "return_dict", "joint_attention_kwargs", "clip_skip"),
+        *("callback_on_step_end", "callback_on_step_end_tensor_inputs", "max_sequence_length", "mu"),
+    )
+
+    image: Any = None
+    strength: float = 0.6
+
+
 def sd3_grid(pipe: Any, height: int, width: int) -> TokenGrid:
     """The patch token grid StableDiffusion3Pipeline's transformer uses for an image size."""
     config = pipe.transformer.config
@@ -131,6 +151,9 @@ class SD3Call(DiTCall):
 
     def initial_noise(self) -> torch.Tensor:
         return image_to_tokens(self.latent_image_noise(), self.patch)
+
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        return self.batch_size, self.grid.channels, *self.grid.latent_size
 
     def _evaluate(
         self, latent: torch.Tensor, t: torch.Tensor, step: StepInfo | None, active: torch.Tensor | None = None
@@ -186,14 +209,44 @@ class SD3Call(DiTCall):
         return self.images.output(latents, latents, StableDiffusion3PipelineOutput)
 
 
+class SD3Img2ImgCall(SD3Call):
+    """One prepared StableDiffusion3Img2ImgPipeline call: the text-to-image one, starting from the input image."""
+
+    def __init__(self, pipe: Any, args: SD3Img2ImgArguments, height: int, width: int) -> None:
+        super().__init__(pipe, args, height, width)
+        self.strength = args.strength
+
+    def _encode(self, image: torch.Tensor) -> torch.Tensor:
+        """The VAE encoding of SD3's img2img ``prepare_latents``: one generator per image where a list is given."""
+        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3_img2img import retrieve_latents
+
+        vae, generator = self.pipe.vae, cast(Any, self.generator)
+        if isinstance(generator, list):
+            parts = [
+                retrieve_latents(vae.encode(image[i : i + 1]), generator=generator[i]) for i in range(self.batch_size)
+            ]
+            latents = torch.cat(parts, dim=0)
+        else:
+            latents = retrieve_latents(vae.encode(image), generator=generator)
+        return (latents - vae.config.shift_factor) * vae.config.scaling_factor  # type: ignore[no-any-return]
+
+    def start_image(self) -> torch.Tensor:
+        return image_to_tokens(self.encoded_image(self._encode), self.patch)
+
+    def initial_noise(self) -> torch.Tensor:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        generator = cast(Any, self.generator)
+        noise = randn_tensor(self.latent_shape(), generator=generator, device=self.device, dtype=self.dtype)
+        return image_to_tokens(noise, self.patch)
+
+
 class SD3Adapter(DiTAdapter):
     """diffusers StableDiffusion3Pipeline (SD3-medium, SD3.5-large, SD3.5-medium)."""
 
     name: ClassVar[str] = "sd3"
-    pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusion3Pipeline",)
+    pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline")
     variants_not_driven: ClassVar[Mapping[str, str]] = {
-        "StableDiffusion3Img2ImgPipeline": "its sampling starts from the input image's latent at the sigma "
-        "`strength` leaves",
         "StableDiffusion3InpaintPipeline": "it starts from the image's latent and keeps the unmasked region at "
         "every step",
         "StableDiffusion3ControlNetPipeline": "a ControlNet adds its residuals to the transformer's blocks, token by "
@@ -235,15 +288,21 @@ class SD3Adapter(DiTAdapter):
     def grid(self, pipeline: Any, height: int, width: int) -> TokenGrid:
         return sd3_grid(pipeline, height, width)
 
+    def arguments_for(self, pipeline: Any) -> Any:
+        img2img = is_diffusers_pipeline(pipeline, ("StableDiffusion3Img2ImgPipeline",))
+        return SD3Img2ImgArguments if img2img else SD3Arguments
+
     def check_call(self, pipeline: Any, bound: SD3Arguments, height: int, width: int) -> None:
         unit = int(pipeline.vae_scale_factor) * int(pipeline.transformer.config.patch_size)
         SinCosGrid.of(pipeline.transformer.pos_embed).check_fits(height // unit, width // unit)
+        strength = (bound.strength,) if isinstance(bound, SD3Img2ImgArguments) else ()
         pipeline.check_inputs(
             bound.prompt,
             bound.prompt_2,
             bound.prompt_3,
             height,
             width,
+            *strength,
             negative_prompt=bound.negative_prompt,
             negative_prompt_2=bound.negative_prompt_2,
             negative_prompt_3=bound.negative_prompt_3,
@@ -255,6 +314,8 @@ class SD3Adapter(DiTAdapter):
         )
 
     def make_call(self, pipeline: Any, bound: SD3Arguments, height: int, width: int) -> SD3Call:
+        if isinstance(bound, SD3Img2ImgArguments):
+            return SD3Img2ImgCall(pipeline, bound, height, width)
         return SD3Call(pipeline, bound, height, width)
 
     def flops_profile(self, source: str | Path) -> FlopsProfile:

@@ -72,7 +72,7 @@ class AcceleratedPipeline:
             )
             if problems:
                 raise UnsupportedPipelineError("; ".join(problems))
-            check_call_plan(self.runtime, bound.grid.num_tokens, bound.steps)
+            check_call_plan(self.runtime, bound.grid.num_tokens, bound.steps, bound.strength)
             if self.runtime.cached_attention:
                 self.check_cached_attention()
             # Block-level caches hook into the denoiser for this call only (and refuse an unsuitable one now).

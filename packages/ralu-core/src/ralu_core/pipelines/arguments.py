@@ -23,6 +23,8 @@ class PipelineArguments:
     pipeline_name: ClassVar[str] = "pipeline"
     unsupported_features: ClassVar[dict[str, str]] = {}
     """Argument name -> feature label, for arguments that must stay None (e.g. callbacks)."""
+    positional_order: ClassVar[tuple[str, ...] | None] = None
+    """The pipeline's parameter order, where it differs from the fields' (a variant's class that adds fields)."""
 
     prompt: Any
     prompt_embeds: Any
@@ -30,7 +32,7 @@ class PipelineArguments:
 
     @classmethod
     def bind(cls: type[_A], args: tuple[Any, ...], kwargs: dict[str, Any]) -> _A:
-        names = [f.name for f in attrs.fields(cls)]  # type: ignore[arg-type]
+        names = list(cls.positional_order or [f.name for f in attrs.fields(cls)])  # type: ignore[arg-type]
         if len(args) > len(names):
             raise CallArgumentError(
                 f"{cls.pipeline_name} takes at most {len(names)} positional arguments, got {len(args)}"

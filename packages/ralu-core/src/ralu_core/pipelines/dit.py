@@ -150,6 +150,19 @@ class DiTCall(ModelCall):
             raise CallError(f"`latents` must have shape {expected}, got {tuple(latents.shape)}")
         return latents
 
+    def encoded_image(self, encode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Image-to-image: (B, C, h, w) latents of the call's `image`, as the pipelines' ``prepare_latents`` make
+        them: preprocessed to the call's size, encoded by the model's `encode` (its VAE, drawing from the call's
+        generators) unless already latents, then repeated for every image of the batch."""
+        pipe = self.pipe
+        image = pipe.image_processor.preprocess(self.args.image, height=self.height, width=self.width)
+        image = image.to(dtype=torch.float32).to(device=self.device, dtype=self.dtype)
+        latents = image if image.shape[1] == pipe.vae.config.latent_channels else encode(image)
+        given = latents.shape[0]
+        if self.batch_size % given != 0:
+            raise CallError(f"cannot repeat {given} input images for {self.batch_size} images; give 1 or one per image")
+        return torch.cat([latents] * (self.batch_size // given), dim=0)
+
     def custom_sigmas(self, steps: int) -> list[float] | None:
         """The sigmas the pipeline passes to its scheduler (None: the scheduler's own)."""
         return None
@@ -211,6 +224,10 @@ class DiTAdapter(ModelAdapter):
     def supports(self, pipeline: Any) -> bool:
         return is_diffusers_pipeline(pipeline, self.pipeline_classes)
 
+    def arguments_for(self, pipeline: Any) -> Any:
+        """The arguments class of `pipeline`'s ``__call__`` (a variant, e.g. image-to-image, may add some)."""
+        return self.Arguments
+
     def size(self, pipeline: Any, coarsest_level: int, bound: Any) -> tuple[int, int]:
         """The call's image size (the pipeline's default where not given), checked against the recipe."""
         default = pipeline.default_sample_size * pipeline.vae_scale_factor
@@ -219,10 +236,18 @@ class DiTAdapter(ModelAdapter):
         return check_image_size(height, width, *rule)
 
     def bind(self, pipeline: Any, coarsest_level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> BoundCall:
-        bound: Any = self.Arguments.bind(args, kwargs)
+        bound: Any = self.arguments_for(pipeline).bind(args, kwargs)
         height, width = self.size(pipeline, coarsest_level, bound)
         if bound.num_inference_steps is not None and bound.num_inference_steps < 1:
             raise CallError(f"num_inference_steps must be at least 1, got {bound.num_inference_steps}")
+        strength = getattr(bound, "strength", None)  # image-to-image
+        if strength is not None:
+            if getattr(bound, "image", None) is None:
+                raise CallError(f"{type(pipeline).__name__} needs an `image` to start from")
+            if not 0.0 < strength <= 1.0:
+                raise CallError(f"strength must lie in (0, 1] (the share of the schedule run), got {strength}")
+            if bound.latents is not None:
+                raise CallError("`latents` with an input image: give the image only (ralu noises it as the pipeline)")
         self.check_call(pipeline, bound, height, width)
         per_image_generators(bound.generator, bound.image_batch_size())
         return BoundCall(
@@ -230,6 +255,7 @@ class DiTAdapter(ModelAdapter):
             grid=self.grid(pipeline, height, width),
             requested_steps=bound.num_inference_steps,
             default_steps=default_num_inference_steps(pipeline),
+            strength=strength,
             prepare=partial(self.make_call, pipeline, bound, height, width),
         )
 

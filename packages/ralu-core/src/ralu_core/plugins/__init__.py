@@ -241,11 +241,11 @@ class Registry:
             for entry in self.adapters.values():
                 adds = getattr(entry.obj, "variants_not_driven", {}).get(name)
                 if adds is not None:
-                    plain = " or ".join(entry.obj.pipeline_classes)
+                    plain, driven = entry.obj.pipeline_classes[0], ", ".join(entry.obj.pipeline_classes)
                     raise UnsupportedPipelineError(
                         f"{name} is a variant of {plain} that ralu's {entry.obj.name!r} adapter does not drive yet: "
-                        f"{adds}. Accelerate the {plain} itself ({entry.obj.pipeline_classes[0]}.from_pipe(pipe) "
-                        "shares this pipeline's components); docs/compatibility.md lists what is supported"
+                        f"{adds}. Accelerate a pipeline it drives ({driven}): {plain}.from_pipe(pipe) shares this "
+                        "pipeline's components; docs/compatibility.md lists what is supported"
                     )
             known = (
                 ", ".join(f"{a.obj.name} ({', '.join(a.obj.pipeline_classes)})" for a in self.adapters.values())

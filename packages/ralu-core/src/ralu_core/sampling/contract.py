@@ -45,6 +45,15 @@ class ModelCall(abc.ABC):
     default_shift: float
     parts: tuple[CallPart, ...] = ()
     """What the call is composed of: entered around the run in order, told of each stage, measured."""
+    strength: float | None = None
+    """Image-to-image: how much of the schedule runs from `start_image` (diffusers' `strength`); None: the call
+    starts from pure noise."""
+
+    def start_image(self) -> torch.Tensor | None:
+        """Image-to-image: (B, N, D) full-resolution latents of the input image in raster token order, encoded as
+        the pipeline encodes it (asked before `initial_noise`, in the pipeline's order of random draws); None
+        where the call starts from noise."""
+        return None
 
     @abc.abstractmethod
     def initial_noise(self) -> torch.Tensor:
@@ -105,6 +114,8 @@ class BoundCall:
     requested_steps: int | None = None
     default_steps: int | None = None
     """The step count the pipeline uses when the call gives none (required where ralu samples)."""
+    strength: float | None = None
+    """Image-to-image: the call's `strength` (what is left of the schedule); None: from noise."""
     prepare: Callable[[], ModelCall] | None = None
     """Encode the prompts, return the call the engine samples with."""
     run_pipeline: Callable[[], Any] | None = None

@@ -29,7 +29,9 @@ from ralu_core.sampling.token_plan import check_selection, step_counts
 from ralu_core.sampling.tokens import (
     FULL,
     HALF,
+    TokenGrid,
     TokenState,
+    downsample_area,
     downsample_nearest,
     gather_tokens,
     render_latent,
@@ -57,6 +59,17 @@ def euler_step(
 
 StageScope = Callable[[int], AbstractContextManager[None]]
 """Entered around stage `index` of a run."""
+
+
+def noised_image(noise: TokenState, image: torch.Tensor, grid: TokenGrid, sigma: torch.Tensor) -> TokenState:
+    """Image-to-image's first state: ``sigma * noise + (1 - sigma) * image`` (flow matching's forward process,
+    as diffusers' ``scale_noise``), the image taken down to the noise's level by averaging each 2 x 2 block of
+    latent pixels where the first stage is at half resolution (the noise keeps its every-second pixel)."""
+    picture = TokenState.full_resolution(image.to(noise.values.dtype), grid)
+    if noise.coarsest_level == HALF:
+        picture = downsample_area(picture)
+    s = sigma.to(device=noise.values.device, dtype=torch.float32).reshape(1, 1, 1)
+    return attrs.evolve(noise, values=s * noise.values + (1.0 - s) * picture.values)
 
 
 @attrs.frozen
@@ -101,6 +114,7 @@ class SamplingEngine:
             default_steps=call.default_steps,
             default_shift=call.default_shift,
             pipeline_sigmas=call.pipeline_sigmas,
+            strength=call.strength,
         )
         plan = self.runtime.schedule.plan([s.spec for s in self.runtime.stages], context)
         if len(plan.sigmas) != len(self.runtime.stages):
@@ -112,6 +126,7 @@ class SamplingEngine:
         is entered around each stage (the hooks of caches limited to some stages are installed there)."""
         self.runtime.reset()
         plan = self.plan(call)  # checked against the recipe before the call was prepared (`check_call_plan`)
+        image = call.start_image()  # before the noise: the pipeline encodes the image first
         noise = call.initial_noise()
         # ralu's own randomness (transition noise, random selections) follows the call's generators; with
         # none, it is seeded from each image's initial noise, so the same `latents` give the same image.
@@ -119,6 +134,8 @@ class SamplingEngine:
         state = TokenState.full_resolution(noise, call.grid)
         if self.runtime.start_level == HALF:
             state = downsample_nearest(state)
+        if image is not None:
+            state = noised_image(state, image, call.grid, plan.sigmas[0][:1])
         grids = [SigmaGrid.of(sigmas, state.values.device) for sigmas in plan.sigmas]
         with call.running(), call.progress_bar(sum(plan.steps)) as bar:
             state = self.run_stages(call, generator, grids, state, bar, stage_scope)

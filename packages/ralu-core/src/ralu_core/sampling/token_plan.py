@@ -113,13 +113,20 @@ def step_plan_problems(runtime: RecipeRuntime, steps_per_stage: tuple[int, ...])
     return problems
 
 
-def check_call_plan(runtime: RecipeRuntime, full_tokens: int, steps: int) -> list[StageTokens]:
+def check_call_plan(
+    runtime: RecipeRuntime, full_tokens: int, steps: int, strength: float | None = None
+) -> list[StageTokens]:
     """The one check of a call's plan, before any model runs: each selector's token counts for this grid
     (PluginError), and each per-step selector and cache against the stages' step counts for a call of `steps`
-    (RecipeError listing every problem: a dense reset step beyond a stage's end is refused here, not at that
-    step)."""
+    (and `strength`, image-to-image) (RecipeError listing every problem: a dense reset step beyond a stage's end
+    is refused here, not at that step)."""
     plan = plan_tokens(runtime, full_tokens)
-    steps_per_stage = runtime.schedule.planned_steps([stage.spec for stage in runtime.stages], steps)
+    if strength is not None and not runtime.schedule.starts_from_image:
+        raise RecipeError(
+            runtime.recipe.name,
+            [f"$.schedule: {runtime.schedule.name!r} plans no start from an input image (image-to-image)"],
+        )
+    steps_per_stage = runtime.schedule.planned_steps([stage.spec for stage in runtime.stages], steps, strength)
     problems = step_plan_problems(runtime, steps_per_stage)
     if problems:
         raise RecipeError(runtime.recipe.name, [f"{p} (for a call of {steps} steps)" for p in problems])

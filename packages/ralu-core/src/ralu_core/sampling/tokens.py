@@ -14,6 +14,8 @@ convert in their adapter. Knowing the patch layout is what lets core upsample pi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 import torch
 import torch.nn.functional as F
@@ -180,14 +182,24 @@ def downsample_nearest(state: TokenState) -> TokenState:
     This is how RALU derives its low-resolution starting noise from the full-resolution seeded
     noise, so that one seed gives related images across recipes (and exact N(0, I) noise).
     """
+    return _downsample(state, lambda image: image[:, :, ::2, ::2])
+
+
+def downsample_area(state: TokenState) -> TokenState:
+    """Full-resolution raster state -> half-resolution state by averaging each 2 x 2 block of latent pixels:
+    for an image's latents (image-to-image), whose content every second pixel would alias."""
+    return _downsample(state, lambda image: torch.nn.functional.avg_pool2d(image, 2))
+
+
+def _downsample(state: TokenState, reduce: Callable[[torch.Tensor], torch.Tensor]) -> TokenState:
     grid = state.grid
     if state.coarsest_level != FULL or state.num_tokens != grid.num_tokens:
-        raise ValueError("downsample_nearest expects a dense full-resolution state")
+        raise ValueError("downsampling expects a dense full-resolution state")
     if not grid.supports_half_resolution():
         raise ValueError(f"a {grid.rows} x {grid.cols} token grid has no half-resolution grid (needs even sides)")
     raster = to_raster(state)
     image = tokens_to_image(raster.values, grid.rows, grid.cols, grid.channels, grid.patch)
-    low = image[:, :, ::2, ::2]
+    low = reduce(image)
     values = image_to_tokens(low, grid.patch)
     low_rows, low_cols = grid.rows // 2, grid.cols // 2
     r = torch.arange(low_rows, device=values.device) * 2

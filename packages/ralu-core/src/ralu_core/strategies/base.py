@@ -170,6 +170,9 @@ class ScheduleContext:
     default_steps: int
     default_shift: float
     pipeline_sigmas: Callable[[int], torch.Tensor]
+    strength: float | None = None
+    """Image-to-image: how much of the schedule is left to run from the input image (diffusers' `strength`);
+    None: sampling starts from pure noise."""
 
 
 @attrs.frozen(kw_only=True)
@@ -190,6 +193,8 @@ class TimestepSchedule(Strategy):
     kind: ClassVar[str] = "schedule"
     accepts_requested_steps: ClassVar[bool] = False
     follows_pipeline_sigmas: ClassVar[bool] = False
+    starts_from_image: ClassVar[bool] = False
+    """Whether it plans a start from an input image part-way down the schedule (`ScheduleContext.strength`)."""
     """Whether its stages take the pipeline's own sigmas (then a user's sigma spacing is followed); a schedule
     that spaces its own refuses a scheduler configured for another spacing (`ralu_core.pipelines.schedulers`)."""
 
@@ -207,8 +212,10 @@ class TimestepSchedule(Strategy):
     def plan(self, stages: Sequence[StagePlanSpec], context: ScheduleContext) -> SchedulePlan:
         """The sigma grid of each stage."""
 
-    def planned_steps(self, stages: Sequence[StagePlanSpec], default_steps: int) -> tuple[int, ...]:
-        """Steps per stage without building the plan (FLOPs counting)."""
+    def planned_steps(
+        self, stages: Sequence[StagePlanSpec], default_steps: int, strength: float | None = None
+    ) -> tuple[int, ...]:
+        """Steps per stage without building the plan (FLOPs counting, checks); `strength`: an image-to-image call."""
         return tuple(default_steps if s.steps is None else s.steps for s in stages)
 
 

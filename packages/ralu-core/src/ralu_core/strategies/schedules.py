@@ -16,7 +16,7 @@ from typing import ClassVar
 import attrs
 import torch
 
-from ralu_core.errors import ConfigFieldError
+from ralu_core.errors import CallError, ConfigFieldError
 from ralu_core.sampling.ntdm import NTDMSolution, fixed_ntdm, solve_ntdm, unrewound_schedule
 from ralu_core.strategies.base import ScheduleContext, SchedulePlan, StagePlanSpec, TimestepSchedule
 
@@ -123,8 +123,22 @@ class NTDMSchedule(TimestepSchedule):
             self._solutions[base_shift] = solved
         return self._solutions[base_shift]
 
+    starts_from_image: ClassVar[bool] = True
+
+    def planned_steps(
+        self, stages: Sequence[StagePlanSpec], default_steps: int, strength: float | None = None
+    ) -> tuple[int, ...]:
+        image_start_index(default_steps, strength)  # refuses a strength that leaves nothing, before any work
+        return super().planned_steps(stages, default_steps)
+
     def plan(self, stages: Sequence[StagePlanSpec], context: ScheduleContext) -> SchedulePlan:
         solution = self.solution(stages, self.config.base_shift or context.default_shift)
+        if context.strength is not None:
+            # Image-to-image: the stages run over what `strength` leaves, from the sigma at which the pipeline's
+            # own img2img would start at its default steps; each stage keeps its steps, the rewinds their c.
+            first = image_start_index(context.default_steps, context.strength)
+            start_sigma = float(context.pipeline_sigmas(context.default_steps)[first])
+            solution = solution.starting_at(1.0 - start_sigma)
         sigmas = tuple(torch.tensor(stage.sigmas, dtype=torch.float32) for stage in solution.stages())
         details = {**solution.to_dict(), "mode": self.config.mode, "source": self.config.source}
         return SchedulePlan(sigmas=sigmas, details=details)
@@ -142,18 +156,34 @@ class UniformSchedule(TimestepSchedule):
     Config: ClassVar[type[UniformConfig]] = UniformConfig
     accepts_requested_steps: ClassVar[bool] = True
     follows_pipeline_sigmas: ClassVar[bool] = True
+    starts_from_image: ClassVar[bool] = True
 
     def check(self, stages: Sequence[StagePlanSpec]) -> list[str]:
         if len(stages) != 1:
             return [f"$.stages: the uniform schedule runs exactly one stage, got {len(stages)}"]
         return _check_ends(stages)
 
-    def planned_steps(self, stages: Sequence[StagePlanSpec], default_steps: int) -> tuple[int, ...]:
-        return (stages[0].steps or default_steps,)
+    def planned_steps(
+        self, stages: Sequence[StagePlanSpec], default_steps: int, strength: float | None = None
+    ) -> tuple[int, ...]:
+        steps = stages[0].steps or default_steps
+        return (steps - image_start_index(steps, strength),)
 
     def plan(self, stages: Sequence[StagePlanSpec], context: ScheduleContext) -> SchedulePlan:
         steps = context.requested_steps or stages[0].steps or context.default_steps
-        return SchedulePlan(sigmas=(context.pipeline_sigmas(steps),), details={"steps": [steps]})
+        first = image_start_index(steps, context.strength)
+        sigmas = context.pipeline_sigmas(steps)[first:]
+        return SchedulePlan(sigmas=(sigmas,), details={"steps": [steps - first], "skipped": first})
+
+
+def image_start_index(steps: int, strength: float | None) -> int:
+    """How many of `steps` an image-to-image call at `strength` skips: diffusers' rule (``get_timesteps``), so
+    that a baseline starts where the pipeline's own img2img starts (any strength above 0 leaves a step)."""
+    if strength is None:
+        return 0
+    if not 0.0 < strength <= 1.0:
+        raise CallError(f"strength must lie in (0, 1] (the share of the schedule run), got {strength}")
+    return int(max(steps - min(steps * strength, steps), 0))
 
 
 BUILTIN_SCHEDULES: tuple[type[TimestepSchedule], ...] = (NTDMSchedule, UniformSchedule)
