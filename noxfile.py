@@ -78,7 +78,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install(TORCH, "mypy", "types-PyYAML", *USER_STACK, *[f"-e{p}" for p in EVERYTHING])
+    session.install(TORCH, "mypy", "types-PyYAML", "pytest", *USER_STACK, *[f"-e{p}" for p in EVERYTHING])
     session.run("mypy")
 
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import pytest
-
 from ralu_core.testing.lora import LoraConformance
 from ralu_core.testing.offload import OffloadConformance
+from ralu_core.testing.quantized import QuantizedConformance, needs_quantizers
 from ralu_flux.testing import make_flux_pipeline
 from ralu_sd3.testing import make_sd3_pipeline
 
@@ -47,16 +46,6 @@ class TestSD3CachesOffloaded(SD3Caches, OffloadConformance):
     pass
 
 
-try:
-    import torchao  # noqa: F401
-except ImportError:
+@needs_quantizers
+class TestFluxCachesQuantized(FluxCaches, QuantizedConformance):
     pass
-else:
-    from ralu_core.testing.quantized import QuantizedConformance
-
-    class TestFluxCachesQuantized(FluxCaches, QuantizedConformance):
-        pass
-
-
-def test_torchao_is_there_where_nox_runs_these_tests() -> None:
-    pytest.importorskip("torchao", reason="the nox test session installs torchao; ./dev's environment does not")

@@ -1,37 +1,18 @@
-"""FLUX's variant pipelines are refused by name, with what they add and what to use instead, before any work;
-the FluxPipeline made from their components (`from_pipe`) is accelerated."""
+"""FLUX's variant pipelines that the adapter does not drive yet are refused by name, with what they add and what to
+use instead, before any work (`ralu_core.testing.conformance.VariantsRefused`)."""
 
 from __future__ import annotations
 
-import diffusers
-import pytest
-import torch
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
-import ralu_core
-from ralu_core.errors import UnsupportedPipelineError
+from ralu_core.testing.conformance import VariantsRefused
 from ralu_flux.testing import make_flux_pipeline
 
-VARIANTS = ["FluxInpaintPipeline", "FluxKontextPipeline", "FluxFillPipeline"]
 
+class TestFluxVariants(VariantsRefused):
+    recipe = "ralu-flux-7x"
+    call: ClassVar[Mapping[str, Any]] = {"max_sequence_length": 16}
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_a_variant_is_refused_saying_why_and_its_plain_pipeline_runs(variant: str) -> None:
-    pipe = make_flux_pipeline("tiny", seed=0)
-    other = getattr(diffusers, variant).from_pipe(pipe)
-    with pytest.raises(
-        UnsupportedPipelineError,
-        match=rf"{variant} is a variant of FluxPipeline that ralu's 'flux' adapter does not drive yet: "
-        rf".+: FluxPipeline\.from_pipe\(pipe\) shares",
-    ):
-        ralu_core.accelerate(other, "ralu-flux-7x")
-    plain = diffusers.FluxPipeline.from_pipe(other)
-    plain.set_progress_bar_config(disable=True)
-    out = ralu_core.accelerate(plain, "ralu-flux-7x")(
-        "a",
-        generator=torch.Generator().manual_seed(0),
-        height=64,
-        width=64,
-        max_sequence_length=16,
-        output_type="latent",
-    )
-    assert torch.isfinite(out.images).all()
+    def make_pipeline(self) -> Any:
+        return make_flux_pipeline("tiny", seed=0)

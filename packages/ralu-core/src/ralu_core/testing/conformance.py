@@ -109,6 +109,76 @@ back to the device once per Canny transition."""
 PROMPTS = ("a red circle", "a blue square")
 
 
+class RecipesOnAPipeline:
+    """What the mixins for what users load share (LoRAs, quantized weights, offloading): the adapter's baseline
+    and a RALU and a RAS recipe, run on two prompts with a generator each, on pipelines `make_pipeline` builds."""
+
+    baseline: ClassVar[str]
+    recipes: ClassVar[tuple[str, ...]]
+    """A RALU and a RAS recipe of the adapter (each kind of token change the user's pipeline must survive)."""
+    height: ClassVar[int] = 64
+    width: ClassVar[int] = 96
+    steps: ClassVar[int] = 3
+    """Steps of the baseline and plain calls."""
+    call: ClassVar[Mapping[str, Any]] = {}
+
+    def make_pipeline(self) -> Any:
+        raise NotImplementedError
+
+    def fresh(self) -> Any:
+        pipe = self.make_pipeline()
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def run(self, pipe: Any, recipe: Any, **extra: Any) -> torch.Tensor:
+        """Latents of the two prompts, one generator each; `recipe` None: the plain pipeline."""
+        kwargs: dict[str, Any] = {"height": self.height, "width": self.width, **self.call, "output_type": "latent"}
+        if recipe is None or recipe == self.baseline:
+            kwargs["num_inference_steps"] = self.steps
+        generators = [torch.Generator().manual_seed(seed) for seed in (0, 1)]
+        call = pipe if recipe is None else accelerate(pipe, recipe)
+        return call(list(PROMPTS), generator=generators, **kwargs, **extra).images.cpu()  # type: ignore[no-any-return]
+
+
+class VariantsRefused:
+    """pytest mixin: each of the adapter's `variants_not_driven` that diffusers has is refused before any work,
+    naming what it adds and the pipeline to use instead, and that pipeline, made from the variant's components
+    (``from_pipe``), runs `recipe`. Subclass as ``Test...``, set `recipe` and `call`, implement `make_pipeline`
+    (the adapter's plain pipeline)."""
+
+    recipe: ClassVar[str]
+    call: ClassVar[Mapping[str, Any]] = {}
+
+    def make_pipeline(self) -> Any:
+        raise NotImplementedError
+
+    def test_a_variant_is_refused_saying_why_and_its_plain_pipeline_runs(self) -> None:
+        import diffusers
+
+        pipe = self.make_pipeline()
+        registry = Registry.collect(create_plugin_manager())
+        adapter = registry.resolve_adapter(pipe)
+        plain = type(pipe)
+        tried = 0
+        for variant, adds in adapter.variants_not_driven.items():
+            try:
+                other = getattr(diffusers, variant).from_pipe(pipe)
+            except (AttributeError, TypeError, ValueError):
+                continue  # this diffusers lacks it, or it needs a component the plain pipeline has not
+            tried += 1
+            expected = rf"{variant} is a variant of {plain.__name__} .+ does not drive yet: {re.escape(adds)}\. .+"
+            assert_refused(
+                functools.partial(accelerate, other, self.recipe), expected + rf"{plain.__name__}\.from_pipe"
+            )
+            back = plain.from_pipe(other)
+            back.set_progress_bar_config(disable=True)
+            out = accelerate(back, self.recipe)(
+                "a", generator=torch.Generator().manual_seed(0), output_type="latent", height=64, width=64, **self.call
+            )
+            assert torch.isfinite(out.images).all(), variant
+        assert tried, "no variant of this adapter could be built from its plain pipeline"
+
+
 class RecipeConformance:
     """pytest mixin: every recipe that `recipe_plugins` registered for the adapter runs, a batch of images
     equals the same images made one by one (non-square, seeded per image), and the user's pipeline is left as

@@ -10,15 +10,14 @@ pipeline's LoRA state is left as the user set it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from ralu_core.pipelines.accelerated import accelerate
 from ralu_core.pipelines.compiling import compile_denoiser, graphs_compiled
 from ralu_core.plugins import Registry, create_plugin_manager
-from ralu_core.testing.conformance import PROMPTS, assert_same_snapshot, pipeline_snapshot
+from ralu_core.testing.conformance import PROMPTS, RecipesOnAPipeline, assert_same_snapshot, pipeline_snapshot
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 """The attention projections LoRAs for DiTs usually adapt (diffusers' own training scripts' default)."""
@@ -45,71 +44,49 @@ def random_lora(
     return state
 
 
-class LoraConformance:
+class LoraConformance(RecipesOnAPipeline):
     """pytest mixin: a baseline recipe, a RALU recipe and a RAS recipe of the adapter on a pipeline with LoRAs
-    loaded by ``load_lora_weights``: unfused and scaled per call, fused, and two mixed by ``set_adapters``.
-    Subclass as ``Test...``, set the class attributes and implement `make_pipeline` (a tiny random-weight
-    pipeline whose class has diffusers' LoRA loader)."""
+    loaded by ``load_lora_weights``: unfused and scaled per call, fused, two mixed by ``set_adapters``, and
+    hot-swapped under torch.compile. Subclass as ``Test...``, set the class attributes and implement
+    `make_pipeline` (a tiny random-weight pipeline whose class has diffusers' LoRA loader)."""
 
-    baseline: ClassVar[str]
-    recipes: ClassVar[tuple[str, ...]]
-    """A RALU and a RAS recipe of the adapter (each kind of token change a LoRA must survive)."""
-    height: ClassVar[int] = 64
-    width: ClassVar[int] = 96
-    steps: ClassVar[int] = 3
-    call: ClassVar[Mapping[str, Any]] = {}
-
-    def make_pipeline(self) -> Any:
-        raise NotImplementedError
-
-    def fresh(self, *loras: str) -> Any:
+    def with_loras(self, *loras: str) -> Any:
         """A new pipeline with the named random LoRAs loaded (seeded by their order), unfused."""
-        pipe = self.make_pipeline()
-        pipe.set_progress_bar_config(disable=True)
+        pipe = self.fresh()
         for seed, name in enumerate(loras):
             pipe.load_lora_weights(random_lora(pipe.transformer, seed=seed), adapter_name=name)
         return pipe
 
-    def run(self, pipe: Any, recipe: str | None, scale: float | None = None) -> torch.Tensor:
-        """Latents of two prompts (one generator each); `recipe` None: the plain pipeline."""
-        kwargs: dict[str, Any] = {"height": self.height, "width": self.width, **self.call, "output_type": "latent"}
-        if scale is not None:
-            kwargs["joint_attention_kwargs"] = {"scale": scale}
-        generators = [torch.Generator().manual_seed(seed) for seed in (0, 1)]
-        if recipe is None:
-            out = pipe(list(PROMPTS), generator=generators, num_inference_steps=self.steps, **kwargs)
-        else:
-            fast = accelerate(pipe, recipe)
-            if recipe == self.baseline:
-                kwargs["num_inference_steps"] = self.steps
-            out = fast(list(PROMPTS), generator=generators, **kwargs)
-        return out.images  # type: ignore[no-any-return]
+    def run_scaled(self, pipe: Any, recipe: str | None, scale: float | None = None) -> torch.Tensor:
+        """`run`, with the LoRA scale given per call where `scale` is."""
+        extra = {} if scale is None else {"joint_attention_kwargs": {"scale": scale}}
+        return self.run(pipe, recipe, **extra)
 
     def test_the_baseline_is_the_plain_pipeline_with_the_same_lora_and_scale(self) -> None:
-        pipe = self.fresh("style")
+        pipe = self.with_loras("style")
         for scale in (None, 0.5):
-            assert torch.equal(self.run(pipe, self.baseline, scale), self.run(pipe, None, scale)), scale
+            assert torch.equal(self.run_scaled(pipe, self.baseline, scale), self.run_scaled(pipe, None, scale)), scale
 
     def test_every_recipe_applies_the_lora_and_its_per_call_scale(self) -> None:
-        without, pipe = self.fresh(), self.fresh("style")
-        self.run(pipe, None, scale=0.0)  # the pipeline's own call keeps its last LoRA scale (`_lora_scale`)
+        without, pipe = self.with_loras(), self.with_loras("style")
+        self.run_scaled(pipe, None, scale=0.0)  # the pipeline's own call keeps its last LoRA scale (`_lora_scale`)
         before = pipeline_snapshot(pipe)
         for recipe in self.recipes:
             bare = self.run(without, recipe)
             assert (self.run(pipe, recipe) - bare).abs().max() > 1e-3, f"{recipe}: the LoRA changed nothing"
-            gap = float((self.run(pipe, recipe, scale=0.0) - bare).abs().max())
+            gap = float((self.run_scaled(pipe, recipe, scale=0.0) - bare).abs().max())
             assert gap <= 1e-6, f"{recipe}: the LoRA at scale 0 moved the latents by {gap}"
         assert_same_snapshot(before, pipeline_snapshot(pipe))
 
     def test_a_fused_lora_gives_what_the_unfused_one_gives(self) -> None:
-        unfused, fused = self.fresh("style"), self.fresh("style")
+        unfused, fused = self.with_loras("style"), self.with_loras("style")
         fused.fuse_lora()
         assert torch.equal(self.run(fused, self.baseline), self.run(fused, None))
         for recipe in self.recipes:
             torch.testing.assert_close(self.run(fused, recipe), self.run(unfused, recipe), rtol=0, atol=1e-4)
 
     def test_adapters_mixed_by_set_adapters_are_each_weighted(self) -> None:
-        without, pipe = self.fresh(), self.fresh("style", "subject")
+        without, pipe = self.with_loras(), self.with_loras("style", "subject")
         pipe.set_adapters(["style", "subject"], [0.0, 0.0])
         assert torch.equal(self.run(pipe, self.baseline), self.run(pipe, None))
         for recipe in self.recipes:
@@ -124,8 +101,7 @@ class LoraConformance:
         LoRA's weights in place: with the blocks compiled, a LoRA of the same rank, or of a lower one padded to
         the target rank, compiles no graph again, and the images change."""
         torch._dynamo.reset()
-        pipe = self.make_pipeline()
-        pipe.set_progress_bar_config(disable=True)
+        pipe = self.fresh()
         pipe.enable_lora_hotswap(target_rank=8)
         pipe.load_lora_weights(random_lora(pipe.transformer, rank=8, seed=0), adapter_name="style")
         recipe = self.recipes[-1]

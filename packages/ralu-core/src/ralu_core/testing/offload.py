@@ -11,13 +11,12 @@ parameters to the meta device with an argument this torch's Parameter rejects), 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from ralu_core.pipelines.accelerated import accelerate
-from ralu_core.testing.conformance import PROMPTS, assert_same_snapshot, pipeline_snapshot
+from ralu_core.testing.conformance import RecipesOnAPipeline, assert_same_snapshot, pipeline_snapshot
 
 
 def model_offload(pipe: Any) -> None:
@@ -34,35 +33,15 @@ def group_offload(pipe: Any) -> None:
 OFFLOADS: dict[str, Callable[[Any], None]] = {"model CPU offload": model_offload, "group offloading": group_offload}
 
 
-class OffloadConformance:
+class OffloadConformance(RecipesOnAPipeline):
     """pytest mixin: the adapter's baseline, a RALU and a RAS recipe on an offloaded pipeline. Subclass as
     ``Test...``, set the class attributes and implement `make_pipeline`."""
 
-    baseline: ClassVar[str]
-    recipes: ClassVar[tuple[str, ...]]
-    height: ClassVar[int] = 64
-    width: ClassVar[int] = 96
-    steps: ClassVar[int] = 3
-    call: ClassVar[Mapping[str, Any]] = {}
-
-    def make_pipeline(self) -> Any:
-        raise NotImplementedError
-
-    def run(self, pipe: Any, recipe: str | None) -> torch.Tensor:
-        kwargs: dict[str, Any] = {"height": self.height, "width": self.width, **self.call, "output_type": "latent"}
-        generators = [torch.Generator().manual_seed(seed) for seed in (0, 1)]
-        if recipe is None or recipe == self.baseline:
-            kwargs["num_inference_steps"] = self.steps
-        call = pipe if recipe is None else accelerate(pipe, recipe)
-        return call(list(PROMPTS), generator=generators, **kwargs).images.cpu()  # type: ignore[no-any-return]
-
     def test_an_offloaded_pipeline_gives_the_same_images_and_keeps_its_offload(self) -> None:
-        plain = self.make_pipeline()
-        plain.set_progress_bar_config(disable=True)
+        plain = self.fresh()
         expected = {recipe: self.run(plain, recipe) for recipe in (self.baseline, *self.recipes)}
         for name, offload in OFFLOADS.items():
-            pipe = self.make_pipeline()
-            pipe.set_progress_bar_config(disable=True)
+            pipe = self.fresh()
             offload(pipe)
             plain_latents = self.run(pipe, None)  # what the pipeline's own call leaves (lazy state) comes first
             before, hooks = offload_snapshot(pipe)

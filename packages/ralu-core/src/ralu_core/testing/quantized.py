@@ -8,7 +8,6 @@ the architecture's operations, not its number format).
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,12 +16,11 @@ import torch
 
 from ralu_core.measurement.accounting import recipe_cost
 from ralu_core.measurement.profile import counting
-from ralu_core.pipelines.accelerated import accelerate
 from ralu_core.pipelines.adapter import bind_to_adapter
 from ralu_core.plugins import Registry, create_plugin_manager
 from ralu_core.recipes import find_recipe, resolve_recipe
 from ralu_core.recipes.model import Recipe, StrategyRef
-from ralu_core.testing.conformance import PROMPTS
+from ralu_core.testing.conformance import RecipesOnAPipeline
 
 
 def quantize_weights(transformer: torch.nn.Module, kind: str) -> None:
@@ -95,33 +93,35 @@ def picking_by_chance(name: str) -> Recipe:
     return attrs.evolve(recipe, name=f"{name}-random-picks", stages=tuple(stages))
 
 
+def needs_quantizers(cls: type) -> type:
+    """Skip a test class where torchao and gguf are not installed (./dev's environment), saying so; the nox test
+    sessions install both, so there the tests run."""
+    import importlib.util
+
+    import pytest
+
+    missing = [name for name in ("torchao", "gguf") if importlib.util.find_spec(name) is None]
+    reason = f"{' and '.join(missing)} not installed (the nox test sessions install them; ./dev's environment does not)"
+    return pytest.mark.skipif(bool(missing), reason=reason)(cls)  # type: ignore[no-any-return]
+
+
 QUANTIZED = ("int8", "float8", "gguf")
 """torchao's weight-only int8 and float8, and a GGUF checkpoint in Q8_0 loaded through diffusers."""
 
 
-class QuantizedConformance:
+class QuantizedConformance(RecipesOnAPipeline):
     """pytest mixin: the adapter's baseline, RALU and RAS recipes on a pipeline whose transformer holds torchao
     int8 or float8 weights, or GGUF Q8_0 ones. Subclass as ``Test...``, set the class attributes and implement
     `make_pipeline`."""
 
-    baseline: ClassVar[str]
-    recipes: ClassVar[tuple[str, ...]]
-    height: ClassVar[int] = 64
-    width: ClassVar[int] = 96
-    steps: ClassVar[int] = 3
-    call: ClassVar[Mapping[str, Any]] = {}
     gguf: ClassVar[bool] = True
     """Whether the transformer class loads single files (``from_single_file``), so a GGUF checkpoint."""
     drift: ClassVar[float] = 5.0
     """How much further a quantized recipe's latents may lie from its float ones than the quantized baseline's
     from its own (max abs): the recipes run more steps than the 3-step baseline, and each adds its rounding."""
 
-    def make_pipeline(self) -> Any:
-        raise NotImplementedError
-
     def quantized(self, kind: str) -> Any:
-        pipe = self.make_pipeline()
-        pipe.set_progress_bar_config(disable=True)
+        pipe = self.fresh()
         if kind == "gguf":
             pipe.transformer = gguf_transformer(pipe.transformer)
         else:
@@ -129,14 +129,6 @@ class QuantizedConformance:
         kinds = {type(p.data).__name__ for p in pipe.transformer.parameters()}
         assert kinds - {"Tensor"}, f"torchao left every weight a plain tensor ({kinds})"
         return pipe
-
-    def run(self, pipe: Any, recipe: str | Recipe | None) -> torch.Tensor:
-        kwargs: dict[str, Any] = {"height": self.height, "width": self.width, **self.call, "output_type": "latent"}
-        generators = [torch.Generator().manual_seed(seed) for seed in (0, 1)]
-        if recipe is None or recipe == self.baseline:
-            kwargs["num_inference_steps"] = self.steps
-        call = pipe if recipe is None else accelerate(pipe, recipe)
-        return call(list(PROMPTS), generator=generators, **kwargs).images  # type: ignore[no-any-return]
 
     def kinds(self) -> tuple[str, ...]:
         return QUANTIZED if self.gguf else QUANTIZED[:2]
@@ -147,8 +139,7 @@ class QuantizedConformance:
             assert torch.equal(self.run(pipe, self.baseline), self.run(pipe, None)), kind
 
     def test_recipes_run_on_quantized_weights_and_leave_them_as_they_were(self) -> None:
-        plain = self.make_pipeline()
-        plain.set_progress_bar_config(disable=True)
+        plain = self.fresh()
         references = {recipe: self.run(plain, picking_by_chance(recipe)) for recipe in self.recipes}
         float_baseline = self.run(plain, self.baseline)
         for kind in self.kinds():
