@@ -1,14 +1,18 @@
 """The caches under what users load: LoRAs (unfused, scaled per call, fused, mixed, hot-swapped under
-torch.compile), torchao's int8 and float8 weights, and offloading (model CPU offload; group offloading, whose
-diffusers hooks share the blocks with the block-level caches' hooks). The same mixins the adapters run
-(`ralu_core.testing.lora`, `.quantized`, `.offload`), on the caching recipes: all of them on FLUX, offloading on
-SD3 (DeepCache needs the deeper `sd3-mid`, which makes every run slower)."""
+torch.compile), torchao's int8 and float8 weights and GGUF checkpoints, offloading (model CPU offload; group
+offloading, whose diffusers hooks share the blocks with the block-level caches' hooks) and image-to-image. The
+same mixins the adapters run (`ralu_core.testing.lora`, `.quantized`, `.offload`, `.img2img`), on the caching
+recipes: all of them on FLUX, offloading on SD3 (DeepCache needs the deeper `sd3-mid`, which makes every run
+slower)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import diffusers
+
+from ralu_core.testing.img2img import Img2ImgConformance
 from ralu_core.testing.lora import LoraConformance
 from ralu_core.testing.offload import OffloadConformance
 from ralu_core.testing.quantized import QuantizedConformance, needs_quantizers
@@ -49,3 +53,8 @@ class TestSD3CachesOffloaded(SD3Caches, OffloadConformance):
 @needs_quantizers
 class TestFluxCachesQuantized(FluxCaches, QuantizedConformance):
     pass
+
+
+class TestFluxCachesImg2Img(FluxCaches, Img2ImgConformance):
+    def make_pipeline(self) -> Any:
+        return diffusers.FluxImg2ImgPipeline.from_pipe(make_flux_pipeline("tiny", seed=0))
