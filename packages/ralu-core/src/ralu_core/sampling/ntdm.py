@@ -245,11 +245,9 @@ class NTDMSolution:
         interval: NT-DM's objective matches the timestep density of a run from pure noise."""
         if not 0.0 <= start < 1.0:
             raise ValueError(f"an image-to-image start must lie in [0, 1) (t units), got {start}")
-        ends = tuple(start + (1.0 - start) * e for e in self.ends)
-        ends = (*ends[:-1], 1.0)
-        rewinds = self.c is not None and any(s != e for s, e in zip(self.starts[1:], self.ends[:-1], strict=False))
-        assert self.c is not None or not rewinds
-        starts = (start, *(rewind_start(e, self.c) if rewinds and self.c is not None else e for e in ends[:-1]))
+        ends = (*(start + (1.0 - start) * e for e in self.ends[:-1]), 1.0)
+        c = self.c if self.starts[1:] != self.ends[:-1] else None  # None: the transitions do not rewind
+        starts = (start, *(e if c is None else rewind_start(e, c) for e in ends[:-1]))
         return attrs.evolve(self, ends=ends, starts=starts)
 
     def to_dict(self) -> dict[str, Any]:

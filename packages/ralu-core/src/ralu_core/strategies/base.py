@@ -193,10 +193,10 @@ class TimestepSchedule(Strategy):
     kind: ClassVar[str] = "schedule"
     accepts_requested_steps: ClassVar[bool] = False
     follows_pipeline_sigmas: ClassVar[bool] = False
-    starts_from_image: ClassVar[bool] = False
-    """Whether it plans a start from an input image part-way down the schedule (`ScheduleContext.strength`)."""
     """Whether its stages take the pipeline's own sigmas (then a user's sigma spacing is followed); a schedule
     that spaces its own refuses a scheduler configured for another spacing (`ralu_core.pipelines.schedulers`)."""
+    starts_from_image: ClassVar[bool] = False
+    """Whether it plans a start from an input image part-way down the schedule (`ScheduleContext.strength`)."""
 
     @property
     def rewinds(self) -> bool:

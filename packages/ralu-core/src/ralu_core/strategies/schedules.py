@@ -86,6 +86,7 @@ class NTDMSchedule(TimestepSchedule):
 
     name: ClassVar[str] = "nt-dm"
     Config: ClassVar[type[NTDMConfig]] = NTDMConfig
+    starts_from_image: ClassVar[bool] = True
 
     def __init__(self, config: NTDMConfig | None = None) -> None:
         super().__init__(config)
@@ -122,14 +123,6 @@ class NTDMSchedule(TimestepSchedule):
                 solved = solve_ntdm(steps, ends, base_shift)
             self._solutions[base_shift] = solved
         return self._solutions[base_shift]
-
-    starts_from_image: ClassVar[bool] = True
-
-    def planned_steps(
-        self, stages: Sequence[StagePlanSpec], default_steps: int, strength: float | None = None
-    ) -> tuple[int, ...]:
-        image_start_index(default_steps, strength)  # refuses a strength that leaves nothing, before any work
-        return super().planned_steps(stages, default_steps)
 
     def plan(self, stages: Sequence[StagePlanSpec], context: ScheduleContext) -> SchedulePlan:
         solution = self.solution(stages, self.config.base_shift or context.default_shift)

@@ -7,14 +7,13 @@ and bad input (no image, a strength out of range, `latents` beside an image) is 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 
 from ralu_core.errors import CallError
 from ralu_core.pipelines.accelerated import accelerate
-from ralu_core.testing.conformance import PROMPTS, assert_same_snapshot, pipeline_snapshot
+from ralu_core.testing.conformance import PROMPTS, RecipesOnAPipeline, assert_same_snapshot, pipeline_snapshot
 
 
 def input_images(count: int, height: int, width: int, seed: int = 5) -> torch.Tensor:
@@ -22,29 +21,18 @@ def input_images(count: int, height: int, width: int, seed: int = 5) -> torch.Te
     return torch.rand(count, 3, height, width, generator=torch.Generator().manual_seed(seed))
 
 
-class Img2ImgConformance:
+class Img2ImgConformance(RecipesOnAPipeline):
     """pytest mixin. Subclass as ``Test...``, set the class attributes, implement `make_pipeline` (a tiny
     img2img pipeline, e.g. ``FluxImg2ImgPipeline.from_pipe(tiny)``)."""
 
-    baseline: ClassVar[str]
-    recipes: ClassVar[tuple[str, ...]]
-    """A RALU and a RAS recipe of the adapter."""
-    height: ClassVar[int] = 64
-    width: ClassVar[int] = 96
     steps: ClassVar[int] = 10
     strength: ClassVar[float] = 0.8
     """High enough that RAS's dense steps (indices into the steps left) stay within the run."""
-    call: ClassVar[Mapping[str, Any]] = {}
 
-    def make_pipeline(self) -> Any:
-        raise NotImplementedError
-
-    def pipeline(self) -> Any:
-        pipe = self.make_pipeline()
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    def run(self, pipe: Any, recipe: str | None, prompts: list[str], seeds: list[int] | int, **extra: Any) -> Any:
+    def run_from_image(
+        self, pipe: Any, recipe: str | None, prompts: list[str], seeds: list[int] | int, **extra: Any
+    ) -> Any:
+        """Latents of `prompts`, one generator per seed (or one for all), from the call's image (a default one)."""
         generator: Any = (
             torch.Generator().manual_seed(seeds)
             if isinstance(seeds, int)
@@ -59,7 +47,7 @@ class Img2ImgConformance:
         return call(prompts if len(prompts) > 1 else prompts[0], generator=generator, **kwargs).images
 
     def test_the_baseline_is_the_plain_img2img_pipeline(self) -> None:
-        pipe = self.pipeline()
+        pipe = self.fresh()
         prompts = list(PROMPTS)
         two = input_images(2, self.height, self.width, seed=8)
         cases: list[tuple[Any, dict[str, Any]]] = [
@@ -69,25 +57,27 @@ class Img2ImgConformance:
             (7, {}),  # one image for both prompts, one generator
         ]
         for seeds, extra in cases:
-            ours = self.run(pipe, self.baseline, prompts, seeds, **extra)
-            assert torch.equal(ours, self.run(pipe, None, prompts, seeds, **extra)), (seeds, extra)
+            ours = self.run_from_image(pipe, self.baseline, prompts, seeds, **extra)
+            assert torch.equal(ours, self.run_from_image(pipe, None, prompts, seeds, **extra)), (seeds, extra)
 
     def test_recipes_start_from_the_image_and_a_batch_equals_single_calls(self) -> None:
-        pipe = self.pipeline()
+        pipe = self.fresh()
         before = None
         for recipe in self.recipes:
             images = input_images(2, self.height, self.width, seed=8)
-            batch = self.run(pipe, recipe, list(PROMPTS), [3, 4], image=images)
+            batch = self.run_from_image(pipe, recipe, list(PROMPTS), [3, 4], image=images)
             singles = torch.cat(
                 [
-                    self.run(pipe, recipe, [p], [s], image=images[i : i + 1])
+                    self.run_from_image(pipe, recipe, [p], [s], image=images[i : i + 1])
                     for i, (p, s) in enumerate(zip(PROMPTS, (3, 4), strict=True))
                 ]
             )
             assert torch.isfinite(batch).all(), recipe
             gap = float((batch - singles).abs().max())
             assert gap <= 1e-5, f"{recipe}: a batch differs from single calls by {gap}"
-            other = self.run(pipe, recipe, [PROMPTS[0]], [3], image=input_images(1, self.height, self.width, seed=9))
+            other = self.run_from_image(
+                pipe, recipe, [PROMPTS[0]], [3], image=input_images(1, self.height, self.width, seed=9)
+            )
             assert (other - batch[:1]).abs().max() > 1e-3, f"{recipe}: the input image changed nothing"
             if before is None:
                 before = pipeline_snapshot(pipe)
@@ -95,7 +85,7 @@ class Img2ImgConformance:
         assert_same_snapshot(before, pipeline_snapshot(pipe))
 
     def test_bad_input_is_refused_before_any_model_runs(self) -> None:
-        pipe = self.pipeline()
+        pipe = self.fresh()
         calls = 0
 
         def count(*args: Any, **kwargs: Any) -> None:
@@ -113,7 +103,7 @@ class Img2ImgConformance:
                     ({"latents": torch.zeros(1)}, "`latents` with an input image"),
                 ):
                     try:
-                        self.run(pipe, recipe, [PROMPTS[0]], 0, **extra)
+                        self.run_from_image(pipe, recipe, [PROMPTS[0]], 0, **extra)
                     except CallError as exc:
                         assert re.search(message, str(exc)), (recipe, extra, str(exc))
                     else:
