@@ -11,12 +11,14 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import diffusers
+import torch
 
 from ralu_core.testing.img2img import Img2ImgConformance
+from ralu_core.testing.inpaint import InpaintConformance
 from ralu_core.testing.lora import LoraConformance
 from ralu_core.testing.offload import OffloadConformance
 from ralu_core.testing.quantized import QuantizedConformance, needs_quantizers
-from ralu_flux.testing import make_flux_pipeline
+from ralu_flux.testing import make_flux_pipeline, packed_mask
 from ralu_sd3.testing import make_sd3_pipeline
 
 
@@ -58,3 +60,11 @@ class TestFluxCachesQuantized(FluxCaches, QuantizedConformance):
 class TestFluxCachesImg2Img(FluxCaches, Img2ImgConformance):
     def make_pipeline(self) -> Any:
         return diffusers.FluxImg2ImgPipeline.from_pipe(make_flux_pipeline("tiny", seed=0))
+
+
+class TestFluxCachesInpaint(FluxCaches, InpaintConformance):
+    def make_pipeline(self) -> Any:
+        return diffusers.FluxInpaintPipeline.from_pipe(make_flux_pipeline("tiny", seed=0))
+
+    def kept_in_output(self, pipe: Any, mask: torch.Tensor) -> torch.Tensor:
+        return packed_mask(pipe, mask, self.height, self.width) == 0

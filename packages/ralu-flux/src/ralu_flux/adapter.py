@@ -93,6 +93,31 @@ class FluxImg2ImgArguments(FluxArguments):
     guidance_scale: float = 7.0
 
 
+@attrs.frozen(kw_only=True)
+class FluxInpaintArguments(FluxImg2ImgArguments):
+    """FluxInpaintPipeline.__call__'s arguments: image-to-image's and a `mask_image` (white: repaint, black: keep).
+    `masked_image_latents` is accepted and, as in the pipeline with FLUX.1's 64-channel transformer, unused."""
+
+    pipeline_name: ClassVar[str] = "FluxInpaintPipeline"
+    unsupported_features: ClassVar[dict[str, str]] = {
+        **FluxArguments.unsupported_features,
+        "padding_mask_crop": "padding_mask_crop (inpainting a crop around the mask)",
+    }
+    positional_order: ClassVar[tuple[str, ...] | None] = (
+        *("prompt", "prompt_2", "negative_prompt", "negative_prompt_2", "true_cfg_scale", "image", "mask_image"),
+        *("masked_image_latents", "height", "width", "padding_mask_crop", "strength", "num_inference_steps"),
+        *("sigmas", "guidance_scale", "num_images_per_prompt", "generator", "latents", "prompt_embeds"),
+        *("pooled_prompt_embeds", "ip_adapter_image", "ip_adapter_image_embeds", "negative_ip_adapter_image"),
+        *("negative_ip_adapter_image_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds"),
+        *("output_type", "return_dict", "joint_attention_kwargs", "callback_on_step_end"),
+        *("callback_on_step_end_tensor_inputs", "max_sequence_length"),
+    )
+
+    mask_image: Any = None
+    masked_image_latents: Any = None
+    padding_mask_crop: int | None = None
+
+
 class FluxCall(DiTCall):
     """One prepared FluxPipeline call."""
 
@@ -348,13 +373,21 @@ class FluxImg2ImgCall(FluxCall):
         return self.pipe._pack_latents(noise, *shape)  # type: ignore[no-any-return]
 
 
+class FluxInpaintCall(FluxImg2ImgCall):
+    """One prepared FluxInpaintPipeline call: image-to-image's, keeping the unmasked region at every step."""
+
+    def inpaint_mask(self) -> torch.Tensor:
+        batch, channels, height, width = self.latent_shape()
+        mask = self.mask_latents((height, width)).repeat(1, channels, 1, 1)
+        return self.pipe._pack_latents(mask, batch, channels, height, width)  # type: ignore[no-any-return]
+
+
 class FluxAdapter(DiTAdapter):
     """diffusers FluxPipeline (FLUX.1-dev, FLUX.1-schnell and models of the same architecture)."""
 
     name: ClassVar[str] = "flux"
-    pipeline_classes: ClassVar[tuple[str, ...]] = ("FluxPipeline", "FluxImg2ImgPipeline")
+    pipeline_classes: ClassVar[tuple[str, ...]] = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
     variants_not_driven: ClassVar[Mapping[str, str]] = {
-        "FluxInpaintPipeline": "it starts from the image's latent and keeps the unmasked region at every step",
         "FluxFillPipeline": "its transformer reads the masked image and the mask as extra channels of every token",
         "FluxKontextPipeline": "the reference image's tokens ride along with the generated ones at every step",
         "FluxControlNetPipeline": "a ControlNet adds its residuals to the transformer's blocks, token by token",
@@ -399,16 +432,21 @@ class FluxAdapter(DiTAdapter):
         return flux_grid(pipeline, height, width)
 
     def arguments_for(self, pipeline: Any) -> Any:
+        if is_diffusers_pipeline(pipeline, ("FluxInpaintPipeline",)):
+            return FluxInpaintArguments
         return FluxImg2ImgArguments if is_diffusers_pipeline(pipeline, ("FluxImg2ImgPipeline",)) else FluxArguments
 
     def check_call(self, pipeline: Any, bound: FluxArguments, height: int, width: int) -> None:
-        strength = (bound.strength,) if isinstance(bound, FluxImg2ImgArguments) else ()
+        if isinstance(bound, FluxInpaintArguments):
+            inputs: tuple[Any, ...] = (bound.image, bound.mask_image, bound.strength, height, width, bound.output_type)
+        elif isinstance(bound, FluxImg2ImgArguments):
+            inputs = (bound.strength, height, width)
+        else:
+            inputs = (height, width)
         pipeline.check_inputs(
             bound.prompt,
             bound.prompt_2,
-            *strength,
-            height,
-            width,
+            *inputs,
             negative_prompt=bound.negative_prompt,
             negative_prompt_2=bound.negative_prompt_2,
             prompt_embeds=bound.prompt_embeds,
@@ -419,6 +457,8 @@ class FluxAdapter(DiTAdapter):
         )
 
     def make_call(self, pipeline: Any, bound: FluxArguments, height: int, width: int) -> FluxCall:
+        if isinstance(bound, FluxInpaintArguments):
+            return FluxInpaintCall(pipeline, bound, height, width)
         if isinstance(bound, FluxImg2ImgArguments):
             return FluxImg2ImgCall(pipeline, bound, height, width)
         return FluxCall(pipeline, bound, height, width)

@@ -193,3 +193,13 @@ def make_flux_pipeline(
 def tiny_flux_pipeline(seed: int = 0) -> FluxPipeline:
     """``make_flux_pipeline("tiny", seed=seed)`` -- the unit-test pipeline."""
     return make_flux_pipeline("tiny", seed=seed)
+
+
+def packed_mask(pipe: Any, mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, 1, H, W) image-size masks in FLUX's packed latent layout, as FluxInpaintPipeline resizes them: nearest to
+    the latent size, one copy per channel, 2 x 2 latent pixels per token."""
+    unit = pipe.vae_scale_factor * 2
+    latent_height, latent_width = 2 * (height // unit), 2 * (width // unit)
+    channels = pipe.transformer.config.in_channels // 4
+    resized = torch.nn.functional.interpolate(mask, size=(latent_height, latent_width)).repeat(1, channels, 1, 1)
+    return pipe._pack_latents(resized, mask.shape[0], channels, latent_height, latent_width)  # type: ignore[no-any-return]

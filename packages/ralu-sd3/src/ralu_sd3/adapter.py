@@ -18,6 +18,7 @@ from typing import Any, ClassVar, cast
 import attrs
 import torch
 
+from ralu_core.errors import UnsupportedPipelineError
 from ralu_core.measurement.profile import FlopsProfile
 from ralu_core.pipelines.adapter import is_diffusers_pipeline
 from ralu_core.pipelines.arguments import PipelineArguments
@@ -100,6 +101,31 @@ class SD3Img2ImgArguments(SD3Arguments):
 
     image: Any = None
     strength: float = 0.6
+
+
+@attrs.frozen(kw_only=True)
+class SD3InpaintArguments(SD3Img2ImgArguments):
+    """StableDiffusion3InpaintPipeline.__call__'s arguments: image-to-image's and a `mask_image` (white: repaint,
+    black: keep). `masked_image_latents` is accepted and, as in the pipeline with a 16-channel transformer,
+    unused."""
+
+    pipeline_name: ClassVar[str] = "StableDiffusion3InpaintPipeline"
+    unsupported_features: ClassVar[dict[str, str]] = {
+        **SD3Arguments.unsupported_features,
+        "padding_mask_crop": "padding_mask_crop (inpainting a crop around the mask)",
+    }
+    positional_order: ClassVar[tuple[str, ...] | None] = (
+        *("prompt", "prompt_2", "prompt_3", "image", "mask_image", "masked_image_latents", "height", "width"),
+        *("padding_mask_crop", "strength", "num_inference_steps", "sigmas", "guidance_scale", "negative_prompt"),
+        *("negative_prompt_2", "negative_prompt_3", "num_images_per_prompt", "generator", "latents"),
+        *("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"),
+        *("ip_adapter_image", "ip_adapter_image_embeds", "output_type", "return_dict", "joint_attention_kwargs"),
+        *("clip_skip", "callback_on_step_end", "callback_on_step_end_tensor_inputs", "max_sequence_length", "mu"),
+    )
+
+    mask_image: Any = None
+    masked_image_latents: Any = None
+    padding_mask_crop: int | None = None
 
 
 def sd3_grid(pipe: Any, height: int, width: int) -> TokenGrid:
@@ -241,14 +267,27 @@ class SD3Img2ImgCall(SD3Call):
         return image_to_tokens(noise, self.patch)
 
 
+class SD3InpaintCall(SD3Img2ImgCall):
+    """One prepared StableDiffusion3InpaintPipeline call: image-to-image's, keeping the unmasked region at every
+    step (the pipeline's 16-channel transformer path)."""
+
+    def _encode(self, image: torch.Tensor) -> torch.Tensor:
+        return self.pipe._encode_vae_image(image=image, generator=self.generator)  # type: ignore[no-any-return]
+
+    def inpaint_mask(self) -> torch.Tensor:
+        _, channels, height, width = self.latent_shape()
+        mask = self.mask_latents((height, width))
+        return image_to_tokens(mask.expand(-1, channels, -1, -1), self.patch)
+
+
 class SD3Adapter(DiTAdapter):
     """diffusers StableDiffusion3Pipeline (SD3-medium, SD3.5-large, SD3.5-medium)."""
 
     name: ClassVar[str] = "sd3"
-    pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline")
+    pipeline_classes: ClassVar[tuple[str, ...]] = (
+        *("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"),
+    )
     variants_not_driven: ClassVar[Mapping[str, str]] = {
-        "StableDiffusion3InpaintPipeline": "it starts from the image's latent and keeps the unmasked region at "
-        "every step",
         "StableDiffusion3ControlNetPipeline": "a ControlNet adds its residuals to the transformer's blocks, token by "
         "token",
     }
@@ -289,12 +328,20 @@ class SD3Adapter(DiTAdapter):
         return sd3_grid(pipeline, height, width)
 
     def arguments_for(self, pipeline: Any) -> Any:
+        if is_diffusers_pipeline(pipeline, ("StableDiffusion3InpaintPipeline",)):
+            return SD3InpaintArguments
         img2img = is_diffusers_pipeline(pipeline, ("StableDiffusion3Img2ImgPipeline",))
         return SD3Img2ImgArguments if img2img else SD3Arguments
 
     def check_call(self, pipeline: Any, bound: SD3Arguments, height: int, width: int) -> None:
         unit = int(pipeline.vae_scale_factor) * int(pipeline.transformer.config.patch_size)
         SinCosGrid.of(pipeline.transformer.pos_embed).check_fits(height // unit, width // unit)
+        if isinstance(bound, SD3InpaintArguments) and int(pipeline.transformer.config.in_channels) != 16:
+            raise UnsupportedPipelineError(
+                f"ralu drives SD3 inpainting with a 16-channel transformer (the base model's); this one reads "
+                f"{pipeline.transformer.config.in_channels} channels (the mask and the masked image as extra channels "
+                "of every token), which ralu does not feed yet"
+            )
         strength = (bound.strength,) if isinstance(bound, SD3Img2ImgArguments) else ()
         pipeline.check_inputs(
             bound.prompt,
@@ -314,6 +361,8 @@ class SD3Adapter(DiTAdapter):
         )
 
     def make_call(self, pipeline: Any, bound: SD3Arguments, height: int, width: int) -> SD3Call:
+        if isinstance(bound, SD3InpaintArguments):
+            return SD3InpaintCall(pipeline, bound, height, width)
         if isinstance(bound, SD3Img2ImgArguments):
             return SD3Img2ImgCall(pipeline, bound, height, width)
         return SD3Call(pipeline, bound, height, width)

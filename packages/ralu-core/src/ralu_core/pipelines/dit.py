@@ -163,6 +163,17 @@ class DiTCall(ModelCall):
             raise CallError(f"cannot repeat {given} input images for {self.batch_size} images; give 1 or one per image")
         return torch.cat([latents] * (self.batch_size // given), dim=0)
 
+    def mask_latents(self, size: tuple[int, int]) -> torch.Tensor:
+        """Inpainting: (B, 1, h, w) the call's `mask_image` as the inpaint pipelines make it: preprocessed (binarised)
+        at the call's size, resized nearest to the latents' `size`, in the latents' dtype, repeated for every image
+        of the batch."""
+        mask = self.pipe.mask_processor.preprocess(self.args.mask_image, height=self.height, width=self.width)
+        mask = torch.nn.functional.interpolate(mask, size=size).to(device=self.device, dtype=self.dtype)
+        given = mask.shape[0]
+        if self.batch_size % given != 0:
+            raise CallError(f"cannot repeat {given} masks for {self.batch_size} images; give 1 or one per image")
+        return mask.repeat(self.batch_size // given, 1, 1, 1)
+
     def custom_sigmas(self, steps: int) -> list[float] | None:
         """The sigmas the pipeline passes to its scheduler (None: the scheduler's own)."""
         return None
@@ -248,6 +259,8 @@ class DiTAdapter(ModelAdapter):
                 raise CallError(f"strength must lie in (0, 1] (the share of the schedule run), got {strength}")
             if bound.latents is not None:
                 raise CallError("`latents` with an input image: give the image only (ralu noises it as the pipeline)")
+            if hasattr(bound, "mask_image") and bound.mask_image is None:
+                raise CallError(f"{type(pipeline).__name__} needs a `mask_image` (white: repaint, black: keep)")
         self.check_call(pipeline, bound, height, width)
         per_image_generators(bound.generator, bound.image_batch_size())
         return BoundCall(

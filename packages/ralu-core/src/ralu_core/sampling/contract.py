@@ -55,6 +55,12 @@ class ModelCall(abc.ABC):
         where the call starts from noise."""
         return None
 
+    def inpaint_mask(self) -> torch.Tensor | None:
+        """Inpainting: (B, N, D) full-resolution mask in raster token order, 1 where the model paints and 0 where
+        `start_image` is kept (fractions blend), applied after every step as diffusers' inpaint pipelines apply
+        it (asked after `initial_noise`); None: every token is painted."""
+        return None
+
     @abc.abstractmethod
     def initial_noise(self) -> torch.Tensor:
         """(B, N, D) full-resolution noise in raster token order, drawn as the pipeline would."""

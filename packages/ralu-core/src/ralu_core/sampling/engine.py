@@ -4,9 +4,10 @@ Per stage: a fixed token set and sigma grid. Each step asks the stage's feature 
 velocity (they decide whether the model runs), optionally for an active subset of tokens only (the
 others reuse their last velocity, as in RAS), and advances every token with the scheduler's Euler
 rule. Between stages the clean estimate of the last step feeds the selector, and the transition
-upsamples and re-noises. The engine owns the caches' lifecycle: whenever the token set changes it
-tells every cache and the model call (whose stateful hooks must not see the old tokens), with the
-map from old tokens to new. Observer hooks fire at the end of each step and stage.
+upsamples and re-noises. Inpainting resets the region it keeps after every step. The engine
+owns the caches' lifecycle: whenever the token set changes it tells every cache and the model call
+(whose stateful hooks must not see the old tokens), with the map from old tokens to new. Observer
+hooks fire at the end of each step and stage.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from ralu_core.errors import PluginError
 from ralu_core.sampling.contract import ModelCall
 from ralu_core.sampling.events import StageEvent, StepEvent
+from ralu_core.sampling.known_region import KnownRegion, KnownTokens
 from ralu_core.sampling.randomness import GeneratorArg, generators_from_noise
 from ralu_core.sampling.runtime import RecipeRuntime, RuntimeStage
 from ralu_core.sampling.token_map import TokenMap
@@ -68,7 +70,8 @@ def noised_image(noise: TokenState, image: torch.Tensor, grid: TokenGrid, sigma:
     picture = TokenState.full_resolution(image.to(noise.values.dtype), grid)
     if noise.coarsest_level == HALF:
         picture = downsample_area(picture)
-    s = sigma.to(device=noise.values.device, dtype=torch.float32).reshape(1, 1, 1)
+    # In the latents' dtype, as ``scale_noise`` computes it (a bf16 model's latents stay bf16).
+    s = sigma.to(device=noise.values.device, dtype=noise.values.dtype).reshape(1, 1, 1)
     return attrs.evolve(noise, values=s * noise.values + (1.0 - s) * picture.values)
 
 
@@ -128,6 +131,8 @@ class SamplingEngine:
         plan = self.plan(call)  # checked against the recipe before the call was prepared (`check_call_plan`)
         image = call.start_image()  # before the noise: the pipeline encodes the image first
         noise = call.initial_noise()
+        mask = None if image is None else call.inpaint_mask()
+        known = None if mask is None or image is None else KnownRegion.of(image, noise, mask, call.grid)
         # ralu's own randomness (transition noise, random selections) follows the call's generators; with
         # none, it is seeded from each image's initial noise, so the same `latents` give the same image.
         generator = call.generator if call.generator is not None else generators_from_noise(noise)
@@ -138,7 +143,7 @@ class SamplingEngine:
             state = noised_image(state, image, call.grid, plan.sigmas[0][:1])
         grids = [SigmaGrid.of(sigmas, state.values.device) for sigmas in plan.sigmas]
         with call.running(), call.progress_bar(sum(plan.steps)) as bar:
-            state = self.run_stages(call, generator, grids, state, bar, stage_scope)
+            state = self.run_stages(call, generator, grids, state, bar, stage_scope, known)
         return to_raster(state)
 
     def run_stages(
@@ -149,9 +154,11 @@ class SamplingEngine:
         state: TokenState,
         bar: Any,
         stage_scope: StageScope | None = None,
+        known: KnownRegion | None = None,
     ) -> TokenState:
         """The sampling loop: each stage's transition (after the first) and its steps. Its own method, so that
-        tools can scope to it (`HostSyncRecorder.step_loop`)."""
+        tools can scope to it (`HostSyncRecorder.step_loop`). `known`: inpainting's kept region, reset after every
+        step and transition."""
         velocity: torch.Tensor | None = None
         for index, (stage, sigmas) in enumerate(zip(self.runtime.stages, grids, strict=True)):
             token_map = None
@@ -159,6 +166,8 @@ class SamplingEngine:
                 assert velocity is not None
                 previous = state
                 state = self._transition(call, generator, stage, state, velocity, grids[index - 1], sigmas)
+                if known is not None:  # the new tokens' kept region, at the new stage's first sigma
+                    state = state.with_values(known.at(state).keep(state.values, sigmas.values[0]))
                 if any(slot.active_in(index - 1) for slot in self.runtime.caches):  # someone carries state over
                     token_map = TokenMap.between(previous, state)
             with nullcontext() if stage_scope is None else stage_scope(index):
@@ -172,7 +181,8 @@ class SamplingEngine:
                         cached_attention=stage.cached_attention,
                     ),
                 )
-                state, velocity = self._run_stage(call, generator, index, stage, state, sigmas, bar)
+                kept = None if known is None else known.at(state)
+                state, velocity = self._run_stage(call, generator, index, stage, state, sigmas, bar, kept)
             if self.hooks is not None:
                 levels = {lvl: state.count_at_level(lvl) for lvl in (FULL, HALF)}
                 self.hooks.ralu_on_stage_end(
@@ -213,6 +223,7 @@ class SamplingEngine:
         state: TokenState,
         sigmas: SigmaGrid,
         bar: Any,
+        kept: KnownTokens | None = None,
     ) -> tuple[TokenState, torch.Tensor]:
         velocity: torch.Tensor | None = None
         caches = self.runtime.caches_in(index)
@@ -259,7 +270,8 @@ class SamplingEngine:
                 assert velocity is not None
                 index_shape = (*active.shape, velocity.shape[-1])
                 velocity = velocity.scatter(1, active[..., None].expand(index_shape), predicted)
-            state = state.with_values(euler_step(state.values, velocity, sigma, sigma_next))
+            values = euler_step(state.values, velocity, sigma, sigma_next)
+            state = state.with_values(values if kept is None else kept.keep(values, sigma_next))
             bar.update()
             if self.hooks is not None:
                 self.hooks.ralu_on_step_end(

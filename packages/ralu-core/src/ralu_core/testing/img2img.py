@@ -60,6 +60,14 @@ class Img2ImgConformance(RecipesOnAPipeline):
             ours = self.run_from_image(pipe, self.baseline, prompts, seeds, **extra)
             assert torch.equal(ours, self.run_from_image(pipe, None, prompts, seeds, **extra)), (seeds, extra)
 
+    def test_the_baseline_is_the_plain_pipeline_in_bfloat16(self) -> None:
+        """The image is noised in the latents' dtype, as the pipeline's ``scale_noise`` noises it."""
+        pipe = self.fresh().to(torch.bfloat16)
+        ours = self.run_from_image(pipe, self.baseline, [PROMPTS[0]], 2, num_inference_steps=2)
+        assert ours.dtype == torch.bfloat16
+        assert torch.equal(ours, self.run_from_image(pipe, None, [PROMPTS[0]], 2, num_inference_steps=2))
+        assert self.run_from_image(pipe, self.recipes[0], [PROMPTS[0]], 2).dtype == torch.bfloat16
+
     def test_recipes_start_from_the_image_and_a_batch_equals_single_calls(self) -> None:
         pipe = self.fresh()
         before = None
