@@ -14,11 +14,11 @@ import diffusers
 import torch
 
 from ralu_core.testing.img2img import Img2ImgConformance
-from ralu_core.testing.inpaint import InpaintConformance
+from ralu_core.testing.inpaint import InpaintConformance, box_mask
 from ralu_core.testing.lora import LoraConformance
 from ralu_core.testing.offload import OffloadConformance
 from ralu_core.testing.quantized import QuantizedConformance, needs_quantizers
-from ralu_flux.testing import make_flux_pipeline, packed_mask
+from ralu_flux.testing import make_flux_fill_pipeline, make_flux_pipeline, packed_mask
 from ralu_sd3.testing import make_sd3_pipeline
 
 
@@ -68,3 +68,16 @@ class TestFluxCachesInpaint(FluxCaches, InpaintConformance):
 
     def kept_in_output(self, pipe: Any, mask: torch.Tensor) -> torch.Tensor:
         return packed_mask(pipe, mask, self.height, self.width) == 0
+
+
+class TestFluxCachesFill(FluxCaches, Img2ImgConformance):
+    strength = 1.0
+
+    def make_pipeline(self) -> Any:
+        return make_flux_fill_pipeline(seed=0)
+
+    def run_from_image(
+        self, pipe: Any, recipe: str | None, prompts: list[str], seeds: list[int] | int, **extra: Any
+    ) -> Any:
+        extra.setdefault("mask_image", box_mask(1, self.height, self.width, 0.25, 0.1, 0.7, 0.65))
+        return super().run_from_image(pipe, recipe, prompts, seeds, **extra)

@@ -35,3 +35,15 @@ def test_the_img2img_example_starts_every_recipe_from_the_image(capsys) -> None:
         "ralu-flux-7x: latents (1, 24, 64)",
         "ras-flux: latents (1, 24, 64)",
     ]
+
+
+def test_the_inpaint_example_keeps_the_region_and_edits_with_kontext(capsys) -> None:  # type: ignore[no-untyped-def]
+    runpy.run_path(str(EXAMPLES / "inpaint.py"), run_name="__main__")
+    assert capsys.readouterr().out.splitlines() == [
+        "flux-baseline equals FluxInpaintPipeline: True",
+        "ralu-flux-7x: kept region is the input image: True",
+        "ras-flux: kept region is the input image: True",
+        "Kontext under flux-baseline: latents (1, 24, 64)",
+        "Kontext under ralu-flux-7x: latents (1, 24, 64)",
+        "Kontext under ras-flux: latents (1, 24, 64)",
+    ]

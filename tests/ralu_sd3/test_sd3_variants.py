@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import diffusers
+
 from ralu_core.testing.conformance import VariantsRefused
 from ralu_sd3.testing import make_sd3_pipeline
 
@@ -16,3 +18,8 @@ class TestSD3Variants(VariantsRefused):
 
     def make_pipeline(self) -> Any:
         return make_sd3_pipeline("sd3-tiny", seed=0)
+
+    def variant_components(self, variant: str, pipe: Any) -> dict[str, Any]:
+        if "ControlNet" not in variant:
+            return {}
+        return {"controlnet": diffusers.SD3ControlNetModel.from_transformer(pipe.transformer, num_layers=1)}

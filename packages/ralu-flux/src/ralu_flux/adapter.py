@@ -20,10 +20,11 @@ import torch
 
 from ralu_core.errors import CallError
 from ralu_core.measurement.profile import FlopsProfile
-from ralu_core.pipelines.adapter import is_diffusers_pipeline, iter_chunks
+from ralu_core.pipelines.adapter import check_image_size, image_side, is_diffusers_pipeline, iter_chunks
 from ralu_core.pipelines.arguments import PipelineArguments
 from ralu_core.pipelines.dit import DiTAdapter, DiTCall
-from ralu_core.sampling.tokens import TokenGrid, TokenState, gather_tokens
+from ralu_core.sampling.known_region import TokenField
+from ralu_core.sampling.tokens import FULL, HALF, TokenGrid, TokenState, gather_tokens
 from ralu_core.strategies.base import BlockFeatures, ModelBlocks, StepInfo, TokenwiseFeatures
 from ralu_flux.attention import FluxTokenProcessor, Rotary, attention_modules, attention_problems
 
@@ -113,9 +114,50 @@ class FluxInpaintArguments(FluxImg2ImgArguments):
         *("callback_on_step_end_tensor_inputs", "max_sequence_length"),
     )
 
+    needs_mask: ClassVar[bool] = True
     mask_image: Any = None
     masked_image_latents: Any = None
     padding_mask_crop: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class FluxFillArguments(FluxImg2ImgArguments):
+    """FluxFillPipeline.__call__'s arguments: an input `image`, a `mask_image` (white: repaint) or the conditioning
+    itself as `masked_image_latents`, and `strength` (1.0: from noise). It has no negative prompts."""
+
+    pipeline_name: ClassVar[str] = "FluxFillPipeline"
+    positional_order: ClassVar[tuple[str, ...] | None] = (
+        *("prompt", "prompt_2", "image", "mask_image", "masked_image_latents", "height", "width", "strength"),
+        *("num_inference_steps", "sigmas", "guidance_scale", "num_images_per_prompt", "generator", "latents"),
+        *("prompt_embeds", "pooled_prompt_embeds", "output_type", "return_dict", "joint_attention_kwargs"),
+        *("callback_on_step_end", "callback_on_step_end_tensor_inputs", "max_sequence_length"),
+    )
+
+    mask_image: Any = None
+    masked_image_latents: Any = None
+    strength: float = 1.0
+    guidance_scale: float = 30.0
+
+
+@attrs.frozen(kw_only=True)
+class FluxKontextArguments(FluxArguments):
+    """FluxKontextPipeline.__call__'s arguments: FluxPipeline's, the reference `image` first, and the area the size
+    is fitted to (`max_area`) and the reference image's resizing (`_auto_resize`)."""
+
+    pipeline_name: ClassVar[str] = "FluxKontextPipeline"
+    positional_order: ClassVar[tuple[str, ...] | None] = (
+        *("image", "prompt", "prompt_2", "negative_prompt", "negative_prompt_2", "true_cfg_scale", "height"),
+        *("width", "num_inference_steps", "sigmas", "guidance_scale", "num_images_per_prompt", "generator"),
+        *("latents", "prompt_embeds", "pooled_prompt_embeds", "ip_adapter_image", "ip_adapter_image_embeds"),
+        *("negative_ip_adapter_image", "negative_ip_adapter_image_embeds", "negative_prompt_embeds"),
+        *("negative_pooled_prompt_embeds", "output_type", "return_dict", "joint_attention_kwargs"),
+        *("callback_on_step_end", "callback_on_step_end_tensor_inputs", "max_sequence_length", "max_area"),
+        "_auto_resize",
+    )
+
+    image: Any = None
+    max_area: int = 1024**2
+    auto_resize: bool = attrs.field(default=True, alias="_auto_resize")
 
 
 class FluxCall(DiTCall):
@@ -186,7 +228,7 @@ class FluxCall(DiTCall):
     # --- tokens in, velocity out ----------------------------------------------------------------
 
     def initial_noise(self) -> torch.Tensor:
-        channels = self.pipe.transformer.config.in_channels // 4
+        channels = latent_channels(self.pipe)
         if self.args.latents is not None:
             latents = self.args.latents.to(device=self.device, dtype=self.dtype)
             expected = (self.batch_size, self.grid.num_tokens, self.grid.token_dim)
@@ -200,10 +242,18 @@ class FluxCall(DiTCall):
         )
         return latents
 
+    def packed_noise(self) -> torch.Tensor:
+        """Noise drawn and packed as the variants' ``prepare_latents`` draw it (one draw of the unpacked shape)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        shape = self.latent_shape()
+        noise = randn_tensor(shape, generator=cast(Any, self.generator), device=self.device, dtype=self.dtype)
+        return self.pipe._pack_latents(noise, *shape)  # type: ignore[no-any-return]
+
     def latent_shape(self) -> tuple[int, int, int, int]:
         """(B, C, h, w) of the unpacked latents, as FLUX's pipelines size them."""
         factor = int(self.pipe.vae_scale_factor) * PATCH
-        channels = self.pipe.transformer.config.in_channels // 4
+        channels = latent_channels(self.pipe)
         return self.batch_size, channels, PATCH * (self.height // factor), PATCH * (self.width // factor)
 
     def _ids(self, positions: torch.Tensor) -> torch.Tensor:
@@ -248,6 +298,16 @@ class FluxCall(DiTCall):
                 return_dict=False,
             )[0]
 
+    def token_channels(self, state: TokenState) -> torch.Tensor | None:
+        """(B, n, C) channels the transformer reads after each of `state`'s tokens (FLUX Fill's masked image and
+        mask), at each token's level; None: none."""
+        return None
+
+    def riders(self, level: int) -> Riders | None:
+        """Tokens that ride along with the generated ones at every evaluation (Kontext's reference image), at `level`
+        (the coarsest level of the generated tokens, so that both share one position grid); None: none."""
+        return None
+
     def predict(
         self, state: TokenState, sigma: torch.Tensor, active: torch.Tensor | None, *, step: StepInfo | None = None
     ) -> torch.Tensor:
@@ -257,12 +317,24 @@ class FluxCall(DiTCall):
         out = torch.empty_like(values)
         t = sigma.to(self.device) * self.num_train_timesteps
         routed = None if active is None or self.kv_store is None else active
-        groups, rotary = self._row_groups(state, positions, active)
+        channels = self.token_channels(state)
+        if channels is not None and active is not None:
+            channels = gather_tokens(channels, active)
+        riders = self.riders(state.coarsest_level)
+        # Riders go after the generated tokens, as the pipelines place them, except where the key/value store reads
+        # the generated tokens as the sequence's last ones (then the riders are computed with the text, never cached).
+        riders_first = riders is not None and self.kv_store is not None
+        groups, rotary = self._row_groups(state, positions, active, riders, riders_first)
         for rows in groups:
             index = rows_index(rows, values.device)
             x = values[index]
-            timestep = t.expand(x.shape[0]).to(x.dtype)
+            count = x.shape[1]
+            if channels is not None:
+                x = torch.cat([x, channels[index].to(x.dtype)], dim=2)
             ids = self._ids(positions[rows[0]])
+            if riders is not None:
+                x, ids = riders.around(x, ids, index, first=riders_first)
+            timestep = t.expand(x.shape[0]).to(x.dtype)
             group = "" if len(groups) == 1 else f"/images {','.join(str(r) for r in rows)}"
             tokens = None if routed is None else routed[rows_index(rows, routed.device)]
             self.row_rotary = rotary
@@ -273,11 +345,17 @@ class FluxCall(DiTCall):
                     noise_pred = negative + self.args.true_cfg_scale * (noise_pred - negative)
             finally:
                 self.row_rotary = None
+            noise_pred = noise_pred[:, -count:] if riders_first else noise_pred[:, :count]
             out[index] = noise_pred.to(out.dtype)
         return out
 
     def _row_groups(
-        self, state: TokenState, positions: torch.Tensor, active: torch.Tensor | None
+        self,
+        state: TokenState,
+        positions: torch.Tensor,
+        active: torch.Tensor | None,
+        riders: Riders | None,
+        riders_first: bool,
     ) -> tuple[list[list[int]], Rotary | None]:
         """The batch rows that share one transformer call, and each row's rotary embedding where rows at different
         positions share it (None: RoPE ids are per call)."""
@@ -289,16 +367,23 @@ class FluxCall(DiTCall):
             # Images that may sit at different positions (each picked its own tokens) share one call: RoPE per row,
             # which is what shared RoPE ids compute where they do sit at the same positions. Nothing is compared, so
             # nothing is read from the device.
-            return everyone, self._rotary_per_row(positions)
+            return everyone, self._rotary_per_row(positions, riders, riders_first)
         # Processors that take one RoPE per call: images at different positions are evaluated apart. Grouping them
         # compares their positions, which reads the device (a host-device synchronisation this case needs).
         return [chunk.tolist() for chunk in iter_chunks(positions)], None
 
-    def _rotary_per_row(self, positions: torch.Tensor) -> Rotary:
-        """Each image's rotary embedding for the text and its own image ids, as the transformer computes it."""
+    def _rotary_per_row(self, positions: torch.Tensor, riders: Riders | None, riders_first: bool) -> Rotary:
+        """Each image's rotary embedding for the text, its own image ids and the riders', as the transformer
+        computes it."""
         embed = self.pipe.transformer.pos_embed
-        per_row = [embed(torch.cat([self.text_ids.to(torch.float32), self._ids(p)], dim=0)) for p in positions]
-        cos, sin = zip(*per_row, strict=True)
+        text = self.text_ids.to(torch.float32)
+        rows = []
+        for p in positions:
+            ids = self._ids(p)
+            if riders is not None:
+                ids = torch.cat([riders.ids, ids] if riders_first else [ids, riders.ids])
+            rows.append(embed(torch.cat([text, ids], dim=0)))
+        cos, sin = zip(*rows, strict=True)
         return torch.stack(cos), torch.stack(sin)
 
     def positions_per_row(self) -> bool:
@@ -321,6 +406,23 @@ class FluxCall(DiTCall):
         return self.images.output(unpacked, latents, FluxPipelineOutput)
 
 
+@attrs.frozen
+class Riders:
+    """Tokens evaluated with the generated ones at every step, at one level: (B, R, D) values, (R, 3) RoPE ids."""
+
+    values: torch.Tensor
+    ids: torch.Tensor
+
+    def around(
+        self, x: torch.Tensor, ids: torch.Tensor, rows: slice | torch.Tensor, *, first: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The generated tokens `x` of batch `rows` (and their `ids`) with the riders before or after them."""
+        riders = self.values[rows].to(x.dtype)
+        if first:
+            return torch.cat([riders, x], dim=1), torch.cat([self.ids, ids])
+        return torch.cat([x, riders], dim=1), torch.cat([ids, self.ids])
+
+
 def rows_index(rows: list[int], device: torch.device) -> slice | torch.Tensor:
     """Batch rows as an index: a slice where they are consecutive (always, but for images at different positions
     evaluated apart), so that selecting them copies nothing from the host to the device."""
@@ -336,9 +438,15 @@ def flux_grid(pipe: Any, height: int, width: int) -> TokenGrid:
     return TokenGrid(
         rows=latent_h // PATCH,
         cols=latent_w // PATCH,
-        channels=pipe.transformer.config.in_channels // (PATCH * PATCH),
+        channels=latent_channels(pipe),
         patch=PATCH,
     )
+
+
+def latent_channels(pipe: Any) -> int:
+    """Latent channels per pixel: what the transformer puts out (its input may add conditioning, as FLUX Fill's)."""
+    config = pipe.transformer.config
+    return int(config.out_channels or config.in_channels) // (PATCH * PATCH)
 
 
 def _one_negative_for_every_prompt(negative: torch.Tensor, batch: int, per_prompt: int) -> torch.Tensor:
@@ -366,11 +474,7 @@ class FluxImg2ImgCall(FluxCall):
         return self.pipe._pack_latents(latents, *latents.shape)  # type: ignore[no-any-return]
 
     def initial_noise(self) -> torch.Tensor:
-        from diffusers.utils.torch_utils import randn_tensor
-
-        shape = self.latent_shape()
-        noise = randn_tensor(shape, generator=cast(Any, self.generator), device=self.device, dtype=self.dtype)
-        return self.pipe._pack_latents(noise, *shape)  # type: ignore[no-any-return]
+        return self.packed_noise()
 
 
 class FluxInpaintCall(FluxImg2ImgCall):
@@ -382,14 +486,128 @@ class FluxInpaintCall(FluxImg2ImgCall):
         return self.pipe._pack_latents(mask, batch, channels, height, width)  # type: ignore[no-any-return]
 
 
+class FluxFillCall(FluxImg2ImgCall):
+    """One prepared FluxFillPipeline call: image-to-image's, every generated token reading the masked image's
+    latents and the mask as extra channels. At half resolution (RALU's first stages) they are what the pipeline
+    would make of the image at half size: the masked image's latents averaged over 2 x 2 latent pixels, the mask
+    averaged over 2 x 2 pixels before its 8 x 8-pixel packing."""
+
+    def __init__(self, pipe: Any, args: FluxFillArguments, height: int, width: int) -> None:
+        super().__init__(pipe, args, height, width)
+        self.fill_args = args
+        self._conditioning: TokenField | None = None
+
+    def token_channels(self, state: TokenState) -> torch.Tensor:
+        if self._conditioning is None:  # made after the noise, in the pipeline's order of random draws
+            self._conditioning = self._fill_conditioning()
+        return self._conditioning.at(state)
+
+    def _fill_conditioning(self) -> TokenField:
+        pipe, args = self.pipe, self.fill_args
+        if args.masked_image_latents is not None:
+            # Given packed: the half-resolution level can only average every channel, the mask's 8 x 8 packing too.
+            given = args.masked_image_latents.to(device=self.device, dtype=self.dtype)
+            return TokenField.of(given, self.grid)
+        image = pipe.image_processor.preprocess(args.image, height=self.height, width=self.width).to(torch.float32)
+        mask = pipe.mask_processor.preprocess(args.mask_image, height=self.height, width=self.width)
+        masked = (image * (1 - mask)).to(device=self.device, dtype=self.dtype)
+        batch, channels, _, _ = self.latent_shape()
+        packed_mask, masked_latents = pipe.prepare_mask_latents(
+            mask, masked, batch, channels, 1, *image.shape[-2:], self.dtype, self.device, self.generator
+        )
+        full = torch.cat((masked_latents, packed_mask), dim=-1)
+        if not self.grid.supports_half_resolution():
+            return TokenField(full=full, half=None)
+        half_latents = TokenField.of(masked_latents, self.grid).half
+        assert half_latents is not None
+        half_mask = torch.nn.functional.avg_pool2d(mask.repeat(batch // mask.shape[0], 1, 1, 1), 2)
+        half = torch.cat((half_latents, self._pack_mask(half_mask).to(device=self.device, dtype=self.dtype)), dim=-1)
+        return TokenField(full=full, half=half)
+
+    def _pack_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) pixel mask -> FLUX Fill's packing: each latent pixel's 8 x 8 pixels as channels, 2 x 2 latent
+        pixels per token (FluxFillPipeline.prepare_mask_latents)."""
+        factor = self.pipe.vae_scale_factor
+        batch, _, height, width = mask.shape
+        rows, cols = height // factor, width // factor
+        grouped = mask[:, 0].reshape(batch, rows, factor, cols, factor).permute(0, 2, 4, 1, 3)
+        return self.pipe._pack_latents(
+            grouped.reshape(batch, factor * factor, rows, cols), batch, factor**2, rows, cols
+        )  # type: ignore[no-any-return]
+
+
+class FluxKontextCall(FluxCall):
+    """One prepared FluxKontextPipeline call: FluxPipeline's, with the reference image's tokens riding along at every
+    evaluation (RoPE ids (1, row, col)). Where the generated tokens' coarsest level is half resolution (RALU's first
+    stages), the reference rides at half resolution too, averaged over 2 x 2 latent pixels, so that both images
+    share one position grid."""
+
+    def __init__(self, pipe: Any, args: FluxKontextArguments, height: int, width: int) -> None:
+        super().__init__(pipe, args, height, width)
+        self.kontext_args = args
+        self._riders: dict[int, Riders] = {}
+
+    def riders(self, level: int) -> Riders | None:
+        return self._riders.get(level)
+
+    def initial_noise(self) -> torch.Tensor:
+        # The pipeline encodes the reference image (drawing from the generators) before it draws the noise.
+        reference = self._reference_latents()
+        if reference is not None:
+            self._riders = {FULL: self._pack_reference(reference), HALF: self._pack_reference(_halved(reference))}
+        return super().initial_noise() if self.args.latents is not None else self.packed_noise()
+
+    def _reference_latents(self) -> torch.Tensor | None:
+        """(B, C, h, w) the reference image's latents, resized, encoded and repeated as FluxKontextPipeline does."""
+        from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RESOLUTIONS
+
+        pipe, image = self.pipe, self.kontext_args.image
+        if image is None:
+            return None
+        if not (isinstance(image, torch.Tensor) and image.size(1) == pipe.latent_channels):
+            first = image[0] if isinstance(image, list) else image
+            image_height, image_width = pipe.image_processor.get_default_height_width(first)
+            if self.kontext_args.auto_resize:
+                aspect = image_width / image_height
+                _, image_width, image_height = min(
+                    (abs(aspect - w / h), w, h) for w, h in PREFERRED_KONTEXT_RESOLUTIONS
+                )
+            multiple = pipe.vae_scale_factor * 2
+            image_width, image_height = image_width // multiple * multiple, image_height // multiple * multiple
+            image = pipe.image_processor.resize(image, image_height, image_width)
+            image = pipe.image_processor.preprocess(image, image_height, image_width)
+        image = image.to(device=self.device, dtype=self.dtype)
+        latents = image if image.shape[1] == pipe.latent_channels else pipe._encode_vae_image(image, self.generator)
+        if self.batch_size % latents.shape[0] != 0:
+            raise CallError(
+                f"cannot repeat {latents.shape[0]} reference images for {self.batch_size} images; "
+                "give 1 or one per image"
+            )
+        return torch.cat([latents] * (self.batch_size // latents.shape[0]), dim=0)  # type: ignore[no-any-return]
+
+    def _pack_reference(self, latents: torch.Tensor) -> Riders:
+        batch, channels, height, width = latents.shape
+        ids = self.pipe._prepare_latent_image_ids(batch, height // 2, width // 2, self.device, torch.float32)
+        ids[..., 0] = 1
+        return Riders(values=self.pipe._pack_latents(latents, batch, channels, height, width), ids=ids)
+
+
+def _halved(latents: torch.Tensor) -> torch.Tensor:
+    """Latents at half resolution, averaged over 2 x 2 pixels (area-resized where a side's tokens are odd), with an
+    even side so that they pack into 2 x 2 tokens."""
+    height, width = latents.shape[-2:]
+    size = (2 * -(-height // 4), 2 * -(-width // 4))
+    return torch.nn.functional.interpolate(latents.float(), size=size, mode="area").to(latents.dtype)
+
+
 class FluxAdapter(DiTAdapter):
     """diffusers FluxPipeline (FLUX.1-dev, FLUX.1-schnell and models of the same architecture)."""
 
     name: ClassVar[str] = "flux"
-    pipeline_classes: ClassVar[tuple[str, ...]] = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
+    pipeline_classes: ClassVar[tuple[str, ...]] = (
+        *("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxKontextPipeline", "FluxFillPipeline"),
+    )
     variants_not_driven: ClassVar[Mapping[str, str]] = {
-        "FluxFillPipeline": "its transformer reads the masked image and the mask as extra channels of every token",
-        "FluxKontextPipeline": "the reference image's tokens ride along with the generated ones at every step",
         "FluxControlNetPipeline": "a ControlNet adds its residuals to the transformer's blocks, token by token",
     }
     architectures: ClassVar[tuple[str, ...]] = ("flux-dev",)
@@ -431,12 +649,48 @@ class FluxAdapter(DiTAdapter):
     def grid(self, pipeline: Any, height: int, width: int) -> TokenGrid:
         return flux_grid(pipeline, height, width)
 
+    def size(self, pipeline: Any, coarsest_level: int, bound: Any) -> tuple[int, int]:
+        if not isinstance(bound, FluxKontextArguments):
+            return super().size(pipeline, coarsest_level, bound)
+        # FluxKontextPipeline fits the size to `max_area` at the same aspect ratio, in multiples of 16 pixels.
+        default = pipeline.default_sample_size * pipeline.vae_scale_factor
+        height, width = image_side("height", bound.height or default), image_side("width", bound.width or default)
+        if not isinstance(bound.max_area, int | float) or bound.max_area <= 0:
+            raise CallError(f"max_area must be a positive number of pixels, got {bound.max_area!r}")
+        aspect, multiple = width / height, pipeline.vae_scale_factor * 2
+        width = round((bound.max_area * aspect) ** 0.5) // multiple * multiple
+        height = round((bound.max_area / aspect) ** 0.5) // multiple * multiple
+        rule, why = self.size_rule(int(pipeline.vae_scale_factor), pipeline.transformer.config, coarsest_level)
+        fitted = f"{why}, after Kontext fits the size to max_area={bound.max_area}"
+        return check_image_size(height, width, rule, fitted)
+
     def arguments_for(self, pipeline: Any) -> Any:
+        if is_diffusers_pipeline(pipeline, ("FluxKontextPipeline",)):
+            return FluxKontextArguments
+        if is_diffusers_pipeline(pipeline, ("FluxFillPipeline",)):
+            return FluxFillArguments
         if is_diffusers_pipeline(pipeline, ("FluxInpaintPipeline",)):
             return FluxInpaintArguments
         return FluxImg2ImgArguments if is_diffusers_pipeline(pipeline, ("FluxImg2ImgPipeline",)) else FluxArguments
 
     def check_call(self, pipeline: Any, bound: FluxArguments, height: int, width: int) -> None:
+        if isinstance(bound, FluxFillArguments):
+            if bound.mask_image is None and bound.masked_image_latents is None:
+                raise CallError("FluxFillPipeline needs a `mask_image` (white: repaint) or `masked_image_latents`")
+            pipeline.check_inputs(
+                bound.prompt,
+                bound.prompt_2,
+                bound.strength,
+                height,
+                width,
+                prompt_embeds=bound.prompt_embeds,
+                pooled_prompt_embeds=bound.pooled_prompt_embeds,
+                max_sequence_length=bound.max_sequence_length,
+                image=bound.image,
+                mask_image=bound.mask_image,
+                masked_image_latents=bound.masked_image_latents,
+            )
+            return
         if isinstance(bound, FluxInpaintArguments):
             inputs: tuple[Any, ...] = (bound.image, bound.mask_image, bound.strength, height, width, bound.output_type)
         elif isinstance(bound, FluxImg2ImgArguments):
@@ -459,6 +713,10 @@ class FluxAdapter(DiTAdapter):
     def make_call(self, pipeline: Any, bound: FluxArguments, height: int, width: int) -> FluxCall:
         if isinstance(bound, FluxInpaintArguments):
             return FluxInpaintCall(pipeline, bound, height, width)
+        if isinstance(bound, FluxFillArguments):
+            return FluxFillCall(pipeline, bound, height, width)
+        if isinstance(bound, FluxKontextArguments):
+            return FluxKontextCall(pipeline, bound, height, width)
         if isinstance(bound, FluxImg2ImgArguments):
             return FluxImg2ImgCall(pipeline, bound, height, width)
         return FluxCall(pipeline, bound, height, width)

@@ -47,6 +47,7 @@ from ralu_core.pipelines.offline import (
     small_t5,
     small_vae,
 )
+from ralu_flux.adapter import latent_channels
 
 __all__ = [
     "VOCABULARY",
@@ -200,6 +201,23 @@ def packed_mask(pipe: Any, mask: torch.Tensor, height: int, width: int) -> torch
     the latent size, one copy per channel, 2 x 2 latent pixels per token."""
     unit = pipe.vae_scale_factor * 2
     latent_height, latent_width = 2 * (height // unit), 2 * (width // unit)
-    channels = pipe.transformer.config.in_channels // 4
+    channels = latent_channels(pipe)
     resized = torch.nn.functional.interpolate(mask, size=(latent_height, latent_width)).repeat(1, channels, 1, 1)
     return pipe._pack_latents(resized, mask.shape[0], channels, latent_height, latent_width)  # type: ignore[no-any-return]
+
+
+def make_flux_fill_pipeline(seed: int = 0) -> Any:
+    """The tiny FLUX pipeline as a FluxFillPipeline: a transformer of the same shape that also reads the masked
+    image's latents (16 x 2 x 2 channels) and the mask (8 x 8 pixels x 2 x 2) per token, random weights (`seed`)."""
+    from diffusers import FluxFillPipeline
+
+    tiny = make_flux_pipeline("tiny", seed=seed)
+    config = {key: value for key, value in tiny.transformer.config.items() if not key.startswith("_")}
+    latent = int(config["in_channels"])
+    mask = tiny.vae_scale_factor**2 * 4
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        transformer = FluxTransformer2DModel.from_config(
+            {**config, "in_channels": 2 * latent + mask, "out_channels": latent}
+        )
+    return FluxFillPipeline.from_pipe(tiny, transformer=transformer)

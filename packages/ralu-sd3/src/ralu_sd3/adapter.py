@@ -123,6 +123,7 @@ class SD3InpaintArguments(SD3Img2ImgArguments):
         *("clip_skip", "callback_on_step_end", "callback_on_step_end_tensor_inputs", "max_sequence_length", "mu"),
     )
 
+    needs_mask: ClassVar[bool] = True
     mask_image: Any = None
     masked_image_latents: Any = None
     padding_mask_crop: int | None = None

@@ -259,7 +259,7 @@ class DiTAdapter(ModelAdapter):
                 raise CallError(f"strength must lie in (0, 1] (the share of the schedule run), got {strength}")
             if bound.latents is not None:
                 raise CallError("`latents` with an input image: give the image only (ralu noises it as the pipeline)")
-            if hasattr(bound, "mask_image") and bound.mask_image is None:
+            if getattr(bound, "needs_mask", False) and bound.mask_image is None:
                 raise CallError(f"{type(pipeline).__name__} needs a `mask_image` (white: repaint, black: keep)")
         self.check_call(pipeline, bound, height, width)
         per_image_generators(bound.generator, bound.image_batch_size())

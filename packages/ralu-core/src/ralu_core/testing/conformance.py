@@ -152,6 +152,10 @@ class VariantsRefused:
     def make_pipeline(self) -> Any:
         raise NotImplementedError
 
+    def variant_components(self, variant: str, pipe: Any) -> dict[str, Any]:
+        """Components a variant has that the plain pipeline has not (a tiny ControlNet), for ``from_pipe``."""
+        return {}
+
     def test_a_variant_is_refused_saying_why_and_its_plain_pipeline_runs(self) -> None:
         import diffusers
 
@@ -162,7 +166,7 @@ class VariantsRefused:
         tried = 0
         for variant, adds in adapter.variants_not_driven.items():
             try:
-                other = getattr(diffusers, variant).from_pipe(pipe)
+                other = getattr(diffusers, variant).from_pipe(pipe, **self.variant_components(variant, pipe))
             except (AttributeError, TypeError, ValueError):
                 continue  # this diffusers lacks it, or it needs a component the plain pipeline has not
             tried += 1
