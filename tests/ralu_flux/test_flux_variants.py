@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import diffusers
+
 from ralu_core.testing.conformance import VariantsRefused
 from ralu_flux.testing import make_flux_pipeline
 
@@ -16,3 +18,16 @@ class TestFluxVariants(VariantsRefused):
 
     def make_pipeline(self) -> Any:
         return make_flux_pipeline("tiny", seed=0)
+
+    def variant_components(self, variant: str, pipe: Any) -> dict[str, Any]:
+        if "ControlNet" not in variant:
+            return {}
+        config = pipe.transformer.config
+        controlnet = diffusers.FluxControlNetModel.from_transformer(
+            pipe.transformer,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=config.attention_head_dim,
+            num_attention_heads=config.num_attention_heads,
+        )
+        return {"controlnet": controlnet}

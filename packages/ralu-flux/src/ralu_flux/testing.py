@@ -211,7 +211,7 @@ def make_flux_fill_pipeline(seed: int = 0) -> Any:
     image's latents (16 x 2 x 2 channels) and the mask (8 x 8 pixels x 2 x 2) per token, random weights (`seed`)."""
     from diffusers import FluxFillPipeline
 
-    tiny = make_flux_pipeline("tiny", seed=seed)
+    tiny: Any = make_flux_pipeline("tiny", seed=seed)
     config = {key: value for key, value in tiny.transformer.config.items() if not key.startswith("_")}
     latent = int(config["in_channels"])
     mask = tiny.vae_scale_factor**2 * 4
