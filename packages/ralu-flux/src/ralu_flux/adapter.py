@@ -18,15 +18,16 @@ import attrs
 import numpy as np
 import torch
 
-from ralu_core.errors import CallError
+from ralu_core.errors import CallError, UnsupportedPipelineError
 from ralu_core.measurement.profile import FlopsProfile
 from ralu_core.pipelines.adapter import check_image_size, image_side, is_diffusers_pipeline, iter_chunks
 from ralu_core.pipelines.arguments import PipelineArguments
 from ralu_core.pipelines.dit import DiTAdapter, DiTCall
+from ralu_core.pipelines.kv_store import processor_problems
 from ralu_core.sampling.known_region import TokenField
 from ralu_core.sampling.tokens import FULL, HALF, TokenGrid, TokenState, gather_tokens
 from ralu_core.strategies.base import BlockFeatures, ModelBlocks, StepInfo, TokenwiseFeatures
-from ralu_flux.attention import FluxTokenProcessor, Rotary, attention_modules, attention_problems
+from ralu_flux.attention import DEFAULT_PROCESSOR, FluxTokenProcessor, Rotary, attention_modules, attention_problems
 
 PATCH = 2  # FLUX packs 2 x 2 latent pixels per token
 
@@ -140,6 +141,46 @@ class FluxFillArguments(FluxImg2ImgArguments):
 
 
 @attrs.frozen(kw_only=True)
+class FluxControlNetArguments(FluxArguments):
+    """FluxControlNetPipeline.__call__'s arguments: FluxPipeline's and the ControlNet's (its image, mode, scale, and
+    the share of the steps it acts in)."""
+
+    pipeline_name: ClassVar[str] = "FluxControlNetPipeline"
+    positional_order: ClassVar[tuple[str, ...] | None] = (
+        *("prompt", "prompt_2", "negative_prompt", "negative_prompt_2", "true_cfg_scale", "height", "width"),
+        *("num_inference_steps", "sigmas", "guidance_scale", "control_guidance_start", "control_guidance_end"),
+        *("control_image", "control_mode", "controlnet_conditioning_scale", "num_images_per_prompt", "generator"),
+        *("latents", "prompt_embeds", "pooled_prompt_embeds", "ip_adapter_image", "ip_adapter_image_embeds"),
+        *("negative_ip_adapter_image", "negative_ip_adapter_image_embeds", "negative_prompt_embeds"),
+        *("negative_pooled_prompt_embeds", "output_type", "return_dict", "joint_attention_kwargs"),
+        *("callback_on_step_end", "callback_on_step_end_tensor_inputs", "max_sequence_length"),
+    )
+
+    guidance_scale: float = 7.0
+    control_guidance_start: float | list[float] = 0.0
+    control_guidance_end: float | list[float] = 1.0
+    control_image: Any = None
+    control_mode: int | list[int] | None = None
+    controlnet_conditioning_scale: float | list[float] = 1.0
+
+
+@attrs.frozen(kw_only=True)
+class FluxControlArguments(FluxArguments):
+    """FluxControlPipeline.__call__'s arguments (FLUX.1 Canny and Depth): FluxPipeline's less the negative prompts,
+    and a `control_image`."""
+
+    pipeline_name: ClassVar[str] = "FluxControlPipeline"
+    positional_order: ClassVar[tuple[str, ...] | None] = (
+        *("prompt", "prompt_2", "control_image", "height", "width", "num_inference_steps", "sigmas"),
+        *("guidance_scale", "num_images_per_prompt", "generator", "latents", "prompt_embeds", "pooled_prompt_embeds"),
+        *("output_type", "return_dict", "joint_attention_kwargs", "callback_on_step_end"),
+        *("callback_on_step_end_tensor_inputs", "max_sequence_length"),
+    )
+
+    control_image: Any = None
+
+
+@attrs.frozen(kw_only=True)
 class FluxKontextArguments(FluxArguments):
     """FluxKontextPipeline.__call__'s arguments: FluxPipeline's, the reference `image` first, and the area the size
     is fitted to (`max_area`) and the reference image's resizing (`_auto_resize`)."""
@@ -169,6 +210,7 @@ class FluxCall(DiTCall):
         self.row_rotary: Rotary | None = None
         """During one transformer evaluation of images at different positions: each row's rotary embedding."""
         self._rows_ok: bool | None = None
+        self._residuals: dict[str, Any] = {}
         lora_scale = self.joint_attention_kwargs.get("scale")
 
         def encode(prompt: Any, prompt_2: Any, embeds: Any, pooled: Any) -> tuple[torch.Tensor, ...]:
@@ -215,7 +257,7 @@ class FluxCall(DiTCall):
         self.mu = self.schedule.shift_mu(self.grid.num_tokens, max_shift=1.15)
         self.default_shift = self.schedule.shift(self.mu)
         self.keep_keys_values(
-            lambda: attention_modules(pipe.transformer),
+            self.attention_modules,
             lambda original, layer: FluxTokenProcessor(original, layer, lambda: self.kv_store, lambda: self.row_rotary),
             slots=self.batch_size * (2 if self.true_cfg else 1),
         )
@@ -286,6 +328,8 @@ class FluxCall(DiTCall):
         slots = [r + (self.batch_size if negative else 0) for r in rows]
         index = rows_index(rows, pooled.device)
         with self.denoiser_context(name, step, timestep[0]), self.kv_routing(slots, active):
+            if not negative:  # the unconditional branch reuses them, as the pipelines do
+                self._residuals = self.block_residuals(x, timestep, rows, ids, step)
             return transformer(
                 hidden_states=x,
                 timestep=timestep / 1000,
@@ -296,7 +340,15 @@ class FluxCall(DiTCall):
                 img_ids=ids,
                 joint_attention_kwargs=self.joint_attention_kwargs,
                 return_dict=False,
+                **self._residuals,
             )[0]
+
+    def block_residuals(
+        self, x: torch.Tensor, timestep: torch.Tensor, rows: list[int], ids: torch.Tensor, step: StepInfo | None
+    ) -> dict[str, Any]:
+        """Extra transformer arguments computed on the same tokens as `x` before the conditional branch (a
+        ControlNet's residuals for each block); empty: none."""
+        return {}
 
     def token_channels(self, state: TokenState) -> torch.Tensor | None:
         """(B, n, C) channels the transformer reads after each of `state`'s tokens (FLUX Fill's masked image and
@@ -386,12 +438,16 @@ class FluxCall(DiTCall):
         cos, sin = zip(*rows, strict=True)
         return torch.stack(cos), torch.stack(sin)
 
+    def attention_modules(self) -> dict[str, Any]:
+        """The attention modules RAS's stand-in processors go on, by name: the transformer's."""
+        return attention_modules(self.pipe.transformer)
+
     def positions_per_row(self) -> bool:
         """Whether this call can give each batch row its own positions (the transformer's attention
         processors are diffusers' defaults, which the stand-in replaces); if not, images at different
         positions are evaluated apart."""
         if self._rows_ok is None:
-            self._rows_ok = not attention_problems(self.pipe.transformer)
+            self._rows_ok = not processor_problems(self.attention_modules(), DEFAULT_PROCESSOR)
         if self._rows_ok and self.keys_values is not None:
             self.keys_values.ensure_processors()
         return self._rows_ok
@@ -441,6 +497,21 @@ def flux_grid(pipe: Any, height: int, width: int) -> TokenGrid:
         channels=latent_channels(pipe),
         patch=PATCH,
     )
+
+
+def check_controlnet(pipe: Any, bound: FluxControlNetArguments) -> None:
+    """What FluxControlNetPipeline would fail on, and the ControlNets ralu cannot make follow its tokens."""
+    nets = list(pipe.controlnet.nets) if hasattr(pipe.controlnet, "nets") else [pipe.controlnet]
+    if bound.control_image is None:
+        raise CallError("FluxControlNetPipeline needs a `control_image`")
+    if any(net.input_hint_block is not None for net in nets):
+        raise UnsupportedPipelineError(
+            "this ControlNet reads its control image in pixels through an input hint block (XLabs' FLUX ControlNets), "
+            "which cannot follow ralu's token sets yet; ralu drives ControlNets that read VAE latents (InstantX, "
+            "Union, Shakker-Labs)"
+        )
+    if len(nets) > 1 and (not isinstance(bound.control_image, list) or len(bound.control_image) != len(nets)):
+        raise CallError(f"give one control image per ControlNet: a list of {len(nets)}")
 
 
 def latent_channels(pipe: Any) -> int:
@@ -536,6 +607,161 @@ class FluxFillCall(FluxImg2ImgCall):
         )  # type: ignore[no-any-return]
 
 
+class FluxControlNetCall(FluxCall):
+    """One prepared FluxControlNetPipeline call (one ControlNet or several): before each conditional evaluation the
+    ControlNet runs on the same tokens, each reading its control image's latents at the token's level (averaged
+    over 2 x 2 latent pixels at half resolution), and its residuals go to the transformer's blocks. Under RAS the
+    ControlNet's attention keeps the skipped tokens' keys and values as the transformer's does."""
+
+    def __init__(self, pipe: Any, args: FluxControlNetArguments, height: int, width: int) -> None:
+        super().__init__(pipe, args, height, width)
+        self.control_args = args
+        self.multi = is_diffusers_pipeline_model(pipe.controlnet, "FluxMultiControlNetModel")
+        self.nets = list(pipe.controlnet.nets) if self.multi else [pipe.controlnet]
+        self.controls: list[TokenField] = []
+        self.modes: Any = None
+        self._at: tuple[list[torch.Tensor], torch.Tensor | None] | None = None
+
+    def attention_modules(self) -> dict[str, Any]:
+        nets = {f"controlnet.{name}": module for name, module in attention_modules(self.pipe.controlnet).items()}
+        return {**attention_modules(self.pipe.transformer), **nets}
+
+    def positions_per_row(self) -> bool:
+        # A Union ControlNet puts a mode token before the text, so the rotary embedding per row (made for the
+        # transformer's sequence) does not fit its sequence: images at different positions are evaluated apart.
+        return not any(net.union for net in self.nets) and super().positions_per_row()
+
+    def initial_noise(self) -> torch.Tensor:
+        # The pipeline encodes the control images (drawing from the generators) before it draws the noise.
+        images = self.control_args.control_image
+        images = list(images) if self.multi else [images]
+        self.controls = [TokenField.of(control_latents(self, image), self.grid) for image in images]
+        self.modes = self._modes(self.control_args.control_mode)
+        return super().initial_noise()
+
+    def _modes(self, mode: Any) -> Any:
+        """ControlNet-Union's mode per image (one per ControlNet where several), as the pipeline makes them."""
+        if mode is None:
+            return [None] * len(self.nets) if self.multi else None
+        if not self.multi:
+            return torch.tensor(mode).to(self.device, dtype=torch.long).view(-1, 1).expand(self.batch_size, 1)
+        modes = mode if isinstance(mode, list) else [mode] * len(self.nets)
+        return [
+            None if m is None else torch.tensor(m).expand(self.batch_size).to(self.device, dtype=torch.long)
+            for m in modes
+        ]
+
+    def predict(
+        self, state: TokenState, sigma: torch.Tensor, active: torch.Tensor | None, *, step: StepInfo | None = None
+    ) -> torch.Tensor:
+        controls = [field.at(state) for field in self.controls]
+        self._at = ([c if active is None else gather_tokens(c, active) for c in controls], active)
+        try:
+            return super().predict(state, sigma, active, step=step)
+        finally:
+            self._at = None
+
+    def _scales(self, step: StepInfo | None) -> list[float]:
+        """Each ControlNet's scale at this step: its conditioning scale inside its guidance window, else 0 (the
+        pipeline's ``controlnet_keep``, read over the whole run's steps)."""
+        args, count = self.control_args, len(self.nets)
+        scales = args.controlnet_conditioning_scale
+        scales = list(scales) if isinstance(scales, list) else [scales] * count
+        starts, ends = args.control_guidance_start, args.control_guidance_end
+        starts = list(starts) if isinstance(starts, list) else [starts] * count
+        ends = list(ends) if isinstance(ends, list) else [ends] * count
+        if step is None or step.run_steps == 0:
+            return scales
+        i, n = step.run_step, step.run_steps
+        return [
+            scale * (1.0 - float(i / n < s or (i + 1) / n > e))
+            for scale, s, e in zip(scales, starts, ends, strict=False)
+        ]
+
+    def block_residuals(
+        self, x: torch.Tensor, timestep: torch.Tensor, rows: list[int], ids: torch.Tensor, step: StepInfo | None
+    ) -> dict[str, Any]:
+        assert self._at is not None, "block residuals are computed inside predict"
+        index = rows_index(rows, x.device)
+        controls = [c[index] for c in self._at[0]]
+        scales = self._scales(step)
+        guided = self.nets[0].config.guidance_embeds
+        guidance = torch.tensor([self.args.guidance_scale], device=self.device).expand(x.shape[0]) if guided else None
+        cond: Any
+        mode: Any
+        scale: Any
+        if self.multi:
+            modes = [None if m is None else m[index] for m in self.modes]
+            cond, mode, scale = controls, modes, scales
+        else:
+            cond, mode, scale = controls[0], None if self.modes is None else self.modes[index], scales[0]
+        blocks, singles = self.pipe.controlnet(
+            hidden_states=x,
+            controlnet_cond=cond,
+            controlnet_mode=mode,
+            conditioning_scale=scale,
+            timestep=timestep / 1000,
+            guidance=guidance,
+            pooled_projections=self.pooled[index],
+            encoder_hidden_states=self.prompt_embeds[index],
+            txt_ids=self.text_ids,
+            img_ids=ids,
+            joint_attention_kwargs=self.joint_attention_kwargs,
+            return_dict=False,
+        )
+        return {
+            "controlnet_block_samples": blocks,
+            "controlnet_single_block_samples": singles,
+            "controlnet_blocks_repeat": False,
+        }
+
+
+class FluxControlCall(FluxCall):
+    """One prepared FluxControlPipeline call (FLUX.1 Canny and Depth): every generated token reads the control
+    image's latents as extra channels, at the token's level (averaged over 2 x 2 latent pixels at half resolution)."""
+
+    def __init__(self, pipe: Any, args: FluxControlArguments, height: int, width: int) -> None:
+        super().__init__(pipe, args, height, width)
+        self.control: TokenField | None = None
+
+    def initial_noise(self) -> torch.Tensor:
+        # The pipeline encodes the control image (drawing from the generators) before it draws the noise.
+        self.control = TokenField.of(control_latents(self, self.args.control_image), self.grid)
+        return super().initial_noise()
+
+    def token_channels(self, state: TokenState) -> torch.Tensor:
+        assert self.control is not None, "the control image is encoded with the initial noise"
+        return self.control.at(state)
+
+
+def control_latents(call: FluxCall, image: Any) -> torch.Tensor:
+    """A control image prepared, encoded and packed as FLUX's control pipelines do (packed latents pass as given)."""
+    pipe, vae = call.pipe, call.pipe.vae
+    prepared = pipe.prepare_image(
+        image=image,
+        width=call.width,
+        height=call.height,
+        batch_size=call.batch_size,
+        num_images_per_prompt=call.args.num_images_per_prompt,
+        device=call.device,
+        dtype=vae.dtype,
+    )
+    if prepared.ndim != 4:
+        return prepared  # type: ignore[no-any-return]
+    latents = vae.encode(prepared).latent_dist.sample(generator=call.generator)
+    latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
+    rows, cols = latents.shape[2:]
+    return pipe._pack_latents(latents, call.batch_size, latents.shape[1], rows, cols)  # type: ignore[no-any-return]
+
+
+def is_diffusers_pipeline_model(model: Any, name: str) -> bool:
+    """Whether `model` is an instance of diffusers' class `name` (where this diffusers has it)."""
+    import diffusers
+
+    cls = getattr(diffusers, name, None)
+    return cls is not None and isinstance(model, cls)
+
+
 class FluxKontextCall(FluxCall):
     """One prepared FluxKontextPipeline call: FluxPipeline's, with the reference image's tokens riding along at every
     evaluation (RoPE ids (1, row, col)). Where the generated tokens' coarsest level is half resolution (RALU's first
@@ -606,9 +832,18 @@ class FluxAdapter(DiTAdapter):
     name: ClassVar[str] = "flux"
     pipeline_classes: ClassVar[tuple[str, ...]] = (
         *("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxKontextPipeline", "FluxFillPipeline"),
+        *("FluxControlNetPipeline", "FluxControlPipeline"),
     )
     variants_not_driven: ClassVar[Mapping[str, str]] = {
-        "FluxControlNetPipeline": "a ControlNet adds its residuals to the transformer's blocks, token by token",
+        "FluxControlImg2ImgPipeline": "its transformer reads the control image's latents as extra channels of every "
+        "token, from an input image",
+        "FluxControlInpaintPipeline": "its transformer reads the control image's latents as extra channels of every "
+        "token, and the unmasked region is kept at every step",
+        "FluxControlNetImg2ImgPipeline": "a ControlNet adds its residuals to the blocks, from an input image",
+        "FluxControlNetInpaintPipeline": "a ControlNet adds its residuals to the blocks, and the unmasked region is "
+        "kept at every step",
+        "FluxKontextInpaintPipeline": "the reference image's tokens ride along, and the unmasked region is kept at "
+        "every step",
     }
     architectures: ClassVar[tuple[str, ...]] = ("flux-dev",)
     baseline_recipe: ClassVar[str] = "flux-baseline"
@@ -669,6 +904,10 @@ class FluxAdapter(DiTAdapter):
             return FluxKontextArguments
         if is_diffusers_pipeline(pipeline, ("FluxFillPipeline",)):
             return FluxFillArguments
+        if is_diffusers_pipeline(pipeline, ("FluxControlNetPipeline",)):
+            return FluxControlNetArguments
+        if is_diffusers_pipeline(pipeline, ("FluxControlPipeline",)):
+            return FluxControlArguments
         if is_diffusers_pipeline(pipeline, ("FluxInpaintPipeline",)):
             return FluxInpaintArguments
         return FluxImg2ImgArguments if is_diffusers_pipeline(pipeline, ("FluxImg2ImgPipeline",)) else FluxArguments
@@ -689,6 +928,21 @@ class FluxAdapter(DiTAdapter):
                 image=bound.image,
                 mask_image=bound.mask_image,
                 masked_image_latents=bound.masked_image_latents,
+            )
+            return
+        if isinstance(bound, FluxControlNetArguments):
+            check_controlnet(pipeline, bound)
+        if isinstance(bound, FluxControlArguments):  # no negative prompts
+            if bound.control_image is None:
+                raise CallError("FluxControlPipeline needs a `control_image` (a Canny edge map or a depth map)")
+            pipeline.check_inputs(
+                bound.prompt,
+                bound.prompt_2,
+                height,
+                width,
+                prompt_embeds=bound.prompt_embeds,
+                pooled_prompt_embeds=bound.pooled_prompt_embeds,
+                max_sequence_length=bound.max_sequence_length,
             )
             return
         if isinstance(bound, FluxInpaintArguments):
@@ -715,6 +969,10 @@ class FluxAdapter(DiTAdapter):
             return FluxInpaintCall(pipeline, bound, height, width)
         if isinstance(bound, FluxFillArguments):
             return FluxFillCall(pipeline, bound, height, width)
+        if isinstance(bound, FluxControlNetArguments):
+            return FluxControlNetCall(pipeline, bound, height, width)
+        if isinstance(bound, FluxControlArguments):
+            return FluxControlCall(pipeline, bound, height, width)
         if isinstance(bound, FluxKontextArguments):
             return FluxKontextCall(pipeline, bound, height, width)
         if isinstance(bound, FluxImg2ImgArguments):

@@ -221,3 +221,45 @@ def make_flux_fill_pipeline(seed: int = 0) -> Any:
             {**config, "in_channels": 2 * latent + mask, "out_channels": latent}
         )
     return FluxFillPipeline.from_pipe(tiny, transformer=transformer)
+
+
+def make_flux_controlnet(pipe: Any, seed: int = 1, **options: Any) -> Any:
+    """A tiny FluxControlNetModel for `pipe`'s transformer (one double-stream and one single-stream block; `options`:
+    ``num_mode`` for a Union ControlNet, ``conditioning_embedding_channels`` for an input hint block), random weights
+    (`seed`) everywhere, its zero-initialised output projections included, so that it changes the image."""
+    from diffusers import FluxControlNetModel
+
+    config = pipe.transformer.config
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        controlnet: Any = FluxControlNetModel(
+            in_channels=config.in_channels,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=config.attention_head_dim,
+            num_attention_heads=config.num_attention_heads,
+            joint_attention_dim=config.joint_attention_dim,
+            pooled_projection_dim=config.pooled_projection_dim,
+            guidance_embeds=config.guidance_embeds,
+            axes_dims_rope=list(config.axes_dims_rope),
+            **options,
+        )
+        with torch.no_grad():
+            for parameter in controlnet.parameters():
+                if not parameter.any():
+                    parameter.normal_(0.0, 0.02)
+    return controlnet
+
+
+def make_flux_control_pipeline(seed: int = 0) -> Any:
+    """The tiny FLUX pipeline as a FluxControlPipeline (FLUX.1 Canny/Depth): a transformer of the same shape that
+    also reads the control image's latents per token (16 x 2 x 2 channels), random weights (`seed`)."""
+    from diffusers import FluxControlPipeline
+
+    tiny: Any = make_flux_pipeline("tiny", seed=seed)
+    config = {key: value for key, value in tiny.transformer.config.items() if not key.startswith("_")}
+    latent = int(config["in_channels"])
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        transformer = FluxTransformer2DModel.from_config({**config, "in_channels": 2 * latent, "out_channels": latent})
+    return FluxControlPipeline.from_pipe(tiny, transformer=transformer)

@@ -182,7 +182,10 @@ class SamplingEngine:
                     ),
                 )
                 kept = None if known is None else known.at(state)
-                state, velocity = self._run_stage(call, generator, index, stage, state, sigmas, bar, kept)
+                done = sum(grid.steps for grid in grids[:index])
+                state, velocity = self._run_stage(
+                    call, generator, index, stage, state, sigmas, bar, kept, (done, sum(g.steps for g in grids))
+                )
             if self.hooks is not None:
                 levels = {lvl: state.count_at_level(lvl) for lvl in (FULL, HALF)}
                 self.hooks.ralu_on_stage_end(
@@ -224,6 +227,7 @@ class SamplingEngine:
         sigmas: SigmaGrid,
         bar: Any,
         kept: KnownTokens | None = None,
+        run: tuple[int, int] = (0, 0),
     ) -> tuple[TokenState, torch.Tensor]:
         velocity: torch.Tensor | None = None
         caches = self.runtime.caches_in(index)
@@ -247,6 +251,8 @@ class SamplingEngine:
                 sigma_next=sigma_next_float,
                 active=active,
                 steps=steps,
+                run_step=run[0] + step,
+                run_steps=run[1],
             )
             computed: list[bool] = []
 

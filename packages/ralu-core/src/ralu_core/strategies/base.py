@@ -245,6 +245,11 @@ class StepInfo:
     active: torch.Tensor | None
     steps: int = 0
     """Steps in this stage (0: unknown)."""
+    run_step: int = 0
+    """This step's index in the whole run, every stage's steps counted."""
+    run_steps: int = 0
+    """Steps in the whole run (0: unknown): a pipeline's per-step option (ControlNet's guidance window) reads
+    ``run_step / run_steps`` as the pipeline reads ``i / len(timesteps)``."""
 
 
 @attrs.frozen(kw_only=True)
