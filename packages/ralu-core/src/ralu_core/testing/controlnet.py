@@ -55,12 +55,12 @@ class ControlImageConformance(RecipesOnAPipeline):
         call = pipe if recipe is None else accelerate(pipe, recipe)
         return call(prompt=prompts if len(prompts) > 1 else prompts[0], generator=generator, **kwargs).images
 
-    def test_the_baseline_is_the_plain_controlnet_pipeline(self) -> None:
+    def test_the_baseline_is_the_plain_pipeline_with_its_control(self) -> None:
         pipe = self.fresh()
         for extra in self.windows:
-            controls = {"control_image": self.control(2, seed=8)}
-            ours = self.run_with_control(pipe, self.baseline, list(PROMPTS), [0, 1], **controls, **extra)
-            plain = self.run_with_control(pipe, None, list(PROMPTS), [0, 1], **controls, **extra)
+            controls = self.control(2, seed=8)
+            ours = self.run_with_control(pipe, self.baseline, list(PROMPTS), [0, 1], control_image=controls, **extra)
+            plain = self.run_with_control(pipe, None, list(PROMPTS), [0, 1], control_image=controls, **extra)
             assert torch.equal(ours, plain), extra
 
     def test_recipes_follow_the_control_and_a_batch_equals_single_calls(self) -> None:
