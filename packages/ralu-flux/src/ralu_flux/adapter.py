@@ -22,6 +22,7 @@ from ralu_core.errors import CallError, UnsupportedPipelineError
 from ralu_core.measurement.profile import FlopsProfile
 from ralu_core.pipelines.adapter import check_image_size, image_side, is_diffusers_pipeline, iter_chunks
 from ralu_core.pipelines.arguments import PipelineArguments
+from ralu_core.pipelines.controlnet import controlnet_scales
 from ralu_core.pipelines.dit import DiTAdapter, DiTCall
 from ralu_core.pipelines.kv_store import processor_problems
 from ralu_core.sampling.known_region import TokenField
@@ -661,30 +662,20 @@ class FluxControlNetCall(FluxCall):
         finally:
             self._at = None
 
-    def _scales(self, step: StepInfo | None) -> list[float]:
-        """Each ControlNet's scale at this step: its conditioning scale inside its guidance window, else 0 (the
-        pipeline's ``controlnet_keep``, read over the whole run's steps)."""
-        args, count = self.control_args, len(self.nets)
-        scales = args.controlnet_conditioning_scale
-        scales = list(scales) if isinstance(scales, list) else [scales] * count
-        starts, ends = args.control_guidance_start, args.control_guidance_end
-        starts = list(starts) if isinstance(starts, list) else [starts] * count
-        ends = list(ends) if isinstance(ends, list) else [ends] * count
-        if step is None or step.run_steps == 0:
-            return scales
-        i, n = step.run_step, step.run_steps
-        return [
-            scale * (1.0 - float(i / n < s or (i + 1) / n > e))
-            for scale, s, e in zip(scales, starts, ends, strict=False)
-        ]
-
     def block_residuals(
         self, x: torch.Tensor, timestep: torch.Tensor, rows: list[int], ids: torch.Tensor, step: StepInfo | None
     ) -> dict[str, Any]:
         assert self._at is not None, "block residuals are computed inside predict"
         index = rows_index(rows, x.device)
         controls = [c[index] for c in self._at[0]]
-        scales = self._scales(step)
+        args = self.control_args
+        scales = controlnet_scales(
+            args.controlnet_conditioning_scale,
+            args.control_guidance_start,
+            args.control_guidance_end,
+            len(self.nets),
+            step,
+        )
         guided = self.nets[0].config.guidance_embeds
         guidance = torch.tensor([self.args.guidance_scale], device=self.device).expand(x.shape[0]) if guided else None
         cond: Any

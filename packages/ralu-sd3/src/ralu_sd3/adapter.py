@@ -11,18 +11,21 @@ image sharing its tokens, so selection and injected noise are per image and shar
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
 import attrs
 import torch
 
-from ralu_core.errors import UnsupportedPipelineError
+from ralu_core.errors import CallError, UnsupportedPipelineError
 from ralu_core.measurement.profile import FlopsProfile
 from ralu_core.pipelines.adapter import is_diffusers_pipeline
 from ralu_core.pipelines.arguments import PipelineArguments
+from ralu_core.pipelines.controlnet import controlnet_scales
 from ralu_core.pipelines.dit import DiTAdapter, DiTCall
+from ralu_core.sampling.known_region import TokenField
 from ralu_core.sampling.tokens import (
     TokenGrid,
     TokenState,
@@ -129,6 +132,42 @@ class SD3InpaintArguments(SD3Img2ImgArguments):
     padding_mask_crop: int | None = None
 
 
+@attrs.frozen(kw_only=True)
+class SD3ControlNetArguments(SD3Arguments):
+    """StableDiffusion3ControlNetPipeline.__call__'s arguments: the text-to-image ones (less skip-layer guidance,
+    which it lacks) and the ControlNet's (its image, scale, and the share of the steps it acts in)."""
+
+    pipeline_name: ClassVar[str] = "StableDiffusion3ControlNetPipeline"
+    unsupported_features: ClassVar[dict[str, str]] = {
+        **SD3Arguments.unsupported_features,
+        "controlnet_pooled_projections": "controlnet_pooled_projections",
+    }
+    positional_order: ClassVar[tuple[str, ...] | None] = (
+        *("prompt", "prompt_2", "prompt_3", "height", "width", "num_inference_steps", "sigmas", "guidance_scale"),
+        *("control_guidance_start", "control_guidance_end", "control_image", "controlnet_conditioning_scale"),
+        *("controlnet_pooled_projections", "negative_prompt", "negative_prompt_2", "negative_prompt_3"),
+        *("num_images_per_prompt", "generator", "latents", "prompt_embeds", "negative_prompt_embeds"),
+        *("pooled_prompt_embeds", "negative_pooled_prompt_embeds", "ip_adapter_image", "ip_adapter_image_embeds"),
+        *("output_type", "return_dict", "joint_attention_kwargs", "clip_skip", "callback_on_step_end"),
+        *("callback_on_step_end_tensor_inputs", "max_sequence_length"),
+    )
+
+    control_guidance_start: float | list[float] = 0.0
+    control_guidance_end: float | list[float] = 1.0
+    control_image: Any = None
+    controlnet_conditioning_scale: float | list[float] = 1.0
+    controlnet_pooled_projections: torch.Tensor | None = None
+
+
+def check_controlnet(pipe: Any, bound: SD3ControlNetArguments) -> None:
+    """What StableDiffusion3ControlNetPipeline would fail on."""
+    nets = list(pipe.controlnet.nets) if hasattr(pipe.controlnet, "nets") else [pipe.controlnet]
+    if bound.control_image is None:
+        raise CallError("StableDiffusion3ControlNetPipeline needs a `control_image`")
+    if len(nets) > 1 and (not isinstance(bound.control_image, list) or len(bound.control_image) != len(nets)):
+        raise CallError(f"give one control image per ControlNet: a list of {len(nets)}")
+
+
 def sd3_grid(pipe: Any, height: int, width: int) -> TokenGrid:
     """The patch token grid StableDiffusion3Pipeline's transformer uses for an image size."""
     config = pipe.transformer.config
@@ -171,13 +210,26 @@ class SD3Call(DiTCall):
         self.mu = args.mu if args.mu is not None else self.schedule.resolution_shift(self.grid.num_tokens, 1.16)
         self.default_shift = self.schedule.shift(self.mu)
         self.keep_keys_values(
-            lambda: attention_modules(pipe.transformer),
+            self.attention_modules,
             lambda original, layer: CachedKVJointProcessor(original, layer, lambda: self.kv_store),
             slots=self.batch_size * (2 if self.cfg else 1),
         )
 
+    def attention_modules(self) -> dict[str, Any]:
+        """The attention modules RAS's stand-in processors go on, by name: the transformer's."""
+        return attention_modules(self.pipe.transformer)
+
     def initial_noise(self) -> torch.Tensor:
         return image_to_tokens(self.latent_image_noise(), self.patch)
+
+    def block_residuals(self, batch: torch.Tensor, timestep: torch.Tensor, step: StepInfo | None) -> dict[str, Any]:
+        """Extra transformer arguments computed on the same (CFG) batch before it (a ControlNet's residuals for
+        each block); empty: none."""
+        return {}
+
+    def strip_embedding(self, embedding: torch.Tensor) -> AbstractContextManager[None]:
+        """While inside, the models that embed the latent embed a token strip with `embedding`."""
+        return strip_positions(self.pipe.transformer, embedding)
 
     def latent_shape(self) -> tuple[int, int, int, int]:
         return self.batch_size, self.grid.channels, *self.grid.latent_size
@@ -195,13 +247,15 @@ class SD3Call(DiTCall):
             self.denoiser_context("cond_uncond" if self.cfg else "cond", step, t),
             self.kv_routing(range(batch.shape[0]), active),
         ):
+            timestep = t.expand(batch.shape[0])
             out = self.pipe.transformer(
                 hidden_states=batch,
-                timestep=t.expand(batch.shape[0]),
+                timestep=timestep,
                 encoder_hidden_states=self.embeds,
                 pooled_projections=self.pooled,
                 joint_attention_kwargs=self.joint_attention_kwargs,
                 return_dict=False,
+                **self.block_residuals(batch, timestep, step),
             )[0]
         if not self.cfg:
             return out  # type: ignore[no-any-return]
@@ -225,7 +279,7 @@ class SD3Call(DiTCall):
         embedding = embedding.to(self.device)
         if self.cfg:
             embedding = torch.cat([embedding, embedding])
-        with strip_positions(self.pipe.transformer, embedding):
+        with self.strip_embedding(embedding):
             strip = self._evaluate(tokens_to_strip(values, self.grid.channels, self.patch), t, step, active)
         return image_to_tokens(strip, self.patch)
 
@@ -281,16 +335,115 @@ class SD3InpaintCall(SD3Img2ImgCall):
         return image_to_tokens(mask.expand(-1, channels, -1, -1), self.patch)
 
 
+class SD3ControlNetCall(SD3Call):
+    """One prepared StableDiffusion3ControlNetPipeline call (one ControlNet or several): before each evaluation the
+    ControlNet runs on the same (CFG) batch, laid out as the transformer's (a dense grid or a token strip, the
+    ControlNet's patch embedding swapped like the transformer's), each token reading its control image's latents
+    at its level (averaged over 2 x 2 latent pixels at half resolution); its residuals go to the transformer's
+    blocks. Under RAS its attention keeps the skipped tokens' keys and values as the transformer's does."""
+
+    def __init__(self, pipe: Any, args: SD3ControlNetArguments, height: int, width: int) -> None:
+        super().__init__(pipe, args, height, width)
+        self.control_args = args
+        self.nets = list(pipe.controlnet.nets) if hasattr(pipe.controlnet, "nets") else [pipe.controlnet]
+        self.multi = hasattr(pipe.controlnet, "nets")
+        self.controls: list[list[TokenField]] = []
+        """Per ControlNet, per CFG branch in the batch's order: the control latents (the pipeline encodes each
+        branch's copy apart, drawing from the global generator, so they differ)."""
+        self._now: list[list[torch.Tensor]] | None = None
+
+    def attention_modules(self) -> dict[str, Any]:
+        nets = {f"controlnet.{name}": module for name, module in attention_modules(self.pipe.controlnet).items()}
+        return {**attention_modules(self.pipe.transformer), **nets}
+
+    def initial_noise(self) -> torch.Tensor:
+        # The pipeline encodes the control images before it draws the noise.
+        images = self.control_args.control_image
+        for image in images if self.multi else [images]:
+            latents = image_to_tokens(self._control_latents(image), self.patch)
+            branches = latents.chunk(2) if self.cfg else (latents,)
+            self.controls.append([TokenField.of(branch, self.grid) for branch in branches])
+        return super().initial_noise()
+
+    def _control_latents(self, image: Any) -> torch.Tensor:
+        """A control image prepared and encoded as StableDiffusion3ControlNetPipeline does (the CFG batch)."""
+        pipe, vae = self.pipe, self.pipe.vae
+        config = self.nets[0].config
+        shift = 0 if config.force_zeros_for_pooled_projection else vae.config.shift_factor  # InstantX: no shift
+        prepared = pipe.prepare_image(
+            image=image,
+            width=self.width,
+            height=self.height,
+            batch_size=self.batch_size,
+            num_images_per_prompt=self.args.num_images_per_prompt,
+            device=self.device,
+            dtype=self.dtype,
+            do_classifier_free_guidance=self.cfg,
+            guess_mode=False,
+        )
+        return (vae.encode(prepared).latent_dist.sample() - shift) * vae.config.scaling_factor  # type: ignore[no-any-return]
+
+    @contextmanager
+    def strip_embedding(self, embedding: torch.Tensor) -> Iterator[None]:
+        with ExitStack() as stack:
+            stack.enter_context(super().strip_embedding(embedding))
+            for net in self.nets:
+                stack.enter_context(strip_positions(net, embedding))
+            yield
+
+    def predict(
+        self, state: TokenState, sigma: torch.Tensor, active: torch.Tensor | None, *, step: StepInfo | None = None
+    ) -> torch.Tensor:
+        at = [[field.at(state) for field in branches] for branches in self.controls]
+        self._now = [[c if active is None else gather_tokens(c, active) for c in branches] for branches in at]
+        try:
+            return super().predict(state, sigma, active, step=step)
+        finally:
+            self._now = None
+
+    def block_residuals(self, batch: torch.Tensor, timestep: torch.Tensor, step: StepInfo | None) -> dict[str, Any]:
+        assert self._now is not None, "block residuals are computed inside predict"
+        rows, cols = batch.shape[-2] // self.patch, batch.shape[-1] // self.patch  # a grid, or a strip of one row
+        conds = [
+            tokens_to_image(torch.cat(branches), rows, cols, self.grid.channels, self.patch) for branches in self._now
+        ]
+        args, config = self.control_args, self.nets[0].config
+        scales = controlnet_scales(
+            args.controlnet_conditioning_scale,
+            args.control_guidance_start,
+            args.control_guidance_end,
+            len(self.nets),
+            step,
+        )
+        pooled = torch.zeros_like(self.pooled) if config.force_zeros_for_pooled_projection else self.pooled
+        samples = self.pipe.controlnet(
+            hidden_states=batch,
+            timestep=timestep,
+            encoder_hidden_states=self.embeds if config.joint_attention_dim is not None else None,
+            pooled_projections=pooled,
+            joint_attention_kwargs=self.joint_attention_kwargs,
+            controlnet_cond=conds if self.multi else conds[0],
+            conditioning_scale=scales if self.multi else scales[0],
+            return_dict=False,
+        )[0]
+        return {"block_controlnet_hidden_states": samples}
+
+
 class SD3Adapter(DiTAdapter):
     """diffusers StableDiffusion3Pipeline (SD3-medium, SD3.5-large, SD3.5-medium)."""
 
     name: ClassVar[str] = "sd3"
     pipeline_classes: ClassVar[tuple[str, ...]] = (
         *("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"),
+        "StableDiffusion3ControlNetPipeline",
     )
     variants_not_driven: ClassVar[Mapping[str, str]] = {
-        "StableDiffusion3ControlNetPipeline": "a ControlNet adds its residuals to the transformer's blocks, token by "
-        "token",
+        "StableDiffusion3ControlNetInpaintingPipeline": "a ControlNet that reads the masked image and the mask adds "
+        "its residuals to the blocks",
+        "StableDiffusion3PAGPipeline": "perturbed-attention guidance evaluates a third branch with some layers' "
+        "attention replaced",
+        "StableDiffusion3PAGImg2ImgPipeline": "perturbed-attention guidance evaluates a third branch with some "
+        "layers' attention replaced",
     }
     architectures: ClassVar[tuple[str, ...]] = ("sd3-medium", "sd35-large")
     embedded_models: ClassVar[tuple[str, ...]] = ("sd3-tiny", "sd35-tiny", "sd3-mid")
@@ -331,6 +484,8 @@ class SD3Adapter(DiTAdapter):
     def arguments_for(self, pipeline: Any) -> Any:
         if is_diffusers_pipeline(pipeline, ("StableDiffusion3InpaintPipeline",)):
             return SD3InpaintArguments
+        if is_diffusers_pipeline(pipeline, ("StableDiffusion3ControlNetPipeline",)):
+            return SD3ControlNetArguments
         img2img = is_diffusers_pipeline(pipeline, ("StableDiffusion3Img2ImgPipeline",))
         return SD3Img2ImgArguments if img2img else SD3Arguments
 
@@ -343,6 +498,8 @@ class SD3Adapter(DiTAdapter):
                 f"{pipeline.transformer.config.in_channels} channels (the mask and the masked image as extra channels "
                 "of every token), which ralu does not feed yet"
             )
+        if isinstance(bound, SD3ControlNetArguments):
+            check_controlnet(pipeline, bound)
         strength = (bound.strength,) if isinstance(bound, SD3Img2ImgArguments) else ()
         pipeline.check_inputs(
             bound.prompt,
@@ -364,6 +521,8 @@ class SD3Adapter(DiTAdapter):
     def make_call(self, pipeline: Any, bound: SD3Arguments, height: int, width: int) -> SD3Call:
         if isinstance(bound, SD3InpaintArguments):
             return SD3InpaintCall(pipeline, bound, height, width)
+        if isinstance(bound, SD3ControlNetArguments):
+            return SD3ControlNetCall(pipeline, bound, height, width)
         if isinstance(bound, SD3Img2ImgArguments):
             return SD3Img2ImgCall(pipeline, bound, height, width)
         return SD3Call(pipeline, bound, height, width)

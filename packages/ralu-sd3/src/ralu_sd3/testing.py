@@ -225,3 +225,25 @@ def make_sd3_pipeline(
         tokenizer_3=tokenizer_3,
         **modules,
     )
+
+
+def make_sd3_controlnet(pipe: Any, seed: int = 1, **options: Any) -> Any:
+    """A tiny SD3ControlNetModel for `pipe`'s transformer (one block; `options` override its config, e.g.
+    ``force_zeros_for_pooled_projection``), random weights (`seed`) everywhere, its zero-initialised output
+    projections included, so that it changes the image."""
+    from diffusers import SD3ControlNetModel
+
+    config = pipe.transformer.config
+    keys = (
+        *("sample_size", "patch_size", "in_channels", "attention_head_dim", "num_attention_heads"),
+        *("joint_attention_dim", "caption_projection_dim", "pooled_projection_dim", "out_channels"),
+        *("pos_embed_max_size", "qk_norm"),
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        controlnet: Any = SD3ControlNetModel(**{key: config[key] for key in keys}, num_layers=1, **options)
+        with torch.no_grad():
+            for parameter in controlnet.parameters():
+                if not parameter.any():
+                    parameter.normal_(0.0, 0.02)
+    return controlnet
