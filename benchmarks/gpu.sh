@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU number of docs/benchmarks.md section 5, in one run of about 8 minutes on one H100.
+# Every GPU number of docs/benchmarks.md section 5, in one run of about 8 minutes on one H100, and the checks of
+# docs/compatibility.md that need a GPU (benchmarks/gpu_user_stack.py).
 #
 # Full-size FLUX.1-dev and SD3-medium built in bfloat16 with random weights on the GPU (`flux-dev-random`,
 # `sd3-medium-random`: no download; a step costs what it costs with the real weights), each recipe set timed
@@ -78,6 +79,12 @@ for mode in $COMPILE; do
     bench "sd3-compile-$mode" "$SD3_MODEL" 28 "$mode" $SD3_COMPILED
   fi
 done
+
+# What users load that only a GPU runs (docs/compatibility.md): sequential CPU offload and bitsandbytes weights on
+# the tiny models, every line expected "ok" (seconds; not part of the budget's timings).
+if ! "$PYTHON" benchmarks/gpu_user_stack.py --out "$OUT/user-stack.json" >"$OUT/user-stack.txt" 2>"$OUT/user-stack.log"; then
+  echo "a user-stack check failed (see $OUT/user-stack.txt)" | tee -a "$OUT/skipped.txt" >&2
+fi
 
 "$PYTHON" benchmarks/summary.py "$OUT"
 echo "done in $(($(date +%s) - start)) s: $OUT/summary.md, $OUT/summary.json" >&2

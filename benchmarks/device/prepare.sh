@@ -10,11 +10,13 @@ cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python3}
 PY=${RALU_DEVICE_PYTHON_VERSION:-3.12}
 # The versions tested here; pure-Python wheels, so one file each whatever the platform.
-THIRD_PARTY=(diffusers==0.42.1 cattrs==26.2.1 attrs==26.1.0 DeepCache==0.1.1 importlib_metadata==8.7.0)
+# bitsandbytes (43 MB, for benchmarks/gpu_user_stack.py) is the one platform wheel.
+THIRD_PARTY=(diffusers==0.42.1 cattrs==26.2.1 attrs==26.1.0 DeepCache==0.1.1 importlib_metadata==8.7.0
+  bitsandbytes==0.50.2)
 
 rm -rf .whl && mkdir -p .whl
 "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version "$PY" --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl "${THIRD_PARTY[@]}"
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl "${THIRD_PARTY[@]}"
 "$PYTHON" -m pip wheel -q --no-deps -w .whl packages/ralu-core packages/ralu-flux packages/ralu-sd3 packages/ralu-caching
 bash benchmarks/device/fingerprint.sh >.whl/SOURCES
 du -sh .whl >&2

@@ -25,6 +25,6 @@ PY
 status=0
 RALU_BENCH_OUT=${RALU_BENCH_OUT:-gpu-bench} PYTHON="$PYTHON" bash benchmarks/gpu.sh || status=$?
 bench_out=${RALU_BENCH_OUT:-gpu-bench}
-cp "$bench_out"/summary.md "$bench_out"/summary.json "$OUT"/ 2>/dev/null || true
+cp "$bench_out"/summary.md "$bench_out"/summary.json "$bench_out"/user-stack.txt "$OUT"/ 2>/dev/null || true
 tar czf "$OUT/gpu-bench.tar.gz" -C "$(dirname "$bench_out")" "$(basename "$bench_out")"
 exit "$status"

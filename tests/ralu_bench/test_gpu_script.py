@@ -54,6 +54,17 @@ def test_the_gpu_script_runs_every_recipe_and_summarizes(tmp_path: Path) -> None
     assert "ralu-sd3-3x: wall / FLOPs >= 0.9" in markdown
     assert "- flux-eager, flux-baseline: none" in markdown and "- sd3-eager, ras-sd3: none" in markdown
     assert "CannyEdgeSelector" in data["host_syncs"]["flux-eager"]["ralu-flux-7x"][0]
+    # The GPU-only user-stack checks ran, and say why each was skipped on a machine without CUDA.
+    stack = json.loads((tmp_path / "user-stack.json").read_text())
+    assert {line["status"] for line in stack["checks"]} == {"skipped"}
+    assert "flux, sequential CPU offload: no CUDA device" in (tmp_path / "user-stack.txt").read_text()
+
+
+def test_the_user_stack_checks_compare_offloaded_latents_where_they_can_run() -> None:
+    """gpu_user_stack.py's offload checks, with model CPU offload (which runs on a CPU): every check passes."""
+    import gpu_user_stack
+
+    assert gpu_user_stack.main(["--models", "flux", "--offloads", "model"]) == 0
 
 
 def test_every_recipe_the_script_names_by_default_resolves() -> None:
