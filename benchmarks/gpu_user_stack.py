@@ -163,7 +163,8 @@ def bitsandbytes_checks(report: Report, model: str, bits: int, device: str) -> N
 
     def kept() -> None:
         after = weights_of(pipe.transformer)
-        assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before), "weights changed"
+        same = before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+        assert same, "weights changed"
 
     report.run(f"{name}: quantized weights kept", kept)
 
