@@ -13,12 +13,13 @@ from typing import Any, ClassVar
 import diffusers
 import torch
 
+from ralu_core.testing.controlnet import ControlNetConformance
 from ralu_core.testing.img2img import Img2ImgConformance
 from ralu_core.testing.inpaint import InpaintConformance, box_mask
 from ralu_core.testing.lora import LoraConformance
 from ralu_core.testing.offload import OffloadConformance
 from ralu_core.testing.quantized import QuantizedConformance, needs_quantizers
-from ralu_flux.testing import make_flux_fill_pipeline, make_flux_pipeline, packed_mask
+from ralu_flux.testing import make_flux_controlnet, make_flux_fill_pipeline, make_flux_pipeline, packed_mask
 from ralu_sd3.testing import make_sd3_pipeline
 
 
@@ -81,3 +82,25 @@ class TestFluxCachesFill(FluxCaches, Img2ImgConformance):
     ) -> Any:
         extra.setdefault("mask_image", box_mask(1, self.height, self.width, 0.25, 0.1, 0.7, 0.65))
         return super().run_from_image(pipe, recipe, prompts, seeds, **extra)
+
+
+class TestSD3CachesImg2Img(SD3Caches, Img2ImgConformance):
+    def make_pipeline(self) -> Any:
+        return diffusers.StableDiffusion3Img2ImgPipeline.from_pipe(make_sd3_pipeline("sd3-mid", seed=0))
+
+
+class TestFluxCachesControlNet(FluxCaches, ControlNetConformance):
+    call: ClassVar[Mapping[str, Any]] = {"max_sequence_length": 16, "guidance_scale": 3.5}
+
+    def make_pipeline(self) -> Any:
+        tiny = make_flux_pipeline("tiny", seed=0)
+        return diffusers.FluxControlNetPipeline.from_pipe(tiny, controlnet=make_flux_controlnet(tiny))
+
+    def plain_pipeline(self, pipe: Any) -> Any:
+        plain = diffusers.FluxPipeline.from_pipe(pipe)
+        plain.set_progress_bar_config(disable=True)
+        return plain
+
+    def initial_latents(self, pipe: Any, count: int) -> torch.Tensor:
+        tokens = (self.height // 16) * (self.width // 16)
+        return torch.randn(count, tokens, 64, generator=torch.Generator().manual_seed(11))
