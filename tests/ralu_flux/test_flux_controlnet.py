@@ -14,7 +14,7 @@ import torch
 from ralu_core.errors import UnsupportedPipelineError
 from ralu_core.pipelines.accelerated import accelerate
 from ralu_core.testing.conformance import PROMPTS, cached_attention_outputs, dense_at
-from ralu_core.testing.controlnet import ControlImageConformance, ControlNetConformance
+from ralu_core.testing.controlnet import ControlImageConformance, ControlNetConformance, PerControlNet
 from ralu_core.testing.img2img import input_images
 from ralu_flux.adapter import FluxAdapter
 from ralu_flux.testing import make_flux_control_pipeline, make_flux_controlnet, make_flux_pipeline
@@ -60,22 +60,7 @@ class TestFluxUnionControlNets(FluxControlNets):
         return diffusers.FluxControlNetPipeline.from_pipe(tiny, controlnet=diffusers.FluxMultiControlNetModel(nets))
 
     def control(self, count: int, seed: int = 5) -> Any:
-        return _Pair(super().control(count, seed), super().control(count, seed + 1))
-
-
-class _Pair(list):  # type: ignore[type-arg]
-    """One control image per ControlNet, sliced and flipped per image as the conformance checks slice one."""
-
-    def __init__(self, *images: torch.Tensor) -> None:
-        super().__init__(images)
-
-    def __getitem__(self, index: Any) -> Any:
-        if isinstance(index, slice):
-            return _Pair(*(image[index] for image in self))
-        return super().__getitem__(index)
-
-    def flip(self, dim: int) -> _Pair:
-        return _Pair(*(image.flip(dim) for image in self))
+        return PerControlNet(super().control(count, seed), super().control(count, seed + 1))
 
 
 def test_a_controlnet_that_reads_pixels_through_a_hint_block_is_refused_before_any_work() -> None:

@@ -10,7 +10,7 @@ import diffusers
 import torch
 
 from ralu_core.testing.conformance import cached_attention_outputs, dense_at
-from ralu_core.testing.controlnet import ControlNetConformance
+from ralu_core.testing.controlnet import ControlNetConformance, PerControlNet
 from ralu_core.testing.img2img import input_images
 from ralu_sd3.adapter import SD3Adapter
 from ralu_sd3.testing import make_sd3_controlnet, make_sd3_pipeline
@@ -73,22 +73,7 @@ class TestSD3MultiControlNet(SD3ControlNets):
         return mean_encoding(diffusers.StableDiffusion3ControlNetPipeline.from_pipe(tiny, controlnet=multi))
 
     def control(self, count: int, seed: int = 5) -> Any:
-        return _Pair(super().control(count, seed), super().control(count, seed + 1))
-
-
-class _Pair(list):  # type: ignore[type-arg]
-    """One control image per ControlNet, sliced and flipped per image as the conformance checks slice one."""
-
-    def __init__(self, *images: torch.Tensor) -> None:
-        super().__init__(images)
-
-    def __getitem__(self, index: Any) -> Any:
-        if isinstance(index, slice):
-            return _Pair(*(image[index] for image in self))
-        return super().__getitem__(index)
-
-    def flip(self, dim: int) -> _Pair:
-        return _Pair(*(image.flip(dim) for image in self))
+        return PerControlNet(super().control(count, seed), super().control(count, seed + 1))
 
 
 def test_ras_keeps_the_controlnets_keys_and_values_too_and_agrees_with_the_dense_step() -> None:

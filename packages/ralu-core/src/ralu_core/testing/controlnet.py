@@ -111,3 +111,19 @@ class ControlNetConformance(ControlImageConformance):
             )
             without = self.run_with_control(plain, recipe, list(PROMPTS), None, control=False, latents=latents)
             assert torch.equal(off, without), f"{recipe}: a ControlNet at scale 0 changed the latents"
+
+
+class PerControlNet(list):  # type: ignore[type-arg]
+    """One control image batch per ControlNet (a list, as the pipelines take several), sliced and flipped along the
+    batch as the conformance checks slice and flip one: for a subclass testing several ControlNets at once."""
+
+    def __init__(self, *images: torch.Tensor) -> None:
+        super().__init__(images)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return PerControlNet(*(image[index] for image in self))
+        return super().__getitem__(index)
+
+    def flip(self, dim: int) -> PerControlNet:
+        return PerControlNet(*(image.flip(dim) for image in self))
