@@ -22,7 +22,7 @@ from ralu_core.errors import CallError, UnsupportedPipelineError
 from ralu_core.measurement.profile import FlopsProfile
 from ralu_core.pipelines.adapter import check_image_size, image_side, is_diffusers_pipeline, iter_chunks
 from ralu_core.pipelines.arguments import PipelineArguments
-from ralu_core.pipelines.controlnet import controlnet_scales
+from ralu_core.pipelines.controlnet import check_control_images, controlnet_scales, controlnets
 from ralu_core.pipelines.dit import DiTAdapter, DiTCall
 from ralu_core.pipelines.kv_store import processor_problems
 from ralu_core.sampling.known_region import TokenField
@@ -502,17 +502,12 @@ def flux_grid(pipe: Any, height: int, width: int) -> TokenGrid:
 
 def check_controlnet(pipe: Any, bound: FluxControlNetArguments) -> None:
     """What FluxControlNetPipeline would fail on, and the ControlNets ralu cannot make follow its tokens."""
-    nets = list(pipe.controlnet.nets) if hasattr(pipe.controlnet, "nets") else [pipe.controlnet]
-    if bound.control_image is None:
-        raise CallError("FluxControlNetPipeline needs a `control_image`")
-    if any(net.input_hint_block is not None for net in nets):
+    if any(net.input_hint_block is not None for net in check_control_images(pipe, bound.control_image)):
         raise UnsupportedPipelineError(
             "this ControlNet reads its control image in pixels through an input hint block (XLabs' FLUX ControlNets), "
             "which cannot follow ralu's token sets yet; ralu drives ControlNets that read VAE latents (InstantX, "
             "Union, Shakker-Labs)"
         )
-    if len(nets) > 1 and (not isinstance(bound.control_image, list) or len(bound.control_image) != len(nets)):
-        raise CallError(f"give one control image per ControlNet: a list of {len(nets)}")
 
 
 def latent_channels(pipe: Any) -> int:
@@ -617,8 +612,8 @@ class FluxControlNetCall(FluxCall):
     def __init__(self, pipe: Any, args: FluxControlNetArguments, height: int, width: int) -> None:
         super().__init__(pipe, args, height, width)
         self.control_args = args
-        self.multi = is_diffusers_pipeline_model(pipe.controlnet, "FluxMultiControlNetModel")
-        self.nets = list(pipe.controlnet.nets) if self.multi else [pipe.controlnet]
+        self.multi = hasattr(pipe.controlnet, "nets")
+        self.nets = controlnets(pipe)
         self.controls: list[TokenField] = []
         self.modes: Any = None
         self._at: tuple[list[torch.Tensor], torch.Tensor | None] | None = None
@@ -743,14 +738,6 @@ def control_latents(call: FluxCall, image: Any) -> torch.Tensor:
     latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
     rows, cols = latents.shape[2:]
     return pipe._pack_latents(latents, call.batch_size, latents.shape[1], rows, cols)  # type: ignore[no-any-return]
-
-
-def is_diffusers_pipeline_model(model: Any, name: str) -> bool:
-    """Whether `model` is an instance of diffusers' class `name` (where this diffusers has it)."""
-    import diffusers
-
-    cls = getattr(diffusers, name, None)
-    return cls is not None and isinstance(model, cls)
 
 
 class FluxKontextCall(FluxCall):

@@ -19,11 +19,11 @@ from typing import Any, ClassVar, cast
 import attrs
 import torch
 
-from ralu_core.errors import CallError, UnsupportedPipelineError
+from ralu_core.errors import UnsupportedPipelineError
 from ralu_core.measurement.profile import FlopsProfile
 from ralu_core.pipelines.adapter import is_diffusers_pipeline
 from ralu_core.pipelines.arguments import PipelineArguments
-from ralu_core.pipelines.controlnet import controlnet_scales
+from ralu_core.pipelines.controlnet import check_control_images, controlnet_scales, controlnets
 from ralu_core.pipelines.dit import DiTAdapter, DiTCall
 from ralu_core.sampling.known_region import TokenField
 from ralu_core.sampling.tokens import (
@@ -157,15 +157,6 @@ class SD3ControlNetArguments(SD3Arguments):
     control_image: Any = None
     controlnet_conditioning_scale: float | list[float] = 1.0
     controlnet_pooled_projections: torch.Tensor | None = None
-
-
-def check_controlnet(pipe: Any, bound: SD3ControlNetArguments) -> None:
-    """What StableDiffusion3ControlNetPipeline would fail on."""
-    nets = list(pipe.controlnet.nets) if hasattr(pipe.controlnet, "nets") else [pipe.controlnet]
-    if bound.control_image is None:
-        raise CallError("StableDiffusion3ControlNetPipeline needs a `control_image`")
-    if len(nets) > 1 and (not isinstance(bound.control_image, list) or len(bound.control_image) != len(nets)):
-        raise CallError(f"give one control image per ControlNet: a list of {len(nets)}")
 
 
 def sd3_grid(pipe: Any, height: int, width: int) -> TokenGrid:
@@ -345,7 +336,7 @@ class SD3ControlNetCall(SD3Call):
     def __init__(self, pipe: Any, args: SD3ControlNetArguments, height: int, width: int) -> None:
         super().__init__(pipe, args, height, width)
         self.control_args = args
-        self.nets = list(pipe.controlnet.nets) if hasattr(pipe.controlnet, "nets") else [pipe.controlnet]
+        self.nets = controlnets(pipe)
         self.multi = hasattr(pipe.controlnet, "nets")
         self.controls: list[list[TokenField]] = []
         """Per ControlNet, per CFG branch in the batch's order: the control latents (the pipeline encodes each
@@ -499,7 +490,7 @@ class SD3Adapter(DiTAdapter):
                 "of every token), which ralu does not feed yet"
             )
         if isinstance(bound, SD3ControlNetArguments):
-            check_controlnet(pipeline, bound)
+            check_control_images(pipeline, bound.control_image)
         strength = (bound.strength,) if isinstance(bound, SD3Img2ImgArguments) else ()
         pipeline.check_inputs(
             bound.prompt,

@@ -5,7 +5,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from ralu_core.errors import CallError
 from ralu_core.strategies.base import StepInfo
+
+
+def controlnets(pipe: Any) -> list[Any]:
+    """The pipeline's ControlNets: the nets of a multi-ControlNet, else the one."""
+    return list(pipe.controlnet.nets) if hasattr(pipe.controlnet, "nets") else [pipe.controlnet]
+
+
+def check_control_images(pipe: Any, control_image: Any) -> list[Any]:
+    """The pipeline's ControlNets, after refusing what its call would fail on: no control image, or not one per
+    ControlNet where there are several."""
+    nets = controlnets(pipe)
+    if control_image is None:
+        raise CallError(f"{type(pipe).__name__} needs a `control_image`")
+    if len(nets) > 1 and (not isinstance(control_image, list) or len(control_image) != len(nets)):
+        raise CallError(f"give one control image per ControlNet: a list of {len(nets)}")
+    return nets
 
 
 def _per_net(value: Any, count: int) -> list[Any]:

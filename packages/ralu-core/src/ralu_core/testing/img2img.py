@@ -92,6 +92,15 @@ class Img2ImgConformance(RecipesOnAPipeline):
         assert before is not None
         assert_same_snapshot(before, pipeline_snapshot(pipe))
 
+    def bad_inputs(self) -> list[tuple[dict[str, Any], str]]:
+        """(call arguments, the refusal's pattern) that must be refused before any model runs."""
+        return [
+            ({"image": None}, "needs an `image` to start from"),
+            ({"strength": 0.0}, r"strength must lie in \(0, 1\]"),
+            ({"strength": 1.5}, r"strength must lie in \(0, 1\]"),
+            ({"latents": torch.zeros(1)}, "`latents` with an input image"),
+        ]
+
     def test_bad_input_is_refused_before_any_model_runs(self) -> None:
         pipe = self.fresh()
         calls = 0
@@ -104,12 +113,7 @@ class Img2ImgConformance(RecipesOnAPipeline):
         encoder = pipe.vae.encoder.register_forward_pre_hook(count)
         try:
             for recipe in (self.baseline, *self.recipes):
-                for extra, message in (
-                    ({"image": None}, "needs an `image` to start from"),
-                    ({"strength": 0.0}, r"strength must lie in \(0, 1\]"),
-                    ({"strength": 1.5}, r"strength must lie in \(0, 1\]"),
-                    ({"latents": torch.zeros(1)}, "`latents` with an input image"),
-                ):
+                for extra, message in self.bad_inputs():
                     try:
                         self.run_from_image(pipe, recipe, [PROMPTS[0]], 0, **extra)
                     except CallError as exc:
