@@ -823,7 +823,7 @@ class FluxAdapter(DiTAdapter):
         "FluxKontextInpaintPipeline": "the reference image's tokens ride along, and the unmasked region is kept at "
         "every step",
     }
-    architectures: ClassVar[tuple[str, ...]] = ("flux-dev",)
+    architectures: ClassVar[tuple[str, ...]] = ("flux-dev", "flux-schnell")
     baseline_recipe: ClassVar[str] = "flux-baseline"
     default_recipe: ClassVar[str] = "ralu-flux-7x"
     Arguments = FluxArguments

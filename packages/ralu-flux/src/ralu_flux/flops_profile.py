@@ -8,6 +8,7 @@ from typing import Any
 
 from ralu_core.measurement.dit_profile import DiTFlopsProfile, Reuse
 from ralu_core.measurement.flops import FlopCount
+from ralu_core.measurement.text_encoders import CLIP_L, T5_XXL, clip_text_flops, t5_encoder_flops
 from ralu_core.pipelines.adapter import check_image_size
 from ralu_core.pipelines.pipeline_call import read_component_configs
 from ralu_core.sampling.tokens import TokenGrid
@@ -38,9 +39,15 @@ class FluxFlopsProfile(DiTFlopsProfile):
 
     @classmethod
     def from_source(cls, source: str | Path) -> FluxFlopsProfile:
-        """``flux-dev`` (50-step baseline, as in the RALU paper) or a diffusers FluxPipeline folder."""
+        """``flux-dev`` (50-step baseline, as in the RALU paper), ``flux-schnell`` (4 steps) or a diffusers
+        FluxPipeline folder."""
         if str(source) == "flux-dev":
             return cls("flux-dev", load_flux_dev_config("transformer"), load_flux_dev_config("vae"), baseline_steps=50)
+        if str(source) == "flux-schnell":
+            # FLUX.1-schnell: FLUX.1-dev's architecture without the guidance embedding, 4 steps, FluxPipeline's
+            # 512 T5 tokens (the RALU paper's counts for it fit 512, not the 256 of its model card).
+            transformer = {**load_flux_dev_config("transformer"), "guidance_embeds": False}
+            return cls("flux-schnell", transformer, load_flux_dev_config("vae"), baseline_steps=4)
         transformer, vae = read_component_configs(source, "flux-dev", "FluxPipeline")
         return cls(Path(source).name, transformer, vae, baseline_steps=28)
 
@@ -56,6 +63,10 @@ class FluxFlopsProfile(DiTFlopsProfile):
 
     def cached_attention(self) -> tuple[Callable[[Any], Any], Callable[..., Any]]:
         return attention_modules, FluxTokenProcessor
+
+    def text_encoders(self) -> FlopCount:
+        """CLIP-L over 77 tokens and T5-XXL over the call's `text_tokens`."""
+        return clip_text_flops(CLIP_L) + t5_encoder_flops(T5_XXL, self.text_tokens)
 
     def decode(self, latent_height: int, latent_width: int) -> FlopCount:
         return vae_decode_flops(self.vae, latent_height, latent_width)

@@ -13,7 +13,10 @@ from ralu_core.pipelines.dit import AdapterPlugin
 from ralu_core.plugins.models import NamedModel
 from ralu_flux.adapter import FluxAdapter
 
-RECIPES = ("flux-baseline", "ralu-flux-4x", "ralu-flux-5x", "ralu-flux-7x", "ras-flux", "ralu-ras-flux-7x")
+RECIPES = (
+    *("flux-baseline", "ralu-flux-4x", "ralu-flux-5x", "ralu-flux-7x", "ras-flux", "ralu-ras-flux-7x"),
+    "ralu-flux-schnell",
+)
 
 
 def _flux_dev_random(device: str, dtype: Any) -> Any:

@@ -436,7 +436,7 @@ class SD3Adapter(DiTAdapter):
         "StableDiffusion3PAGImg2ImgPipeline": "perturbed-attention guidance evaluates a third branch with some "
         "layers' attention replaced",
     }
-    architectures: ClassVar[tuple[str, ...]] = ("sd3-medium", "sd35-large")
+    architectures: ClassVar[tuple[str, ...]] = ("sd3-medium", "sd35-large", "sd35-large-turbo")
     embedded_models: ClassVar[tuple[str, ...]] = ("sd3-tiny", "sd35-tiny", "sd3-mid")
     baseline_recipe: ClassVar[str] = "sd3-baseline"
     default_recipe: ClassVar[str] = "ralu-sd3-3x"

@@ -7,12 +7,14 @@ a batch of two ([uncond; cond]), so it is counted twice; the VAE decodes once. T
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from ralu_core.measurement.dit_profile import DiTFlopsProfile, Reuse
 from ralu_core.measurement.flops import FlopCount
+from ralu_core.measurement.text_encoders import CLIP_G, CLIP_L, T5_XXL, clip_text_flops, t5_encoder_flops
 from ralu_core.pipelines.adapter import check_image_size
 from ralu_core.pipelines.pipeline_call import read_component_configs
 from ralu_core.sampling.tokens import TokenGrid
@@ -21,7 +23,13 @@ from ralu_sd3.flops import load_sd3_config, transformer_forward_flops, vae_decod
 
 CLIP_TOKENS = 77
 Architecture = Literal["sd3-medium", "sd35-large"]
-ARCHITECTURES = {"sd3-medium": 28, "sd35-large": 28}  # name -> baseline steps (the pipeline default, as in the paper)
+ARCHITECTURES: dict[str, tuple[Architecture, int, bool]] = {
+    # name -> (configs, baseline steps: the pipeline default as in the paper, classifier-free guidance)
+    "sd3-medium": ("sd3-medium", 28, True),
+    "sd35-large": ("sd35-large", 28, True),
+    # SD3.5-Large-Turbo: SD3.5-Large's architecture, distilled to 4 steps at guidance 0 (no CFG batch).
+    "sd35-large-turbo": ("sd35-large", 4, False),
+}
 
 
 class SD3FlopsProfile(DiTFlopsProfile):
@@ -48,14 +56,15 @@ class SD3FlopsProfile(DiTFlopsProfile):
 
     @classmethod
     def from_source(cls, source: str | Path) -> SD3FlopsProfile:
-        """``sd3-medium``, ``sd35-large`` or a diffusers StableDiffusion3Pipeline folder."""
+        """``sd3-medium``, ``sd35-large``, ``sd35-large-turbo`` or a diffusers StableDiffusion3Pipeline folder."""
         if str(source) in ARCHITECTURES:
-            arch = cast(Architecture, str(source))
+            configs, steps, guidance = ARCHITECTURES[str(source)]
             return cls(
-                arch,
-                load_sd3_config(arch, "transformer"),
-                load_sd3_config(arch, "vae"),
-                baseline_steps=ARCHITECTURES[arch],
+                str(source),
+                load_sd3_config(configs, "transformer"),
+                load_sd3_config(configs, "vae"),
+                baseline_steps=steps,
+                guidance=guidance,
             )
         transformer, vae = read_component_configs(source, ", ".join(ARCHITECTURES), "StableDiffusion3Pipeline")
         return cls(Path(source).name, transformer, vae)
@@ -84,6 +93,18 @@ class SD3FlopsProfile(DiTFlopsProfile):
 
     def cached_attention(self) -> tuple[Callable[[Any], Any], Callable[..., Any]]:
         return attention_modules, CachedKVJointProcessor
+
+    def text_encoders(self) -> FlopCount:
+        """CLIP-L and CLIP-G over 77 tokens, T5-XXL over the call's T5 tokens: one prompt's (a CFG call encodes
+        the negative prompt too; the RALU paper's counts fit one)."""
+        t5_tokens = self.text_tokens - CLIP_TOKENS
+        return clip_text_flops(CLIP_L) + clip_text_flops(CLIP_G) + t5_encoder_flops(T5_XXL, t5_tokens)
+
+    def without_guidance_batch(self) -> SD3FlopsProfile:
+        single = copy.copy(self)
+        single.cfg_batch = 1
+        single.name = f"{self.name} (one pass per step)"
+        return single
 
     def decode(self, latent_height: int, latent_width: int) -> FlopCount:
         return vae_decode_flops(self.vae, latent_height, latent_width)

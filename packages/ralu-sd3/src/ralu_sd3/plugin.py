@@ -14,7 +14,10 @@ from ralu_core.pipelines.dit import AdapterPlugin
 from ralu_core.plugins.models import NamedModel
 from ralu_sd3.adapter import SD3Adapter
 
-RECIPES = ("sd3-baseline", "ralu-sd3-2x", "ralu-sd3-3x", "ras-sd3", "ras-sd3-fast", "ralu-ras-sd3-3x")
+RECIPES = (
+    *("sd3-baseline", "ralu-sd3-2x", "ralu-sd3-3x", "ras-sd3", "ras-sd3-fast", "ralu-ras-sd3-3x"),
+    "ralu-sd35-turbo",
+)
 
 _NOTE = (
     "{name} is {arch}'s architecture at full size with RANDOM weights and random text embeddings (no text "

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from ralu_core.cli.common import default_adapter, installed_registry
 from ralu_core.errors import RaluError, did_you_mean
-from ralu_core.measurement.accounting import recipe_cost
+from ralu_core.measurement.accounting import recipe_cost, sampler_cost
 from ralu_core.measurement.profile import FlopsProfile, architectures, counting
 from ralu_core.pipelines.adapter import bind_to_adapter
 from ralu_core.plugins import Registry
@@ -74,14 +75,23 @@ def run(ns: argparse.Namespace) -> int:
     registry = installed_registry()
     recipe = find_recipe(ns.recipe, registry)
     runtime, profile = counted_runtime(registry, ns.model or default_architecture(registry, recipe), recipe)
-    cost = recipe_cost(runtime, profile, ns.height, ns.width, steps=ns.steps, baseline_steps=ns.baseline_steps)
+    text = ns.text_encoders == "include"
+    try:
+        cost = recipe_cost(
+            runtime, profile, ns.height, ns.width, steps=ns.steps, baseline_steps=ns.baseline_steps, text_encoders=text
+        )
+    except ValueError as exc:
+        raise RaluError(f"{exc}; leave out --text-encoders include") from exc
     include = ns.attention == "include"
     report = cost.to_dict(include)
+    if ns.against:
+        report["against"] = against(registry, ns, cost)
     if ns.json:
         print(json.dumps(report, indent=2))
         return 0
     label = "linear layers and attention" if include else "linear layers only, attention not counted"
-    print(f"{recipe.name} on {profile.name} at {ns.height}x{ns.width} ({label}; text encoders excluded)")
+    encoders = "text encoders included" if text else "text encoders excluded"
+    print(f"{recipe.name} on {profile.name} at {ns.height}x{ns.width} ({label}; {encoders})")
     for k, stage in enumerate(report["stages"]):
         cached = {kind: n for kind, n in stage["step_kinds"].items() if kind != "full"}
         notes = [f"{n} {kind}" for kind, n in cached.items()]
@@ -96,6 +106,8 @@ def run(ns: argparse.Namespace) -> int:
             f"= {stage['tflops']:9.2f} TFLOPs{note}"
         )
     print(f"  final VAE decode        = {report['final_decode_tflops']:9.2f} TFLOPs")
+    if text:
+        print(f"  text encoders           = {report['text_encoder_tflops']:9.2f} TFLOPs")
     if cost.adaptive_caches:
         print(
             f"  adaptive cache(s) {', '.join(cost.adaptive_caches)} counted as full: their savings depend on the run "
@@ -107,4 +119,35 @@ def run(ns: argparse.Namespace) -> int:
     )
     other = report["conventions"]["with_attention" if not include else "linear_only"]
     print(f"  ({'with' if not include else 'without'} attention: {other['speedup']:.2f}x)")
+    if ns.against:
+        quoted = report["against"]
+        mine = quoted["with_attention" if include else "linear_only"]
+        print(
+            f"  vs {quoted['model']} ({quoted['steps']} steps) {mine['baseline_tflops']:.2f} TFLOPs: "
+            f"{mine['speedup']:.2f}x; its own baseline vs it: {mine['baseline_speedup']:.2f}x"
+        )
     return 0
+
+
+def against(registry: Registry, ns: argparse.Namespace, cost: Any) -> dict[str, Any]:
+    """The recipe and its own baseline quoted against another architecture's plain sampler (--against), in both
+    conventions."""
+    profile = counting(_flops_adapter(registry, ns.against)).flops_profile(ns.against)
+    if ns.against_cfg == "off":
+        profile = profile.without_guidance_batch()
+    other_steps = ns.against_steps or profile.baseline_steps
+    other = sampler_cost(profile, ns.height, ns.width, other_steps, text_encoders=ns.text_encoders == "include")
+
+    def convention(flag: bool) -> dict[str, float]:
+        return {
+            "baseline_tflops": other.tflops(flag),
+            "speedup": other.tflops(flag) / cost.total.tflops(flag),
+            "baseline_speedup": other.tflops(flag) / cost.baseline.tflops(flag),
+        }
+
+    return {
+        "model": profile.name,
+        "steps": other_steps,
+        "linear_only": convention(False),
+        "with_attention": convention(True),
+    }

@@ -103,6 +103,27 @@ def build_parser() -> argparse.ArgumentParser:
     flo.add_argument("--steps", type=int, help="steps of single-stage recipes (default: the baseline's)")
     flo.add_argument("--baseline-steps", type=int, help="steps of the reference sampler (flux-dev: 50)")
     flo.add_argument(
+        "--against",
+        metavar="ARCHITECTURE",
+        help="also quote the speed-up against another architecture's sampler (a distilled model against the model it "
+        "was distilled from, as the RALU paper does: flux-schnell against flux-dev)",
+    )
+    flo.add_argument("--against-steps", type=int, help="steps of --against's sampler (default: its baseline's)")
+    flo.add_argument(
+        "--against-cfg",
+        choices=["on", "off"],
+        default="on",
+        help="off: count --against's sampler with one transformer pass per step where it runs a CFG batch of two "
+        "(the RALU paper counts SD3.5-Large so)",
+    )
+    flo.add_argument(
+        "--text-encoders",
+        choices=["exclude", "include"],
+        default="exclude",
+        help="include: count the text encoders' passes once per image, in the recipe and every baseline (the RALU "
+        "paper's convention); exclude (default): they are the same for every recipe",
+    )
+    flo.add_argument(
         "--attention",
         choices=["exclude", "include"],
         default="exclude",

@@ -62,6 +62,8 @@ class RecipeCost:
     baseline: FlopCount
     adaptive_caches: tuple[str, ...] = ()
     """Caches whose savings depend on the run: counted as full here (``ralu bench`` measures them)."""
+    text_encoding: FlopCount | None = None
+    """The text encoders' passes, where counted (in `total` and `baseline` alike); None: left out."""
 
     @property
     def total_without_final_decode(self) -> FlopCount:
@@ -72,7 +74,7 @@ class RecipeCost:
 
     @property
     def total(self) -> FlopCount:
-        return self.total_without_final_decode + self.final_decode
+        return self.total_without_final_decode + self.final_decode + (self.text_encoding or FlopCount())
 
     def speedup(self, include_attention: bool) -> float:
         return self.baseline.tflops(include_attention) / self.total.tflops(include_attention)
@@ -111,7 +113,12 @@ class RecipeCost:
             ],
             "final_decode_tflops": self.final_decode.tflops(include_attention),
             "conventions": {"linear_only": convention(False), "with_attention": convention(True)},
-            "text_encoders": "excluded",
+            "text_encoders": "excluded" if self.text_encoding is None else "included",
+            **(
+                {"text_encoder_tflops": self.text_encoding.tflops(include_attention)}
+                if self.text_encoding is not None
+                else {}
+            ),
             "adaptive_caches_counted_as_full": list(self.adaptive_caches),
         }
 
@@ -124,9 +131,11 @@ def recipe_cost(
     *,
     steps: int | None = None,
     baseline_steps: int | None = None,
+    text_encoders: bool = False,
 ) -> RecipeCost:
     """Count `runtime` at `height` x `width` on `profile`. `steps` fills stages without a step count
-    (the baseline recipe); the baseline is the profile's reference sampler (e.g. 50 steps)."""
+    (the baseline recipe); the baseline is the profile's reference sampler (e.g. 50 steps). `text_encoders`:
+    count the text encoders' passes too, in the recipe and the baseline (the RALU paper's convention)."""
     grid = profile.grid(height, width)
     full = grid.num_tokens
     latent_h, latent_w = grid.latent_size
@@ -180,7 +189,9 @@ def recipe_cost(
             )
         )
     final_decode = profile.decode(latent_h, latent_w)
-    baseline = forward(full) * base_steps + final_decode
+    text = prompt_encoding(profile) if text_encoders else None
+    # sampler_cost's count, the forward counted once
+    baseline = forward(full) * base_steps + final_decode + (text or FlopCount())
     return RecipeCost(
         recipe=runtime.recipe.name,
         model=profile.name,
@@ -191,6 +202,7 @@ def recipe_cost(
         baseline_steps=base_steps,
         baseline=baseline,
         adaptive_caches=tuple(dict.fromkeys(adaptive)),
+        text_encoding=text,
     )
 
 
@@ -237,3 +249,23 @@ class StackedReuse:
 
 def _stacked(reuses: list[Any]) -> Any:
     return StackedReuse(tuple(reuses))
+
+
+def sampler_cost(
+    profile: FlopsProfile, height: int, width: int, steps: int, *, text_encoders: bool = False
+) -> FlopCount:
+    """A plain sampler's FLOPs on `profile`: `steps` full-resolution forwards and the final decode, and the text
+    encoders' passes where asked (what another model's baseline costs, to quote a speed-up against it, as the
+    RALU paper quotes distilled models against FLUX.1-dev and SD3.5-Large)."""
+    grid = profile.grid(height, width)
+    latent_h, latent_w = grid.latent_size
+    cost = profile.forward(grid.num_tokens, None, None) * steps + profile.decode(latent_h, latent_w)
+    return cost + prompt_encoding(profile) if text_encoders else cost
+
+
+def prompt_encoding(profile: FlopsProfile) -> FlopCount:
+    """The text encoders' FLOPs for one prompt on `profile` (an error where it does not know them)."""
+    text = profile.text_encoders()
+    if text is None:
+        raise ValueError(f"the {profile.name} profile does not count its text encoders")
+    return text

@@ -42,6 +42,16 @@ class FlopsProfile(abc.ABC):
     def decode(self, latent_height: int, latent_width: int) -> FlopCount:
         """One VAE decode of a latent of this size (batch 1)."""
 
+    def text_encoders(self) -> FlopCount | None:
+        """The text encoders' passes for one prompt (left out of ralu's counts; the RALU paper counts them);
+        None where the profile does not know them."""
+        return None
+
+    def without_guidance_batch(self) -> FlopsProfile:
+        """The same architecture counted with one transformer pass per step where its pipeline runs a CFG batch of
+        two (the RALU paper counts SD3.5-Large so); itself where there is none."""
+        return self
+
 
 @runtime_checkable
 class CountsFlops(Protocol):
