@@ -27,6 +27,8 @@ BACKEND=${RALU_BENCH_COMPILE_BACKEND:-inductor}
 EXTRA=${RALU_BENCH_EXTRA:-"--device cuda --dtype bfloat16"}
 FLUX_MODEL=${RALU_BENCH_FLUX_MODEL:-flux-dev-random}
 SD3_MODEL=${RALU_BENCH_SD3_MODEL:-sd3-medium-random}
+# FLUX.1-schnell (4 steps) under RALU's 1/1/2-step plan: a short run (seconds on an H100).
+FLUX_SCHNELL_MODEL=${RALU_BENCH_FLUX_SCHNELL_MODEL:-flux-schnell-random}
 # SD3.5-large (15 GiB) fits an H100 but not the 8-minute budget beside the rest: opt in with sd35-large-random.
 SD35_MODEL=${RALU_BENCH_SD35_MODEL:-}
 SD35_RECIPES=${RALU_BENCH_SD35_RECIPES:-"sd3-baseline ralu-sd3-2x ralu-sd3-3x ras-sd3"}
@@ -68,6 +70,7 @@ for mode in $COMPILE; do
     bench "flux-eager" "$FLUX_MODEL" 50 off $FLUX_RECIPES
     # shellcheck disable=SC2086
     bench "sd3-eager" "$SD3_MODEL" 28 off $SD3_RECIPES
+    bench "flux-schnell-eager" "$FLUX_SCHNELL_MODEL" 4 off flux-baseline ralu-flux-schnell
     if [ -n "$SD35_MODEL" ]; then
       # shellcheck disable=SC2086
       bench "sd35-eager" "$SD35_MODEL" 28 off $SD35_RECIPES

@@ -36,6 +36,7 @@ def test_the_gpu_script_runs_every_recipe_and_summarizes(tmp_path: Path) -> None
         "RALU_BENCH_EXTRA": "--device cpu --dtype float32 --call-arg max_sequence_length=16",
         "RALU_BENCH_FLUX_MODEL": "flux-tiny",
         "RALU_BENCH_SD3_MODEL": "sd3-tiny",
+        "RALU_BENCH_FLUX_SCHNELL_MODEL": "flux-tiny",
         # DeepCache needs three blocks and sd3-tiny has two; the names of every default are checked below.
         "RALU_BENCH_SD3_RECIPES": "sd3-baseline ralu-sd3-2x ralu-sd3-3x ras-sd3 ralu-ras-sd3-3x",
     }
@@ -43,7 +44,10 @@ def test_the_gpu_script_runs_every_recipe_and_summarizes(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr[-3000:]
     assert not (tmp_path / "skipped.txt").exists(), (tmp_path / "skipped.txt").read_text()
     data = json.loads((tmp_path / "summary.json").read_text())
-    assert set(data["runs"]) == {"flux-eager", "sd3-eager", "flux-compile-default", "sd3-compile-default"}
+    assert set(data["runs"]) == {
+        *("flux-eager", "sd3-eager", "flux-schnell-eager", "flux-compile-default", "sd3-compile-default"),
+    }
+    assert [row["recipe"] for row in data["runs"]["flux-schnell-eager"]] == ["flux-baseline", "ralu-flux-schnell"]
     recipes = {run: [row["recipe"] for row in rows] for run, rows in data["runs"].items()}
     assert recipes["flux-eager"][0] == "flux-baseline" and "ralu-flux-5x-taylorseer" in recipes["flux-eager"]
     assert recipes["sd3-eager"] == ["sd3-baseline", "ralu-sd3-2x", "ralu-sd3-3x", "ras-sd3", "ralu-ras-sd3-3x"]

@@ -19,6 +19,7 @@ from ralu_core.testing.inpaint import InpaintConformance, box_mask
 from ralu_core.testing.lora import LoraConformance
 from ralu_core.testing.offload import OffloadConformance
 from ralu_core.testing.quantized import QuantizedConformance, needs_quantizers
+from ralu_core.testing.reference import ReferenceImageConformance
 from ralu_flux.testing import make_flux_controlnet, make_flux_fill_pipeline, make_flux_pipeline, packed_mask
 from ralu_sd3.testing import make_sd3_pipeline
 
@@ -104,3 +105,11 @@ class TestFluxCachesControlNet(FluxCaches, ControlNetConformance):
     def initial_latents(self, pipe: Any, count: int) -> torch.Tensor:
         tokens = (self.height // 16) * (self.width // 16)
         return torch.randn(count, tokens, 64, generator=torch.Generator().manual_seed(11))
+
+
+class TestFluxCachesKontext(FluxCaches, ReferenceImageConformance):
+    height, width = 64, 96
+    call: ClassVar[Mapping[str, Any]] = {"max_sequence_length": 16, "max_area": 64 * 96, "_auto_resize": False}
+
+    def make_pipeline(self) -> Any:
+        return diffusers.FluxKontextPipeline.from_pipe(make_flux_pipeline("tiny", seed=0))

@@ -29,7 +29,7 @@ def kontext() -> Any:
 
 class TestFluxKontext(ReferenceImageConformance):
     baseline = "flux-baseline"
-    recipes = ("ralu-flux-7x", "ras-flux", "ralu-flux-5x-taylorseer")
+    recipes = ("ralu-flux-7x", "ras-flux")
     height, width = HEIGHT, WIDTH
     # The size as asked (Kontext fits it to max_area), the reference at its own size (no preferred resolution).
     call: ClassVar[Mapping[str, Any]] = {"max_sequence_length": 16, "max_area": HEIGHT * WIDTH, "_auto_resize": False}

@@ -9,7 +9,12 @@ import ralu_core
 import ralu_core.measurement.random_weights as rw
 from ralu_core.cli import main
 from ralu_flux.flops import load_flux_dev_config
-from ralu_flux.random_weights import RandomTextFluxPipeline, flux_dev_random, random_flux_pipeline
+from ralu_flux.random_weights import (
+    RandomTextFluxPipeline,
+    flux_dev_random,
+    flux_schnell_random,
+    random_flux_pipeline,
+)
 
 FLUX_DEV_TRANSFORMER_PARAMETERS = 11_901_408_320  # FLUX.1-dev's published transformer
 
@@ -23,6 +28,13 @@ def test_flux_dev_random_is_the_full_architecture_with_the_real_text_shapes() ->
     assert pipe.scheduler.config.use_dynamic_shifting and pipe.scheduler.config.max_shift == 1.15
     embeds, pooled, text_ids = pipe.encode_prompt(["a cat", "a dog"], num_images_per_prompt=2, device="meta")
     assert embeds.shape == (4, 512, 4096) and pooled.shape == (4, 768) and text_ids.shape == (512, 3)
+
+
+def test_flux_schnell_random_is_schnells_architecture_and_schedule() -> None:
+    pipe = flux_schnell_random("meta", torch.bfloat16)
+    parameters = sum(p.numel() for p in pipe.transformer.parameters())
+    assert not pipe.transformer.config.guidance_embeds and parameters < FLUX_DEV_TRANSFORMER_PARAMETERS
+    assert not pipe.scheduler.config.use_dynamic_shifting and pipe.scheduler.config.shift == 1.0
 
 
 def _small() -> RandomTextFluxPipeline:

@@ -25,6 +25,12 @@ def _flux_dev_random(device: str, dtype: Any) -> Any:
     return flux_dev_random(device, dtype)
 
 
+def _flux_schnell_random(device: str, dtype: Any) -> Any:
+    from ralu_flux.random_weights import flux_schnell_random
+
+    return flux_schnell_random(device, dtype)
+
+
 def random_weight_models() -> list[NamedModel]:
     """The full-size random-weight FLUX models of the CLI."""
     return [
@@ -40,7 +46,20 @@ def random_weight_models() -> list[NamedModel]:
                 "for images."
             ),
             call_defaults={"height": 1024, "width": 1024, "guidance_scale": 3.5, "max_sequence_length": 512},
-        )
+        ),
+        NamedModel(
+            name="flux-schnell-random",
+            adapter="flux",
+            architecture="flux-schnell",
+            load=_flux_schnell_random,
+            loads_on_device=True,
+            note=(
+                "flux-schnell-random is FLUX.1-schnell's architecture at full size with RANDOM weights and random "
+                "text embeddings (no text encoders): for timing and memory on a GPU (22 GiB of weights in bfloat16), "
+                "not for images."
+            ),
+            call_defaults={"height": 1024, "width": 1024, "num_inference_steps": 4, "max_sequence_length": 512},
+        ),
     ]
 
 

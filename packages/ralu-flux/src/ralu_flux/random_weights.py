@@ -80,3 +80,11 @@ def flux_dev_random(device: str, dtype: torch.dtype) -> RandomTextFluxPipeline:
     """FLUX.1-dev's architecture (12B transformer, 16-channel VAE) with random weights on `device`."""
     configs = {part: load_flux_dev_config(part) for part in ("transformer", "vae", "scheduler")}  # type: ignore[arg-type]
     return random_flux_pipeline(configs["transformer"], configs["vae"], configs["scheduler"], device, dtype)
+
+
+def flux_schnell_random(device: str, dtype: torch.dtype) -> RandomTextFluxPipeline:
+    """FLUX.1-schnell's architecture (FLUX.1-dev's without the guidance embedding; a static shift of 1.0) with
+    random weights on `device`."""
+    transformer = {**load_flux_dev_config("transformer"), "guidance_embeds": False}
+    scheduler = {**load_flux_dev_config("scheduler"), "shift": 1.0, "use_dynamic_shifting": False}
+    return random_flux_pipeline(transformer, load_flux_dev_config("vae"), scheduler, device, dtype)
