@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import diffusers
 import pytest
 import torch
 
 from ralu_core import accelerate
 from ralu_core.cli import main
-from ralu_flux.testing import make_flux_pipeline
+from ralu_flux.testing import make_flux_schnell_pipeline
 
 
 def flops(capsys: Any, *args: str) -> dict[str, Any]:
@@ -37,23 +36,9 @@ def test_the_paper_s_schnell_rows_in_its_convention_and_in_ours(capsys: Any) -> 
     assert own["speedup"] == pytest.approx(1.35, abs=0.01)
 
 
-def schnell_shaped() -> Any:
-    """The tiny FLUX pipeline as FLUX.1-schnell is made: no guidance embedding, a static shift of 1.0."""
-    tiny: Any = make_flux_pipeline("tiny", seed=0)
-    config = {key: value for key, value in tiny.transformer.config.items() if not key.startswith("_")}
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        transformer = diffusers.FluxTransformer2DModel.from_config({**config, "guidance_embeds": False})
-    scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(
-        tiny.scheduler.config, shift=1.0, use_dynamic_shifting=False
-    )
-    pipe = diffusers.FluxPipeline.from_pipe(tiny, transformer=transformer, scheduler=scheduler)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def test_ralu_on_a_schnell_shaped_pipeline_runs_its_four_steps_without_guidance() -> None:
-    pipe = schnell_shaped()
+    pipe = make_flux_schnell_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
     guidance: list[Any] = []
     hook = pipe.transformer.register_forward_pre_hook(
         lambda module, args, kwargs: guidance.append(kwargs["guidance"]), with_kwargs=True

@@ -47,3 +47,11 @@ def test_the_inpaint_example_keeps_the_region_and_edits_with_kontext(capsys) -> 
         "Kontext under ralu-flux-7x: latents (1, 24, 64)",
         "Kontext under ras-flux: latents (1, 24, 64)",
     ]
+
+
+def test_the_distilled_example_runs_schnells_four_steps_as_ralus(capsys) -> None:  # type: ignore[no-untyped-def]
+    runpy.run_path(str(EXAMPLES / "distilled.py"), run_name="__main__")
+    assert capsys.readouterr().out.splitlines() == [
+        "flux-baseline: 4 transformer passes, latents (1, 24, 64)",
+        "ralu-flux-schnell: 4 transformer passes, latents (1, 24, 64)",
+    ]

@@ -263,3 +263,17 @@ def make_flux_control_pipeline(seed: int = 0) -> Any:
         torch.manual_seed(seed)
         transformer = FluxTransformer2DModel.from_config({**config, "in_channels": 2 * latent, "out_channels": latent})
     return FluxControlPipeline.from_pipe(tiny, transformer=transformer)
+
+
+def make_flux_schnell_pipeline(seed: int = 0) -> Any:
+    """The tiny FLUX pipeline made as FLUX.1-schnell is: no guidance embedding, a static shift of 1.0 (random
+    weights, `seed`)."""
+    tiny: Any = make_flux_pipeline("tiny", seed=seed)
+    config = {key: value for key, value in tiny.transformer.config.items() if not key.startswith("_")}
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        transformer = FluxTransformer2DModel.from_config({**config, "guidance_embeds": False})
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+        tiny.scheduler.config, shift=1.0, use_dynamic_shifting=False
+    )
+    return FluxPipeline.from_pipe(tiny, transformer=transformer, scheduler=scheduler)
