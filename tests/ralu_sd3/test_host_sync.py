@@ -40,4 +40,4 @@ def test_the_recorder_sees_a_reinserted_position_tensor(sd3, monkeypatch) -> Non
     monkeypatch.setattr(SinCosGrid, "embed", embed)
     syncs = loop_syncs(sd3, "ralu-sd3-3x")
     strip_steps = 3  # stage 2 of ralu-sd3-3x mixes levels: its tokens go through the strip forward
-    assert syncs - CANNY == Counter({"ralu_sd3/adapter.py in SD3Call.predict": strip_steps})
+    assert syncs - CANNY == Counter({"ralu_sd3/call.py in SD3Call.predict": strip_steps})
