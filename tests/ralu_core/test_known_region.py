@@ -118,20 +118,6 @@ def test_every_state_the_model_sees_holds_the_image_noised_to_its_sigma(toy_pm: 
     assert torch.equal(final.values[:, top], call.image[:, top])
 
 
-def test_no_mask_leaves_image_to_image_untouched(toy_pm: Any) -> None:
-    runtime = resolve_recipe(load_recipe_text(RALU), Registry.collect(toy_pm))
-
-    class ImageOnly(InpaintingToyCall):
-        def inpaint_mask(self) -> None:  # type: ignore[override]
-            return None
-
-    with_mask = SamplingEngine(runtime).run(InpaintingToyCall(ToyPipeline(), 64, 96, 1, seeded_generators(0), None))
-    without = SamplingEngine(runtime).run(ImageOnly(ToyPipeline(), 64, 96, 1, seeded_generators(0), None))
-    top = slice(0, with_mask.num_tokens // 2)
-    assert not torch.allclose(with_mask.values[:, top], without.values[:, top], atol=1e-3)
-    assert torch.isfinite(without.values).all()
-
-
 def test_a_grid_without_a_half_level_still_gives_full_tokens() -> None:
     grid = TokenGrid(rows=3, cols=3, channels=1, patch=2)
     values = torch.randn(1, grid.num_tokens, grid.token_dim)

@@ -11,7 +11,7 @@ import diffusers
 import pytest
 import torch
 
-from ralu_core.errors import UnsupportedPipelineError
+from ralu_core.errors import CallError, UnsupportedPipelineError
 from ralu_core.pipelines.accelerated import accelerate
 from ralu_core.testing.conformance import PROMPTS, cached_attention_outputs, dense_at
 from ralu_core.testing.controlnet import ControlImageConformance, ControlNetConformance, PerControlNet
@@ -43,14 +43,14 @@ class TestFluxControlNet(FluxControlNets):
 
 
 class TestFluxUnionControlNets(FluxControlNets):
-    """Two ControlNets at once, one of them a Union ControlNet with its mode."""
+    """Two ControlNets at once, one of them a Union ControlNet with its mode (the other given none: -1)."""
 
     recipes = ("ralu-flux-7x",)
     windows = ({}, {"controlnet_conditioning_scale": [0.4, 1.0], "control_guidance_end": [0.5, 1.0]})
     # FluxControlNetPipeline takes several ControlNets' scales only as a list (a float fails in it; ralu takes both).
     call: ClassVar[Mapping[str, Any]] = {
         **FluxControlNets.call,
-        "control_mode": [0, 2],
+        "control_mode": [None, 2],
         "controlnet_conditioning_scale": [1.0, 1.0],
     }
 
@@ -100,3 +100,17 @@ class TestFluxControl(ControlImageConformance):
 
     def make_pipeline(self) -> Any:
         return make_flux_control_pipeline(seed=0)
+
+
+def test_one_controlnet_for_several_conditions_and_control_tensors_of_another_size_are_refused() -> None:
+    tiny = make_flux_pipeline("tiny", seed=0)
+    union = make_flux_controlnet(tiny, num_mode=4)
+    twice = diffusers.FluxControlNetPipeline.from_pipe(
+        tiny, controlnet=diffusers.FluxMultiControlNetModel([union, union])
+    )
+    call = {"prompt": PROMPTS[0], "height": 64, "width": 96, "control_mode": [0, 1]}
+    with pytest.raises(UnsupportedPipelineError, match="one ControlNet serves several control images"):
+        accelerate(twice, "flux-baseline")(control_image=[input_images(1, 64, 96)] * 2, **call)
+    one = diffusers.FluxControlNetPipeline.from_pipe(tiny, controlnet=make_flux_controlnet(tiny))
+    with pytest.raises(CallError, match=r"the control image is 32x32 pixels and the call's size 64x96"):
+        accelerate(one, "ras-flux")(prompt=PROMPTS[0], control_image=input_images(1, 32, 32), height=64, width=96)

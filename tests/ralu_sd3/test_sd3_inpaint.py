@@ -39,3 +39,13 @@ def test_an_inpainting_transformer_that_reads_the_mask_as_channels_is_refused_by
     fast = accelerate(pipe, "ralu-sd3-3x")
     with pytest.raises(UnsupportedPipelineError, match="reads 33 channels"):
         fast("a cat", image=input_images(1, 64, 64), mask_image=box_mask(1, 64, 64, 0, 0, 0.5, 1), height=64, width=64)
+
+
+def test_the_baseline_decodes_as_the_inpaint_pipeline_does() -> None:
+    """StableDiffusion3InpaintPipeline decodes without the VAE's shift factor; so does its baseline."""
+    pipe = TestSD3Inpaint().fresh()
+    call = {"prompt": "a", "image": input_images(1, 64, 64), "mask_image": box_mask(1, 64, 64, 0.25, 0, 0.75, 1)}
+    call |= {"height": 64, "width": 64, "num_inference_steps": 2, "max_sequence_length": 8, "output_type": "pt"}
+    plain = pipe(**call, generator=torch.Generator().manual_seed(0)).images
+    ours = accelerate(pipe, "sd3-baseline")(**call, generator=torch.Generator().manual_seed(0)).images
+    assert torch.equal(ours, plain)

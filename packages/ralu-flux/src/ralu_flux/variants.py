@@ -12,7 +12,7 @@ import attrs
 import torch
 
 from ralu_core.errors import CallError, UnsupportedPipelineError
-from ralu_core.pipelines.controlnet import check_control_images, controlnet_scales, controlnets
+from ralu_core.pipelines.controlnet import check_control_images, check_control_size, controlnet_scales, controlnets
 from ralu_core.sampling.known_region import TokenField
 from ralu_core.sampling.tokens import FULL, HALF, TokenState, gather_tokens
 from ralu_core.strategies.base import StepInfo
@@ -99,9 +99,16 @@ class FluxFillArguments(FluxImg2ImgArguments):
     strength: float = 1.0
     guidance_scale: float = 30.0
 
+    def starts_from_latents(self) -> bool:
+        return self.masked_image_latents is not None
+
     def check_inputs(self, pipeline: Any, height: int, width: int) -> None:
         if self.mask_image is None and self.masked_image_latents is None:
             raise CallError("FluxFillPipeline needs a `mask_image` (white: repaint) or `masked_image_latents`")
+        if self.masked_image_latents is not None and self.latents is None:
+            raise CallError(
+                "FluxFillPipeline given `masked_image_latents` (and no image) starts from `latents`: give them too"
+            )
         pipeline.check_inputs(
             self.prompt,
             self.prompt_2,
@@ -144,7 +151,7 @@ class FluxControlNetArguments(FluxArguments):
     controlnet_conditioning_scale: float | list[float] = 1.0
 
     def check_inputs(self, pipeline: Any, height: int, width: int) -> None:
-        check_controlnet(pipeline, self)
+        check_controlnet(pipeline, self, height, width)
         super().check_inputs(pipeline, height, width)
 
     def make_call(self, pipe: Any, height: int, width: int) -> FluxCall:
@@ -169,6 +176,7 @@ class FluxControlArguments(FluxArguments):
     def check_inputs(self, pipeline: Any, height: int, width: int) -> None:
         if self.control_image is None:
             raise CallError("FluxControlPipeline needs a `control_image` (a Canny edge map or a depth map)")
+        check_control_size(self.control_image, height, width)
         pipeline.check_inputs(  # it has no negative prompts
             self.prompt,
             self.prompt_2,
@@ -214,7 +222,7 @@ class FluxImg2ImgCall(FluxCall):
         super().__init__(pipe, args, height, width)
         self.strength = args.strength
 
-    def start_image(self) -> torch.Tensor:
+    def start_image(self) -> torch.Tensor | None:
         latents = self.encoded_image(lambda image: self.pipe._encode_vae_image(image=image, generator=self.generator))
         return self.pipe._pack_latents(latents, *latents.shape)  # type: ignore[no-any-return]
 
@@ -235,12 +243,20 @@ class FluxFillCall(FluxImg2ImgCall):
     """One prepared FluxFillPipeline call: image-to-image's, every generated token reading the masked image's
     latents and the mask as extra channels. At half resolution (RALU's first stages) they are what the pipeline
     would make of the image at half size: the masked image's latents averaged over 2 x 2 latent pixels, the mask
-    averaged over 2 x 2 pixels before its 8 x 8-pixel packing."""
+    averaged over 2 x 2 pixels before its 8 x 8-pixel packing (given packed as `masked_image_latents`, the mask is
+    unpacked to pixels first)."""
 
     def __init__(self, pipe: Any, args: FluxFillArguments, height: int, width: int) -> None:
         super().__init__(pipe, args, height, width)
         self.fill_args = args
         self._conditioning: TokenField | None = None
+
+    def start_image(self) -> torch.Tensor | None:
+        return None if self.args.image is None else super().start_image()
+
+    def initial_noise(self) -> torch.Tensor:
+        # Given `latents` (with its conditioning packed), the pipeline starts from them as they are.
+        return FluxCall.initial_noise(self) if self.args.latents is not None else self.packed_noise()
 
     def token_channels(self, state: TokenState) -> torch.Tensor:
         if self._conditioning is None:  # made after the noise, in the pipeline's order of random draws
@@ -249,25 +265,35 @@ class FluxFillCall(FluxImg2ImgCall):
 
     def _fill_conditioning(self) -> TokenField:
         pipe, args = self.pipe, self.fill_args
-        if args.masked_image_latents is not None:
-            # Given packed: the half-resolution level can only average every channel, the mask's 8 x 8 packing too.
-            given = args.masked_image_latents.to(device=self.device, dtype=self.dtype)
-            return TokenField.of(given, self.grid)
-        image = pipe.image_processor.preprocess(args.image, height=self.height, width=self.width).to(torch.float32)
-        mask = pipe.mask_processor.preprocess(args.mask_image, height=self.height, width=self.width)
-        masked = (image * (1 - mask)).to(device=self.device, dtype=self.dtype)
         batch, channels, _, _ = self.latent_shape()
-        packed_mask, masked_latents = pipe.prepare_mask_latents(
-            mask, masked, batch, channels, 1, *image.shape[-2:], self.dtype, self.device, self.generator
-        )
+        if args.masked_image_latents is not None:  # given packed, as the pipeline takes them
+            given = args.masked_image_latents.to(device=self.device, dtype=self.dtype)
+            masked_latents, packed_mask = given[..., : self.grid.token_dim], given[..., self.grid.token_dim :]
+            mask = self._unpack_mask(packed_mask)
+        else:
+            image = pipe.image_processor.preprocess(args.image, height=self.height, width=self.width)
+            mask = pipe.mask_processor.preprocess(args.mask_image, height=self.height, width=self.width)
+            masked = (image.to(torch.float32) * (1 - mask)).to(device=self.device, dtype=self.dtype)
+            packed_mask, masked_latents = pipe.prepare_mask_latents(
+                mask, masked, batch, channels, 1, *image.shape[-2:], self.dtype, self.device, self.generator
+            )
+            mask = mask.repeat(batch // mask.shape[0], 1, 1, 1)
         full = torch.cat((masked_latents, packed_mask), dim=-1)
         if not self.grid.supports_half_resolution():
             return TokenField(full=full, half=None)
         half_latents = TokenField.of(masked_latents, self.grid).half
         assert half_latents is not None
-        half_mask = torch.nn.functional.avg_pool2d(mask.repeat(batch // mask.shape[0], 1, 1, 1), 2)
-        half = torch.cat((half_latents, self._pack_mask(half_mask).to(device=self.device, dtype=self.dtype)), dim=-1)
+        half_mask = self._pack_mask(torch.nn.functional.avg_pool2d(mask.to(torch.float32), 2))
+        half = torch.cat((half_latents, half_mask.to(device=self.device, dtype=self.dtype)), dim=-1)
         return TokenField(full=full, half=half)
+
+    def _unpack_mask(self, packed: torch.Tensor) -> torch.Tensor:
+        """`_pack_mask` undone: FLUX Fill's packed mask channels -> (B, 1, H, W) pixels."""
+        factor = self.pipe.vae_scale_factor
+        grouped = self.pipe._unpack_latents(packed, self.height, self.width, factor)  # (B, 8 x 8, h, w)
+        batch, _, rows, cols = grouped.shape
+        pixels = grouped.reshape(batch, factor, factor, rows, cols).permute(0, 3, 1, 4, 2)
+        return pixels.reshape(batch, 1, rows * factor, cols * factor)  # type: ignore[no-any-return]
 
     def _pack_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) pixel mask -> FLUX Fill's packing: each latent pixel's 8 x 8 pixels as channels, 2 x 2 latent
@@ -314,14 +340,15 @@ class FluxControlNetCall(FluxCall):
         return super().initial_noise()
 
     def _modes(self, mode: Any) -> Any:
-        """ControlNet-Union's mode per image (one per ControlNet where several), as the pipeline makes them."""
-        if mode is None:
-            return [None] * len(self.nets) if self.multi else None
+        """ControlNet-Union's mode per image, as the pipeline makes them: one tensor for one ControlNet (None where
+        no mode is given); one per ControlNet where several, -1 for a ControlNet given none."""
         if not self.multi:
+            if mode is None:
+                return None
             return torch.tensor(mode).to(self.device, dtype=torch.long).view(-1, 1).expand(self.batch_size, 1)
         modes = mode if isinstance(mode, list) else [mode] * len(self.nets)
         return [
-            None if m is None else torch.tensor(m).expand(self.batch_size).to(self.device, dtype=torch.long)
+            torch.tensor(-1 if m is None else m).expand(self.batch_size).to(self.device, dtype=torch.long)
             for m in modes
         ]
 
@@ -418,9 +445,21 @@ def control_latents(call: FluxCall, image: Any) -> torch.Tensor:
     return pipe._pack_latents(latents, call.batch_size, latents.shape[1], rows, cols)  # type: ignore[no-any-return]
 
 
-def check_controlnet(pipe: Any, bound: FluxControlNetArguments) -> None:
+def check_controlnet(pipe: Any, bound: FluxControlNetArguments, height: int, width: int) -> None:
     """What FluxControlNetPipeline would fail on, and the ControlNets ralu cannot make follow its tokens."""
-    if any(net.input_hint_block is not None for net in check_control_images(pipe, bound.control_image)):
+    nets = check_control_images(pipe, bound.control_image, height, width)
+    mode, multi = bound.control_mode, hasattr(pipe.controlnet, "nets")
+    if not multi and mode is not None and not isinstance(mode, int):
+        raise CallError("for one ControlNet, `control_mode` must be an int or None")
+    if multi and isinstance(mode, list) and len(mode) != len(nets):
+        raise CallError(f"give one `control_mode` per ControlNet: a list of {len(nets)} (None for a plain one)")
+    if len({id(net) for net in nets}) < len(nets):
+        raise UnsupportedPipelineError(
+            "one ControlNet serves several control images here (a Union ControlNet with several conditions): its "
+            "conditions would share one key/value store under RAS, which ralu does not keep apart yet; give each "
+            "condition its own ControlNet, or use one condition"
+        )
+    if any(net.input_hint_block is not None for net in nets):
         raise UnsupportedPipelineError(
             "this ControlNet reads its control image in pixels through an input hint block (XLabs' FLUX ControlNets), "
             "which cannot follow ralu's token sets yet; ralu drives ControlNets that read VAE latents (InstantX, "

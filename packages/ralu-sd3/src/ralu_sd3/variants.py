@@ -112,7 +112,7 @@ class SD3ControlNetArguments(SD3Arguments):
     controlnet_pooled_projections: torch.Tensor | None = None
 
     def check_inputs(self, pipeline: Any, height: int, width: int) -> None:
-        check_control_images(pipeline, self.control_image)
+        check_control_images(pipeline, self.control_image, height, width)
         super().check_inputs(pipeline, height, width)
 
     def make_call(self, pipe: Any, height: int, width: int) -> SD3Call:
@@ -140,7 +140,7 @@ class SD3Img2ImgCall(SD3Call):
             latents = retrieve_latents(vae.encode(image), generator=generator)
         return (latents - vae.config.shift_factor) * vae.config.scaling_factor  # type: ignore[no-any-return]
 
-    def start_image(self) -> torch.Tensor:
+    def start_image(self) -> torch.Tensor | None:
         return image_to_tokens(self.encoded_image(self._encode), self.patch)
 
     def initial_noise(self) -> torch.Tensor:
@@ -154,6 +154,12 @@ class SD3Img2ImgCall(SD3Call):
 class SD3InpaintCall(SD3Img2ImgCall):
     """One prepared StableDiffusion3InpaintPipeline call: image-to-image's, keeping the unmasked region at every
     step (the pipeline's 16-channel transformer path)."""
+
+    def __init__(self, pipe: Any, args: SD3InpaintArguments, height: int, width: int) -> None:
+        super().__init__(pipe, args, height, width)
+        # StableDiffusion3InpaintPipeline decodes `latents / scaling_factor`, without the VAE's shift factor (its
+        # img2img and text-to-image pipelines add it); the images follow it, so that the baseline is the pipeline.
+        self.images.output_shift = False
 
     def _encode(self, image: torch.Tensor) -> torch.Tensor:
         return self.pipe._encode_vae_image(image=image, generator=self.generator)  # type: ignore[no-any-return]
@@ -206,7 +212,7 @@ class SD3ControlNetCall(SD3Call):
             batch_size=self.batch_size,
             num_images_per_prompt=self.args.num_images_per_prompt,
             device=self.device,
-            dtype=self.dtype,
+            dtype=self.pipe.transformer.dtype,
             do_classifier_free_guidance=self.cfg,
             guess_mode=False,
         )

@@ -76,16 +76,20 @@ def run(ns: argparse.Namespace) -> int:
     recipe = find_recipe(ns.recipe, registry)
     runtime, profile = counted_runtime(registry, ns.model or default_architecture(registry, recipe), recipe)
     text = ns.text_encoders == "include"
-    try:
-        cost = recipe_cost(
-            runtime, profile, ns.height, ns.width, steps=ns.steps, baseline_steps=ns.baseline_steps, text_encoders=text
-        )
-    except ValueError as exc:
-        raise RaluError(f"{exc}; leave out --text-encoders include") from exc
+    other = against_profile(registry, ns) if ns.against else None
+    if text:
+        for counted in (profile, other):
+            if counted is not None and counted.text_encoders() is None:
+                raise RaluError(
+                    f"ralu does not count {counted.name}'s text encoders; leave out --text-encoders include"
+                )
+    cost = recipe_cost(
+        runtime, profile, ns.height, ns.width, steps=ns.steps, baseline_steps=ns.baseline_steps, text_encoders=text
+    )
     include = ns.attention == "include"
     report = cost.to_dict(include)
-    if ns.against:
-        report["against"] = against(registry, ns, cost)
+    if other is not None:
+        report["against"] = against(other, ns, cost)
     if ns.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -129,12 +133,20 @@ def run(ns: argparse.Namespace) -> int:
     return 0
 
 
-def against(registry: Registry, ns: argparse.Namespace, cost: Any) -> dict[str, Any]:
+def against_profile(registry: Registry, ns: argparse.Namespace) -> FlopsProfile:
+    """--against's counting profile (an architecture, a pipeline folder or a named model), one pass per step where
+    --against-cfg is off."""
+    model = ns.against
+    named = registry.models.get(model)
+    if named is not None and named.obj.flops_source() is not None:
+        model = named.obj.flops_source()
+    profile = counting(_flops_adapter(registry, model)).flops_profile(model)
+    return profile.without_guidance_batch() if ns.against_cfg == "off" else profile
+
+
+def against(profile: FlopsProfile, ns: argparse.Namespace, cost: Any) -> dict[str, Any]:
     """The recipe and its own baseline quoted against another architecture's plain sampler (--against), in both
     conventions."""
-    profile = counting(_flops_adapter(registry, ns.against)).flops_profile(ns.against)
-    if ns.against_cfg == "off":
-        profile = profile.without_guidance_batch()
     other_steps = ns.against_steps or profile.baseline_steps
     other = sampler_cost(profile, ns.height, ns.width, other_steps, text_encoders=ns.text_encoders == "include")
 

@@ -53,6 +53,11 @@ class PipelineArguments:
         if used:
             raise UnsupportedArgumentError(f"ralu does not support {', '.join(used)} with {self.pipeline_name} yet")
 
+    def starts_from_latents(self) -> bool:
+        """Image-to-image variants: whether this call starts from its `latents` with no input image (FLUX Fill given
+        its conditioning packed), so that neither an image nor its absence beside `latents` is refused."""
+        return False
+
     def prompt_batch_size(self) -> int:
         """Prompts in the call (before num_images_per_prompt), as the pipelines count them."""
         if isinstance(self.prompt, str):

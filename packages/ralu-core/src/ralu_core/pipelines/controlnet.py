@@ -14,10 +14,11 @@ def controlnets(pipe: Any) -> list[Any]:
     return list(pipe.controlnet.nets) if hasattr(pipe.controlnet, "nets") else [pipe.controlnet]
 
 
-def check_control_images(pipe: Any, control_image: Any) -> list[Any]:
-    """The pipeline's ControlNets, after refusing what its call would fail on: no control image, or not one per
-    ControlNet where there are several."""
+def check_control_images(pipe: Any, control_image: Any, height: int, width: int) -> list[Any]:
+    """The pipeline's ControlNets, after refusing what its call would fail on (no control image, not one per
+    ControlNet where there are several) and control image tensors of another size than the call's."""
     nets = controlnets(pipe)
+    check_control_size(control_image, height, width)
     if control_image is None:
         raise CallError(f"{type(pipe).__name__} needs a `control_image`")
     if len(nets) > 1 and (not isinstance(control_image, list) or len(control_image) != len(nets)):
@@ -41,3 +42,16 @@ def controlnet_scales(scale: Any, start: Any, end: Any, count: int, step: StepIn
         scale * (1.0 - float(i / n < first or (i + 1) / n > last))
         for scale, first, last in zip(scales, starts, ends, strict=False)
     ]
+
+
+def check_control_size(control_image: Any, height: int, width: int) -> None:
+    """A control image given as a tensor (the pipelines pass it unresized, and then take its size for the image's)
+    must have the call's size: ralu's token grid is fixed before."""
+    for image in control_image if isinstance(control_image, list | tuple) else [control_image]:
+        shape = getattr(image, "shape", None)
+        if shape is None or len(shape) < 3 or tuple(shape[-2:]) == (height, width):
+            continue
+        raise CallError(
+            f"the control image is {shape[-2]}x{shape[-1]} pixels and the call's size {height}x{width}: give height "
+            "and width equal to a control image tensor's size, or a PIL image (the pipeline resizes those)"
+        )

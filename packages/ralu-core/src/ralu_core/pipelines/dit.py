@@ -252,7 +252,7 @@ class DiTAdapter(ModelAdapter):
         if bound.num_inference_steps is not None and bound.num_inference_steps < 1:
             raise CallError(f"num_inference_steps must be at least 1, got {bound.num_inference_steps}")
         strength = getattr(bound, "strength", None)  # image-to-image
-        if strength is not None:
+        if strength is not None and not bound.starts_from_latents():
             if getattr(bound, "image", None) is None:
                 raise CallError(f"{type(pipeline).__name__} needs an `image` to start from")
             if not 0.0 < strength <= 1.0:

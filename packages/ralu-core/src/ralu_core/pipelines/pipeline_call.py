@@ -103,6 +103,8 @@ class DiffusersImages:
 
     def __init__(self, pipe: Any, output_type: str | None, return_dict: bool) -> None:
         self.pipe, self.output_type, self.return_dict = pipe, output_type, return_dict
+        self.output_shift = True
+        """Whether the output's decode adds the VAE's shift factor (SD3's inpaint pipeline leaves it out)."""
 
     def vae_latent(self, latent: torch.Tensor) -> torch.Tensor:
         """Model latent -> VAE latent (undo the pipeline's normalisation), on the VAE's device and dtype."""
@@ -120,7 +122,13 @@ class DiffusersImages:
         if self.output_type == "latent":
             image: Any = latents
         else:
-            decoded = self.pipe.vae.decode(self.vae_latent(latent_image), return_dict=False)[0]
+            vae = self.pipe.vae
+            vae_latent = (
+                self.vae_latent(latent_image)
+                if self.output_shift
+                else (latent_image / vae.config.scaling_factor).to(device=vae.device, dtype=vae.dtype)
+            )
+            decoded = vae.decode(vae_latent, return_dict=False)[0]
             image = self.pipe.image_processor.postprocess(decoded, output_type=self.output_type)
         self.pipe.maybe_free_model_hooks()
         if not self.return_dict:
