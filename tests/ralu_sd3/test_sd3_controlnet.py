@@ -9,7 +9,8 @@ from typing import Any, ClassVar
 import diffusers
 import torch
 
-from ralu_core.testing.conformance import cached_attention_outputs, dense_at
+from ralu_core.pipelines.accelerated import accelerate
+from ralu_core.testing.conformance import PROMPTS, cached_attention_outputs, dense_at
 from ralu_core.testing.controlnet import ControlNetConformance, PerControlNet
 from ralu_core.testing.img2img import input_images
 from ralu_sd3.adapter import SD3Adapter
@@ -89,3 +90,21 @@ def test_ras_keeps_the_controlnets_keys_and_values_too_and_agrees_with_the_dense
     out = cached_attention_outputs(SD3Adapter(), pipe, kwargs)
     torch.testing.assert_close(out.recorded, out.plain, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.subset, dense_at(out), rtol=1e-5, atol=1e-5)
+
+
+def test_the_baseline_gives_each_cfg_branch_its_own_control_latents() -> None:
+    """The pipeline samples the control latents of its [uncond; cond] batch from torch's global generator, each copy
+    apart: seeded alike, the baseline equals it (with the branches swapped it would not), and another seed differs."""
+    tiny = make_sd3_pipeline("sd3-tiny", seed=0)
+    pipe = diffusers.StableDiffusion3ControlNetPipeline.from_pipe(tiny, controlnet=make_sd3_controlnet(tiny))
+    pipe.set_progress_bar_config(disable=True)
+    call = {"prompt": PROMPTS[0], "control_image": input_images(1, 64, 96), "height": 64, "width": 96}
+    call |= {"num_inference_steps": 2, "max_sequence_length": 8, "output_type": "latent"}
+
+    def run(target: Any, seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        return target(**call, generator=torch.Generator().manual_seed(0)).images  # type: ignore[no-any-return]
+
+    plain = run(pipe, 3)
+    assert torch.equal(run(accelerate(pipe, "sd3-baseline"), 3), plain)
+    assert not torch.equal(run(pipe, 4), plain)
