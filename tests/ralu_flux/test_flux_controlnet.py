@@ -15,9 +15,10 @@ from ralu_core.errors import CallError, UnsupportedPipelineError
 from ralu_core.pipelines.accelerated import accelerate
 from ralu_core.testing.conformance import PROMPTS, cached_attention_outputs, dense_at
 from ralu_core.testing.controlnet import ControlImageConformance, ControlNetConformance, PerControlNet
-from ralu_core.testing.img2img import input_images
+from ralu_core.testing.img2img import Img2ImgConformance, input_images
+from ralu_core.testing.inpaint import InpaintConformance
 from ralu_flux.adapter import FluxAdapter
-from ralu_flux.testing import make_flux_control_pipeline, make_flux_controlnet, make_flux_pipeline
+from ralu_flux.testing import make_flux_control_pipeline, make_flux_controlnet, make_flux_pipeline, packed_mask
 
 
 class FluxControlNets(ControlNetConformance):
@@ -114,3 +115,40 @@ def test_one_controlnet_for_several_conditions_and_control_tensors_of_another_si
     one = diffusers.FluxControlNetPipeline.from_pipe(tiny, controlnet=make_flux_controlnet(tiny))
     with pytest.raises(CallError, match=r"the control image is 32x32 pixels and the call's size 64x96"):
         accelerate(one, "ras-flux")(prompt=PROMPTS[0], control_image=input_images(1, 32, 32), height=64, width=96)
+
+
+class ControlNetOnAnImage:
+    """The ControlNet variants that start from an input image: their control image comes with every call."""
+
+    baseline = "flux-baseline"
+    recipes = ("ralu-flux-7x", "ras-flux")
+    call: ClassVar[Mapping[str, Any]] = {"max_sequence_length": 16}
+
+    def run_from_image(self, pipe: Any, recipe: Any, prompts: list[str], seeds: Any, **extra: Any) -> Any:
+        extra.setdefault("control_image", input_images(1, 64, 96, seed=12))  # one for every image
+        return super().run_from_image(pipe, recipe, prompts, seeds, **extra)  # type: ignore[misc]
+
+
+class TestFluxControlNetImg2Img(ControlNetOnAnImage, Img2ImgConformance):
+    def make_pipeline(self) -> Any:
+        tiny = make_flux_pipeline("tiny", seed=0)
+        return diffusers.FluxControlNetImg2ImgPipeline.from_pipe(tiny, controlnet=make_flux_controlnet(tiny))
+
+
+class TestFluxControlNetInpaint(ControlNetOnAnImage, InpaintConformance):
+    def make_pipeline(self) -> Any:
+        tiny = make_flux_pipeline("tiny", seed=0)
+        return diffusers.FluxControlNetInpaintPipeline.from_pipe(tiny, controlnet=make_flux_controlnet(tiny))
+
+    def kept_in_output(self, pipe: Any, mask: torch.Tensor) -> torch.Tensor:
+        return packed_mask(pipe, mask, self.height, self.width) == 0
+
+
+@pytest.mark.parametrize("variant", [TestFluxControlNetImg2Img, TestFluxControlNetInpaint])
+def test_the_control_image_steers_the_variants_that_start_from_an_image(variant: Any) -> None:
+    case = variant()
+    pipe = case.fresh()
+    for recipe in ("ralu-flux-7x", "ras-flux"):
+        ours = case.run_from_image(pipe, recipe, [PROMPTS[0]], 3)
+        other = case.run_from_image(pipe, recipe, [PROMPTS[0]], 3, control_image=input_images(1, 64, 96, seed=13))
+        assert (other - ours).abs().max() > 1e-3, f"{variant.__name__}, {recipe}: the control image changed nothing"

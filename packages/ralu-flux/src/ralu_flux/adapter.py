@@ -18,6 +18,8 @@ from ralu_flux.call import PATCH, FluxArguments, FluxCall, flux_grid, latent_cha
 from ralu_flux.variants import (
     FluxControlArguments,
     FluxControlNetArguments,
+    FluxControlNetImg2ImgArguments,
+    FluxControlNetInpaintArguments,
     FluxFillArguments,
     FluxImg2ImgArguments,
     FluxInpaintArguments,
@@ -27,6 +29,8 @@ from ralu_flux.variants import (
 __all__ = ["PATCH", "FluxAdapter", "FluxArguments", "FluxCall", "flux_grid", "latent_channels"]
 
 VARIANTS: tuple[type[FluxArguments], ...] = (
+    FluxControlNetImg2ImgArguments,
+    FluxControlNetInpaintArguments,
     FluxImg2ImgArguments,
     FluxInpaintArguments,
     FluxFillArguments,
@@ -47,9 +51,6 @@ class FluxAdapter(DiTAdapter):
         "token, from an input image",
         "FluxControlInpaintPipeline": "its transformer reads the control image's latents as extra channels of every "
         "token, and the unmasked region is kept at every step",
-        "FluxControlNetImg2ImgPipeline": "a ControlNet adds its residuals to the blocks, from an input image",
-        "FluxControlNetInpaintPipeline": "a ControlNet adds its residuals to the blocks, and the unmasked region is "
-        "kept at every step",
         "FluxKontextInpaintPipeline": "the reference image's tokens ride along, and the unmasked region is kept at "
         "every step",
     }

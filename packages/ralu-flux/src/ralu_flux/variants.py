@@ -192,6 +192,88 @@ class FluxControlArguments(FluxArguments):
 
 
 @attrs.frozen(kw_only=True)
+class FluxControlNetImg2ImgArguments(FluxImg2ImgArguments):
+    """FluxControlNetImg2ImgPipeline.__call__'s arguments: image-to-image's and the ControlNet's (as
+    `FluxControlNetArguments`'), no negative prompts."""
+
+    pipeline_name: ClassVar[str] = "FluxControlNetImg2ImgPipeline"
+    positional_order: ClassVar[tuple[str, ...] | None] = (
+        *("prompt", "prompt_2", "image", "control_image", "height", "width", "strength", "num_inference_steps"),
+        *("sigmas", "guidance_scale", "control_guidance_start", "control_guidance_end", "control_mode"),
+        *("controlnet_conditioning_scale", "num_images_per_prompt", "generator", "latents", "prompt_embeds"),
+        *("pooled_prompt_embeds", "output_type", "return_dict", "joint_attention_kwargs", "callback_on_step_end"),
+        *("callback_on_step_end_tensor_inputs", "max_sequence_length"),
+    )
+
+    guidance_scale: float = 7.0
+    control_guidance_start: float | list[float] = 0.0
+    control_guidance_end: float | list[float] = 1.0
+    control_image: Any = None
+    control_mode: int | list[int] | None = None
+    controlnet_conditioning_scale: float | list[float] = 1.0
+
+    def check_inputs(self, pipeline: Any, height: int, width: int) -> None:
+        check_controlnet(pipeline, self, height, width)
+        pipeline.check_inputs(
+            self.prompt,
+            self.prompt_2,
+            self.strength,
+            height,
+            width,
+            None,  # callback_on_step_end_tensor_inputs
+            prompt_embeds=self.prompt_embeds,
+            pooled_prompt_embeds=self.pooled_prompt_embeds,
+            max_sequence_length=self.max_sequence_length,
+        )
+
+    def make_call(self, pipe: Any, height: int, width: int) -> FluxCall:
+        return FluxControlNetImg2ImgCall(pipe, self, height, width)
+
+
+@attrs.frozen(kw_only=True)
+class FluxControlNetInpaintArguments(FluxInpaintArguments):
+    """FluxControlNetInpaintPipeline.__call__'s arguments: inpainting's and the ControlNet's (as
+    `FluxControlNetArguments`'), no negative prompts."""
+
+    pipeline_name: ClassVar[str] = "FluxControlNetInpaintPipeline"
+    positional_order: ClassVar[tuple[str, ...] | None] = (
+        *("prompt", "prompt_2", "image", "mask_image", "masked_image_latents", "control_image", "height", "width"),
+        *("strength", "padding_mask_crop", "sigmas", "num_inference_steps", "guidance_scale"),
+        *("control_guidance_start", "control_guidance_end", "control_mode", "controlnet_conditioning_scale"),
+        *("num_images_per_prompt", "generator", "latents", "prompt_embeds", "pooled_prompt_embeds", "output_type"),
+        *("return_dict", "joint_attention_kwargs", "callback_on_step_end", "callback_on_step_end_tensor_inputs"),
+        "max_sequence_length",
+    )
+
+    guidance_scale: float = 7.0
+    control_guidance_start: float | list[float] = 0.0
+    control_guidance_end: float | list[float] = 1.0
+    control_image: Any = None
+    control_mode: int | list[int] | None = None
+    controlnet_conditioning_scale: float | list[float] = 1.0
+
+    def check_inputs(self, pipeline: Any, height: int, width: int) -> None:
+        check_controlnet(pipeline, self, height, width)
+        pipeline.check_inputs(
+            self.prompt,
+            self.prompt_2,
+            self.image,
+            self.mask_image,
+            self.strength,
+            height,
+            width,
+            self.output_type,
+            prompt_embeds=self.prompt_embeds,
+            pooled_prompt_embeds=self.pooled_prompt_embeds,
+            padding_mask_crop=self.padding_mask_crop,
+            max_sequence_length=self.max_sequence_length,
+        )
+
+    def make_call(self, pipe: Any, height: int, width: int) -> FluxCall:
+        return FluxControlNetInpaintCall(pipe, self, height, width)
+
+
+@attrs.frozen(kw_only=True)
 class FluxKontextArguments(FluxArguments):
     """FluxKontextPipeline.__call__'s arguments: FluxPipeline's, the reference `image` first, and the area the size
     is fitted to (`max_area`) and the reference image's resizing (`_auto_resize`)."""
@@ -313,9 +395,9 @@ class FluxControlNetCall(FluxCall):
     over 2 x 2 latent pixels at half resolution), and its residuals go to the transformer's blocks. Under RAS the
     ControlNet's attention keeps the skipped tokens' keys and values as the transformer's does."""
 
-    def __init__(self, pipe: Any, args: FluxControlNetArguments, height: int, width: int) -> None:
+    def __init__(self, pipe: Any, args: Any, height: int, width: int) -> None:
         super().__init__(pipe, args, height, width)
-        self.control_args = args
+        self.control_args = args  # FluxControlNetArguments, or a combination's with the same ControlNet fields
         self.multi = hasattr(pipe.controlnet, "nets")
         self.nets = controlnets(pipe)
         self.controls: list[TokenField] = []
@@ -331,12 +413,18 @@ class FluxControlNetCall(FluxCall):
         # transformer's sequence) does not fit its sequence: images at different positions are evaluated apart.
         return not any(net.union for net in self.nets) and super().positions_per_row()
 
-    def initial_noise(self) -> torch.Tensor:
-        # The pipeline encodes the control images (drawing from the generators) before it draws the noise.
+    def encode_controls(self) -> None:
+        """Prepare and encode the control images (drawing from the generators), once."""
+        if self.controls:
+            return
         images = self.control_args.control_image
         images = list(images) if self.multi else [images]
         self.controls = [TokenField.of(control_latents(self, image), self.grid) for image in images]
         self.modes = self._modes(self.control_args.control_mode)
+
+    def initial_noise(self) -> torch.Tensor:
+        # The pipeline encodes the control images before it draws the noise.
+        self.encode_controls()
         return super().initial_noise()
 
     def _modes(self, mode: Any) -> Any:
@@ -425,6 +513,22 @@ class FluxControlCall(FluxCall):
         return self.control.at(state)
 
 
+class FluxControlNetImg2ImgCall(FluxControlNetCall, FluxImg2ImgCall):
+    """One prepared FluxControlNetImg2ImgPipeline call: the ControlNet's residuals, starting from the input image."""
+
+    def start_image(self) -> torch.Tensor | None:
+        self.encode_controls()  # the pipeline encodes the control images before the input image
+        return super().start_image()
+
+
+class FluxControlNetInpaintCall(FluxControlNetCall, FluxInpaintCall):
+    """One prepared FluxControlNetInpaintPipeline call: the ControlNet's residuals, the unmasked region kept."""
+
+    def start_image(self) -> torch.Tensor | None:
+        self.encode_controls()  # the pipeline encodes the control images before the input image
+        return super().start_image()
+
+
 def control_latents(call: FluxCall, image: Any) -> torch.Tensor:
     """A control image prepared, encoded and packed as FLUX's control pipelines do (packed latents pass as given)."""
     pipe, vae = call.pipe, call.pipe.vae
@@ -445,7 +549,7 @@ def control_latents(call: FluxCall, image: Any) -> torch.Tensor:
     return pipe._pack_latents(latents, call.batch_size, latents.shape[1], rows, cols)  # type: ignore[no-any-return]
 
 
-def check_controlnet(pipe: Any, bound: FluxControlNetArguments, height: int, width: int) -> None:
+def check_controlnet(pipe: Any, bound: Any, height: int, width: int) -> None:
     """What FluxControlNetPipeline would fail on, and the ControlNets ralu cannot make follow its tokens."""
     nets = check_control_images(pipe, bound.control_image, height, width)
     mode, multi = bound.control_mode, hasattr(pipe.controlnet, "nets")
