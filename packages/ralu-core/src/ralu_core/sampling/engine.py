@@ -160,14 +160,17 @@ class SamplingEngine:
         tools can scope to it (`HostSyncRecorder.step_loop`). `known`: inpainting's kept region, reset after every
         step and transition."""
         velocity: torch.Tensor | None = None
+        total_steps = sum(grid.steps for grid in grids)
         for index, (stage, sigmas) in enumerate(zip(self.runtime.stages, grids, strict=True)):
             token_map = None
+            kept = None
             if index > 0:
                 assert velocity is not None
                 previous = state
                 state = self._transition(call, generator, stage, state, velocity, grids[index - 1], sigmas)
                 if known is not None:  # the new tokens' kept region, at the new stage's first sigma
-                    state = state.with_values(known.at(state).keep(state.values, sigmas.values[0]))
+                    kept = known.at(state)
+                    state = state.with_values(kept.keep(state.values, sigmas.values[0]))
                 if any(slot.active_in(index - 1) for slot in self.runtime.caches):  # someone carries state over
                     token_map = TokenMap.between(previous, state)
             with nullcontext() if stage_scope is None else stage_scope(index):
@@ -181,10 +184,11 @@ class SamplingEngine:
                         cached_attention=stage.cached_attention,
                     ),
                 )
-                kept = None if known is None else known.at(state)
+                if kept is None and known is not None:  # the first stage (a transition made it for the others)
+                    kept = known.at(state)
                 done = sum(grid.steps for grid in grids[:index])
                 state, velocity = self._run_stage(
-                    call, generator, index, stage, state, sigmas, bar, kept, (done, sum(g.steps for g in grids))
+                    call, generator, index, stage, state, sigmas, bar, kept, (done, total_steps)
                 )
             if self.hooks is not None:
                 levels = {lvl: state.count_at_level(lvl) for lvl in (FULL, HALF)}

@@ -109,6 +109,13 @@ back to the device once per Canny transition."""
 PROMPTS = ("a red circle", "a blue square")
 
 
+def seeded(seeds: int | list[int] | None) -> Any:
+    """A call's `generator` argument: one generator for an int, one per seed for a list, None for None."""
+    if seeds is None:
+        return None
+    return torch.Generator().manual_seed(seeds) if isinstance(seeds, int) else [seeded(s) for s in seeds]
+
+
 class RecipesOnAPipeline:
     """What the mixins for what users load share (LoRAs, quantized weights, offloading): the adapter's baseline
     and a RALU and a RAS recipe, run on two prompts with a generator each, on pipelines `make_pipeline` builds."""

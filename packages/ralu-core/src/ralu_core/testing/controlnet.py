@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 
 from ralu_core.pipelines.accelerated import accelerate
-from ralu_core.testing.conformance import PROMPTS, RecipesOnAPipeline, assert_same_snapshot, pipeline_snapshot
+from ralu_core.testing.conformance import PROMPTS, RecipesOnAPipeline, assert_same_snapshot, pipeline_snapshot, seeded
 from ralu_core.testing.img2img import input_images
 
 
@@ -51,7 +51,7 @@ class ControlImageConformance(RecipesOnAPipeline):
             kwargs = {key: value for key, value in kwargs.items() if not key.startswith("control")}
         if recipe is None or recipe == self.baseline:
             kwargs.setdefault("num_inference_steps", self.steps)
-        generator = None if seeds is None else [torch.Generator().manual_seed(s) for s in seeds]
+        generator = seeded(seeds)
         call = pipe if recipe is None else accelerate(pipe, recipe)
         return call(prompt=prompts if len(prompts) > 1 else prompts[0], generator=generator, **kwargs).images
 

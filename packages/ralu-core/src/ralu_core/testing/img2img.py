@@ -13,7 +13,7 @@ import torch
 
 from ralu_core.errors import CallError
 from ralu_core.pipelines.accelerated import accelerate
-from ralu_core.testing.conformance import PROMPTS, RecipesOnAPipeline, assert_same_snapshot, pipeline_snapshot
+from ralu_core.testing.conformance import PROMPTS, RecipesOnAPipeline, assert_same_snapshot, pipeline_snapshot, seeded
 
 
 def input_images(count: int, height: int, width: int, seed: int = 5) -> torch.Tensor:
@@ -33,11 +33,7 @@ class Img2ImgConformance(RecipesOnAPipeline):
         self, pipe: Any, recipe: str | None, prompts: list[str], seeds: list[int] | int, **extra: Any
     ) -> Any:
         """Latents of `prompts`, one generator per seed (or one for all), from the call's image (a default one)."""
-        generator: Any = (
-            torch.Generator().manual_seed(seeds)
-            if isinstance(seeds, int)
-            else [torch.Generator().manual_seed(s) for s in seeds]
-        )
+        generator = seeded(seeds)
         kwargs = {"height": self.height, "width": self.width, **self.call, "output_type": "latent", **extra}
         kwargs.setdefault("image", input_images(1, self.height, self.width))
         kwargs.setdefault("strength", self.strength)

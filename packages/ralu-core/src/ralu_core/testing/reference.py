@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 
 from ralu_core.pipelines.accelerated import accelerate
-from ralu_core.testing.conformance import PROMPTS, RecipesOnAPipeline, assert_same_snapshot, pipeline_snapshot
+from ralu_core.testing.conformance import PROMPTS, RecipesOnAPipeline, assert_same_snapshot, pipeline_snapshot, seeded
 from ralu_core.testing.img2img import input_images
 
 
@@ -30,11 +30,7 @@ class ReferenceImageConformance(RecipesOnAPipeline):
         self, pipe: Any, recipe: str | None, prompts: list[str], seeds: list[int] | int, **extra: Any
     ) -> Any:
         """Latents of `prompts`, one generator per seed (or one for all), with a reference (a default one)."""
-        generator: Any = (
-            torch.Generator().manual_seed(seeds)
-            if isinstance(seeds, int)
-            else [torch.Generator().manual_seed(s) for s in seeds]
-        )
+        generator = seeded(seeds)
         kwargs = {"height": self.height, "width": self.width, **self.call, "output_type": "latent", **extra}
         kwargs.setdefault("image", self.reference(1))
         if recipe is None or recipe == self.baseline:
