@@ -37,6 +37,7 @@ PACKAGES = {
     "ralu-flux": ["packages/ralu-core", "packages/ralu-flux"],
     "ralu-sd3": ["packages/ralu-core", "packages/ralu-sd3"],
     "ralu-lumina": ["packages/ralu-core", "packages/ralu-lumina"],
+    "ralu-qwenimage": ["packages/ralu-core", "packages/ralu-qwenimage"],
     "ralu-bench": [
         "packages/ralu-core",
         "packages/ralu-flux",
@@ -58,7 +59,9 @@ TEST_DIRS = {package: f"tests/{package.replace('-', '_')}" for package in PACKAG
 # What users load on top of a pipeline, which the adapters' tests load too: LoRAs (PEFT), torchao's quantized
 # weights and GGUF checkpoints (docs/compatibility.md).
 USER_STACK = ["peft", "torchao", "gguf"]
-TEST_EXTRAS = {package: USER_STACK for package in ("ralu-flux", "ralu-sd3", "ralu-lumina", "ralu-caching")}
+TEST_EXTRAS = {
+    package: USER_STACK for package in ("ralu-flux", "ralu-sd3", "ralu-lumina", "ralu-qwenimage", "ralu-caching")
+}
 EVERYTHING = [
     "packages/ralu-core",
     "packages/ralu-flux",
@@ -66,6 +69,7 @@ EVERYTHING = [
     "packages/ralu-bench",
     "packages/ralu-caching",
     "packages/ralu-lumina",
+    "packages/ralu-qwenimage",
 ]
 
 

@@ -108,6 +108,8 @@ class DiTCall(ModelCall):
         self.joint_attention_kwargs = dict(args.joint_attention_kwargs or {})
         self.mu: float | None = None
         self.schedule = PipelineSchedule(pipe, self.device)
+        terminal = pipe.scheduler.config.get("shift_terminal")
+        self.terminal_sigma = None if terminal is None else float(terminal)
         self.images = DiffusersImages(pipe, args.output_type, args.return_dict)
         self.hooks = DiffusersHooks(pipe)
         self.keys_values: KeysValues | None = None

@@ -29,6 +29,7 @@ __all__ = [
     "VOCABULARY",
     "make_clip_tokenizer",
     "make_gemma_tokenizer",
+    "make_qwen2_tokenizer",
     "make_t5_tokenizer",
     "seeded",
     "seeded_components",
@@ -316,3 +317,41 @@ def make_gemma_tokenizer(words: Sequence[str] | None = None) -> Any:
     merges = _whole_word_merges(vocab, [list(piece) for word in chosen for piece in ("\u2581" + word, word)])
     pairs: Any = merges  # (left, right) pairs, as tokenizers' BPE takes them
     return GemmaTokenizer(vocab=vocab, merges=pairs, model_max_length=GEMMA_MAX_LENGTH, add_bos_token=True)
+
+
+def make_qwen2_tokenizer(words: Sequence[str] | None = None) -> Any:
+    """A Qwen2-style byte-level BPE tokenizer over `words` (default :data:`VOCABULARY`), built offline and
+    deterministically, in the class QwenImagePipeline uses (``Qwen2Tokenizer``, with Qwen2's own pre-tokenizer,
+    NFC normaliser and byte-level decoder).
+
+    Ids 0-255 are GPT-2's byte alphabet in its vocabulary order (every string encodes, nothing is unknown), then
+    ``<|endoftext|>`` (pad, EOS and unknown, as Qwen2's), ``<|im_start|>`` and ``<|im_end|>``, then the merged
+    tokens. Every vocabulary word is one token both with the leading ``Ġ`` (byte-level space) and without, and so
+    is every word of QwenImagePipeline's chat template: its system part then spans the 34 tokens that the pipeline
+    drops (``prompt_template_encode_start_idx``), as with Qwen2.5-VL's tokenizer, and the prompt's own tokens all
+    survive the drop.
+    """
+    _require_tokenizers_backend()
+    from transformers import Qwen2Tokenizer
+
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [byte for byte in range(256) if byte not in printable]
+    table = {byte: chr(byte) for byte in printable} | {byte: chr(256 + index) for index, byte in enumerate(others)}
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {token: index for index, token in enumerate([*(table[byte] for byte in printable + others), *specials])}
+    template = (  # the words of QwenImagePipeline's chat template (its system prompt and roles)
+        "system user assistant Describe describe image detailing color shape size texture quantity text spatial"
+        " relationships objects background"
+    )
+    chosen = dict.fromkeys([*template.split(), *(VOCABULARY if words is None else words)])
+    spelled = [[table[byte] for byte in piece.encode()] for word in chosen for piece in (" " + word, word)]
+    pairs: Any = _whole_word_merges(vocab, spelled)  # (left, right) pairs, as tokenizers' BPE takes them
+    return Qwen2Tokenizer(
+        vocab=vocab,
+        merges=pairs,
+        unk_token=specials[0],
+        eos_token=specials[0],
+        pad_token=specials[0],
+        extra_special_tokens=specials[1:],
+        model_max_length=32768,
+    )

@@ -6,7 +6,8 @@ ralu takes the steps itself: first-order Euler steps along the velocity, as diff
 spacing (Karras, exponential, beta), shift type and terminal shift are followed exactly. A schedule that spaces
 each stage's sigmas itself (``nt-dm``: RALU) would ignore them, so it refuses them rather than run another
 schedule than the one the user chose. What no recipe can follow is refused for every recipe: another stepping
-rule (Heun's two model calls per step) and stochastic sampling (fresh noise at every step).
+rule (Heun's two model calls per step) and stochastic sampling (fresh noise at every step). A terminal sigma
+(``shift_terminal``) is followed by every schedule: ``nt-dm`` stretches its last stage to it.
 """
 
 from __future__ import annotations
@@ -50,8 +51,6 @@ def scheduler_problems(scheduler: Any, schedule: TimestepSchedule, recipe: str) 
     chosen = [label for flag, label in SPACING.items() if config.get(flag, False)]
     if config.get("time_shift_type", "exponential") != "exponential":
         chosen.append(f"a {config.get('time_shift_type')} time shift")
-    if config.get("shift_terminal") is not None:
-        chosen.append(f"a terminal sigma of {config.get('shift_terminal')}")
     if not chosen:
         return []
     return [

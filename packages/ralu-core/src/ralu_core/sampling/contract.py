@@ -48,6 +48,9 @@ class ModelCall(abc.ABC):
     strength: float | None = None
     """Image-to-image: how much of the schedule runs from `start_image` (diffusers' `strength`); None: the call
     starts from pure noise."""
+    terminal_sigma: float | None = None
+    """The last sigma before clean data that the pipeline's scheduler stretches its schedule to (diffusers'
+    ``shift_terminal``: Qwen-Image's 0.02); None: no stretch."""
 
     def start_image(self) -> torch.Tensor | None:
         """Image-to-image: (B, N, D) full-resolution latents of the input image in raster token order, encoded as

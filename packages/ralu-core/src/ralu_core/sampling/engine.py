@@ -118,6 +118,7 @@ class SamplingEngine:
             default_shift=call.default_shift,
             pipeline_sigmas=call.pipeline_sigmas,
             strength=call.strength,
+            terminal_sigma=call.terminal_sigma,
         )
         plan = self.runtime.schedule.plan([s.spec for s in self.runtime.stages], context)
         if len(plan.sigmas) != len(self.runtime.stages):

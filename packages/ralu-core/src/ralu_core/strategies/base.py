@@ -173,6 +173,9 @@ class ScheduleContext:
     strength: float | None = None
     """Image-to-image: how much of the schedule is left to run from the input image (diffusers' `strength`);
     None: sampling starts from pure noise."""
+    terminal_sigma: float | None = None
+    """The scheduler's terminal sigma (diffusers' ``shift_terminal``), which a schedule spacing its own sigmas
+    stretches its last stage to; None: none."""
 
 
 @attrs.frozen(kw_only=True)

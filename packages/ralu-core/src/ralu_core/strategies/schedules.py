@@ -132,9 +132,28 @@ class NTDMSchedule(TimestepSchedule):
             first = image_start_index(context.default_steps, context.strength)
             start_sigma = float(context.pipeline_sigmas(context.default_steps)[first])
             solution = solution.starting_at(1.0 - start_sigma)
-        sigmas = tuple(torch.tensor(stage.sigmas, dtype=torch.float32) for stage in solution.stages())
-        details = {**solution.to_dict(), "mode": self.config.mode, "source": self.config.source}
-        return SchedulePlan(sigmas=sigmas, details=details)
+        sigmas = [torch.tensor(stage.sigmas, dtype=torch.float64) for stage in solution.stages()]
+        if context.terminal_sigma is not None:
+            sigmas[-1] = stretch_to_terminal(sigmas[-1], context.terminal_sigma)
+        details = {
+            **solution.to_dict(),
+            "mode": self.config.mode,
+            "source": self.config.source,
+            "terminal_sigma": context.terminal_sigma,
+        }
+        return SchedulePlan(sigmas=tuple(s.to(torch.float32) for s in sigmas), details=details)
+
+
+def stretch_to_terminal(sigmas: torch.Tensor, terminal: float) -> torch.Tensor:
+    """A stage's descending sigmas (ending at 0) with the last one before 0 moved to `terminal`, by the affine map
+    of diffusers' ``shift_terminal`` stretch anchored at the stage's first sigma rather than at 1 (the same map where
+    the stage starts from pure noise), so that the stage still starts where its transition rewound to. A one-step
+    stage, or one starting below `terminal`, is left as it is."""
+    if sigmas.numel() < 3 or float(sigmas[0]) <= terminal:
+        return sigmas
+    start, last = sigmas[0], sigmas[-2]
+    stretched = start - (start - sigmas[:-1]) * ((start - terminal) / (start - last))
+    return torch.cat([stretched, sigmas[-1:]])
 
 
 @attrs.frozen(kw_only=True)

@@ -252,7 +252,10 @@ class RecipeConformance:
         pipe = self.make_pipeline()  # its own: the class's pipeline carries what earlier tests left
         pipe.set_progress_bar_config(disable=True)
         kwargs = {"height": self.height, "width": self.width, **self.call, "output_type": "latent"}
-        pipe(PROMPTS[0], num_inference_steps=1, **kwargs)  # what the pipeline's own first call leaves (lazy state)
+        # What the pipeline's own first call leaves (lazy state; decoding sets up the caches of Qwen-Image's VAE). Two
+        # steps: one step of a scheduler with a terminal sigma (Qwen-Image's) leaves NaN timesteps behind, which no
+        # comparison finds equal.
+        pipe(PROMPTS[0], num_inference_steps=2, **{**kwargs, "output_type": "pt"})
         before = pipeline_snapshot(pipe)
         for recipe in self.recipes():
             accelerate(pipe, recipe)(PROMPTS[0], generator=torch.Generator().manual_seed(0), **kwargs)
@@ -278,6 +281,10 @@ class AdapterConformance(RecipeConformance):
     """Steps of the baseline calls."""
     full_size: ClassVar[str]
     """An architecture `ralu flops` counts (``flux-dev``)."""
+    model_syncs: ClassVar[tuple[str, ...]] = ()
+    """Places in the model's own diffusers code that wait for the device at every forward, in the plain pipeline
+    as under ralu (matched in the innermost diffusers frame: ``in compute_text_seq_len_from_mask``): not counted
+    against the step loop."""
 
     def adapter(self) -> ModelAdapter:
         return self.registry().resolve_adapter(self.pipeline())
@@ -316,7 +323,11 @@ class AdapterConformance(RecipeConformance):
             canny = any(stage.selector is not None and stage.selector.name == "canny-edge" for stage in runtime.stages)
             with HostSyncRecorder.step_loop() as recorder:
                 self.latents(recipe, PROMPTS, (0, 1))
-            found = Counter(record.where for record in recorder.records)
+            found = Counter(
+                record.where
+                for record in recorder.records
+                if not any(m in f"{record.via} {record.caller}" for m in self.model_syncs)
+            )
             assert found == (CANNY_SYNCS if canny else Counter()), f"{recipe}: {recorder.format_summary()}"
 
     def test_compiled_blocks_give_the_eager_latents_and_compile_once(self) -> None:

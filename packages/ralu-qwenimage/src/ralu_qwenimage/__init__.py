@@ -1,0 +1,1 @@
+"""ralu adapter for Qwen-Image (diffusers QwenImagePipeline)."""
