@@ -44,15 +44,17 @@ PACKAGES = {
         "packages/ralu-sd3",
         "packages/ralu-caching",
         "packages/ralu-lumina",
+        "packages/ralu-qwenimage",
         "packages/ralu-bench",
     ],
-    # Its tests run the caches on FLUX, SD3 and Lumina pipelines, so the adapters are test dependencies.
+    # Its tests run the caches on FLUX, SD3, Lumina and Qwen-Image pipelines, so the adapters are test dependencies.
     "ralu-caching": [
         "packages/ralu-core",
         "packages/ralu-caching",
         "packages/ralu-flux",
         "packages/ralu-sd3",
         "packages/ralu-lumina",
+        "packages/ralu-qwenimage",
     ],
 }
 TEST_DIRS = {package: f"tests/{package.replace('-', '_')}" for package in PACKAGES}

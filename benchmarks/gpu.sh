@@ -32,6 +32,10 @@ FLUX_SCHNELL_MODEL=${RALU_BENCH_FLUX_SCHNELL_MODEL:-flux-schnell-random}
 # SD3.5-large (15 GiB) fits an H100 but not the 8-minute budget beside the rest: opt in with sd35-large-random.
 SD35_MODEL=${RALU_BENCH_SD35_MODEL:-}
 SD35_RECIPES=${RALU_BENCH_SD35_RECIPES:-"sd3-baseline ralu-sd3-2x ralu-sd3-3x ras-sd3"}
+# Qwen-Image (41 GiB of weights, 50 true-CFG steps) fits an H100 but not the budget beside the rest: opt in with
+# qwen-image-random.
+QWEN_MODEL=${RALU_BENCH_QWEN_MODEL:-}
+QWEN_RECIPES=${RALU_BENCH_QWEN_RECIPES:-"qwenimage-baseline ralu-qwenimage-4x ras-qwenimage"}
 FLUX_RECIPES=${RALU_BENCH_FLUX_RECIPES:-"flux-baseline ralu-flux-4x ralu-flux-5x ralu-flux-7x ras-flux ralu-ras-flux-7x ralu-flux-5x-taylorseer"}
 SD3_RECIPES=${RALU_BENCH_SD3_RECIPES:-"sd3-baseline ralu-sd3-2x ralu-sd3-3x ras-sd3 ralu-ras-sd3-3x ralu-sd3-3x-deepcache"}
 # Compiling every recipe's shapes would not fit the budget: compiled runs time the baseline and the fastest recipe.
@@ -74,6 +78,10 @@ for mode in $COMPILE; do
     if [ -n "$SD35_MODEL" ]; then
       # shellcheck disable=SC2086
       bench "sd35-eager" "$SD35_MODEL" 28 off $SD35_RECIPES
+    fi
+    if [ -n "$QWEN_MODEL" ]; then
+      # shellcheck disable=SC2086
+      bench "qwenimage-eager" "$QWEN_MODEL" 50 off $QWEN_RECIPES
     fi
   else
     # shellcheck disable=SC2086

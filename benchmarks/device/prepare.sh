@@ -17,7 +17,8 @@ THIRD_PARTY=(diffusers==0.42.1 cattrs==26.2.1 attrs==26.1.0 DeepCache==0.1.1 imp
 rm -rf .whl && mkdir -p .whl
 "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version "$PY" --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl "${THIRD_PARTY[@]}"
-"$PYTHON" -m pip wheel -q --no-deps -w .whl packages/ralu-core packages/ralu-flux packages/ralu-sd3 packages/ralu-caching
+"$PYTHON" -m pip wheel -q --no-deps -w .whl packages/ralu-core packages/ralu-flux packages/ralu-sd3 packages/ralu-caching \
+  packages/ralu-qwenimage
 bash benchmarks/device/fingerprint.sh >.whl/SOURCES
 du -sh .whl >&2
 ls .whl >&2

@@ -65,6 +65,22 @@ def test_the_score_is_the_attention_each_key_receives(monkeypatch: pytest.Monkey
         torch.testing.assert_close(out, F.scaled_dot_product_attention(query, key, value))
 
 
+def test_padded_queries_are_left_out_of_the_score() -> None:
+    """A joint sequence whose key mask drops padded text (Qwen-Image's): the padding's own queries do not count, so
+    an image padded in a batch scores its keys as it does alone."""
+    g = torch.Generator().manual_seed(1)
+    query, key = (torch.randn(1, 2, 5, 8, generator=g) for _ in range(2))
+    alone, _ = attention_received(query, key)
+    padded_query, padded_key = (
+        torch.cat([t[:, :, :1], torch.randn(1, 2, 2, 8, generator=g), t[:, :, 1:]], 2) for t in (query, key)
+    )
+    mask = torch.tensor([True, False, False, True, True, True, True])[None, None, None, :]
+    score, _ = attention_received(padded_query, padded_key, mask)
+    kept = [0, 3, 4, 5, 6]
+    torch.testing.assert_close(score[:, kept], alone)
+    assert torch.equal(score[:, 1:3], torch.zeros(1, 2))
+
+
 def test_each_stream_is_scored_by_its_part_of_the_joint_sequence() -> None:
     received = torch.arange(10.0)[None]  # 4 text + 6 image tokens, or 6 image + 4 text
     assert _stream_part(received, 6, "image", text_first=True).tolist() == [[4, 5, 6, 7, 8, 9]]

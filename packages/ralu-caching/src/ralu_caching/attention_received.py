@@ -41,6 +41,9 @@ def attention_received(
     factor = scale if scale is not None else width**-0.5
     per_slice = max(1, MAP_BYTES // max(1, batch * queries * keys * 4))
     total = torch.zeros(batch, keys, dtype=torch.float32, device=query.device)
+    # Queries a key mask marks as padding (a joint sequence masking its padded text, as Qwen-Image's) are left out
+    # of the average: what they attend to depends on the batch they were padded in.
+    counted = _real_queries(attn_mask, batch, queries)
     outputs = []
     for start in range(0, heads, per_slice):
         part = slice(start, start + per_slice)
@@ -49,11 +52,25 @@ def attention_received(
             mask = attn_mask if attn_mask.dim() < 4 or attn_mask.shape[1] == 1 else attn_mask[:, part]
             logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
         probabilities = logits.softmax(dim=-1)
-        total = total + probabilities.sum(dim=(1, 2))
+        if counted is None:
+            total = total + probabilities.sum(dim=(1, 2))
+        else:
+            total = total + (probabilities * counted[:, None, :, None]).sum(dim=(1, 2))
         if value is not None:
             outputs.append((probabilities @ value[:, part].float()).to(value.dtype))
     output = torch.cat(outputs, dim=1) if value is not None else None
-    return total / (heads * queries), output
+    real = queries if counted is None else counted.sum(dim=-1, keepdim=True)
+    return total / (heads * real), output
+
+
+def _real_queries(attn_mask: torch.Tensor | None, batch: int, queries: int) -> torch.Tensor | None:
+    """(B, S_query) 1 for the queries a boolean key mask over the same sequence keeps, 0 for padding; None where
+    every query counts (no mask, a mask that varies per query, or keys of another sequence)."""
+    if attn_mask is None or attn_mask.dtype != torch.bool or attn_mask.dim() != 4:
+        return None
+    if attn_mask.shape[1] != 1 or attn_mask.shape[2] != 1 or attn_mask.shape[3] != queries:
+        return None
+    return attn_mask[:, 0, 0, :].expand(batch, queries).float()
 
 
 class AttentionReceived(TorchFunctionMode):

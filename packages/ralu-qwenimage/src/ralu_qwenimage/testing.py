@@ -6,7 +6,7 @@ scheduler with its terminal shift, the VAE's latent un-normalisation) where no w
 downloaded. Every component is therefore built here from an in-code config with deterministic random weights
 (``seed`` -> bit-identical weights), in the very classes Qwen-Image uses:
 
-* a QwenImageTransformer2DModel of 2 blocks, 2 heads x 16 dims (RoPE axes 4 + 6 + 6), reading 16-channel latents
+* a QwenImageTransformer2DModel of 3 blocks, 2 heads x 16 dims (RoPE axes 4 + 6 + 6), reading 16-channel latents
   packed 2 x 2 (64 channels in, 16 out, as the real model) and 32-wide text;
 * a Qwen2.5-VL text encoder of 2 layers, 32 wide, 2 query heads and 1 key/value head of 16 dims (multimodal RoPE
   sections 2 + 3 + 3, Qwen2.5-VL-7B's 16 + 24 + 24 scaled down), with a 1-block vision tower that text-only
@@ -40,7 +40,7 @@ _TRANSFORMER: dict[str, Any] = {
     "patch_size": 2,
     "in_channels": 64,  # 16 latent channels x 2 x 2 packing, as in Qwen-Image
     "out_channels": 16,
-    "num_layers": 2,
+    "num_layers": 3,  # a head, a middle and a tail for the block caches (DeepCache)
     "attention_head_dim": 16,
     "num_attention_heads": 2,
     "joint_attention_dim": _TEXT_WIDTH,
