@@ -190,10 +190,13 @@ class QwenImageCall(DiTCall):
                 args.negative_prompt, args.negative_prompt_embeds, args.negative_prompt_embeds_mask
             )
             copies, count = args.num_images_per_prompt, self.embeds.shape[0]
-            if self.neg_embeds.shape[0] == copies != count:  # one negative prompt serves every prompt, as there
+            # One negative prompt serves every prompt. With one image per prompt its single row goes in as the
+            # pipeline passes it (the transformer broadcasts it, bit for bit the pipeline's numbers); with more, the
+            # pipeline fails, and it is repeated for every image.
+            if self.neg_embeds.shape[0] == copies != count and copies > 1:
                 self.neg_embeds = self.neg_embeds[:1].expand(count, -1, -1).contiguous()
                 self.neg_mask = None if self.neg_mask is None else self.neg_mask[:1].expand(count, -1).contiguous()
-            if self.neg_embeds.shape[0] != count:
+            if self.neg_embeds.shape[0] not in (1, count):
                 raise CallError(
                     f"got {self.neg_embeds.shape[0] // args.num_images_per_prompt} negative prompts for "
                     f"{self.embeds.shape[0] // args.num_images_per_prompt} prompts; give one per prompt"
@@ -295,8 +298,9 @@ class QwenImageCall(DiTCall):
     ) -> torch.Tensor:
         embeds, mask = (self.neg_embeds, self.neg_mask) if negative else (self.embeds, self.mask)
         if isinstance(rows, list):
-            index = torch.tensor(rows, device=embeds.device)
-            embeds, mask = embeds[index], None if mask is None else mask[index]
+            if embeds.shape[0] > 1:  # one negative prompt for every image stays one row
+                index = torch.tensor(rows, device=embeds.device)
+                embeds, mask = embeds[index], None if mask is None else mask[index]
             slots = [r + (self.batch_size if negative else 0) for r in rows]
         else:
             slots = [r + (self.batch_size if negative else 0) for r in range(x.shape[0])]
@@ -351,7 +355,7 @@ class QwenImageAdapter(DiTAdapter):
     name: ClassVar[str] = "qwenimage"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("QwenImagePipeline",)
     architectures: ClassVar[tuple[str, ...]] = ("qwen-image",)
-    embedded_models: ClassVar[tuple[str, ...]] = ("qwenimage-tiny",)
+    embedded_models: ClassVar[tuple[str, ...]] = ("qwenimage-tiny", "qwenimage-mid")
     baseline_recipe: ClassVar[str] = "qwenimage-baseline"
     default_recipe: ClassVar[str] = "ralu-qwenimage-4x"
     Arguments = QwenImageArguments
@@ -424,9 +428,9 @@ class QwenImageAdapter(DiTAdapter):
     def build_embedded(self, name: str) -> Any:
         from ralu_qwenimage.testing import make_qwenimage_pipeline
 
-        return make_qwenimage_pipeline(seed=0)
+        return make_qwenimage_pipeline(seed=0, size=name.removeprefix("qwenimage-"))
 
     def embedded_component_config(self, name: str, component: str) -> dict[str, Any] | None:
         from ralu_qwenimage.testing import size_config
 
-        return size_config(component)
+        return size_config(component, name.removeprefix("qwenimage-"))

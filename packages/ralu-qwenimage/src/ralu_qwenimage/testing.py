@@ -56,6 +56,20 @@ _VAE: dict[str, Any] = {
     "temperal_downsample": [False, True, True],  # the pipeline's VAE factor is 2 ** len(...) = 8
     "dropout": 0.0,
 }
+_MID: dict[str, dict[str, Any]] = {
+    # CPU benchmarks where the transformer dominates: 6 blocks, 4 heads x 64 (RoPE axes 8 + 28 + 28, Qwen-Image's
+    # proportions), 128-wide text; at 512 x 512 its 1024 image tokens take most of the time, as at full size.
+    "transformer": {
+        "num_layers": 6,
+        "attention_head_dim": 64,
+        "num_attention_heads": 4,
+        "joint_attention_dim": 128,
+        "axes_dims_rope": [8, 28, 28],
+    },
+    "vae": {"base_dim": 16},
+    "text": {"hidden_size": 128, "intermediate_size": 256, "head_dim": 64, "mrope_section": [8, 12, 12]},
+}
+SIZES = ("tiny", "mid")
 _SCHEDULER: dict[str, Any] = {
     "num_train_timesteps": 1000,
     "shift": 1.0,
@@ -69,19 +83,23 @@ _SCHEDULER: dict[str, Any] = {
 }
 
 
-def size_config(component: str) -> dict[str, Any] | None:
-    """The size-deciding config of the tiny pipeline's components, without building it."""
-    if component == "transformer":
-        return {key: list(value) if isinstance(value, list) else value for key, value in _TRANSFORMER.items()}
-    if component == "vae":
-        return {key: list(value) if isinstance(value, list) else value for key, value in _VAE.items()}
-    return None
+def _config(size: str, component: str) -> dict[str, Any]:
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+    base = {"transformer": _TRANSFORMER, "vae": _VAE}[component]
+    merged = {**base, **(_MID[component] if size == "mid" else {})}
+    return {key: list(value) if isinstance(value, list) else value for key, value in merged.items()}
 
 
-def _transformer() -> Any:
+def size_config(component: str, size: str = "tiny") -> dict[str, Any] | None:
+    """The size-deciding config of the tiny (or mid-size) pipeline's components, without building it."""
+    return _config(size, component) if component in ("transformer", "vae") else None
+
+
+def _transformer(size: str) -> Any:
     from diffusers import QwenImageTransformer2DModel
 
-    model: Any = QwenImageTransformer2DModel(**_TRANSFORMER)  # type: ignore[no-untyped-call]
+    model: Any = QwenImageTransformer2DModel(**_config(size, "transformer"))  # type: ignore[no-untyped-call]
     with torch.no_grad():
         for block in model.transformer_blocks:
             width = block.dim
@@ -91,20 +109,22 @@ def _transformer() -> Any:
     return model
 
 
-def _text_encoder(tokenizer: Any) -> Any:
+def _text_encoder(tokenizer: Any, size: str) -> Any:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+    tiny = {"hidden_size": _TEXT_WIDTH, "intermediate_size": 64, "head_dim": 16, "mrope_section": [2, 3, 3]}
+    width = dict(_MID["text"] if size == "mid" else tiny)
+    sections = width.pop("mrope_section")  # Qwen2.5-VL-7B's 16 + 24 + 24, scaled to half the head width
     config = Qwen2_5_VLConfig(
         text_config={
             "vocab_size": len(tokenizer),
-            "hidden_size": _TEXT_WIDTH,
-            "intermediate_size": 64,
+            **width,
             "num_hidden_layers": 2,
             "num_attention_heads": 2,
             "num_key_value_heads": 1,
             "max_position_embeddings": 2048,  # the pipeline truncates at 1024 + 34 tokens
             "rms_norm_eps": 1e-6,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": sections},
             "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
             "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
         },
@@ -113,7 +133,7 @@ def _text_encoder(tokenizer: Any) -> Any:
             "hidden_size": 16,
             "intermediate_size": 32,
             "num_heads": 2,
-            "out_hidden_size": _TEXT_WIDTH,
+            "out_hidden_size": width["hidden_size"],
             "fullatt_block_indexes": [0],
         },
         # The vision token ids keep Qwen2.5-VL's values, beyond this vocabulary: no text prompt can contain them.
@@ -121,8 +141,9 @@ def _text_encoder(tokenizer: Any) -> Any:
     return Qwen2_5_VLForConditionalGeneration(config)
 
 
-def make_qwenimage_pipeline(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
-    """A tiny QwenImagePipeline with random weights, built offline (about a second on a CPU).
+def make_qwenimage_pipeline(seed: int = 0, dtype: torch.dtype = torch.float32, size: str = "tiny") -> Any:
+    """A tiny (or, `size` ``"mid"``, a mid-size) QwenImagePipeline with random weights, built offline (about a
+    second on a CPU).
 
     The same ``seed`` gives bit-identical weights (each component from its own seed derived from ``seed``; the
     caller's global RNG state is left untouched); weights are initialised in float32, then cast to ``dtype``.
@@ -132,9 +153,9 @@ def make_qwenimage_pipeline(seed: int = 0, dtype: torch.dtype = torch.float32) -
     tokenizer = make_qwen2_tokenizer()
     modules = seeded_components(
         {
-            "transformer": _transformer,
-            "vae": lambda: AutoencoderKLQwenImage(**_VAE),  # type: ignore[no-untyped-call]
-            "text_encoder": lambda: _text_encoder(tokenizer),
+            "transformer": lambda: _transformer(size),
+            "vae": lambda: AutoencoderKLQwenImage(**_config(size, "vae")),  # type: ignore[no-untyped-call]
+            "text_encoder": lambda: _text_encoder(tokenizer, size),
         },
         seed=seed,
         dtype=dtype,
