@@ -71,8 +71,20 @@ def test_the_baseline_decodes_the_pipelines_own_images(pipe) -> None:  # type: i
     assert plain.shape == (1, 64, 96, 3) and (plain == ours).all()
 
 
-def test_one_negative_prompt_serves_every_prompt_as_in_the_pipeline(pipe) -> None:  # type: ignore[no-untyped-def]
-    kwargs = {"height": 64, "width": 96, "num_inference_steps": 3, "output_type": "latent", **CFG}
+@pytest.mark.parametrize(
+    "guidance",
+    [
+        {},
+        {"true_cfg_scale": 4.0},
+        {"negative_prompt": " ", "true_cfg_scale": 4.0},
+        {"negative_prompt": ["blurry", "dark"], "true_cfg_scale": 4.0},
+    ],
+    ids=["no-cfg", "no-negative", "one-negative", "negative-per-prompt"],
+)
+def test_the_baseline_is_the_pipeline_with_and_without_true_cfg(pipe, guidance: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+    """Prompts of different lengths (a padding mask); one negative for every prompt goes in as the pipeline passes
+    it."""
+    kwargs = {"height": 64, "width": 96, "num_inference_steps": 3, "output_type": "latent", **guidance}
     prompts = ["a red circle", "a blue square on the grass"]
     plain = pipe(prompts, generator=generators(0, 1), **kwargs).images
     ours = ralu_core.accelerate(pipe, "qwenimage-baseline")(prompts, generator=generators(0, 1), **kwargs).images
@@ -158,3 +170,39 @@ def test_a_ras_sparse_step_is_counted_at_its_active_tokens() -> None:
     dense, sparse = profile.forward(4096), profile.forward(2048, attended_tokens=4096)
     assert abs(sparse.linear / dense.linear - 0.5) < 0.03  # the text tokens and modulations do not halve
     assert 0.5 < sparse.attention / dense.attention < 0.55  # queries halve, keys stay 4096 (+ the text's)
+
+
+def test_one_padded_negative_prompt_serves_every_prompt(pipe) -> None:  # type: ignore[no-untyped-def]
+    """A single negative given as embeddings with padding (where the pipeline itself fails to broadcast) is
+    repeated for every prompt: the images are those of one negative per prompt, the padding masked."""
+    embeds, _ = pipe.encode_prompt("blurry")
+    padded = torch.cat([embeds, torch.zeros(1, 3, embeds.shape[2])], dim=1)
+    mask = torch.cat([torch.ones(1, embeds.shape[1]), torch.zeros(1, 3)], dim=1).long()
+    kwargs = {"height": 64, "width": 96, "num_inference_steps": 3, "output_type": "latent", "true_cfg_scale": 4.0}
+    prompts = ["a red circle", "a blue square on the grass"]
+    fast = ralu_core.accelerate(pipe, "qwenimage-baseline")
+    one = fast(
+        prompts, negative_prompt_embeds=padded, negative_prompt_embeds_mask=mask, generator=generators(0, 1), **kwargs
+    ).images
+    each = fast(prompts, negative_prompt=["blurry", "blurry"], generator=generators(0, 1), **kwargs).images
+    torch.testing.assert_close(one, each, rtol=0, atol=1e-5)
+
+
+def test_what_the_adapter_does_not_model_is_refused_before_encoding() -> None:
+    pipe = make_qwenimage_pipeline(seed=0)
+    encoded = []
+    hook = pipe.text_encoder.register_forward_hook(lambda *a: encoded.append(1))
+    with pytest.raises(CallError, match=r"num_inference_steps=1 with a terminal sigma .* at least 2 steps"):
+        ralu_core.accelerate(pipe, "qwenimage-baseline")("a", height=64, width=64, num_inference_steps=1)
+    pipe.transformer.register_to_config(zero_cond_t=True)
+    with pytest.raises(CallError, match=r"sets zero_cond_t .* ralu's token positions do not model"):
+        ralu_core.accelerate(pipe, "ralu-qwenimage-4x")("a", height=64, width=64)
+    hook.remove()
+    assert encoded == []
+
+
+def test_the_counted_passes_follow_the_calls_true_cfg(pipe) -> None:  # type: ignore[no-untyped-def]
+    adapter = QwenImageAdapter()
+    assert adapter.pipeline_flops_profile(pipe, {}).cfg_batch == 1  # type: ignore[attr-defined]
+    assert adapter.pipeline_flops_profile(pipe, {"negative_prompt": " "}).cfg_batch == 2  # type: ignore[attr-defined]
+    assert adapter.pipeline_flops_profile(pipe, {"negative_prompt": " ", "true_cfg_scale": 1.0}).cfg_batch == 1  # type: ignore[attr-defined]

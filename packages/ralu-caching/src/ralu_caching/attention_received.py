@@ -65,7 +65,9 @@ def attention_received(
 
 def _real_queries(attn_mask: torch.Tensor | None, batch: int, queries: int) -> torch.Tensor | None:
     """(B, S_query) 1 for the queries a boolean key mask over the same sequence keeps, 0 for padding; None where
-    every query counts (no mask, a mask that varies per query, or keys of another sequence)."""
+    every query counts (no mask, a mask that varies per query, or keys of another length). A cross-attention whose
+    key count happened to equal its query count would be taken for a joint sequence: no adapter's is (Lumina-Next
+    expands its cross-attention mask per query)."""
     if attn_mask is None or attn_mask.dtype != torch.bool or attn_mask.dim() != 4:
         return None
     if attn_mask.shape[1] != 1 or attn_mask.shape[2] != 1 or attn_mask.shape[3] != queries:

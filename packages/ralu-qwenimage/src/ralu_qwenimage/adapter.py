@@ -39,6 +39,8 @@ from ralu_core.strategies.base import BlockFeatures, ModelBlocks, StepInfo, Toke
 from ralu_qwenimage.attention import DEFAULT_PROCESSOR, QwenTokenProcessor, attention_modules, attention_problems
 
 PATCH = 2  # 2 x 2 latent pixels per token, as FLUX
+UNMODELLED = ("use_layer3d_rope", "zero_cond_t", "use_additional_t_cond")
+"""Transformer options of Qwen-Image's edit and layered models, whose positions and modulation ralu does not model."""
 
 
 @attrs.frozen(kw_only=True)
@@ -104,7 +106,8 @@ def rope_rows(embed: Any, positions: torch.Tensor, rows: int, cols: int) -> torc
     centred = centred.to(torch.float32)
 
     def angles(p: torch.Tensor, dim: int) -> torch.Tensor:
-        inverse = 1.0 / torch.pow(theta, torch.arange(0, dim, 2).to(torch.float32).div(dim)).to(p.device)
+        # Made on the positions' device: nothing is copied from the host inside the step loop.
+        inverse = 1.0 / torch.pow(theta, torch.arange(0, dim, 2, device=p.device).to(torch.float32).div(dim))
         turns = p[..., None] * inverse
         return torch.polar(torch.ones_like(turns), turns)
 
@@ -123,7 +126,8 @@ class GivenRope(torch.nn.Module):
     def forward(
         self, video_fhw: Any, device: torch.device | None = None, max_txt_seq_len: Any = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        table = self.original.pos_freqs.to(self.image.device)
+        # The model's own table on the device, kept there by the model (a plain attribute moved once per device).
+        table, _ = self.original._get_device_freqs(self.image.device)
         return self.image, table[self.text_start : self.text_start + int(max_txt_seq_len)]
 
 
@@ -190,10 +194,11 @@ class QwenImageCall(DiTCall):
                 args.negative_prompt, args.negative_prompt_embeds, args.negative_prompt_embeds_mask
             )
             copies, count = args.num_images_per_prompt, self.embeds.shape[0]
-            # One negative prompt serves every prompt. With one image per prompt its single row goes in as the
-            # pipeline passes it (the transformer broadcasts it, bit for bit the pipeline's numbers); with more, the
-            # pipeline fails, and it is repeated for every image.
-            if self.neg_embeds.shape[0] == copies != count and copies > 1:
+            # One negative prompt serves every prompt. With one image per prompt and no padding its single row goes
+            # in as the pipeline passes it (the transformer broadcasts it, bit for bit the pipeline's numbers);
+            # otherwise, where the pipeline fails, it is repeated for every image.
+            one_row = self.neg_mask is None and copies == 1  # a padded row would not broadcast in the attention
+            if self.neg_embeds.shape[0] == copies != count and not one_row:
                 self.neg_embeds = self.neg_embeds[:1].expand(count, -1, -1).contiguous()
                 self.neg_mask = None if self.neg_mask is None else self.neg_mask[:1].expand(count, -1).contiguous()
             if self.neg_embeds.shape[0] not in (1, count):
@@ -407,8 +412,20 @@ class QwenImageAdapter(DiTAdapter):
             negative_prompt_embeds_mask=bound.negative_prompt_embeds_mask,
             max_sequence_length=bound.max_sequence_length,
         )
-        if pipeline.transformer.config.guidance_embeds and bound.guidance_scale is None:
+        config = pipeline.transformer.config
+        if config.guidance_embeds and bound.guidance_scale is None:
             raise CallError("guidance_scale is required for a guidance-distilled Qwen-Image model")
+        unmodelled = [name for name in UNMODELLED if config.get(name, False)]
+        if unmodelled:
+            raise CallError(
+                f"this QwenImageTransformer2DModel sets {', '.join(unmodelled)} (an edit or layered model's "
+                "conditioning), which ralu's token positions do not model; use QwenImagePipeline's own model"
+            )
+        if bound.num_inference_steps == 1 and pipeline.scheduler.config.get("shift_terminal"):
+            raise CallError(
+                "num_inference_steps=1 with a terminal sigma (shift_terminal) gives NaN sigmas in diffusers' "
+                "scheduler; use at least 2 steps"
+            )
 
     def make_call(self, pipeline: Any, bound: QwenImageArguments, height: int, width: int) -> QwenImageCall:
         return QwenImageCall(pipeline, bound, height, width)
@@ -421,8 +438,11 @@ class QwenImageAdapter(DiTAdapter):
     def pipeline_flops_profile(self, pipeline: Any, call_kwargs: dict[str, Any]) -> FlopsProfile:
         from ralu_qwenimage.flops_profile import QwenImageFlopsProfile
 
+        cfg = float(call_kwargs.get("true_cfg_scale", 4.0)) > 1 and (
+            call_kwargs.get("negative_prompt") is not None or call_kwargs.get("negative_prompt_embeds") is not None
+        )
         return QwenImageFlopsProfile(
-            type(pipeline).__name__, dict(pipeline.transformer.config), dict(pipeline.vae.config)
+            type(pipeline).__name__, dict(pipeline.transformer.config), dict(pipeline.vae.config), guidance=cfg
         )
 
     def build_embedded(self, name: str) -> Any:

@@ -51,14 +51,15 @@ class QwenImageFlopsProfile(DiTFlopsProfile):
 
     @classmethod
     def from_source(cls, source: str | Path) -> QwenImageFlopsProfile:
-        """``qwen-image`` (50 steps with true CFG, the pipeline's defaults) or a QwenImagePipeline folder."""
+        """``qwen-image`` (the pipeline's default 50 steps, with true CFG: a negative prompt given, as Qwen-Image is
+        run) or a QwenImagePipeline folder."""
         if str(source) == "qwen-image":
             return cls("qwen-image", load_qwen_image_config("transformer"), load_qwen_image_config("vae"))
         transformer, vae = read_component_configs(source, "qwen-image", "QwenImagePipeline")
         return cls(Path(source).name, transformer, vae)
 
     def without_guidance_batch(self) -> QwenImageFlopsProfile:
-        single = QwenImageFlopsProfile(self.name, self.transformer, self.vae, guidance=False)
+        single = QwenImageFlopsProfile(f"{self.name} (one pass per step)", self.transformer, self.vae, guidance=False)
         single.text_tokens = self.text_tokens
         return single
 

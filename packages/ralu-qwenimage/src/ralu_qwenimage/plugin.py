@@ -29,7 +29,7 @@ def random_weight_models() -> list[NamedModel]:
             loads_on_device=True,
             note=(
                 "qwen-image-random is Qwen-Image's architecture at full size with RANDOM weights and random text "
-                "embeddings (no text encoder): for timing and memory on a GPU (41 GiB of weights in bfloat16), not "
+                "embeddings (no text encoder): for timing and memory on a GPU (41 GB of weights in bfloat16), not "
                 "for images."
             ),
             call_defaults={"height": 1024, "width": 1024, "negative_prompt": " ", "true_cfg_scale": 4.0},
