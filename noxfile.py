@@ -38,6 +38,7 @@ PACKAGES = {
     "ralu-sd3": ["packages/ralu-core", "packages/ralu-sd3"],
     "ralu-lumina": ["packages/ralu-core", "packages/ralu-lumina"],
     "ralu-qwenimage": ["packages/ralu-core", "packages/ralu-qwenimage"],
+    "ralu-flux2": ["packages/ralu-core", "packages/ralu-flux2"],
     "ralu-bench": [
         "packages/ralu-core",
         "packages/ralu-flux",
@@ -45,6 +46,7 @@ PACKAGES = {
         "packages/ralu-caching",
         "packages/ralu-lumina",
         "packages/ralu-qwenimage",
+        "packages/ralu-flux2",
         "packages/ralu-bench",
     ],
     # Its tests run the caches on FLUX, SD3, Lumina and Qwen-Image pipelines, so the adapters are test dependencies.
@@ -55,6 +57,7 @@ PACKAGES = {
         "packages/ralu-sd3",
         "packages/ralu-lumina",
         "packages/ralu-qwenimage",
+        "packages/ralu-flux2",
     ],
 }
 TEST_DIRS = {package: f"tests/{package.replace('-', '_')}" for package in PACKAGES}
@@ -62,7 +65,8 @@ TEST_DIRS = {package: f"tests/{package.replace('-', '_')}" for package in PACKAG
 # weights and GGUF checkpoints (docs/compatibility.md).
 USER_STACK = ["peft", "torchao", "gguf"]
 TEST_EXTRAS = {
-    package: USER_STACK for package in ("ralu-flux", "ralu-sd3", "ralu-lumina", "ralu-qwenimage", "ralu-caching")
+    package: USER_STACK
+    for package in ("ralu-flux", "ralu-sd3", "ralu-lumina", "ralu-qwenimage", "ralu-flux2", "ralu-caching")
 }
 EVERYTHING = [
     "packages/ralu-core",
@@ -72,6 +76,7 @@ EVERYTHING = [
     "packages/ralu-caching",
     "packages/ralu-lumina",
     "packages/ralu-qwenimage",
+    "packages/ralu-flux2",
 ]
 
 

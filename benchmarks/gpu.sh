@@ -36,6 +36,9 @@ SD35_RECIPES=${RALU_BENCH_SD35_RECIPES:-"sd3-baseline ralu-sd3-2x ralu-sd3-3x ra
 # qwen-image-random.
 QWEN_MODEL=${RALU_BENCH_QWEN_MODEL:-}
 QWEN_RECIPES=${RALU_BENCH_QWEN_RECIPES:-"qwenimage-baseline ralu-qwenimage-4x ras-qwenimage"}
+# FLUX.2-dev (64 GB of weights in bfloat16: an H200) is opt-in too: flux2-dev-random.
+FLUX2_MODEL=${RALU_BENCH_FLUX2_MODEL:-}
+FLUX2_RECIPES=${RALU_BENCH_FLUX2_RECIPES:-"flux2-baseline ralu-flux2-4x ras-flux2"}
 FLUX_RECIPES=${RALU_BENCH_FLUX_RECIPES:-"flux-baseline ralu-flux-4x ralu-flux-5x ralu-flux-7x ras-flux ralu-ras-flux-7x ralu-flux-5x-taylorseer"}
 SD3_RECIPES=${RALU_BENCH_SD3_RECIPES:-"sd3-baseline ralu-sd3-2x ralu-sd3-3x ras-sd3 ralu-ras-sd3-3x ralu-sd3-3x-deepcache"}
 # Compiling every recipe's shapes would not fit the budget: compiled runs time the baseline and the fastest recipe.
@@ -82,6 +85,10 @@ for mode in $COMPILE; do
     if [ -n "$QWEN_MODEL" ]; then
       # shellcheck disable=SC2086
       bench "qwenimage-eager" "$QWEN_MODEL" 50 off $QWEN_RECIPES
+    fi
+    if [ -n "$FLUX2_MODEL" ]; then
+      # shellcheck disable=SC2086
+      bench "flux2-eager" "$FLUX2_MODEL" 50 off $FLUX2_RECIPES
     fi
   else
     # shellcheck disable=SC2086

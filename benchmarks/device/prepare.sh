@@ -18,7 +18,7 @@ rm -rf .whl && mkdir -p .whl
 "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version "$PY" --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl "${THIRD_PARTY[@]}"
 "$PYTHON" -m pip wheel -q --no-deps -w .whl packages/ralu-core packages/ralu-flux packages/ralu-sd3 packages/ralu-caching \
-  packages/ralu-qwenimage
+  packages/ralu-qwenimage packages/ralu-flux2
 bash benchmarks/device/fingerprint.sh >.whl/SOURCES
 du -sh .whl >&2
 ls .whl >&2

@@ -38,6 +38,7 @@ def test_the_gpu_script_runs_every_recipe_and_summarizes(tmp_path: Path) -> None
         "RALU_BENCH_SD3_MODEL": "sd3-tiny",
         "RALU_BENCH_FLUX_SCHNELL_MODEL": "flux-tiny",
         "RALU_BENCH_QWEN_MODEL": "qwenimage-tiny",
+        "RALU_BENCH_FLUX2_MODEL": "flux2-tiny",
         # DeepCache needs three blocks and sd3-tiny has two; the names of every default are checked below.
         "RALU_BENCH_SD3_RECIPES": "sd3-baseline ralu-sd3-2x ralu-sd3-3x ras-sd3 ralu-ras-sd3-3x",
     }
@@ -48,6 +49,7 @@ def test_the_gpu_script_runs_every_recipe_and_summarizes(tmp_path: Path) -> None
     assert set(data["runs"]) == {
         *("flux-eager", "sd3-eager", "flux-schnell-eager", "flux-compile-default", "sd3-compile-default"),
         "qwenimage-eager",
+        "flux2-eager",
     }
     assert [row["recipe"] for row in data["runs"]["qwenimage-eager"]] == [
         *("qwenimage-baseline", "ralu-qwenimage-4x", "ras-qwenimage")
@@ -78,8 +80,8 @@ def test_the_user_stack_checks_compare_offloaded_latents_where_they_can_run() ->
 
 def test_every_recipe_the_script_names_by_default_resolves() -> None:
     script = (ROOT / "benchmarks" / "gpu.sh").read_text()
-    defaults = re.findall(r'RALU_BENCH_(?:FLUX|SD3|SD35|QWEN)_(?:RECIPES|COMPILED):-"([^"]+)"', script)
-    assert len(defaults) == 6
+    defaults = re.findall(r'RALU_BENCH_(?:FLUX|SD3|SD35|QWEN|FLUX2)_(?:RECIPES|COMPILED):-"([^"]+)"', script)
+    assert len(defaults) == 7
     registry = Registry.collect(create_plugin_manager())
     for name in {name for names in defaults for name in names.split()}:
         resolve_recipe(find_recipe(name, registry), registry)  # raises for a misspelled or broken recipe

@@ -25,6 +25,7 @@ import torch
 
 from ralu_core.pipelines.diffusers_private import attention_dispatch_options
 from ralu_core.pipelines.kv_store import KVStore, StandInProcessor, processor_problems
+from ralu_core.pipelines.rotary import Rotary, rotate_rows
 
 DEFAULT_PROCESSOR = "FluxAttnProcessor"
 
@@ -39,18 +40,6 @@ def attention_modules(transformer: Any) -> dict[str, Any]:
 def attention_problems(transformer: Any) -> list[str]:
     """Why the processors on `transformer` cannot be stood in for (empty: they can)."""
     return processor_problems(attention_modules(transformer), DEFAULT_PROCESSOR)
-
-
-Rotary = tuple[torch.Tensor, torch.Tensor]
-"""(cos, sin), each (rows, sequence, head_dim): one rotary embedding per batch row."""
-
-
-def rotate_rows(x: torch.Tensor, rotary: Rotary) -> torch.Tensor:
-    """diffusers' ``apply_rotary_emb`` (real form, FLUX's pairing) on (B, S, H, D) with a rotary per row."""
-    cos, sin = (t[:, :, None, :].to(x.device) for t in rotary)
-    x_real, x_imag = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
-    x_rotated = torch.stack([-x_imag, x_real], dim=-1).flatten(3)
-    return (x.float() * cos + x_rotated.float() * sin).to(x.dtype)
 
 
 class FluxTokenProcessor(StandInProcessor):

@@ -23,9 +23,10 @@ from ralu_core.pipelines.adapter import iter_chunks
 from ralu_core.pipelines.arguments import PipelineArguments
 from ralu_core.pipelines.dit import DiTCall
 from ralu_core.pipelines.kv_store import processor_problems
+from ralu_core.pipelines.rotary import Rotary
 from ralu_core.sampling.tokens import TokenGrid, TokenState, gather_tokens
 from ralu_core.strategies.base import StepInfo
-from ralu_flux.attention import DEFAULT_PROCESSOR, FluxTokenProcessor, Rotary, attention_modules
+from ralu_flux.attention import DEFAULT_PROCESSOR, FluxTokenProcessor, attention_modules
 
 PATCH = 2  # FLUX packs 2 x 2 latent pixels per token
 

@@ -103,7 +103,7 @@ def run(ns: argparse.Namespace) -> int:
     kwargs.update(num_images_per_prompt=ns.num_images)
     generators = [torch.Generator("cpu").manual_seed(ns.seed + i) for i in range(ns.num_images)]
     start = time.perf_counter()
-    images = fast(ns.prompt, generator=generators, **kwargs).images
+    images = fast(prompt=ns.prompt, generator=generators, **kwargs).images
     elapsed = time.perf_counter() - start
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     replaced = [path for path in paths if path.exists()]
@@ -225,7 +225,7 @@ def _run_items(
         for chunk in batches(items, size):
             generators = [torch.Generator("cpu").manual_seed(item.seed) for item in chunk]
             start = time.perf_counter()
-            images = fast([item.prompt for item in chunk], generator=generators, **kwargs).images
+            images = fast(prompt=[item.prompt for item in chunk], generator=generators, **kwargs).images
             seconds = (time.perf_counter() - start) / len(chunk)
             for item, image in zip(chunk, images, strict=True):
                 record = {

@@ -178,7 +178,7 @@ def run_bench(
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        out = fast(prompt, generator=generator, output_type=output_type, **plan.call_kwargs, **extra).images
+        out = fast(prompt=prompt, generator=generator, output_type=output_type, **plan.call_kwargs, **extra).images
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
@@ -265,7 +265,11 @@ def loop_syncs(plan: BenchPlan, fast: AcceleratedPipeline) -> list[str]:
     output_type = "np" if plan.decode else "latent"
     with torch.compiler.set_stance("force_eager"), HostSyncRecorder.step_loop() as recorder:
         fast(
-            plan.prompts[0], generator=generator, output_type=output_type, **plan.call_kwargs, **plan.step_kwargs(fast)
+            prompt=plan.prompts[0],
+            generator=generator,
+            output_type=output_type,
+            **plan.call_kwargs,
+            **plan.step_kwargs(fast),
         )
     return [f"{count}  {record}" for record, count in recorder.summary().items()]
 

@@ -29,6 +29,7 @@ __all__ = [
     "VOCABULARY",
     "make_clip_tokenizer",
     "make_gemma_tokenizer",
+    "make_mistral_tokenizer",
     "make_qwen2_tokenizer",
     "make_t5_tokenizer",
     "seeded",
@@ -355,3 +356,94 @@ def make_qwen2_tokenizer(words: Sequence[str] | None = None) -> Any:
         extra_special_tokens=specials[1:],
         model_max_length=32768,
     )
+
+
+def make_mistral_tokenizer(words: Sequence[str] | None = None) -> Any:
+    """A Tekken-style byte-level BPE tokenizer over `words` (default :data:`VOCABULARY`), built offline and
+    deterministically, with the chat template Flux2Pipeline applies (Mistral Small 3.1's, text and image blocks).
+
+    Flux2Pipeline's ``tokenizer`` is a ``PixtralProcessor`` in the real checkpoint, but transformers builds that
+    class only with torchvision installed; the pipeline's prompt encoding calls nothing but ``apply_chat_template``
+    (batched, ``padding="max_length"``, truncation), which the tokenizer itself provides, so this returns the
+    tokenizer (a ``TokenizersBackend``, the class transformers 5 loads Mistral's ``tokenizer.json`` into without
+    mistral-common). Caption upsampling, which decodes through ``tokenizer.tokenizer``, needs the processor.
+
+    Ids 0-19 are Mistral's control tokens at their Tekken ids (``<unk>``, ``<s>``, ``</s>``, ``[INST]``,
+    ``[/INST]``, ..., ``[IMG]`` 10, ``<pad>`` 11, ..., ``[SYSTEM_PROMPT]`` 17, ``[/SYSTEM_PROMPT]`` 18), then the 256
+    bytes in byte order (every string encodes, nothing is unknown), then the merged tokens; the pre-tokenizer is
+    Tekken's split (the corrected regex of transformers' ``fix_mistral_regex``) followed by GPT-2's byte mapping.
+    Every vocabulary word is one token both with the leading ``Ġ`` (byte-level space) and without, and so is every
+    word of FLUX.2's system message, whose chat-template part is then 31 tokens (``<s>`` to ``[INST]``). It pads on
+    the left, as Llama-class tokenizers (Mistral's names one) do; the template never falls back to Mistral's
+    date-stamped default system message, so its output is a pure function of the messages.
+    """
+    _require_tokenizers_backend()
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers.models import BPE
+    from transformers import TokenizersBackend
+
+    specials = [
+        *("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]"),
+        *("[/TOOL_RESULTS]", "[TOOL_CALLS]", "[IMG]", "<pad>", "[IMG_BREAK]", "[IMG_END]", "[PREFIX]", "[MIDDLE]"),
+        *("[SUFFIX]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[TOOL_CONTENT]"),
+    ]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [byte for byte in range(256) if byte not in printable]
+    table = {byte: chr(byte) for byte in printable} | {byte: chr(256 + index) for index, byte in enumerate(others)}
+    vocab = {token: index for index, token in enumerate([*specials, *(table[byte] for byte in range(256))])}
+    template = (  # the words of FLUX.2's system message (diffusers' flux2 SYSTEM_MESSAGE)
+        "You are an AI that reasons about image descriptions give structured responses focusing on object"
+        " relationships attribution and actions without speculation"
+    )
+    chosen = dict.fromkeys([*template.split(), *(VOCABULARY if words is None else words)])
+    spelled = [[table[byte] for byte in piece.encode()] for word in chosen for piece in (" " + word, word)]
+    pairs: Any = _whole_word_merges(vocab, spelled)  # (left, right) pairs, as tokenizers' BPE takes them
+    backend = Tokenizer(BPE(vocab, pairs, fuse_unk=False, ignore_merges=True))
+    split = Regex(
+        r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+        r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+        r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    )
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(split, behavior="isolated"), byte_level])
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in specials])
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
+    )
+    tokenizer = TokenizersBackend(  # type: ignore[no-untyped-call]
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        padding_side="left",
+        model_max_length=131072,
+    )
+    text = "(message['content'] if message['content'] is string else message['content'][0]['text'])"
+    tokenizer.chat_template = (
+        "{{- bos_token }}"
+        "{%- set loop_messages = messages %}"
+        "{%- if messages[0]['role'] == 'system' %}"
+        "{%- set message = messages[0] %}{{- '[SYSTEM_PROMPT]' + " + text + " + '[/SYSTEM_PROMPT]' }}"
+        "{%- set loop_messages = messages[1:] %}"
+        "{%- endif %}"
+        "{%- for message in loop_messages %}"
+        "{%- if message['role'] == 'user' and message['content'] is string %}"
+        "{{- '[INST]' + message['content'] + '[/INST]' }}"
+        "{%- elif message['role'] == 'user' %}"
+        "{{- '[INST]' }}"
+        "{%- for block in message['content'] %}"
+        "{%- if block['type'] == 'text' %}{{- block['text'] }}"
+        "{%- elif block['type'] in ['image', 'image_url'] %}{{- '[IMG]' }}"
+        "{%- else %}{{- raise_exception('Only text and image blocks are supported in message content!') }}"
+        "{%- endif %}"
+        "{%- endfor %}"
+        "{{- '[/INST]' }}"
+        "{%- elif message['role'] == 'system' %}{{- '[SYSTEM_PROMPT]' + " + text + " + '[/SYSTEM_PROMPT]' }}"
+        "{%- elif message['role'] == 'assistant' %}{{- " + text + " + eos_token }}"
+        "{%- else %}{{- raise_exception('Only user, system and assistant roles are supported!') }}"
+        "{%- endif %}"
+        "{%- endfor %}"
+    )
+    return tokenizer

@@ -144,7 +144,7 @@ class RecipesOnAPipeline:
             kwargs["num_inference_steps"] = self.steps
         generators = [torch.Generator().manual_seed(seed) for seed in (0, 1)]
         call = pipe if recipe is None else accelerate(pipe, recipe)
-        return call(list(PROMPTS), generator=generators, **kwargs, **extra).images.cpu()  # type: ignore[no-any-return]
+        return call(prompt=list(PROMPTS), generator=generators, **kwargs, **extra).images.cpu()  # type: ignore[no-any-return]
 
 
 class VariantsRefused:
@@ -236,7 +236,7 @@ class RecipeConformance:
         generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         prompt: Any = prompts[0] if len(prompts) == 1 else list(prompts)
         kwargs = {"height": self.height, "width": self.width, **self.call, **kwargs, "output_type": "latent"}
-        return fast(prompt, generator=generators, **kwargs).images  # type: ignore[no-any-return]
+        return fast(prompt=prompt, generator=generators, **kwargs).images  # type: ignore[no-any-return]
 
     def test_every_recipe_runs_and_a_batch_equals_single_calls(self) -> None:
         recipes = self.recipes()
@@ -255,10 +255,10 @@ class RecipeConformance:
         # What the pipeline's own first call leaves (lazy state; decoding sets up the caches of Qwen-Image's VAE). Two
         # steps: one step of a scheduler with a terminal sigma (Qwen-Image's) leaves NaN timesteps behind, which no
         # comparison finds equal.
-        pipe(PROMPTS[0], num_inference_steps=2, **{**kwargs, "output_type": "pt"})
+        pipe(prompt=PROMPTS[0], num_inference_steps=2, **{**kwargs, "output_type": "pt"})
         before = pipeline_snapshot(pipe)
         for recipe in self.recipes():
-            accelerate(pipe, recipe)(PROMPTS[0], generator=torch.Generator().manual_seed(0), **kwargs)
+            accelerate(pipe, recipe)(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(0), **kwargs)
         assert_same_snapshot(before, pipeline_snapshot(pipe))
 
 
@@ -292,9 +292,8 @@ class AdapterConformance(RecipeConformance):
     def test_the_baseline_recipe_is_the_plain_pipeline_bit_for_bit(self) -> None:
         pipe = self.pipeline()
         kwargs = {"height": self.height, "width": self.width, **self.call, "num_inference_steps": self.steps}
-        plain = pipe(
-            list(PROMPTS), generator=[torch.Generator().manual_seed(s) for s in (0, 1)], output_type="latent", **kwargs
-        )
+        generators = [torch.Generator().manual_seed(s) for s in (0, 1)]
+        plain = pipe(prompt=list(PROMPTS), generator=generators, output_type="latent", **kwargs)
         ours = self.latents(self.baseline, PROMPTS, (0, 1), num_inference_steps=self.steps)
         assert torch.equal(ours, plain.images)
 
@@ -340,7 +339,7 @@ class AdapterConformance(RecipeConformance):
 
         def run(recipe: str) -> torch.Tensor:
             generators = [torch.Generator().manual_seed(seed) for seed in (0, 1)]
-            return fast[recipe](list(PROMPTS), generator=generators, **kwargs).images  # type: ignore[no-any-return]
+            return fast[recipe](prompt=list(PROMPTS), generator=generators, **kwargs).images  # type: ignore[no-any-return]
 
         eager = {recipe: run(recipe) for recipe in fast}
         assert compile_denoiser(binding.denoiser, backend="eager") > 0
@@ -369,7 +368,7 @@ class AdapterConformance(RecipeConformance):
         def run(recipe: str | None, steps: int | None = None) -> torch.Tensor:
             call = pipe if recipe is None else accelerate(pipe, recipe)
             extra = {} if steps is None else {"num_inference_steps": steps}
-            return call(PROMPTS[0], generator=torch.Generator().manual_seed(0), **kwargs, **extra).images  # type: ignore[no-any-return]
+            return call(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(0), **kwargs, **extra).images  # type: ignore[no-any-return]
 
         for flag, label in (
             ("use_karras_sigmas", "Karras"),

@@ -142,7 +142,7 @@ class Scorer:
             self._accelerated = (recipe.name, accelerate(self.pipe, recipe, plugin_manager=self.registry.pm))
         fast = self._accelerated[1]
         generator = torch.Generator("cpu").manual_seed(sample.seed)
-        output = fast(self.prompts[sample.prompt], generator=generator, output_type="np", **self.call_kwargs)
+        output = fast(prompt=self.prompts[sample.prompt], generator=generator, output_type="np", **self.call_kwargs)
         self.calls += 1
         return to_uint8(output.images[0])
 

@@ -1,0 +1,1 @@
+"""ralu adapter for FLUX.2 (diffusers Flux2Pipeline)."""
