@@ -72,9 +72,11 @@ def test_diffusers_taylorseer_cache_runs_on_flux2_under_ralu(flux2) -> None:  # 
 @pytest.mark.parametrize(
     ("cache", "why"),
     [
-        ("{name: db-cache}", r"return their streams differently"),
+        ("{name: db-cache}", r"db-cache carries a residual .* return their streams differently.*head: 8"),
         ("{name: first-block, threshold: 0.2}", r"return their streams differently"),
+        ("{name: delta-dit, boundary: 2}", r"delta-dit carries a residual from a Flux2TransformerBlock"),
         ("{name: toca}", r"does not know the token-wise modules of Flux2SingleTransformerBlock"),
+        ("{name: diffusers, method: first-block}", r"the last block returns no text stream"),
     ],
 )
 def test_caches_that_need_one_stream_layout_are_refused_saying_why(flux2, cache: str, why: str) -> None:  # type: ignore[no-untyped-def]
@@ -82,6 +84,6 @@ def test_caches_that_need_one_stream_layout_are_refused_saying_why(flux2, cache:
     the attention module: DBCache's residual across both kinds of block and ToCa's token-wise modules are refused,
     before any step runs."""
     before = pipeline_snapshot(flux2)
-    with pytest.raises(ralu_core.PluginError, match=why):
+    with pytest.raises((ralu_core.PluginError, ralu_core.RecipeError), match=why):
         latents(flux2, ralu_with(cache), list(PROMPTS), (0, 1))
     assert_same_snapshot(before, pipeline_snapshot(flux2))

@@ -107,3 +107,17 @@ def test_the_full_size_architecture_and_its_count() -> None:
     assert abs(counted - analytic_linear_flops(config, tokens, 512)) / counted < 1e-3
     sparse = profile.forward(tokens // 2, attended_tokens=tokens)
     assert 0.5 < sparse.linear / counted < 0.6  # the 512 text tokens do not halve
+
+
+def test_ralu_runs_on_a_bfloat16_pipeline() -> None:
+    """RALU's Canny selection decodes a float32 clean estimate with the bf16 VAE (the pipeline's dtype)."""
+    pipe = make_flux2_pipeline(seed=0, dtype=torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = {"height": 64, "width": 96, "output_type": "np", **CALL}
+    image = ralu_core.accelerate(pipe, "ralu-flux2-4x")(prompt="a red circle", generator=generators(0), **kwargs).images
+    assert image.shape == (1, 64, 96, 3) and bool((image >= 0).all() and (image <= 1).all())
+
+
+def test_no_guidance_scale_is_refused(pipe) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(CallError, match="needs a guidance_scale"):
+        ralu_core.accelerate(pipe, "flux2-baseline")(prompt="a", height=64, width=64, guidance_scale=None, **CALL)

@@ -94,6 +94,18 @@ class BlockIO:
         return tuple(packed)
 
 
+def check_span(first: torch.nn.Module, last: torch.nn.Module, cache: str) -> None:
+    """A cache that carries a residual from `first`'s input to `last`'s output needs both to carry their streams
+    alike. FLUX.2's single-stream blocks return the text and image tokens as one sequence, its double-stream blocks
+    the image stream alone (with the text apart)."""
+    if (BlockIO(first).text_index is None) != (BlockIO(last).text_index is None):
+        raise ValueError(
+            f"{cache} carries a residual from a {type(first).__name__}'s input to a {type(last).__name__}'s output, "
+            "and the two return their streams differently (one gives the text and image tokens as one sequence); "
+            "choose blocks of one kind (on FLUX.2: a head covering the double-stream blocks, e.g. `head: 8`)"
+        )
+
+
 def plus(base: torch.Tensor | None, residual: torch.Tensor | None) -> torch.Tensor | None:
     return None if base is None or residual is None else base + residual
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ralu_caching.blocks import BlockIO, hooks_installed, minus, plus, standard_blocks
+from ralu_caching.blocks import BlockIO, check_span, hooks_installed, minus, plus, standard_blocks
 from ralu_caching.stats import ReuseCounter
 from ralu_core.pipelines.diffusers_private import BaseState, ModelHook, StateManager, original_forward
 
@@ -223,7 +223,7 @@ def _updated_series(
 def db_cache_installed(denoiser: Any, config: DBCacheConfig, counter: ReuseCounter) -> Iterator[None]:
     """The hooks on `denoiser` for the duration of the block; `counter` counts the images that reused."""
     blocks = standard_blocks(denoiser, at_least=config.front + config.back + 1)
-    _check_one_layout(blocks[: config.front][-1], blocks[len(blocks) - config.back - 1])
+    check_span(blocks[0], blocks[len(blocks) - config.back - 1], "db-cache")
     states = StateManager(_State)  # type: ignore[arg-type]
     placements: list[tuple[torch.nn.Module, ModelHook, str]] = []
     for index, block in enumerate(blocks[: config.front]):
@@ -235,15 +235,3 @@ def db_cache_installed(denoiser: Any, config: DBCacheConfig, counter: ReuseCount
         placements.append((block, _Rest(states, BlockIO(block), is_tail=tail, order=config.residual_order), HOOK))
     with hooks_installed(denoiser, placements):
         yield
-
-
-def _check_one_layout(front: torch.nn.Module, tail: torch.nn.Module) -> None:
-    """The front's residual is compared with, and added to, the tail's output: both must carry the same streams.
-    FLUX.2's single-stream blocks return the text and image tokens as one sequence, its double-stream blocks the
-    image stream alone."""
-    if (BlockIO(front).text_index is None) != (BlockIO(tail).text_index is None):
-        raise ValueError(
-            f"its front blocks ({type(front).__name__}) and the last block it reuses ({type(tail).__name__}) return "
-            "their streams differently (one returns the text and image tokens as one sequence), so the front's "
-            "residual cannot stand in for the rest's; not supported on this model yet"
-        )

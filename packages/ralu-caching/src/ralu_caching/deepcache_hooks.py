@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ralu_caching.blocks import BlockIO, hooks_installed, minus, plus, standard_blocks
+from ralu_caching.blocks import BlockIO, check_span, hooks_installed, minus, plus, standard_blocks
 from ralu_caching.deepcache import DeepCacheConfig, full_step
 from ralu_caching.pass_through import PassThrough
 from ralu_caching.step_clock import ClockState, StepClock
@@ -65,6 +65,7 @@ def _first_and_middle(denoiser: Any, config: DeepCacheConfig) -> tuple[torch.nn.
 def deepcache_installed(denoiser: Any, config: DeepCacheConfig) -> Iterator[None]:
     """The hooks on `denoiser` for the duration of the block."""
     first_block, middle = _first_and_middle(denoiser, config)
+    check_span(middle[0], middle[-1], "deepcache")
     states = StateManager(_State)  # type: ignore[arg-type]
     placements: list[tuple[torch.nn.Module, ModelHook, str]] = [
         (first_block, StepClock(states, partial(full_step, interval=config.interval)), HOOK)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ralu_caching.blocks import BlockIO, hooks_installed, minus, plus, standard_blocks
+from ralu_caching.blocks import BlockIO, check_span, hooks_installed, minus, plus, standard_blocks
 from ralu_caching.delta_dit import FRONT, REAR, cached_range
 from ralu_caching.forecast_schedule import computes
 from ralu_caching.pass_through import PassThrough
@@ -89,6 +89,8 @@ def delta_cache_installed(denoiser: Any, cache: DeltaDiTCache) -> Iterator[None]
     """The hooks on `denoiser` for the duration of the block."""
     blocks, ranges = _ranges(denoiser, cache.config.cached_blocks)
     used = (REAR,) if cache.config.boundary is None else (REAR, FRONT)
+    for which in used:
+        check_span(blocks[ranges[which].start], blocks[ranges[which].stop - 1], "delta-dit")
     states = StateManager(_State)  # type: ignore[arg-type]
     placements: list[tuple[torch.nn.Module, ModelHook, str]] = [(denoiser, _Clock(states, cache), HOOK)]
     for index, block in enumerate(blocks):

@@ -149,7 +149,8 @@ def _shown_type(hint: Any) -> str:
 
 FIRST_BLOCK_NEEDS_TEXT = (
     "diffusers' first-block cache cannot run on {model}: the last block returns no text stream, and the cache "
-    "adds its residual to both; use ralu's own `first-block` cache, which handles it"
+    "adds its residual to both; use ralu's own `first-block` cache, which handles it where its residual can span "
+    "the blocks"
 )
 
 

@@ -24,12 +24,12 @@ import attrs
 import numpy as np
 import torch
 
-from ralu_core.errors import CallError
+from ralu_core.errors import CallError, UnsupportedArgumentError
 from ralu_core.measurement.profile import FlopsProfile
 from ralu_core.pipelines.adapter import iter_chunks
 from ralu_core.pipelines.arguments import PipelineArguments
 from ralu_core.pipelines.dit import DiTAdapter, DiTCall
-from ralu_core.pipelines.pipeline_call import DiffusersImages
+from ralu_core.pipelines.pipeline_call import DiffusersImages, vae_device
 from ralu_core.pipelines.rotary import Rotary
 from ralu_core.sampling.tokens import TokenGrid, TokenState, gather_tokens, tokens_to_image
 from ralu_core.strategies.base import BlockFeatures, ModelBlocks, StepInfo, TokenwiseFeatures
@@ -48,7 +48,6 @@ class Flux2Arguments(PipelineArguments):
         "image": "reference images (FLUX.2 editing)",
         "sigmas": "custom sigmas (recipes own the schedule)",
         "callback_on_step_end": "step-end callbacks (use the ralu_on_step_end hook)",
-        "caption_upsample_temperature": "caption upsampling (upsample the prompt with the pipeline first)",
     }
 
     image: Any = None
@@ -82,6 +81,11 @@ class Flux2Arguments(PipelineArguments):
                 "Flux2Pipeline's first positional argument is `image` (reference images), and text was given there: "
                 "pass the prompt by name, `prompt=...`"
             )
+        if self.caption_upsample_temperature:  # the pipeline ignores 0 and None
+            raise UnsupportedArgumentError(
+                "ralu does not support caption upsampling with Flux2Pipeline yet; upsample the prompt with "
+                "pipe.upsample_prompt first"
+            )
         super().check_supported()
 
 
@@ -103,10 +107,13 @@ class Flux2Images(DiffusersImages):
         std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps).to(
             patches.device, patches.dtype
         )
-        return pipe._unpatchify_latents(patches * std + mean).to(vae.device)  # type: ignore[no-any-return]
+        # The VAE's execution device, as the pipeline: under model offload its weights wait on the CPU until decode.
+        return pipe._unpatchify_latents(patches * std + mean).to(vae_device(vae))  # type: ignore[no-any-return]
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        image: torch.Tensor = self.pipe.vae.decode(self.vae_latent(latent), return_dict=False)[0]
+        """A clean estimate (RALU's Canny selection, in float32) decoded in the VAE's dtype."""
+        vae = self.pipe.vae
+        image: torch.Tensor = vae.decode(self.vae_latent(latent).to(vae.dtype), return_dict=False)[0]
         return (image.float() / 2 + 0.5).clamp(0, 1)
 
     def output(self, latent_image: torch.Tensor, latents: torch.Tensor, output_cls: Any) -> Any:
@@ -138,9 +145,8 @@ class Flux2Call(DiTCall):
         )
         self.text_ids = text_ids[0]  # the transformer reads the first row
         self.dtype = self.embeds.dtype
-        self.guidance = (
-            None if args.guidance_scale is None else torch.full([1], args.guidance_scale, device=self.device)
-        )
+        assert args.guidance_scale is not None  # check_call refused None
+        self.guidance = torch.full([1], args.guidance_scale, device=self.device, dtype=torch.float32)
         self.num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
         self.mu = self.empirical_mu(DEFAULT_STEPS)
         self.default_shift = math.exp(self.mu)
@@ -238,10 +244,10 @@ class Flux2Call(DiTCall):
             out: torch.Tensor = transformer(
                 hidden_states=x.to(transformer.dtype),
                 timestep=timestep / 1000,
-                guidance=None if self.guidance is None else self.guidance.expand(x.shape[0]),
+                guidance=self.guidance.expand(x.shape[0]),
                 encoder_hidden_states=embeds,
-                txt_ids=self.text_ids,
-                img_ids=ids,
+                txt_ids=self.text_ids[None],  # (1, S, 4): the transformer reads the first row, as the pipeline's
+                img_ids=ids[None],
                 joint_attention_kwargs=self.joint_attention_kwargs,
                 return_dict=False,
             )[0]
@@ -270,6 +276,12 @@ class Flux2Call(DiTCall):
         return self.images.output(image, latents, Flux2PipelineOutput)
 
 
+def text_tokens(call_kwargs: Mapping[str, Any]) -> int:
+    """The text tokens a call's transformer passes read: the embeddings given, or the pipeline's padded length."""
+    embeds = call_kwargs.get("prompt_embeds")
+    return int(embeds.shape[1]) if embeds is not None else int(call_kwargs.get("max_sequence_length", 512))
+
+
 class Flux2Adapter(DiTAdapter):
     """diffusers Flux2Pipeline (FLUX.2-dev and models of the same architecture)."""
 
@@ -284,6 +296,7 @@ class Flux2Adapter(DiTAdapter):
     size_rule_reads_transformer: ClassVar[bool] = False  # 2 x 2 patchifying whatever its config
     long_text_tokenizer: ClassVar[str | None] = None  # the chat template is cut by the pipeline itself
     blocks: ClassVar[ModelBlocks] = ModelBlocks(
+        last_block_returns_text=False,  # the single-stream blocks return text and image as one sequence
         block_features={
             # Double-stream: the joint attention (image and text outputs) and the two feed-forwards, gated.
             "Flux2TransformerBlock": BlockFeatures(forecast=("attn", "ff", "ff_context")),
@@ -310,6 +323,8 @@ class Flux2Adapter(DiTAdapter):
         return flux2_grid(pipeline, height, width)
 
     def check_call(self, pipeline: Any, bound: Flux2Arguments, height: int, width: int) -> None:
+        if bound.guidance_scale is None:
+            raise CallError("Flux2Pipeline needs a guidance_scale (its embedded guidance; 4.0 by default)")
         pipeline.check_inputs(
             bound.prompt,
             height,
@@ -333,7 +348,7 @@ class Flux2Adapter(DiTAdapter):
             type(pipeline).__name__,
             dict(pipeline.transformer.config),
             dict(pipeline.vae.config),
-            text_tokens=int(call_kwargs.get("max_sequence_length", 512)),
+            text_tokens=text_tokens(call_kwargs),
         )
 
     def build_embedded(self, name: str) -> Any:

@@ -33,7 +33,7 @@ from ralu_core.pipelines.adapter import ConfigReader, iter_chunks
 from ralu_core.pipelines.arguments import PipelineArguments
 from ralu_core.pipelines.dit import DiTAdapter, DiTCall, swapped_submodule
 from ralu_core.pipelines.kv_store import processor_problems
-from ralu_core.pipelines.pipeline_call import DiffusersImages
+from ralu_core.pipelines.pipeline_call import DiffusersImages, vae_device
 from ralu_core.sampling.tokens import TokenGrid, TokenState, gather_tokens
 from ralu_core.strategies.base import BlockFeatures, ModelBlocks, StepInfo, TokenwiseFeatures
 from ralu_qwenimage.attention import DEFAULT_PROCESSOR, QwenTokenProcessor, attention_modules, attention_problems
@@ -140,12 +140,12 @@ class QwenImages(DiffusersImages):
         # nothing from the host.
         vae = pipe.vae
         shape = (1, vae.config.z_dim, 1, 1, 1)
-        self.mean = torch.tensor(vae.config.latents_mean).view(shape).to(vae.device, vae.dtype)
-        self.inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(vae.device, vae.dtype)
+        self.mean = torch.tensor(vae.config.latents_mean).view(shape).to(vae_device(vae), vae.dtype)
+        self.inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(vae_device(vae), vae.dtype)
 
     def vae_latent(self, latent: torch.Tensor) -> torch.Tensor:
         vae = self.pipe.vae
-        latent = latent[:, :, None].to(device=vae.device, dtype=vae.dtype)
+        latent = latent[:, :, None].to(device=vae_device(vae), dtype=vae.dtype)
         return latent / self.inverse_std.to(latent.device) + self.mean.to(latent.device)
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:

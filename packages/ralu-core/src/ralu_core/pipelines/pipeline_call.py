@@ -97,6 +97,14 @@ class DiffusersHooks:
         return cache_context(self.pipe.transformer, name, step, timestep)
 
 
+def vae_device(vae: Any) -> torch.device:
+    """Where the VAE computes: its execution device, as the pipelines read it. Under model CPU offload its weights
+    wait on the CPU until its decode moves them, and the latents must already be on the execution device."""
+    from diffusers.utils.torch_utils import get_module_execution_device
+
+    return get_module_execution_device(vae)  # type: ignore[no-any-return]
+
+
 class DiffusersImages:
     """Latents to the pipeline's own output: its VAE (``latent / scaling_factor + shift_factor``), its image
     processor, its model offloading and its output class, as its ``__call__`` ends."""
@@ -110,7 +118,7 @@ class DiffusersImages:
         """Model latent -> VAE latent (undo the pipeline's normalisation), on the VAE's device and dtype."""
         vae = self.pipe.vae
         latent = latent / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)  # SDXL's VAE has none
-        return latent.to(device=vae.device, dtype=vae.dtype)
+        return latent.to(device=vae_device(vae), dtype=vae.dtype)
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) latent -> (B, 3, H, W) RGB in [0, 1]."""
@@ -126,7 +134,7 @@ class DiffusersImages:
             vae_latent = (
                 self.vae_latent(latent_image)
                 if self.output_shift
-                else (latent_image / vae.config.scaling_factor).to(device=vae.device, dtype=vae.dtype)
+                else (latent_image / vae.config.scaling_factor).to(device=vae_device(vae), dtype=vae.dtype)
             )
             decoded = vae.decode(vae_latent, return_dict=False)[0]
             image = self.pipe.image_processor.postprocess(decoded, output_type=self.output_type)
