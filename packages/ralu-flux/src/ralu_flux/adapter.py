@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from ralu_core.errors import CallError
 from ralu_core.measurement.profile import FlopsProfile
 from ralu_core.pipelines.adapter import check_image_size, image_side, is_diffusers_pipeline
-from ralu_core.pipelines.dit import DiTAdapter
+from ralu_core.pipelines.dit import DiTAdapter, packed_size_rule
 from ralu_core.sampling.tokens import TokenGrid
 from ralu_core.strategies.base import BlockFeatures, ModelBlocks, TokenwiseFeatures
 from ralu_flux.attention import attention_problems
@@ -85,10 +85,7 @@ class FluxAdapter(DiTAdapter):
         return attention_problems(pipeline.transformer)
 
     def size_rule(self, vae_factor: int, transformer: Mapping[str, Any], coarsest_level: int) -> tuple[int, str]:
-        why = f"for this recipe (VAE factor {vae_factor} x 2 x 2 packing" + (
-            " x 2 for its half-resolution stage)" if coarsest_level else ")"
-        )
-        return vae_factor * PATCH * 2**coarsest_level, why
+        return packed_size_rule(vae_factor, PATCH, coarsest_level, "2 x 2 packing")
 
     def grid(self, pipeline: Any, height: int, width: int) -> TokenGrid:
         return flux_grid(pipeline, height, width)

@@ -111,7 +111,6 @@ class FluxCall(DiTCall):
         self.grid = flux_grid(pipe, height, width)
         self.row_rotary: Rotary | None = None
         """During one transformer evaluation of images at different positions: each row's rotary embedding."""
-        self._rows_ok: bool | None = None
         self._residuals: dict[str, Any] = {}
         lora_scale = self.joint_attention_kwargs.get("scale")
 
@@ -344,15 +343,8 @@ class FluxCall(DiTCall):
         """The attention modules RAS's stand-in processors go on, by name: the transformer's."""
         return attention_modules(self.pipe.transformer)
 
-    def positions_per_row(self) -> bool:
-        """Whether this call can give each batch row its own positions (the transformer's attention
-        processors are diffusers' defaults, which the stand-in replaces); if not, images at different
-        positions are evaluated apart."""
-        if self._rows_ok is None:
-            self._rows_ok = not processor_problems(self.attention_modules(), DEFAULT_PROCESSOR)
-        if self._rows_ok and self.keys_values is not None:
-            self.keys_values.ensure_processors()
-        return self._rows_ok
+    def stand_in_problems(self) -> list[str]:
+        return processor_problems(self.attention_modules(), DEFAULT_PROCESSOR)
 
     # --- pixels ---------------------------------------------------------------------------------
 

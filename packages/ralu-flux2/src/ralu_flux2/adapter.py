@@ -28,7 +28,7 @@ from ralu_core.errors import CallError, UnsupportedArgumentError
 from ralu_core.measurement.profile import FlopsProfile
 from ralu_core.pipelines.adapter import iter_chunks
 from ralu_core.pipelines.arguments import PipelineArguments
-from ralu_core.pipelines.dit import DiTAdapter, DiTCall
+from ralu_core.pipelines.dit import DiTAdapter, DiTCall, packed_size_rule
 from ralu_core.pipelines.pipeline_call import DiffusersImages, vae_device
 from ralu_core.pipelines.rotary import Rotary
 from ralu_core.sampling.tokens import TokenGrid, TokenState, gather_tokens, tokens_to_image
@@ -134,7 +134,6 @@ class Flux2Call(DiTCall):
         self.grid = flux2_grid(pipe, height, width)
         self.images = Flux2Images(pipe, args.output_type, args.return_dict)
         self.row_rotary: Rotary | None = None
-        self._rows_ok: bool | None = None
         self.embeds, text_ids = pipe.encode_prompt(
             prompt=args.prompt,
             prompt_embeds=args.prompt_embeds,
@@ -257,14 +256,8 @@ class Flux2Call(DiTCall):
         """The attention modules RAS's stand-in processors go on, by name: the transformer's."""
         return attention_modules(self.pipe.transformer)
 
-    def positions_per_row(self) -> bool:
-        """Whether each batch row can get its own RoPE table (the processors are diffusers' defaults, which the
-        stand-ins replace); if not, images at different positions are evaluated apart."""
-        if self._rows_ok is None:
-            self._rows_ok = not attention_problems(self.pipe.transformer)
-        if self._rows_ok and self.keys_values is not None:
-            self.keys_values.ensure_processors()
-        return self._rows_ok
+    def stand_in_problems(self) -> list[str]:
+        return attention_problems(self.pipe.transformer)
 
     # --- pixels ---------------------------------------------------------------------------------
 
@@ -314,10 +307,7 @@ class Flux2Adapter(DiTAdapter):
         return attention_problems(pipeline.transformer)
 
     def size_rule(self, vae_factor: int, transformer: Mapping[str, Any], coarsest_level: int) -> tuple[int, str]:
-        why = f"for this recipe (VAE factor {vae_factor} x 2 x 2 patches" + (
-            " x 2 for its half-resolution stage)" if coarsest_level else ")"
-        )
-        return vae_factor * PATCH * 2**coarsest_level, why
+        return packed_size_rule(vae_factor, PATCH, coarsest_level, "2 x 2 patches")
 
     def grid(self, pipeline: Any, height: int, width: int) -> TokenGrid:
         return flux2_grid(pipeline, height, width)

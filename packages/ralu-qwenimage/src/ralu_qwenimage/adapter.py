@@ -31,7 +31,7 @@ from ralu_core.errors import CallError
 from ralu_core.measurement.profile import FlopsProfile
 from ralu_core.pipelines.adapter import ConfigReader, iter_chunks
 from ralu_core.pipelines.arguments import PipelineArguments
-from ralu_core.pipelines.dit import DiTAdapter, DiTCall, swapped_submodule
+from ralu_core.pipelines.dit import DiTAdapter, DiTCall, packed_size_rule, swapped_submodule
 from ralu_core.pipelines.kv_store import processor_problems
 from ralu_core.pipelines.pipeline_call import DiffusersImages, vae_device
 from ralu_core.sampling.tokens import TokenGrid, TokenState, gather_tokens
@@ -170,7 +170,6 @@ class QwenImageCall(DiTCall):
         self.grid = qwen_grid(pipe, height, width)
         self.images = QwenImages(pipe, args.output_type, args.return_dict)
         self.row_rope: torch.Tensor | None = None
-        self._rows_ok: bool | None = None
 
         def encode(prompt: Any, embeds: Any, mask: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
             # Encoded once per prompt, then repeated per image here: diffusers 0.42's encode_prompt repeats the
@@ -335,14 +334,8 @@ class QwenImageCall(DiTCall):
         """The attention modules RAS's stand-in processors go on, by name."""
         return attention_modules(self.pipe.transformer)
 
-    def positions_per_row(self) -> bool:
-        """Whether each batch row can get its own RoPE table (the processors are diffusers' defaults, which the
-        stand-in replaces); if not, images at different positions are evaluated apart."""
-        if self._rows_ok is None:
-            self._rows_ok = not processor_problems(self.attention_modules(), DEFAULT_PROCESSOR)
-        if self._rows_ok and self.keys_values is not None:
-            self.keys_values.ensure_processors()
-        return self._rows_ok
+    def stand_in_problems(self) -> list[str]:
+        return processor_problems(self.attention_modules(), DEFAULT_PROCESSOR)
 
     # --- pixels ---------------------------------------------------------------------------------
 
@@ -386,10 +379,7 @@ class QwenImageAdapter(DiTAdapter):
         return attention_problems(pipeline.transformer)
 
     def size_rule(self, vae_factor: int, transformer: Mapping[str, Any], coarsest_level: int) -> tuple[int, str]:
-        why = f"for this recipe (VAE factor {vae_factor} x 2 x 2 packing" + (
-            " x 2 for its half-resolution stage)" if coarsest_level else ")"
-        )
-        return vae_factor * PATCH * 2**coarsest_level, why
+        return packed_size_rule(vae_factor, PATCH, coarsest_level, "2 x 2 packing")
 
     def size_rule_from_configs(self, read_config: ConfigReader, coarsest_level: int) -> tuple[int, str] | None:
         vae = read_config("vae")

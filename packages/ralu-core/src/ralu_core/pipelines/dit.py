@@ -113,7 +113,22 @@ class DiTCall(ModelCall):
         self.images = DiffusersImages(pipe, args.output_type, args.return_dict)
         self.hooks = DiffusersHooks(pipe)
         self.keys_values: KeysValues | None = None
+        self._rows_ok: bool | None = None
         self.parts = (self.hooks,)
+
+    def stand_in_problems(self) -> list[str]:
+        """Why the model's attention processors cannot be stood in for (empty: they can); a model whose stand-ins
+        take a RoPE table per batch row says so here."""
+        return ["this model's processors take no positions per batch row"]
+
+    def positions_per_row(self) -> bool:
+        """Whether this call can give each batch row its own positions (the attention processors are diffusers'
+        defaults, which the stand-ins replace); if not, images at different positions are evaluated apart."""
+        if self._rows_ok is None:
+            self._rows_ok = not self.stand_in_problems()
+        if self._rows_ok and self.keys_values is not None:
+            self.keys_values.ensure_processors()
+        return self._rows_ok
 
     def keep_keys_values(
         self, modules: Callable[[], Mapping[str, Any]], stand_in: Callable[[Any, str], Any], slots: int
@@ -188,6 +203,15 @@ class DiTCall(ModelCall):
 
     def progress_bar(self, total: int) -> AbstractContextManager[ProgressBar]:
         return self.pipe.progress_bar(total=total)  # type: ignore[no-any-return]
+
+
+def packed_size_rule(vae_factor: int, patch: int, coarsest_level: int, packing: str) -> tuple[int, str]:
+    """(multiple, why) for a model whose tokens pack `patch` x `patch` latent pixels: the VAE factor times the patch,
+    times 2 for a recipe with a half-resolution stage."""
+    why = f"for this recipe (VAE factor {vae_factor} x {packing}" + (
+        " x 2 for its half-resolution stage)" if coarsest_level else ")"
+    )
+    return vae_factor * patch * 2**coarsest_level, why
 
 
 @contextmanager
