@@ -74,13 +74,6 @@ def test_a_prompt_given_where_the_pipeline_takes_its_image_is_refused_saying_so(
     assert encoded == []
 
 
-def test_reference_images_are_refused_by_name(pipe) -> None:  # type: ignore[no-untyped-def]
-    from PIL import Image
-
-    with pytest.raises(ralu_core.UnsupportedArgumentError, match="reference images"):
-        ralu_core.accelerate(pipe, "flux2-baseline")(Image.new("RGB", (64, 64)), prompt="a", **CALL)
-
-
 def analytic_linear_flops(config: dict[str, Any], image_tokens: int, text_tokens: int) -> float:
     """Hand count of one Flux2Transformer2DModel forward's per-token matmuls (2 FLOPs per multiply-add): per double
     block and token of either stream, q, k, v and the output projection (4 d^2) and the SwiGLU feed-forward (3d x 2

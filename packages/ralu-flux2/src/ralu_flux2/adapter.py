@@ -11,6 +11,9 @@ What FLUX.2 does differently from FLUX.1, all handled here:
 * The shift: ``mu = compute_empirical_mu(tokens, steps)`` depends on the step count; the pipeline's own sigmas are
   computed with the mu of the steps asked for. NT-DM's base shift is exp(mu) at the pipeline's default 50 steps.
 * Guidance is an embedded scalar (no CFG batch); ``image`` is the first positional argument of ``__call__``.
+* Reference images (``image``): their tokens ride along at T = 10, 20, ..., at full resolution at every stage (the
+  pipeline's references keep their own size whatever the output's), after the generated tokens, or before them
+  where RAS's key/value store reads the generated tokens as the last ones.
 """
 
 from __future__ import annotations
@@ -45,7 +48,6 @@ class Flux2Arguments(PipelineArguments):
 
     pipeline_name: ClassVar[str] = "Flux2Pipeline"
     unsupported_features: ClassVar[dict[str, str]] = {
-        "image": "reference images (FLUX.2 editing)",
         "sigmas": "custom sigmas (recipes own the schedule)",
         "callback_on_step_end": "step-end callbacks (use the ralu_on_step_end hook)",
     }
@@ -87,6 +89,29 @@ class Flux2Arguments(PipelineArguments):
                 "pipe.upsample_prompt first"
             )
         super().check_supported()
+
+
+def reference_images(pipe: Any, image: Any) -> list[torch.Tensor] | None:
+    """The reference images preprocessed as Flux2Pipeline preprocesses them: each capped at 1024 x 1024 pixels of
+    area, cropped to multiples of 16; None without references."""
+    if image is None:
+        return None
+    processed = []
+    for img in image if isinstance(image, list) else [image]:
+        pipe.image_processor.check_image_input(img)
+        img, width, height = reference_size(pipe, img)
+        processed.append(pipe.image_processor.preprocess(img, height=height, width=width, resize_mode="crop"))
+    return processed
+
+
+def reference_size(pipe: Any, img: Any) -> tuple[Any, int, int]:
+    """(the image capped in area, width, height) of a reference as the pipeline sizes it."""
+    width, height = img.size
+    if width * height > 1024 * 1024:
+        img = pipe.image_processor._resize_to_target_area(img, 1024 * 1024)
+        width, height = img.size
+    multiple = pipe.vae_scale_factor * 2
+    return img, width // multiple * multiple, height // multiple * multiple
 
 
 def flux2_grid(pipe: Any, height: int, width: int) -> TokenGrid:
@@ -143,6 +168,8 @@ class Flux2Call(DiTCall):
             text_encoder_out_layers=args.text_encoder_out_layers,
         )
         self.text_ids = text_ids[0]  # the transformer reads the first row
+        self.references = reference_images(pipe, args.image)
+        self.riders: tuple[torch.Tensor, torch.Tensor] | None = None
         self.dtype = self.embeds.dtype
         assert args.guidance_scale is not None  # check_call refused None
         self.guidance = torch.full([1], args.guidance_scale, device=self.device, dtype=torch.float32)
@@ -186,7 +213,24 @@ class Flux2Call(DiTCall):
             self.generator,
             self.args.latents,
         )
+        # The reference images are encoded after the noise is drawn, as the pipeline does (their encode draws nothing).
+        self.riders = self.reference_tokens()
         return packed  # type: ignore[no-any-return]
+
+    def reference_tokens(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The reference images' tokens, (B, R, 128), and their ids, (R, 4) with T = 10, 20, ..., as the pipeline
+        makes them; None without references. They ride along with the generated tokens at full resolution at every
+        stage: the pipeline's references keep their own size whatever the output's."""
+        if self.references is None:
+            return None
+        latents, ids = self.pipe.prepare_image_latents(
+            images=self.references,
+            batch_size=self.batch_size,
+            generator=self.generator,
+            device=self.device,
+            dtype=self.pipe.vae.dtype,
+        )
+        return latents, ids[0].to(device=self.device, dtype=torch.float32)
 
     # --- tokens in, velocity out ----------------------------------------------------------------
 
@@ -209,7 +253,9 @@ class Flux2Call(DiTCall):
             return self._transformer(values, t, self._ids(positions[0]), slice(None), step, active, "")
         if self.positions_per_row():
             embed = self.pipe.transformer.pos_embed
-            tables = [embed(torch.cat([self.text_ids.float(), self._ids(p)])) for p in positions]
+            tables = [
+                embed(torch.cat([self.text_ids.float(), self._with_riders(None, self._ids(p))[1]])) for p in positions
+            ]
             self.row_rotary = (torch.stack([c for c, _ in tables]), torch.stack([s for _, s in tables]))
             try:
                 return self._transformer(values, t, self._ids(positions[0]), slice(None), step, active, "")
@@ -236,8 +282,11 @@ class Flux2Call(DiTCall):
         group: str,
     ) -> torch.Tensor:
         transformer = self.pipe.transformer
-        embeds = self.embeds if isinstance(rows, slice) else self.embeds[torch.tensor(rows, device=self.device)]
+        index = rows if isinstance(rows, slice) else torch.tensor(rows, device=self.device)
+        embeds = self.embeds[index]
         slots = list(range(x.shape[0])) if isinstance(rows, slice) else rows
+        count = x.shape[1]
+        x, ids = self._with_riders(index, ids, x)
         timestep = t.expand(x.shape[0]).to(x.dtype)
         with self.denoiser_context("cond" + group, step, timestep[0]), self.kv_routing(slots, active):
             out: torch.Tensor = transformer(
@@ -250,7 +299,28 @@ class Flux2Call(DiTCall):
                 joint_attention_kwargs=self.joint_attention_kwargs,
                 return_dict=False,
             )[0]
-        return out[:, : x.shape[1]]
+        return out[:, -count:] if self._riders_first() else out[:, :count]
+
+    def _riders_first(self) -> bool:
+        """Whether the reference tokens go before the generated ones: where RAS's key/value store reads the
+        generated tokens as the sequence's last ones (then the references are computed with the text, never
+        cached); otherwise after them, as the pipeline places them."""
+        return self.riders is not None and self.kv_store is not None
+
+    def _with_riders(
+        self, rows: slice | torch.Tensor | None, ids: torch.Tensor, x: torch.Tensor | None = None
+    ) -> tuple[Any, torch.Tensor]:
+        """`x` (batch `rows`) and its `ids` with the reference tokens and their ids around them; as given without
+        references."""
+        if self.riders is None:
+            return x, ids
+        values, rider_ids = self.riders
+        first = self._riders_first()
+        ids = torch.cat([rider_ids, ids] if first else [ids, rider_ids])
+        if x is None or rows is None:
+            return x, ids
+        riders = values[rows].to(x.dtype)
+        return torch.cat([riders, x] if first else [x, riders], dim=1), ids
 
     def attention_modules(self) -> dict[str, Any]:
         """The attention modules RAS's stand-in processors go on, by name: the transformer's."""
@@ -312,9 +382,24 @@ class Flux2Adapter(DiTAdapter):
     def grid(self, pipeline: Any, height: int, width: int) -> TokenGrid:
         return flux2_grid(pipeline, height, width)
 
+    def size(self, pipeline: Any, coarsest_level: int, bound: Any) -> tuple[int, int]:
+        if bound.image is None or (bound.height and bound.width):
+            return super().size(pipeline, coarsest_level, bound)
+        # The output takes the first reference's size where the call gives none, as the pipeline sizes it.
+        first = bound.image[0] if isinstance(bound.image, list) else bound.image
+        if not hasattr(first, "size") or callable(first.size):
+            raise CallError("Flux2Pipeline's reference images are PIL images (it sizes them by `image.size`)")
+        _, width, height = reference_size(pipeline, first)
+        return super().size(
+            pipeline, coarsest_level, attrs.evolve(bound, height=bound.height or height, width=bound.width or width)
+        )
+
     def check_call(self, pipeline: Any, bound: Flux2Arguments, height: int, width: int) -> None:
         if bound.guidance_scale is None:
             raise CallError("Flux2Pipeline needs a guidance_scale (its embedded guidance; 4.0 by default)")
+        references = [] if bound.image is None else bound.image if isinstance(bound.image, list) else [bound.image]
+        if any(not hasattr(img, "size") or callable(img.size) for img in references):
+            raise CallError("Flux2Pipeline's reference images are PIL images (it sizes them by `image.size`)")
         pipeline.check_inputs(
             bound.prompt,
             height,
